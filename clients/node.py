@@ -1,0 +1,82 @@
+"""Where a node's data lives and how it becomes features.
+
+Deployment: the node configuration names the agency's export folder (``data_dir``).
+Simulation: Flower gives each virtual node a ``partition-id``; the run's
+``paths.data_root`` holds ``federation.json`` (agencies in partition order) and one folder
+per agency under ``agencies/``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from federation.config import RunSettings
+from federation.data import load_agency
+from federation.errors import ConfigError, DataError
+from federation.tasks import Task, get_task
+from federation.text import SparseRows
+
+
+@dataclass(frozen=True)
+class NodeData:
+    agency: str
+    task: Task
+    features: SparseRows
+    labels: np.ndarray
+    train_size: int
+    rows_set_aside: int
+
+
+def resolve_data_dir(node_config: Mapping[str, object], settings: RunSettings) -> Path:
+    if "data_dir" in node_config:
+        return Path(str(node_config["data_dir"]))
+    if "partition-id" in node_config:
+        root = Path(settings.paths.data_root)
+        if not settings.paths.data_root:
+            raise ConfigError(
+                ["paths.data_root is empty; a simulated node needs the federation folder"],
+                source="run config (client)",
+            )
+        index = root / "federation.json"
+        if not index.is_file():
+            raise DataError(
+                "federation.json not found", path=index,
+                fix="generate the federation first (heroes simulate does this)",
+            )
+        agencies = json.loads(index.read_text(encoding="utf-8"))["agencies"]
+        pid = int(str(node_config["partition-id"]))
+        if not 0 <= pid < len(agencies):
+            raise ConfigError(
+                [f"partition-id {pid} has no agency; the federation has {len(agencies)}"],
+                source="node config",
+            )
+        return root / "agencies" / agencies[pid]
+    raise ConfigError(
+        ["node config has no data_dir; start the node with --node-config "
+         "'data_dir=\"/path/to/export\"'"],
+        source="node config",
+    )
+
+
+def load_node_data(
+    node_config: Mapping[str, object], settings: RunSettings, *, split: str
+) -> NodeData:
+    """Validate the agency's whole export, then featurise the requested split."""
+    data = load_agency(resolve_data_dir(node_config, settings))
+    task = get_task(settings.task_name, settings.task_params)
+    table = data.train if split == "train" else data.test
+    rows = task.rows(table)
+    texts = [table.texts[i] for i in rows]
+    return NodeData(
+        agency=data.agency,
+        task=task,
+        features=task.featurize(texts),
+        labels=table.positive[rows],
+        train_size=int(task.rows(data.train).size),
+        rows_set_aside=data.train.rejected_total + data.test.rejected_total,
+    )

@@ -1,0 +1,289 @@
+"""The typed, validated run configuration shared by the ClientApp and the ServerApp.
+
+Flower hands both apps a flat ``run_config`` (keys like ``privacy.target_epsilon``). The
+same spelling is used in the Hydra YAML files (``privacy: {target_epsilon: 3.0}``), in
+overrides (``privacy.target_epsilon=3``) and in the dataclass fields below, so a key means
+one thing everywhere. ``RunSettings.from_flat`` checks every key, collects every problem and
+raises one ConfigError.
+
+Privacy targets have no defaults: with DP on, a run must state its epsilon and delta.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from federation.errors import ConfigError, PrivacyConfigError
+
+Scalar = bool | int | float | str
+
+
+def _coerce(key: str, raw: object, kind: str, problems: list[str]) -> Any:
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "false"):
+            return raw.lower() == "true"
+        problems.append(f"{key}={raw!r} must be true or false")
+    elif kind == "int":
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw)
+        problems.append(f"{key}={raw!r} must be a whole number")
+    elif kind in ("float", "float | None"):
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            return float(raw)
+        if isinstance(raw, str):
+            try:
+                return float(raw)
+            except ValueError:
+                pass
+        problems.append(f"{key}={raw!r} must be a number")
+    elif kind == "str":
+        if isinstance(raw, str):
+            return raw
+        problems.append(f"{key}={raw!r} must be a string")
+    else:  # pragma: no cover - a programming error in a settings class
+        raise TypeError(f"unsupported settings field type {kind} for {key}")
+    return None
+
+
+class _Section:
+    """Shared parsing for the settings sections below."""
+
+    prefix: ClassVar[str]
+
+    @classmethod
+    def parse(cls, values: dict[str, object], problems: list[str]) -> Any:
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            key = f"{cls.prefix}.{f.name}"
+            if f.name in values:
+                kwargs[f.name] = _coerce(key, values.pop(f.name), str(f.type), problems)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.append(f"{key} is required and has no default; set it explicitly")
+        for extra in sorted(values):
+            allowed = ", ".join(f"{cls.prefix}.{f.name}" for f in fields(cls))  # type: ignore[arg-type]
+            problems.append(
+                f"{cls.prefix}.{extra} is not a known setting; allowed here: {allowed}"
+            )
+        if any(v is None for v in kwargs.values()) or len(kwargs) < sum(
+            1
+            for f in fields(cls)  # type: ignore[arg-type]
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ):
+            return None
+        obj = cls(**kwargs)
+        problems.extend(obj.check())
+        return obj
+
+    def check(self) -> list[str]:
+        return []
+
+    def to_flat(self) -> dict[str, Scalar]:
+        out: dict[str, Scalar] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f"{self.prefix}.{f.name}"] = value
+        return out
+
+
+def _positive(problems: list[str], key: str, value: float, fix: str = "") -> None:
+    if not (math.isfinite(value) and value > 0):
+        problems.append(f"{key}={value} must be > 0{fix}")
+
+
+@dataclass(frozen=True)
+class TrainSettings(_Section):
+    """Local training at each agency."""
+
+    prefix: ClassVar[str] = "train"
+    local_epochs: int = 1
+    batch_size: int = 128
+    learning_rate: float = 0.5
+    momentum: float = 0.0
+    seed: int = 0
+
+    def check(self) -> list[str]:
+        p: list[str] = []
+        if self.local_epochs < 1:
+            p.append(f"train.local_epochs={self.local_epochs} must be >= 1")
+        if self.batch_size < 1:
+            p.append(f"train.batch_size={self.batch_size} must be >= 1")
+        _positive(p, "train.learning_rate", self.learning_rate)
+        if not 0 <= self.momentum < 1:
+            p.append(f"train.momentum={self.momentum} must be in [0, 1)")
+        return p
+
+
+@dataclass(frozen=True)
+class PrivacySettings(_Section):
+    """Record-level DP-SGD at each agency. Targets are required whenever DP is on."""
+
+    prefix: ClassVar[str] = "privacy"
+    enabled: bool = True
+    target_epsilon: float | None = None
+    target_delta: float | None = None
+    max_grad_norm: float = 1.0
+    accountant: str = "rdp"
+
+    ACCOUNTANTS: ClassVar[tuple[str, ...]] = ("rdp", "prv")
+
+    def check(self) -> list[str]:
+        p: list[str] = []
+        if self.enabled:
+            if self.target_epsilon is None:
+                p.append(
+                    "privacy.target_epsilon is required when privacy.enabled is true "
+                    "(there is no default budget); set e.g. privacy.target_epsilon=3.0 "
+                    "or pick a preset such as privacy=eps3"
+                )
+            elif not (math.isfinite(self.target_epsilon) and self.target_epsilon > 0):
+                p.append(f"privacy.target_epsilon={self.target_epsilon} must be > 0")
+            if self.target_delta is None:
+                p.append(
+                    "privacy.target_delta is required when privacy.enabled is true; "
+                    "set e.g. privacy.target_delta=1e-5 (below 1/records of every agency)"
+                )
+            elif not (0 < self.target_delta < 1):
+                p.append(f"privacy.target_delta={self.target_delta} must be in (0, 1)")
+        _positive(p, "privacy.max_grad_norm", self.max_grad_norm)
+        if self.accountant not in self.ACCOUNTANTS:
+            p.append(
+                f"privacy.accountant={self.accountant!r} is unknown; "
+                f"use one of {list(self.ACCOUNTANTS)}"
+            )
+        return p
+
+
+@dataclass(frozen=True)
+class StrategySettings(_Section):
+    """Server-side aggregation and round control."""
+
+    prefix: ClassVar[str] = "strategy"
+    name: str = "fedavg"
+    num_rounds: int = 5
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_nodes: int = 2
+    quorum: int = 2
+    proximal_mu: float = 0.0
+    server_learning_rate: float = 0.1
+    round_timeout: float = 900.0
+
+    NAMES: ClassVar[tuple[str, ...]] = ("fedavg", "fedprox", "fedadam")
+
+    def check(self) -> list[str]:
+        p: list[str] = []
+        if self.name not in self.NAMES:
+            p.append(f"strategy.name={self.name!r} is unknown; use one of {list(self.NAMES)}")
+        if self.num_rounds < 1:
+            p.append(f"strategy.num_rounds={self.num_rounds} must be >= 1")
+        for key in ("fraction_train", "fraction_evaluate"):
+            v = getattr(self, key)
+            if not 0 < v <= 1:
+                p.append(f"strategy.{key}={v} must be in (0, 1]")
+        if self.min_nodes < 1:
+            p.append(f"strategy.min_nodes={self.min_nodes} must be >= 1")
+        if not 1 <= self.quorum:
+            p.append(f"strategy.quorum={self.quorum} must be >= 1")
+        if self.quorum > self.min_nodes:
+            p.append(
+                f"strategy.quorum={self.quorum} exceeds strategy.min_nodes={self.min_nodes}; "
+                "a round could never reach it. Lower the quorum or raise min_nodes"
+            )
+        if self.proximal_mu < 0:
+            p.append(f"strategy.proximal_mu={self.proximal_mu} must be >= 0")
+        if self.name == "fedprox" and self.proximal_mu == 0:
+            p.append("strategy.proximal_mu must be > 0 with strategy.name=fedprox")
+        _positive(p, "strategy.server_learning_rate", self.server_learning_rate)
+        _positive(p, "strategy.round_timeout", self.round_timeout)
+        return p
+
+
+@dataclass(frozen=True)
+class EvalSettings(_Section):
+    prefix: ClassVar[str] = "eval"
+    k: int = 50
+
+    def check(self) -> list[str]:
+        return [] if self.k >= 1 else [f"eval.k={self.k} must be >= 1"]
+
+
+@dataclass(frozen=True)
+class RunPaths(_Section):
+    """Where a run reads and writes. Empty means "not set"."""
+
+    prefix: ClassVar[str] = "paths"
+    data_root: str = ""
+    output_dir: str = ""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    task_name: str
+    task_params: Mapping[str, Scalar]
+    train: TrainSettings
+    privacy: PrivacySettings
+    strategy: StrategySettings
+    eval: EvalSettings
+    paths: RunPaths = field(default_factory=RunPaths)
+
+    SECTIONS: ClassVar[tuple[type[_Section], ...]] = (
+        TrainSettings, PrivacySettings, StrategySettings, EvalSettings, RunPaths,
+    )
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, object], *, source: str = "run config") -> RunSettings:
+        """Parse and validate a flat run config; one ConfigError lists every problem."""
+        from federation.tasks import task_params_from  # tasks import config, not vice versa
+
+        problems: list[str] = []
+        grouped: dict[str, dict[str, object]] = {}
+        for key, value in flat.items():
+            prefix, _, name = key.partition(".")
+            if not name:
+                problems.append(
+                    f"{key!r} is not a known setting; settings are written section.name, "
+                    "e.g. privacy.target_epsilon"
+                )
+                continue
+            grouped.setdefault(prefix, {})[name] = value
+        task_values = grouped.pop("task", {})
+        parsed = {s.prefix: s.parse(grouped.pop(s.prefix, {}), problems) for s in cls.SECTIONS}
+        for prefix in sorted(grouped):
+            known = ["task"] + [s.prefix for s in cls.SECTIONS]
+            problems.append(f"section {prefix!r} is unknown; known sections: {known}")
+        task_name = task_values.pop("name", None)
+        params: Mapping[str, Scalar] = {}
+        if not isinstance(task_name, str):
+            problems.append("task.name is required, e.g. task.name=advert-risk")
+        else:
+            params = task_params_from(task_name, task_values, problems)
+        if problems:
+            error = PrivacyConfigError if all(
+                p.startswith("privacy.") for p in problems
+            ) else ConfigError
+            raise error(problems, source=source)
+        return cls(
+            task_name=str(task_name),
+            task_params=params,
+            train=parsed["train"],
+            privacy=parsed["privacy"],
+            strategy=parsed["strategy"],
+            eval=parsed["eval"],
+            paths=parsed["paths"],
+        )
+
+    def to_flat(self) -> dict[str, Scalar]:
+        out: dict[str, Scalar] = {"task.name": self.task_name}
+        out.update({f"task.{k}": v for k, v in self.task_params.items()})
+        for section in (self.train, self.privacy, self.strategy, self.eval, self.paths):
+            out.update(section.to_flat())
+        return out

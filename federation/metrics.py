@@ -1,0 +1,112 @@
+"""Ranking and calibration metrics for a rare-positive risk score.
+
+Plain numpy so that agencies, the aggregator and the simulator compute them identically.
+A metric that is undefined on the data (ROC-AUC with one class present) is NaN, never a
+made-up 0.5: callers must say "undefined" rather than average it in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+
+def _as_arrays(y_true: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels have {y.size} entries but scores have {s.size}")
+    if not np.all((y == 0) | (y == 1)):
+        raise ValueError("labels must be 0 or 1")
+    return y, s
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_vals = values[order]
+    ranks = np.empty(values.size, dtype=np.float64)
+    boundaries = np.flatnonzero(np.diff(sorted_vals)) + 1
+    starts = np.concatenate(([0], boundaries))
+    ends = np.concatenate((boundaries, [values.size]))
+    avg = (starts + ends + 1) / 2.0  # mean of 1-based positions start+1..end
+    ranks[order] = np.repeat(avg, ends - starts)
+    return ranks
+
+
+def roc_auc(y_true: ArrayLike, scores: ArrayLike) -> float:
+    """Area under the ROC curve (Mann-Whitney U), ties counted as half."""
+    y, s = _as_arrays(y_true, scores)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    r = _ranks(s)
+    u = r[y == 1].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def pr_auc(y_true: ArrayLike, scores: ArrayLike) -> float:
+    """Average precision: the mean of precision at each positive, best score first.
+
+    Tied scores are ranked as one block, so the result does not depend on row order.
+    """
+    y, s = _as_arrays(y_true, scores)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return math.nan
+    order = np.argsort(-s, kind="mergesort")
+    ys, ss = y[order], s[order]
+    # Treat a block of tied scores as one threshold.
+    last_of_block = np.r_[np.flatnonzero(np.diff(ss)), ys.size - 1]
+    tp = np.cumsum(ys)[last_of_block]
+    seen = last_of_block + 1
+    precision = tp / seen
+    recall_gain = np.diff(np.r_[0.0, tp]) / n_pos
+    return float(np.sum(precision * recall_gain))
+
+
+def precision_at_k(y_true: ArrayLike, scores: ArrayLike, k: int) -> float:
+    """Share of positives among the k highest scores (k capped at the number of rows)."""
+    y, s = _as_arrays(y_true, scores)
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    if y.size == 0:
+        return math.nan
+    top = np.argsort(-s, kind="mergesort")[: min(k, y.size)]
+    return float(y[top].mean())
+
+
+def recall_at_k(y_true: ArrayLike, scores: ArrayLike, k: int) -> float:
+    """Share of all positives found among the k highest scores."""
+    y, s = _as_arrays(y_true, scores)
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    n_pos = y.sum()
+    if n_pos == 0:
+        return math.nan
+    top = np.argsort(-s, kind="mergesort")[: min(k, y.size)]
+    return float(y[top].sum() / n_pos)
+
+
+def brier(y_true: ArrayLike, probabilities: ArrayLike) -> float:
+    """Mean squared error of predicted probabilities (lower is better)."""
+    y, p = _as_arrays(y_true, probabilities)
+    if y.size == 0:
+        return math.nan
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError("probabilities must lie in [0, 1]")
+    return float(np.mean((p - y) ** 2))
+
+
+def summary(y_true: ArrayLike, probabilities: ArrayLike, *, k: int) -> dict[str, float]:
+    """All metrics the project reports for one set of scored adverts."""
+    return {
+        "roc_auc": roc_auc(y_true, probabilities),
+        "pr_auc": pr_auc(y_true, probabilities),
+        f"precision_at_{k}": precision_at_k(y_true, probabilities, k),
+        f"recall_at_{k}": recall_at_k(y_true, probabilities, k),
+        "brier": brier(y_true, probabilities),
+    }

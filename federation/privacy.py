@@ -1,0 +1,153 @@
+"""Differential-privacy planning and accounting for one agency's run.
+
+The unit of privacy is one advert record in one agency's training export. The guarantee
+is (epsilon, delta)-DP for the whole sequence of model updates that agency sends over the
+run: noise is calibrated up front for every planned round, and epsilon is always computed
+from the complete accountant history, never from one round.
+
+The history is a list of (noise_multiplier, sample_rate, steps) triples, exactly Opacus'
+accountant history, so it can be stored between rounds (Flower's ``context.state``) and
+re-composed by any accountant.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.accountant import IAccountant
+from opacus.accountants.utils import get_noise_multiplier
+
+from federation.errors import PrivacyConfigError
+
+#: Accountants by the name used in configuration.
+ACCOUNTANTS: dict[str, type[IAccountant]] = {"rdp": RDPAccountant, "prv": PRVAccountant}
+
+HistoryEntry = tuple[float, float, int]
+
+
+def make_accountant(name: str, history: Sequence[HistoryEntry] = ()) -> IAccountant:
+    """An Opacus accountant of the named kind, primed with an existing history."""
+    try:
+        accountant = ACCOUNTANTS[name]()
+    except KeyError:
+        raise PrivacyConfigError(
+            [f"accountant={name!r} is unknown; use one of {sorted(ACCOUNTANTS)}"]
+        ) from None
+    accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    return accountant
+
+
+def epsilon_spent(history: Sequence[HistoryEntry], *, delta: float, accountant: str) -> float:
+    """Cumulative epsilon at ``delta`` for the whole history (0.0 for no releases)."""
+    if not history:
+        return 0.0
+    return float(make_accountant(accountant, history).get_epsilon(delta=delta))
+
+
+def steps_per_epoch(num_records: int, batch_size: int) -> int:
+    """Number of Poisson-sampled steps Opacus takes per epoch for this data size."""
+    return math.ceil(num_records / effective_batch_size(num_records, batch_size))
+
+
+def effective_batch_size(num_records: int, batch_size: int) -> int:
+    """Expected batch size actually used: at most a quarter of the records.
+
+    A small agency with the consortium's batch size would sample every record in every
+    step (sample rate 1) and lose privacy amplification; a quarter keeps it meaningful.
+    """
+    return max(1, min(batch_size, math.ceil(num_records / 4)))
+
+
+def validate_targets(
+    *, target_epsilon: float, target_delta: float, num_records: int, where: str
+) -> None:
+    """Raise one PrivacyConfigError listing every problem with the targets."""
+    problems = []
+    if not (isinstance(target_epsilon, int | float) and math.isfinite(target_epsilon)):
+        problems.append(f"target_epsilon={target_epsilon!r} must be a finite number")
+    elif target_epsilon <= 0:
+        problems.append(
+            f"target_epsilon={target_epsilon} must be > 0; "
+            "choose the budget your data-protection officer approved, e.g. 3.0"
+        )
+    if not (isinstance(target_delta, int | float) and math.isfinite(target_delta)):
+        problems.append(f"target_delta={target_delta!r} must be a finite number")
+    elif target_delta <= 0:
+        problems.append(f"target_delta={target_delta} must be > 0, e.g. 1e-5")
+    elif num_records > 0 and target_delta >= 1.0 / num_records:
+        problems.append(
+            f"target_delta={target_delta:g} must be < 1/records = 1/{num_records} "
+            f"= {1.0 / num_records:.3g} for {where}; a delta that large allows "
+            f"publishing a record outright. Use at most {0.1 / num_records:.1g}"
+        )
+    if problems:
+        raise PrivacyConfigError(problems, source=f"privacy settings for {where}")
+
+
+@dataclass(frozen=True)
+class NoisePlan:
+    """Noise calibrated so that every planned step together meets the target."""
+
+    noise_multiplier: float
+    sample_rate: float
+    batch_size: int
+    steps_per_round: int
+    planned_rounds: int
+    target_epsilon: float
+    target_delta: float
+    accountant: str
+
+    @property
+    def planned_epsilon(self) -> float:
+        """Epsilon after all planned rounds (at most the target, by construction)."""
+        steps = self.steps_per_round * self.planned_rounds
+        return epsilon_spent(
+            [(self.noise_multiplier, self.sample_rate, steps)],
+            delta=self.target_delta,
+            accountant=self.accountant,
+        )
+
+
+def plan_noise(
+    *,
+    num_records: int,
+    batch_size: int,
+    local_epochs: int,
+    planned_rounds: int,
+    target_epsilon: float,
+    target_delta: float,
+    accountant: str,
+    where: str,
+) -> NoisePlan:
+    """Noise multiplier for a whole run of ``planned_rounds`` rounds at this agency."""
+    validate_targets(
+        target_epsilon=target_epsilon,
+        target_delta=target_delta,
+        num_records=num_records,
+        where=where,
+    )
+    batch = effective_batch_size(num_records, batch_size)
+    per_epoch = steps_per_epoch(num_records, batch_size)
+    sample_rate = 1.0 / per_epoch
+    steps = per_epoch * local_epochs * planned_rounds
+    sigma = get_noise_multiplier(
+        target_epsilon=target_epsilon,
+        target_delta=target_delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        accountant=accountant,
+        epsilon_tolerance=0.005,
+    )
+    return NoisePlan(
+        noise_multiplier=float(sigma),
+        sample_rate=sample_rate,
+        batch_size=batch,
+        steps_per_round=per_epoch * local_epochs,
+        planned_rounds=planned_rounds,
+        target_epsilon=target_epsilon,
+        target_delta=target_delta,
+        accountant=accountant,
+    )

@@ -1,0 +1,92 @@
+"""The advert risk model: trafficking-indicator risk of an online advert, all categories.
+
+Hashed word and character n-grams (no shared vocabulary) into a small dense model. The
+default is a linear model over 2^12 buckets: under DP-SGD the noise grows with the square
+root of the parameter count, and on the synthetic federation a hidden layer bought no
+ROC-AUC at eps=3 while costing time (see README, "Model size").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from federation.data import AdvertTable
+from federation.tasks import Task, TaskParams, register_task
+from federation.text import HashingFeaturizer, SparseRows
+
+
+@dataclass(frozen=True)
+class AdvertRiskParams(TaskParams):
+    num_buckets: int = 4096
+    hidden: int = 0
+    word_ngrams: int = 2
+    char_min: int = 3
+    char_max: int = 5
+    exclude_special_categories: bool = True
+
+    def check(self) -> list[str]:
+        p = []
+        n = self.num_buckets
+        if n < 16 or n & (n - 1):
+            p.append(f"task.num_buckets={n} must be a power of two >= 16, e.g. 4096")
+        if self.hidden < 0:
+            p.append(f"task.hidden={self.hidden} must be >= 0 (0 means a linear model)")
+        if self.word_ngrams < 1:
+            p.append(f"task.word_ngrams={self.word_ngrams} must be >= 1")
+        if not 1 <= self.char_min <= self.char_max:
+            p.append(
+                f"task.char_min={self.char_min}, task.char_max={self.char_max} must satisfy "
+                "1 <= char_min <= char_max"
+            )
+        return p
+
+
+class AdvertRiskModel(nn.Module):
+    """Logistic regression (hidden=0) or a one-hidden-layer MLP over hashed features."""
+
+    def __init__(self, num_buckets: int, hidden: int) -> None:
+        super().__init__()
+        if hidden == 0:
+            self.net: nn.Module = nn.Linear(num_buckets, 1)
+        else:
+            self.net = nn.Sequential(
+                nn.Linear(num_buckets, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x).squeeze(-1)
+        return out
+
+
+@register_task
+class AdvertRiskTask(Task):
+    name: ClassVar[str] = "advert-risk"
+    params_type: ClassVar[type[TaskParams]] = AdvertRiskParams
+
+    @property
+    def featurizer(self) -> HashingFeaturizer:
+        p = self.params
+        assert isinstance(p, AdvertRiskParams)
+        return HashingFeaturizer(
+            num_buckets=p.num_buckets,
+            word_ngrams=p.word_ngrams,
+            char_min=p.char_min,
+            char_max=p.char_max,
+            exclude_special_categories=p.exclude_special_categories,
+        )
+
+    def rows(self, table: AdvertTable) -> np.ndarray:
+        return np.arange(len(table))
+
+    def featurize(self, texts: list[str]) -> SparseRows:
+        return self.featurizer.transform(texts)
+
+    def build_model(self) -> nn.Module:
+        p = self.params
+        assert isinstance(p, AdvertRiskParams)
+        return AdvertRiskModel(p.num_buckets, p.hidden)

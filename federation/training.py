@@ -1,0 +1,166 @@
+"""Local training and evaluation in plain PyTorch and Opacus (no Flower here).
+
+``train_local`` runs one round of an agency's local training. With a NoisePlan it is
+DP-SGD: Poisson sampling, per-record clipping to ``max_grad_norm`` and Gaussian noise of
+``noise_multiplier * max_grad_norm`` on every parameter at every step. The accountant is
+primed with the history of earlier rounds and its extended history is returned, so the
+epsilon reported is for the run so far, never for one round.
+
+DP noise and Poisson sampling draw from fresh OS randomness, not a configured seed: noise
+that anyone could regenerate from a known seed would protect nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from opacus import PrivacyEngine
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from federation import metrics
+from federation.config import PrivacySettings, TrainSettings
+from federation.privacy import HistoryEntry, NoisePlan, epsilon_spent
+from federation.text import SparseRows
+
+
+class SparseDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Rows of a SparseRows matrix, densified one at a time (memory stays O(nnz))."""
+
+    def __init__(self, features: SparseRows, labels: np.ndarray) -> None:
+        if len(features) != labels.size:
+            raise ValueError(f"{len(features)} feature rows but {labels.size} labels")
+        self.features = features
+        self.labels = torch.as_tensor(labels, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.features
+        lo, hi = int(f.indptr[i]), int(f.indptr[i + 1])
+        row = torch.zeros(f.width, dtype=torch.float32)
+        row[torch.from_numpy(f.indices[lo:hi])] = torch.from_numpy(f.values[lo:hi])
+        return row, self.labels[i]
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    num_examples: int
+    train_loss: float
+    steps: int
+    history: list[HistoryEntry]
+    epsilon: float  # cumulative over the whole history; 0.0 without DP
+    noise_multiplier: float
+
+
+def _fresh_generator() -> torch.Generator:
+    gen = torch.Generator()
+    gen.manual_seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
+    return gen
+
+
+def train_local(
+    model: nn.Module,
+    features: SparseRows,
+    labels: np.ndarray,
+    *,
+    train: TrainSettings,
+    privacy: PrivacySettings,
+    plan: NoisePlan | None,
+    history: Sequence[HistoryEntry] = (),
+    proximal_mu: float = 0.0,
+) -> LocalResult:
+    """One round of local training; ``model`` is updated in place."""
+    dataset = SparseDataset(features, labels)
+    global_params = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=train.learning_rate, momentum=train.momentum
+    )
+    criterion = nn.BCEWithLogitsLoss()
+    batch_size = plan.batch_size if plan else min(train.batch_size, len(dataset))
+    loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] = DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, generator=_fresh_generator()
+    )
+    engine: PrivacyEngine | None = None
+    net: nn.Module = model
+    if plan is not None:
+        engine = PrivacyEngine(accountant=plan.accountant)
+        engine.accountant.history = list(history)
+        net, optimizer, loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=privacy.max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=_fresh_generator(),
+        )
+    net.train()
+    losses: list[float] = []
+    steps = 0
+    for _ in range(train.local_epochs):
+        for x, y in loader:
+            optimizer.zero_grad(set_to_none=True)
+            if x.shape[0] == 0:
+                # An empty Poisson sample still releases a noisy (zero) update: the
+                # accounting assumes noise at every step.
+                for p in model.parameters():
+                    p.grad_sample = torch.zeros((0, *p.shape))  # type: ignore[attr-defined]
+                optimizer.step()
+                steps += 1
+                continue
+            loss = criterion(net(x), y)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            losses.append(float(loss.detach()))
+            if proximal_mu > 0:
+                # FedProx's proximal term is data-independent, so it is applied after
+                # the private step (post-processing) rather than clipped with the data.
+                with torch.no_grad():
+                    for p, g in zip(model.parameters(), global_params, strict=True):
+                        p.sub_(train.learning_rate * proximal_mu * (p - g))
+    new_history: list[HistoryEntry] = []
+    epsilon = 0.0
+    if engine is not None and plan is not None:
+        new_history = [(float(s), float(q), int(n)) for s, q, n in engine.accountant.history]
+        epsilon = epsilon_spent(new_history, delta=plan.target_delta, accountant=plan.accountant)
+        if isinstance(net, nn.Module) and hasattr(net, "_close"):
+            net._close()
+    return LocalResult(
+        num_examples=len(dataset),
+        train_loss=float(np.mean(losses)) if losses else math.nan,
+        steps=steps,
+        history=new_history,
+        epsilon=epsilon,
+        noise_multiplier=plan.noise_multiplier if plan else 0.0,
+    )
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, features: SparseRows, *, batch: int = 2048) -> np.ndarray:
+    """Probabilities for every row, in order."""
+    model.eval()
+    out = []
+    for start in range(0, len(features), batch):
+        rows = np.arange(start, min(start + batch, len(features)))
+        x = torch.from_numpy(features.dense(rows))
+        out.append(torch.sigmoid(model(x)).numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def evaluate(
+    model: nn.Module, features: SparseRows, labels: np.ndarray, *, k: int
+) -> dict[str, float]:
+    """Loss and ranking metrics of ``model`` on one labelled set."""
+    proba = predict_proba(model, features).astype(np.float64)
+    eps = 1e-7
+    clipped = np.clip(proba, eps, 1 - eps)
+    loss = float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))
+    return {"loss": loss, **metrics.summary(labels, proba, k=k)}

@@ -1,0 +1,84 @@
+"""The consortium's ServerApp: federated rounds over the agencies, then save the model.
+
+It sees model arrays and aggregate numbers only. Outputs go to ``paths.output_dir``
+(default ``outputs/server/<UTC time>``): ``model.pt`` (weights, task, settings),
+``metrics.json`` (per round, per agency) and ``config.json`` (the validated settings).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from federation.config import RunSettings
+from federation.tasks import get_task
+from server.strategy import RunLog, build_strategy
+
+log = logging.getLogger("heroes.server")
+
+app = ServerApp()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def write_outputs(out: Path, settings: RunSettings, state: dict[str, torch.Tensor],
+                  run_log: RunLog, wall_s: float) -> None:
+    """Write model, per-round metrics and config; each file appears whole or not at all."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "model.pt.tmp"
+    torch.save({"task": settings.task_name, "task_params": dict(settings.task_params),
+                "state_dict": state, "settings": settings.to_flat()}, tmp)
+    tmp.replace(out / "model.pt")
+    for name, payload in (
+        ("metrics.json", {"rounds": run_log.to_json(), "wall_seconds": wall_s}),
+        ("config.json", {k: _jsonable(v) for k, v in settings.to_flat().items()}),
+    ):
+        t = out / f"{name}.tmp"
+        t.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        t.replace(out / name)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    settings = RunSettings.from_flat(context.run_config, source="run config (server)")
+    out = Path(settings.paths.output_dir or
+               f"outputs/server/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    torch.manual_seed(settings.train.seed)
+    model = get_task(settings.task_name, settings.task_params).build_model()
+    run_log = RunLog()
+    strategy = build_strategy(settings, run_log)
+    log.info("starting %d rounds of %s for task %s", settings.strategy.num_rounds,
+             settings.strategy.name, settings.task_name)
+    start = time.monotonic()
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=settings.strategy.num_rounds,
+            timeout=settings.strategy.round_timeout,
+            train_config=ConfigRecord({"learning_rate": settings.train.learning_rate}),
+        )
+    finally:
+        # Whatever happened, keep what the rounds so far showed.
+        wall = time.monotonic() - start
+        (out / "partial").mkdir(parents=True, exist_ok=True)
+        (out / "partial" / "metrics.json").write_text(
+            json.dumps({"rounds": run_log.to_json(), "wall_seconds": wall}, indent=2),
+            encoding="utf-8",
+        )
+    write_outputs(out, settings, result.arrays.to_torch_state_dict(), run_log, wall)
+    (out / "partial" / "metrics.json").unlink()
+    (out / "partial").rmdir()
+    log.info("saved model and metrics to %s", out)

@@ -1,0 +1,270 @@
+"""Flower strategies that name every agency's outcome and enforce a quorum.
+
+Each round records, per sampled node: the agency's name (as it reported it), whether it
+replied, the error if it failed, and its numbers. A node that was sampled but did not
+reply is counted as missing. Below ``strategy.quorum`` successful training replies the
+round fails with QuorumError instead of averaging a handful of updates.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+
+from federation.config import RunSettings
+from federation.errors import QuorumError
+
+log = logging.getLogger("heroes.server")
+
+
+@dataclass
+class NodeOutcome:
+    node_id: int
+    agency: str
+    status: str  # "ok", "failed" or "missing"
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    train: list[NodeOutcome] = field(default_factory=list)
+    evaluate: list[NodeOutcome] = field(default_factory=list)
+    train_aggregate: dict[str, float] = field(default_factory=dict)
+    evaluate_aggregate: dict[str, float] = field(default_factory=dict)
+
+
+class RunLog:
+    """Everything the server learned, round by round, in JSON-ready form."""
+
+    def __init__(self) -> None:
+        self.rounds: dict[int, RoundRecord] = {}
+        self.agency_of: dict[int, str] = {}
+
+    def round(self, n: int) -> RoundRecord:
+        return self.rounds.setdefault(n, RoundRecord(round=n))
+
+    def outcomes(self, sampled: list[int], replies: list[Message]) -> list[NodeOutcome]:
+        out: list[NodeOutcome] = []
+        replied = set()
+        for msg in replies:
+            nid = msg.metadata.src_node_id
+            replied.add(nid)
+            if msg.has_error():
+                out.append(NodeOutcome(nid, self.name(nid), "failed", msg.error.reason))
+                continue
+            if "agency" in msg.content.config_records:
+                self.agency_of[nid] = str(msg.content.config_records["agency"]["agency"])
+            metrics = {
+                k: float(v)  # type: ignore[arg-type]
+                for rec in msg.content.metric_records.values()
+                for k, v in rec.items()
+            }
+            out.append(NodeOutcome(nid, self.name(nid), "ok", metrics=metrics))
+        for nid in sampled:
+            if nid not in replied:
+                out.append(NodeOutcome(nid, self.name(nid), "missing", "no reply before timeout"))
+        return out
+
+    def name(self, node_id: int) -> str:
+        return self.agency_of.get(node_id, f"node {node_id}")
+
+    def to_json(self) -> list[dict[str, Any]]:
+        def clean(d: dict[str, float]) -> dict[str, float | None]:
+            return {k: (None if math.isnan(v) else v) for k, v in d.items()}
+
+        rows = []
+        for n in sorted(self.rounds):
+            r = self.rounds[n]
+            rows.append(
+                {
+                    "round": n,
+                    "train": [
+                        {"node_id": o.node_id, "agency": o.agency, "status": o.status,
+                         "reason": o.reason, "metrics": clean(o.metrics)}
+                        for o in r.train
+                    ],
+                    "evaluate": [
+                        {"node_id": o.node_id, "agency": o.agency, "status": o.status,
+                         "reason": o.reason, "metrics": clean(o.metrics)}
+                        for o in r.evaluate
+                    ],
+                    "train_aggregate": clean(r.train_aggregate),
+                    "evaluate_aggregate": clean(r.evaluate_aggregate),
+                }
+            )
+        return rows
+
+
+def _weights(records: list[RecordDict], key: str) -> list[tuple[MetricRecord, float]]:
+    out = []
+    for rec in records:
+        metric = next(iter(rec.metric_records.values()))
+        out.append((metric, float(metric[key])))  # type: ignore[arg-type]
+    return out
+
+
+def aggregate_train_metrics(records: list[RecordDict], key: str) -> MetricRecord:
+    """Example-weighted loss; epsilon as the largest agency's cumulative value."""
+    pairs = _weights(records, key)
+    total = sum(w for _, w in pairs) or 1.0
+    loss = [(float(m["train_loss"]), w) for m, w in pairs]  # type: ignore[arg-type]
+    finite = [(v, w) for v, w in loss if math.isfinite(v)]
+    fw = sum(w for _, w in finite) or 1.0
+    return MetricRecord(
+        {
+            "train_loss": sum(v * w for v, w in finite) / fw if finite else math.nan,
+            "max_epsilon": max(float(m["epsilon"]) for m, _ in pairs),  # type: ignore[arg-type]
+            "examples": total,
+            "agencies": len(pairs),
+        }
+    )
+
+
+def aggregate_evaluate_metrics(records: list[RecordDict], key: str) -> MetricRecord:
+    """Example-weighted mean of each metric over the agencies where it is defined,
+    plus the worst agency's ROC-AUC; an undefined metric is skipped, not zero-filled."""
+    pairs = _weights(records, key)
+    out: dict[str, float] = {}
+    names = [k for k in pairs[0][0] if k != key] if pairs else []
+    for name in names:
+        vals = [(float(m[name]), w) for m, w in pairs]  # type: ignore[arg-type]
+        finite = [(v, w) for v, w in vals if math.isfinite(v)]
+        wsum = sum(w for _, w in finite)
+        out[name] = sum(v * w for v, w in finite) / wsum if finite and wsum else math.nan
+    aucs = [float(m["roc_auc"]) for m, _ in pairs if math.isfinite(float(m["roc_auc"]))]  # type: ignore[arg-type]
+    out["worst_roc_auc"] = min(aucs) if aucs else math.nan
+    out["agencies_with_roc_auc"] = float(len(aucs))
+    return MetricRecord(out)
+
+
+class _Accountable:
+    """Mixin over a Flower strategy: per-node outcomes, quorum, progress lines."""
+
+    run_log: RunLog
+    quorum: int
+    num_rounds: int
+
+    def _setup(self, run_log: RunLog, quorum: int, num_rounds: int) -> None:
+        self.run_log = run_log
+        self.quorum = quorum
+        self.num_rounds = num_rounds
+        self._sampled: dict[tuple[int, str], list[int]] = {}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        msgs = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        self._sampled[(server_round, "train")] = [m.metadata.dst_node_id for m in msgs]
+        return msgs
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        msgs = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
+        self._sampled[(server_round, "evaluate")] = [m.metadata.dst_node_id for m in msgs]
+        return msgs
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        record = self.run_log.round(server_round)
+        record.train = self.run_log.outcomes(self._sampled.get((server_round, "train"), []),
+                                             replies)
+        ok = [o for o in record.train if o.status == "ok"]
+        bad = [o for o in record.train if o.status != "ok"]
+        for o in bad:
+            log.warning("round %d: %s %s in training: %s", server_round, o.agency, o.status,
+                        o.reason)
+        if len(ok) < self.quorum:
+            raise QuorumError(
+                f"round {server_round}: {len(ok)} agencies trained successfully, below the "
+                f"quorum of {self.quorum}. Failed or missing: "
+                + "; ".join(f"{o.agency} ({o.status}: {o.reason})" for o in bad)
+                + ". Fix those nodes or lower strategy.quorum."
+            )
+        good = [m for m in replies if not m.has_error()]
+        arrays, metrics = super().aggregate_train(server_round, good)  # type: ignore[misc]
+        if metrics is not None:
+            record.train_aggregate = {k: float(v) for k, v in metrics.items()}  # type: ignore[arg-type]
+        return arrays, metrics
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        replies = list(replies)
+        record = self.run_log.round(server_round)
+        record.evaluate = self.run_log.outcomes(
+            self._sampled.get((server_round, "evaluate"), []), replies
+        )
+        for o in record.evaluate:
+            if o.status != "ok":
+                log.warning("round %d: %s %s in evaluation: %s", server_round, o.agency,
+                            o.status, o.reason)
+        good = [m for m in replies if not m.has_error()]
+        metrics = super().aggregate_evaluate(server_round, good)  # type: ignore[misc]
+        if metrics is not None:
+            record.evaluate_aggregate = {k: float(v) for k, v in metrics.items()}  # type: ignore[arg-type]
+        self._progress(record)
+        return metrics  # type: ignore[no-any-return]
+
+    def _progress(self, r: RoundRecord) -> None:
+        t, e = r.train_aggregate, r.evaluate_aggregate
+        ok = sum(o.status == "ok" for o in r.train)
+        worst = min(
+            (o for o in r.evaluate if o.status == "ok"
+             and math.isfinite(o.metrics.get("roc_auc", math.nan))),
+            key=lambda o: o.metrics["roc_auc"], default=None,
+        )
+        log.info(
+            "round %d/%d: %d/%d agencies trained, train loss %.4f, max epsilon %.3f | "
+            "eval ROC-AUC %.3f (worst %s %.3f), PR-AUC %.3f",
+            r.round, self.num_rounds, ok, len(r.train), t.get("train_loss", math.nan),
+            t.get("max_epsilon", math.nan), e.get("roc_auc", math.nan),
+            worst.agency if worst else "-",
+            worst.metrics["roc_auc"] if worst else math.nan, e.get("pr_auc", math.nan),
+        )
+
+
+class AccountableFedAvg(_Accountable, FedAvg):
+    pass
+
+
+class AccountableFedProx(_Accountable, FedProx):
+    pass
+
+
+class AccountableFedAdam(_Accountable, FedAdam):
+    pass
+
+
+def build_strategy(settings: RunSettings, run_log: RunLog) -> FedAvg:
+    s = settings.strategy
+    common: dict[str, Any] = {
+        "fraction_train": s.fraction_train,
+        "fraction_evaluate": s.fraction_evaluate,
+        "min_train_nodes": s.min_nodes,
+        "min_evaluate_nodes": s.min_nodes,
+        "min_available_nodes": s.min_nodes,
+        "train_metrics_aggr_fn": aggregate_train_metrics,
+        "evaluate_metrics_aggr_fn": aggregate_evaluate_metrics,
+    }
+    strategy: FedAvg
+    if s.name == "fedprox":
+        strategy = AccountableFedProx(proximal_mu=s.proximal_mu, **common)
+    elif s.name == "fedadam":
+        strategy = AccountableFedAdam(eta=s.server_learning_rate, **common)
+    else:
+        strategy = AccountableFedAvg(**common)
+    assert isinstance(strategy, _Accountable)
+    strategy._setup(run_log, s.quorum, s.num_rounds)
+    return strategy

@@ -1,0 +1,60 @@
+"""The ``heroes`` command.
+
+    heroes simulate [HYDRA OVERRIDES...]   run a simulated federation (see configs/)
+
+Configuration errors, data errors and privacy errors print one clear message and exit
+with status 2; nothing has been trained when they do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from federation.errors import HeroesError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _simulate(overrides: list[str]) -> int:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig
+
+    from simulation.run import run
+
+    status = {"code": 0}
+
+    @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+    def _main(cfg: DictConfig) -> None:
+        try:
+            run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        except HeroesError as exc:
+            print(f"heroes simulate: {exc}", file=sys.stderr)
+            status["code"] = 2
+
+    saved = sys.argv
+    sys.argv = ["heroes simulate", *overrides]
+    try:
+        _main()
+    finally:
+        sys.argv = saved
+    return status["code"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="heroes", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sim = sub.add_parser("simulate", help="run a simulated federation of synthetic agencies",
+                         add_help=False)
+    sim.add_argument("overrides", nargs=argparse.REMAINDER,
+                     help="Hydra overrides, e.g. privacy.target_epsilon=1.0 strategy=fedprox")
+    args = parser.parse_args(argv)
+    if args.command == "simulate":
+        return _simulate(list(args.overrides))
+    return 2  # pragma: no cover - argparse rejects other commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""``heroes simulate``: generate a synthetic federation and run it in Flower's simulation engine.
+
+Order of work, so that bad input fails before anything trains: compose and validate the
+configuration, generate the agencies' exports, read and validate every export (and every
+agency's privacy targets against its size), then start the Flower simulation (Ray).
+Afterwards the final model is scored on the pooled entity-disjoint test split next to the
+generator's oracle and, unless switched off, a centralised non-private baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomli_w
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from federation import metrics
+from federation.config import RunSettings, Scalar
+from federation.data import AgencyData, load_agency
+from federation.errors import ConfigError
+from federation.privacy import validate_targets
+from federation.tasks import Task, get_task
+from federation.text import SparseRows
+from federation.training import predict_proba, train_local
+from simulation.generator import FederationManifest, generate_federation, preset_from_mapping
+
+log = logging.getLogger("heroes.simulate")
+
+RUN_SECTIONS = ("task", "train", "privacy", "strategy", "eval")
+TOP_LEVEL = {
+    "seed", "mode", "baseline", "test_fraction", "simulation", "federation", "experiment",
+    *RUN_SECTIONS,
+}
+
+
+def flat_run_config(cfg: DictConfig, *, data_root: Path, output_dir: Path) -> dict[str, Scalar]:
+    """The Flower run config for this simulation, validated by RunSettings.from_flat."""
+    unknown = sorted(set(cfg.keys()) - TOP_LEVEL - {"hydra"})
+    if unknown:
+        raise ConfigError(
+            [f"top-level key {k!r} is not a known setting; known: {sorted(TOP_LEVEL)}"
+             for k in unknown],
+            source="simulation config",
+        )
+    flat: dict[str, Scalar] = {}
+    for section in RUN_SECTIONS:
+        node = OmegaConf.to_container(cfg[section], resolve=True)
+        assert isinstance(node, dict)
+        for key, value in node.items():
+            if value is not None:
+                flat[f"{section}.{key}"] = value
+    flat["paths.data_root"] = str(data_root)
+    flat["paths.output_dir"] = str(output_dir)
+    RunSettings.from_flat(flat, source="simulation config")
+    return flat
+
+
+def _validate_agencies(manifest: FederationManifest, settings: RunSettings
+                       ) -> list[AgencyData]:
+    agencies = [load_agency(manifest.root / "agencies" / a) for a in manifest.agencies]
+    p = settings.privacy
+    if p.enabled:
+        assert p.target_epsilon is not None and p.target_delta is not None
+        for data in agencies:
+            validate_targets(target_epsilon=p.target_epsilon, target_delta=p.target_delta,
+                             num_records=len(data.train), where=f"agency {data.agency}")
+    return agencies
+
+
+def _write_app_dir(app_dir: Path, flat: Mapping[str, Scalar]) -> None:
+    """A minimal Flower app folder whose config is this run's resolved settings."""
+    doc = {
+        "project": {"name": "heroes-fl-simulation", "version": "0.1.0",
+                    "description": "resolved heroes simulate run", "license": "MIT"},
+        "tool": {"flwr": {"app": {
+            "publisher": "heroes-fl",
+            "components": {"serverapp": "server.server_app:app",
+                           "clientapp": "clients.client_app:app"},
+            "config": dict(flat),
+        }}},
+    }
+    (app_dir / "pyproject.toml").write_text(tomli_w.dumps(doc), encoding="utf-8")
+
+
+def run_flower_simulation(flat: Mapping[str, Scalar], *, num_nodes: int, client_cpus: float,
+                          verbose: bool) -> None:
+    """Run our ServerApp and ClientApp in Flower's simulation engine (Ray backend)."""
+    from flwr.app import Context, RecordDict
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.simulation.run_simulation import _run_simulation
+
+    from clients.client_app import app as client_app
+    from server.server_app import app as server_app
+
+    logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.WARNING)
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    with tempfile.TemporaryDirectory(prefix="heroes-app-") as tmp:
+        _write_app_dir(Path(tmp), flat)
+        context = Context(run_id=0, node_id=SUPERLINK_NODE_ID, node_config={},
+                          state=RecordDict(), run_config=dict(flat))
+        from flwr.supercore.telemetry import EventType
+
+        _run_simulation(
+            num_supernodes=num_nodes,
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            client_app=client_app,
+            server_app=server_app,
+            backend_name="ray",
+            backend_config={
+                "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
+                "init_args": {"include_dashboard": False, "log_to_driver": verbose},
+            },
+            server_app_context=context,
+            app_dir=tmp,
+            is_app=True,  # makes Flower read the run config from app_dir for every node
+            verbose_logging=verbose,
+        )
+
+
+@dataclass(frozen=True)
+class Pooled:
+    features: SparseRows
+    labels: np.ndarray
+    agency: np.ndarray
+
+
+def _pool(task: Task, agencies: list[AgencyData], split: str) -> Pooled:
+    texts: list[str] = []
+    labels: list[np.ndarray] = []
+    owner: list[str] = []
+    for a in agencies:
+        table = a.train if split == "train" else a.test
+        rows = task.rows(table)
+        texts.extend(table.texts[i] for i in rows)
+        labels.append(table.positive[rows])
+        owner.extend([a.agency] * rows.size)
+    return Pooled(task.featurize(texts), np.concatenate(labels), np.asarray(owner))
+
+
+def centralised_baseline(task: Task, settings: RunSettings, train: Pooled, test: Pooled
+                         ) -> dict[str, float]:
+    """Pooled, non-federated, non-private training with the same local optimiser and the
+    same number of passes over the data as the federated run."""
+    torch.manual_seed(settings.train.seed)
+    model = task.build_model()
+    from dataclasses import replace
+
+    epochs = settings.train.local_epochs * settings.strategy.num_rounds
+    train_local(model, train.features, train.labels,
+                train=replace(settings.train, local_epochs=epochs),
+                privacy=replace(settings.privacy, enabled=False), plan=None)
+    return metrics.summary(test.labels, predict_proba(model, test.features), k=settings.eval.k)
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Run one simulation described by ``cfg``; write and return its summary."""
+    t0 = time.monotonic()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_root = out_dir / "data"
+    server_out = out_dir / "server"
+    flat = flat_run_config(cfg, data_root=data_root, output_dir=server_out)
+    settings = RunSettings.from_flat(flat)
+    if cfg.mode not in ("federated", "centralised"):
+        raise ConfigError([f"mode={cfg.mode!r} must be 'federated' or 'centralised'"])
+    preset_data = OmegaConf.to_container(cfg.federation, resolve=True)
+    assert isinstance(preset_data, dict)
+    preset = preset_from_mapping(preset_data)
+    print(f"generating {len(preset.agencies)} synthetic agencies ({preset.name}, "
+          f"seed {cfg.seed}) into {data_root}", flush=True)
+    manifest = generate_federation(preset, data_root, seed=int(cfg.seed),
+                                   test_fraction=float(cfg.test_fraction))
+    agencies = _validate_agencies(manifest, settings)
+    for a in agencies:
+        aside = a.rejection_report()
+        if any(aside.values()):
+            print(f"  {a.agency}: rows set aside {aside}", flush=True)
+    (out_dir / "config.json").write_text(json.dumps(flat, indent=2), encoding="utf-8")
+
+    fed_metrics: list[dict[str, Any]] = []
+    if cfg.mode == "federated":
+        print(f"running {settings.strategy.num_rounds} rounds of {settings.strategy.name} over "
+              f"{len(agencies)} agencies (DP {'on' if settings.privacy.enabled else 'OFF'})",
+              flush=True)
+        run_flower_simulation(flat, num_nodes=len(agencies),
+                              client_cpus=float(cfg.simulation.client_cpus),
+                              verbose=bool(cfg.simulation.verbose))
+        fed_metrics = json.loads((server_out / "metrics.json").read_text())["rounds"]
+
+    task = get_task(settings.task_name, settings.task_params)
+    test = _pool(task, agencies, "test")
+    summary: dict[str, Any] = {
+        "preset": preset.name, "seed": int(cfg.seed), "mode": str(cfg.mode),
+        "privacy": {"enabled": settings.privacy.enabled,
+                    "target_epsilon": settings.privacy.target_epsilon,
+                    "target_delta": settings.privacy.target_delta,
+                    "unit": "one advert record in one agency's training export",
+                    "accountant": settings.privacy.accountant},
+        "oracle_roc_auc": manifest.oracle_roc_auc,
+    }
+    if cfg.mode == "federated":
+        saved = torch.load(server_out / "model.pt", weights_only=True)
+        model = task.build_model()
+        model.load_state_dict(saved["state_dict"])
+        summary["global"] = metrics.summary(test.labels, predict_proba(model, test.features),
+                                            k=settings.eval.k)
+        summary["agencies"] = _agency_table(fed_metrics, agencies)
+        summary["rounds"] = fed_metrics
+    if cfg.mode == "centralised" or bool(cfg.baseline):
+        train = _pool(task, agencies, "train")
+        summary["centralised_baseline"] = centralised_baseline(task, settings, train, test)
+    summary["wall_seconds"] = time.monotonic() - t0
+    (out_dir / "summary.json").write_text(
+        json.dumps(summary, indent=2, default=lambda v: None), encoding="utf-8")
+    print(render(summary), flush=True)
+    print(f"outputs: {out_dir}", flush=True)
+    return summary
+
+
+def _agency_table(rounds: list[dict[str, Any]], agencies: list[AgencyData]
+                  ) -> list[dict[str, Any]]:
+    rows = []
+    for a in agencies:
+        last_train = next((o for r in reversed(rounds) for o in r["train"]
+                           if o["agency"] == a.agency and o["status"] == "ok"), None)
+        last_eval = next((o for r in reversed(rounds) for o in r["evaluate"]
+                          if o["agency"] == a.agency and o["status"] == "ok"), None)
+        failures = sum(o["status"] != "ok" for r in rounds for o in r["train"]
+                       if o["agency"] == a.agency)
+        rows.append({
+            "agency": a.agency,
+            "train_examples": len(a.train),
+            "test_examples": len(a.test),
+            "epsilon": last_train["metrics"]["epsilon"] if last_train else None,
+            "delta": last_train["metrics"]["delta"] if last_train else None,
+            "local_roc_auc": last_eval["metrics"]["roc_auc"] if last_eval else None,
+            "rows_set_aside": a.train.rejected_total + a.test.rejected_total,
+            "failed_rounds": failures,
+        })
+    return rows
+
+
+def render(summary: Mapping[str, Any]) -> str:
+    """The end-of-run table a researcher reads."""
+    lines = [""]
+    p = summary["privacy"]
+    if "agencies" in summary:
+        lines.append(f"{'agency':<22}{'train':>7}{'test':>6}  {'epsilon (delta)':<20}"
+                     f"{'local ROC-AUC':>14}{'set aside':>10}{'failed':>7}")
+        for r in summary["agencies"]:
+            eps = (f"{_fmt(r['epsilon'], 2)} ({r['delta']:.0e})" if p["enabled"]
+                   and r["epsilon"] is not None else "no DP")
+            lines.append(f"{r['agency']:<22}{r['train_examples']:>7}{r['test_examples']:>6}  "
+                         f"{eps:<20}{_fmt(r['local_roc_auc']):>14}{r['rows_set_aside']:>10}"
+                         f"{r['failed_rounds']:>7}")
+        aucs = [r["local_roc_auc"] for r in summary["agencies"] if r["local_roc_auc"] is not None]
+        if aucs:
+            worst = min(summary["agencies"], key=lambda r: r["local_roc_auc"] if
+                        r["local_roc_auc"] is not None else math.inf)
+            lines.append(f"worst agency: {worst['agency']} (local ROC-AUC "
+                         f"{_fmt(worst['local_roc_auc'])})")
+        if p["enabled"]:
+            lines.append(f"epsilon is cumulative over every round of this run, per "
+                         f"{p['unit']}, at delta={p['target_delta']:g} ({p['accountant']} "
+                         f"accountant); target {p['target_epsilon']}")
+        lines.append("")
+    oracle = summary["oracle_roc_auc"]
+    lines.append(f"{'pooled test split':<30}{'ROC-AUC':>9}{'PR-AUC':>8}{'Brier':>8}"
+                 f"{'vs oracle':>11}")
+    for label, key in (("federated (this run)", "global"),
+                       ("centralised, non-private", "centralised_baseline")):
+        if key in summary:
+            m = summary[key]
+            lines.append(f"{label:<30}{_fmt(m['roc_auc']):>9}{_fmt(m['pr_auc']):>8}"
+                         f"{_fmt(m['brier']):>8}{_fmt(m['roc_auc'] / oracle, 2) + 'x':>11}")
+    lines.append(f"{'oracle (generator latent risk)':<30}{_fmt(oracle):>9}")
+    lines.append(f"wall time {summary['wall_seconds']:.1f} s")
+    return "\n".join(lines)
