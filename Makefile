@@ -1,0 +1,35 @@
+# Two commands on a fresh clone (both install what they need into .venv):
+#   make simulate   run the default simulated federation (six synthetic agencies, eps=3)
+#   make test       ruff, mypy and the whole test suite, slow end-to-end tests included
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install simulate test test-fast lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: the CPU wheel on this machine; unpinned pulls a CUDA build
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+simulate: $(STAMP)
+	FLWR_TELEMETRY_ENABLED=0 $(BIN)/heroes simulate $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy federation clients server simulation
+
+test: lint
+	FLWR_TELEMETRY_ENABLED=0 $(BIN)/python -m pytest -q -ra
+
+test-fast: $(STAMP)
+	FLWR_TELEMETRY_ENABLED=0 $(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache .mypy_cache .ruff_cache
