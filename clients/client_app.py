@@ -11,7 +11,7 @@ each round's epsilon is the run's cumulative epsilon.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from typing import cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -35,9 +35,9 @@ def _load_history(context: Context) -> list[HistoryEntry]:
     if ACCOUNTANT_STATE not in context.state:
         return []
     rec = context.state.config_records[ACCOUNTANT_STATE]
-    sigmas = list(rec["noise_multipliers"])  # type: ignore[arg-type]
-    rates = list(rec["sample_rates"])  # type: ignore[arg-type]
-    steps = list(rec["steps"])  # type: ignore[arg-type]
+    sigmas = cast(list[float], rec["noise_multipliers"])
+    rates = cast(list[float], rec["sample_rates"])
+    steps = cast(list[int], rec["steps"])
     return [(float(s), float(q), int(n)) for s, q, n in zip(sigmas, rates, steps, strict=True)]
 
 
@@ -70,7 +70,8 @@ def _plan(settings: RunSettings, node: NodeData) -> NoisePlan | None:
 
 def _reply(msg: Message, node: NodeData, metrics: dict[str, float], arrays: ArrayRecord | None
            ) -> Message:
-    content = RecordDict({"metrics": MetricRecord(metrics), "agency": ConfigRecord(
+    content = RecordDict({"metrics": MetricRecord(dict(metrics)),
+                          "agency": ConfigRecord(
         {"agency": node.agency})})
     if arrays is not None:
         content["arrays"] = arrays
@@ -83,7 +84,7 @@ def train(msg: Message, context: Context) -> Message:
     node = load_node_data(context.node_config, settings, split="train")
     torch.set_num_threads(1)
     model = node.task.build_model()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     plan = _plan(settings, node)
     history = _load_history(context)
     if plan is not None:
@@ -133,10 +134,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     node = load_node_data(context.node_config, settings, split="test")
     torch.set_num_threads(1)
     model = node.task.build_model()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     scores = evaluate_model(model, node.features, node.labels, k=settings.eval.k)
     metrics = {"num-examples": float(len(node.labels)), **scores}
     return _reply(msg, node, metrics, None)
 
-
-__all__ = ["app", "Path"]

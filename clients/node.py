@@ -55,7 +55,7 @@ def resolve_data_dir(node_config: Mapping[str, object], settings: RunSettings) -
                 [f"partition-id {pid} has no agency; the federation has {len(agencies)}"],
                 source="node config",
             )
-        return root / "agencies" / agencies[pid]
+        return root / "agencies" / str(agencies[pid])
     raise ConfigError(
         ["node config has no data_dir; start the node with --node-config "
          "'data_dir=\"/path/to/export\"'"],

@@ -72,11 +72,12 @@ class _Section:
             problems.append(
                 f"{cls.prefix}.{extra} is not a known setting; allowed here: {allowed}"
             )
-        if any(v is None for v in kwargs.values()) or len(kwargs) < sum(
-            1
+        required = [
+            f.name
             for f in fields(cls)  # type: ignore[arg-type]
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ):
+        ]
+        if any(v is None for v in kwargs.values()) or any(r not in kwargs for r in required):
             return None
         obj = cls(**kwargs)
         problems.extend(obj.check())
@@ -191,7 +192,7 @@ class StrategySettings(_Section):
                 p.append(f"strategy.{key}={v} must be in (0, 1]")
         if self.min_nodes < 1:
             p.append(f"strategy.min_nodes={self.min_nodes} must be >= 1")
-        if not 1 <= self.quorum:
+        if not self.quorum >= 1:
             p.append(f"strategy.quorum={self.quorum} must be >= 1")
         if self.quorum > self.min_nodes:
             p.append(

@@ -90,7 +90,7 @@ def _records(path: Path, fmt: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
     if fmt == "csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
         columns = reader.fieldnames or []
-        _check_columns(path, columns)
+        _check_columns(path, list(columns))
         for rec in reader:
             if None in rec:
                 raise DataError(

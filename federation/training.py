@@ -131,8 +131,9 @@ def train_local(
     if engine is not None and plan is not None:
         new_history = [(float(s), float(q), int(n)) for s, q, n in engine.accountant.history]
         epsilon = epsilon_spent(new_history, delta=plan.target_delta, accountant=plan.accountant)
-        if isinstance(net, nn.Module) and hasattr(net, "_close"):
-            net._close()
+        close = getattr(net, "_close", None)
+        if callable(close):
+            close()  # detach Opacus' hooks so the caller gets a plain module back
     return LocalResult(
         num_examples=len(dataset),
         train_loss=float(np.mean(losses)) if losses else math.nan,

@@ -59,7 +59,7 @@ class RunLog:
             nid = msg.metadata.src_node_id
             replied.add(nid)
             if msg.has_error():
-                out.append(NodeOutcome(nid, self.name(nid), "failed", msg.error.reason))
+                out.append(NodeOutcome(nid, self.name(nid), "failed", str(msg.error.reason)))
                 continue
             if "agency" in msg.content.config_records:
                 self.agency_of[nid] = str(msg.content.config_records["agency"]["agency"])
@@ -143,7 +143,7 @@ def aggregate_evaluate_metrics(records: list[RecordDict], key: str) -> MetricRec
     aucs = [float(m["roc_auc"]) for m, _ in pairs if math.isfinite(float(m["roc_auc"]))]  # type: ignore[arg-type]
     out["worst_roc_auc"] = min(aucs) if aucs else math.nan
     out["agencies_with_roc_auc"] = float(len(aucs))
-    return MetricRecord(out)
+    return MetricRecord(dict(out))
 
 
 class _Accountable:
@@ -195,7 +195,7 @@ class _Accountable:
         good = [m for m in replies if not m.has_error()]
         arrays, metrics = super().aggregate_train(server_round, good)  # type: ignore[misc]
         if metrics is not None:
-            record.train_aggregate = {k: float(v) for k, v in metrics.items()}  # type: ignore[arg-type]
+            record.train_aggregate = {k: float(v) for k, v in metrics.items()}
         return arrays, metrics
 
     def aggregate_evaluate(
@@ -213,7 +213,7 @@ class _Accountable:
         good = [m for m in replies if not m.has_error()]
         metrics = super().aggregate_evaluate(server_round, good)  # type: ignore[misc]
         if metrics is not None:
-            record.evaluate_aggregate = {k: float(v) for k, v in metrics.items()}  # type: ignore[arg-type]
+            record.evaluate_aggregate = {k: float(v) for k, v in metrics.items()}
         self._progress(record)
         return metrics  # type: ignore[no-any-return]
 

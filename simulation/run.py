@@ -46,7 +46,7 @@ TOP_LEVEL = {
 
 def flat_run_config(cfg: DictConfig, *, data_root: Path, output_dir: Path) -> dict[str, Scalar]:
     """The Flower run config for this simulation, validated by RunSettings.from_flat."""
-    unknown = sorted(set(cfg.keys()) - TOP_LEVEL - {"hydra"})
+    unknown = sorted(set(map(str, cfg.keys())) - TOP_LEVEL - {"hydra"})
     if unknown:
         raise ConfigError(
             [f"top-level key {k!r} is not a known setting; known: {sorted(TOP_LEVEL)}"
@@ -59,7 +59,7 @@ def flat_run_config(cfg: DictConfig, *, data_root: Path, output_dir: Path) -> di
         assert isinstance(node, dict)
         for key, value in node.items():
             if value is not None:
-                flat[f"{section}.{key}"] = value
+                flat[f"{section}.{key!s}"] = value
     flat["paths.data_root"] = str(data_root)
     flat["paths.output_dir"] = str(output_dir)
     RunSettings.from_flat(flat, source="simulation config")
@@ -180,7 +180,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         raise ConfigError([f"mode={cfg.mode!r} must be 'federated' or 'centralised'"])
     preset_data = OmegaConf.to_container(cfg.federation, resolve=True)
     assert isinstance(preset_data, dict)
-    preset = preset_from_mapping(preset_data)
+    preset = preset_from_mapping({str(k): v for k, v in preset_data.items()})
     print(f"generating {len(preset.agencies)} synthetic agencies ({preset.name}, "
           f"seed {cfg.seed}) into {data_root}", flush=True)
     manifest = generate_federation(preset, data_root, seed=int(cfg.seed),
