@@ -42,7 +42,8 @@ class HashingFeaturizer:
     """Maps texts to L2-normalised, sign-hashed log counts of n-grams.
 
     ``num_buckets`` must be a power of two. Word n-grams (1..word_ngrams) and character
-    n-grams (char_min..char_max, inside word boundaries) share the bucket space, each
+    n-grams (char_min..char_max, inside word boundaries; char_max=0 turns them off) share
+    the bucket space, each
     prefixed so that a word and an identical character string do not collide on purpose.
     """
 
@@ -58,7 +59,7 @@ class HashingFeaturizer:
             problems.append(f"num_buckets={self.num_buckets} must be a power of two >= 2")
         if self.word_ngrams < 1:
             problems.append(f"word_ngrams={self.word_ngrams} must be >= 1")
-        if not 1 <= self.char_min <= self.char_max:
+        if self.char_max != 0 and not 1 <= self.char_min <= self.char_max:
             problems.append(
                 f"char n-gram range {self.char_min}..{self.char_max} must satisfy "
                 "1 <= char_min <= char_max"
@@ -78,6 +79,8 @@ class HashingFeaturizer:
         for n in range(1, self.word_ngrams + 1):
             for i in range(len(toks) - n + 1):
                 yield "w:" + " ".join(toks[i : i + n])
+        if self.char_max == 0:
+            return
         for tok in toks:
             padded = f" {tok} "
             for n in range(self.char_min, self.char_max + 1):

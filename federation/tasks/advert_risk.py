@@ -38,10 +38,10 @@ class AdvertRiskParams(TaskParams):
             p.append(f"task.hidden={self.hidden} must be >= 0 (0 means a linear model)")
         if self.word_ngrams < 1:
             p.append(f"task.word_ngrams={self.word_ngrams} must be >= 1")
-        if not 1 <= self.char_min <= self.char_max:
+        if self.char_max != 0 and not 1 <= self.char_min <= self.char_max:
             p.append(
                 f"task.char_min={self.char_min}, task.char_max={self.char_max} must satisfy "
-                "1 <= char_min <= char_max"
+                "1 <= char_min <= char_max (or char_max=0 for no character n-grams)"
             )
         return p
 

@@ -1,0 +1,1 @@
+"""Synthetic federations: agencies' advert exports with known ground truth."""
