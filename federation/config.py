@@ -105,9 +105,9 @@ class TrainSettings(_Section):
     """Local training at each agency."""
 
     prefix: ClassVar[str] = "train"
-    local_epochs: int = 1
+    local_epochs: int = 2
     batch_size: int = 128
-    learning_rate: float = 0.5
+    learning_rate: float = 8.0
     momentum: float = 0.0
     seed: int = 0
 
@@ -131,7 +131,7 @@ class PrivacySettings(_Section):
     enabled: bool = True
     target_epsilon: float | None = None
     target_delta: float | None = None
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 0.5
     accountant: str = "rdp"
 
     ACCOUNTANTS: ClassVar[tuple[str, ...]] = ("rdp", "prv")

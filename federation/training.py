@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from federation import metrics
 from federation.config import PrivacySettings, TrainSettings
-from federation.privacy import HistoryEntry, NoisePlan, epsilon_spent
+from federation.privacy import HistoryEntry, NoisePlan, epsilon_spent, steps_per_epoch
 from federation.text import SparseRows
 
 
@@ -78,6 +78,13 @@ def train_local(
 ) -> LocalResult:
     """One round of local training; ``model`` is updated in place."""
     dataset = SparseDataset(features, labels)
+    if plan is not None:
+        expected = train.local_epochs * steps_per_epoch(len(dataset), train.batch_size)
+        if plan.steps_per_round != expected:
+            raise ValueError(
+                f"the noise plan covers {plan.steps_per_round} steps per round but these "
+                f"settings take {expected}; plan with the same records, batch and epochs"
+            )
     global_params = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.SGD(
         model.parameters(), lr=train.learning_rate, momentum=train.momentum
@@ -122,10 +129,12 @@ def train_local(
             losses.append(float(loss.detach()))
             if proximal_mu > 0:
                 # FedProx's proximal term is data-independent, so it is applied after
-                # the private step (post-processing) rather than clipped with the data.
+                # the private step (post-processing) rather than clipped with the data,
+                # as the exact proximal step: stable for any learning_rate * mu.
+                shrink = train.learning_rate * proximal_mu
                 with torch.no_grad():
                     for p, g in zip(model.parameters(), global_params, strict=True):
-                        p.sub_(train.learning_rate * proximal_mu * (p - g))
+                        p.add_(g, alpha=shrink).div_(1.0 + shrink)
     new_history: list[HistoryEntry] = []
     epsilon = 0.0
     if engine is not None and plan is not None:

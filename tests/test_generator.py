@@ -90,7 +90,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> tuple[FederationPreset, Pat
 def test_presets_load_and_have_the_documented_sizes() -> None:
     six = load_preset(CONFIGS / "six_agency.yaml")
     assert [a.adverts for a in six.agencies] == [40000, 5000, 25000, 15000, 3000, 1000]
-    assert six.scale == 0.1
+    assert six.scale == 0.3
     assert 1400 <= sum(_three().sizes().values()) <= 1600
     twenty = load_preset(CONFIGS / "twenty_agency.yaml")
     sizes = sorted(twenty.sizes().values(), reverse=True)

@@ -32,7 +32,7 @@ def test_dp_epsilon_accumulates_and_stays_within_target(data: tuple) -> None:
     torch.manual_seed(0)
     model = task.build_model()
     privacy = PrivacySettings(target_epsilon=2.0, target_delta=1e-4)
-    train = TrainSettings(batch_size=32, learning_rate=1.0)
+    train = TrainSettings(batch_size=32, learning_rate=1.0, local_epochs=1)
     plan = plan_noise(num_records=400, batch_size=32, local_epochs=1, planned_rounds=3,
                       target_epsilon=2.0, target_delta=1e-4, accountant="rdp", where="t")
     history: list = []
@@ -58,7 +58,8 @@ def test_dp_noise_is_fresh_each_run(data: tuple) -> None:
     for _ in range(2):
         torch.manual_seed(0)
         m = task.build_model()
-        train_local(m, x, y, train=TrainSettings(batch_size=32), privacy=privacy, plan=plan)
+        train_local(m, x, y, train=TrainSettings(batch_size=32, local_epochs=1), privacy=privacy,
+                    plan=plan)
         outs.append(torch.cat([p.detach().ravel() for p in m.parameters()]))
     assert not torch.equal(outs[0], outs[1])
 
@@ -81,7 +82,7 @@ def test_proximal_term_pulls_towards_the_global_model(data: tuple) -> None:
         torch.manual_seed(0)
         m = task.build_model()
         start = torch.cat([p.detach().ravel().clone() for p in m.parameters()])
-        train_local(m, x, y, train=TrainSettings(batch_size=32, local_epochs=2),
+        train_local(m, x, y, train=TrainSettings(batch_size=32, local_epochs=2, learning_rate=1.0),
                     privacy=PrivacySettings(enabled=False), plan=None, proximal_mu=mu)
         drift.append(float((torch.cat([p.detach().ravel() for p in m.parameters()]) - start)
                            .norm()))
