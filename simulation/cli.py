@@ -50,10 +50,12 @@ def main(argv: list[str] | None = None) -> int:
                          add_help=False)
     sim.add_argument("overrides", nargs=argparse.REMAINDER,
                      help="Hydra overrides, e.g. privacy.target_epsilon=1.0 strategy=fedprox")
-    args = parser.parse_args(argv)
-    if args.command == "simulate":
-        return _simulate(list(args.overrides))
-    return 2  # pragma: no cover - argparse rejects other commands
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "simulate":
+        # Everything after the subcommand belongs to Hydra (-m, --help, --cfg job, ...).
+        return _simulate(argv[1:])
+    parser.parse_args(argv)
+    return 2  # pragma: no cover - argparse exits on anything else
 
 
 if __name__ == "__main__":

@@ -219,7 +219,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         model.load_state_dict(saved["state_dict"])
         summary["global"] = metrics.summary(test.labels, predict_proba(model, test.features),
                                             k=settings.eval.k)
-        summary["agencies"] = _agency_table(fed_metrics, agencies)
+        summary["agencies"] = _agency_table(fed_metrics, agencies, manifest.oracle_per_agency)
         summary["rounds"] = fed_metrics
     if cfg.mode == "centralised" or bool(cfg.baseline):
         train = _pool(task, agencies, "train")
@@ -232,8 +232,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def _agency_table(rounds: list[dict[str, Any]], agencies: list[AgencyData]
-                  ) -> list[dict[str, Any]]:
+def _agency_table(rounds: list[dict[str, Any]], agencies: list[AgencyData],
+                  oracle: Mapping[str, float]) -> list[dict[str, Any]]:
     rows = []
     for a in agencies:
         last_train = next((o for r in reversed(rounds) for o in r["train"]
@@ -249,10 +249,15 @@ def _agency_table(rounds: list[dict[str, Any]], agencies: list[AgencyData]
             "epsilon": last_train["metrics"]["epsilon"] if last_train else None,
             "delta": last_train["metrics"]["delta"] if last_train else None,
             "local_roc_auc": last_eval["metrics"]["roc_auc"] if last_eval else None,
+            "local_oracle_roc_auc": _finite_or_none(oracle.get(a.agency)),
             "rows_set_aside": a.train.rejected_total + a.test.rejected_total,
             "failed_rounds": failures,
         })
     return rows
+
+
+def _finite_or_none(v: float | None) -> float | None:
+    return None if v is None or math.isnan(v) else float(v)
 
 
 def render(summary: Mapping[str, Any]) -> str:
@@ -261,12 +266,13 @@ def render(summary: Mapping[str, Any]) -> str:
     p = summary["privacy"]
     if "agencies" in summary:
         lines.append(f"{'agency':<22}{'train':>7}{'test':>6}  {'epsilon (delta)':<20}"
-                     f"{'local ROC-AUC':>14}{'set aside':>10}{'failed':>7}")
+                     f"{'local ROC-AUC':>14}{'(oracle)':>9}{'set aside':>10}{'failed':>7}")
         for r in summary["agencies"]:
             eps = (f"{_fmt(r['epsilon'], 2)} ({r['delta']:.0e})" if p["enabled"]
                    and r["epsilon"] is not None else "no DP")
             lines.append(f"{r['agency']:<22}{r['train_examples']:>7}{r['test_examples']:>6}  "
-                         f"{eps:<20}{_fmt(r['local_roc_auc']):>14}{r['rows_set_aside']:>10}"
+                         f"{eps:<20}{_fmt(r['local_roc_auc']):>14}"
+                         f"{_fmt(r['local_oracle_roc_auc']):>9}{r['rows_set_aside']:>10}"
                          f"{r['failed_rounds']:>7}")
         aucs = [r["local_roc_auc"] for r in summary["agencies"] if r["local_roc_auc"] is not None]
         if aucs:

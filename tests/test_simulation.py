@@ -95,3 +95,19 @@ def test_unknown_top_level_key_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "run"
     text = _fails_before_training(heroes(["experiment=quick", "bogus=1"], out, 180), out)
     assert "bogus" in text
+
+
+@pytest.mark.slow
+def test_default_run_reaches_the_utility_floor(tmp_path: Path) -> None:
+    """The default `heroes simulate` (six agencies, eps=3, delta=1e-5 each): the global
+    model reaches at least 0.90 x the oracle ROC-AUC on the pooled test split."""
+    out = tmp_path / "run"
+    proc = heroes(["baseline=false"], out)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["privacy"]["target_epsilon"] == 3.0
+    assert summary["privacy"]["target_delta"] == 1e-5
+    assert len(summary["agencies"]) == 6
+    ratio = summary["global"]["roc_auc"] / summary["oracle_roc_auc"]
+    assert ratio >= 0.90, ratio
+    assert all(a["epsilon"] <= 3.0 for a in summary["agencies"])
