@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -42,6 +43,13 @@ TOP_LEVEL = {
     "seed", "mode", "baseline", "test_fraction", "simulation", "federation", "experiment",
     *RUN_SECTIONS,
 }
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write whole or not at all: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def flat_run_config(cfg: DictConfig, *, data_root: Path, output_dir: Path) -> dict[str, Scalar]:
@@ -190,7 +198,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         aside = a.rejection_report()
         if any(aside.values()):
             print(f"  {a.agency}: rows set aside {aside}", flush=True)
-    (out_dir / "config.json").write_text(json.dumps(flat, indent=2), encoding="utf-8")
+    _write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    _write_text(out_dir / "run_config.json", json.dumps(flat, indent=2))
 
     fed_metrics: list[dict[str, Any]] = []
     if cfg.mode == "federated":
@@ -225,8 +234,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         train = _pool(task, agencies, "train")
         summary["centralised_baseline"] = centralised_baseline(task, settings, train, test)
     summary["wall_seconds"] = time.monotonic() - t0
-    (out_dir / "summary.json").write_text(
-        json.dumps(summary, indent=2, default=lambda v: None), encoding="utf-8")
+    _write_text(out_dir / "metrics.json", json.dumps(summary, indent=2, default=lambda v: None))
+    if cfg.mode == "federated":
+        shutil.copyfile(server_out / "model.pt", out_dir / "model.pt")
     print(render(summary), flush=True)
     print(f"outputs: {out_dir}", flush=True)
     return summary

@@ -30,7 +30,7 @@ def test_three_agencies_two_rounds(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = heroes(["experiment=quick", "baseline=true"], out)
     assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "metrics.json").read_text())
     rounds = summary["rounds"]
     assert [r["round"] for r in rounds] == [1, 2]
     agencies = {a["agency"] for a in summary["agencies"]}
@@ -60,8 +60,8 @@ def test_three_agencies_two_rounds(tmp_path: Path) -> None:
     assert 0.5 < summary["oracle_roc_auc"] <= 1.0
     assert "centralised_baseline" in summary
     # The outputs a researcher expects.
-    for name in ("server/model.pt", "server/metrics.json", "config.json",
-                 ".hydra/config.yaml", "data/federation.json"):
+    for name in ("model.pt", "metrics.json", "config.yaml", "run_config.json",
+                 "server/model.pt", "server/metrics.json", "data/federation.json"):
         assert (out / name).is_file(), name
     assert "worst agency" in proc.stdout
     assert "round 2/2" in proc.stdout + proc.stderr
@@ -104,10 +104,22 @@ def test_default_run_reaches_the_utility_floor(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = heroes(["baseline=false"], out)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "metrics.json").read_text())
     assert summary["privacy"]["target_epsilon"] == 3.0
     assert summary["privacy"]["target_delta"] == 1e-5
     assert len(summary["agencies"]) == 6
     ratio = summary["global"]["roc_auc"] / summary["oracle_roc_auc"]
     assert ratio >= 0.90, ratio
     assert all(a["epsilon"] <= 3.0 for a in summary["agencies"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["fedprox", "fedadam"])
+def test_other_strategies_run(tmp_path: Path, strategy: str) -> None:
+    out = tmp_path / "run"
+    proc = heroes(["experiment=quick", f"strategy={strategy}"], out)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((out / "metrics.json").read_text())
+    assert json.loads((out / "run_config.json").read_text())["strategy.name"] == strategy
+    assert all(o["status"] == "ok" for r in summary["rounds"] for o in r["train"])
+    assert summary["global"]["roc_auc"] > 0.5
