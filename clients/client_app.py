@@ -11,7 +11,9 @@ each round's epsilon is the run's cumulative epsilon.
 from __future__ import annotations
 
 import logging
-from typing import cast
+import math
+from dataclasses import asdict
+from typing import Any, cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -20,6 +22,14 @@ from flwr.clientapp import ClientApp
 from clients.node import NodeData, load_node_data
 from federation.config import RunSettings
 from federation.errors import PrivacyConfigError
+from federation.ledger import (
+    BudgetExceeded,
+    Ledger,
+    Policy,
+    Release,
+    calibrate_to_budget,
+    load_policy,
+)
 from federation.privacy import HistoryEntry, NoisePlan, plan_noise
 from federation.training import evaluate as evaluate_model
 from federation.training import train_local
@@ -51,12 +61,19 @@ def _save_history(context: Context, history: list[HistoryEntry]) -> None:
     )
 
 
-def _plan(settings: RunSettings, node: NodeData) -> NoisePlan | None:
+PLAN_STATE = "dp-plan"
+
+
+def _run_plan(settings: RunSettings, node: NodeData, context: Context, ledger: Ledger,
+              policy: Policy) -> NoisePlan:
+    """The run's noise plan: made once, at the node's first round, then kept in
+    ``context.state`` so every round of the run uses the same mechanism."""
+    if PLAN_STATE in context.state:
+        rec = context.state.config_records[PLAN_STATE]
+        return NoisePlan(**cast(dict[str, Any], dict(rec)))
     p = settings.privacy
-    if not p.enabled:
-        return None
     assert p.target_epsilon is not None and p.target_delta is not None
-    return plan_noise(
+    plan = plan_noise(
         num_records=node.train_size,
         batch_size=settings.train.batch_size,
         local_epochs=settings.train.local_epochs,
@@ -66,16 +83,31 @@ def _plan(settings: RunSettings, node: NodeData) -> NoisePlan | None:
         accountant=p.accountant,
         where=f"agency {node.agency}",
     )
+    plan = calibrate_to_budget(plan, ledger.history(node.dataset), policy)
+    context.state[PLAN_STATE] = ConfigRecord(asdict(plan))
+    if plan.budget_limited:
+        log.warning("agency %s: noise raised to %.3f to fit the remaining privacy budget",
+                    node.agency, plan.noise_multiplier)
+    return plan
 
 
-def _reply(msg: Message, node: NodeData, metrics: dict[str, float], arrays: ArrayRecord | None
-           ) -> Message:
-    content = RecordDict({"metrics": MetricRecord(dict(metrics)),
-                          "agency": ConfigRecord(
-        {"agency": node.agency})})
+def _reply(msg: Message, node: NodeData, metrics: dict[str, float], arrays: ArrayRecord | None,
+           *, status: str = "ok", reason: str = "") -> Message:
+    content = RecordDict({
+        "metrics": MetricRecord(dict(metrics)),
+        "agency": ConfigRecord({"agency": node.agency, "status": status, "reason": reason}),
+    })
     if arrays is not None:
         content["arrays"] = arrays
     return Message(content=content, reply_to=msg)
+
+
+def _refuse(msg: Message, node: NodeData, exc: BudgetExceeded) -> Message:
+    """A clean refusal the server understands: no arrays, the reason, the numbers."""
+    log.warning("agency %s refuses to train: %s", node.agency, exc)
+    metrics = {"num-examples": 0.0, "dataset_epsilon": exc.spent, "budget": exc.budget,
+               "epsilon_if_trained": exc.after}
+    return _reply(msg, node, metrics, None, status="refused", reason=str(exc))
 
 
 @app.train()
@@ -85,46 +117,68 @@ def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
     model = node.task.build_model()
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-    plan = _plan(settings, node)
-    history = _load_history(context)
-    if plan is not None:
-        spent = sum(n for _, _, n in history)
-        planned = plan.steps_per_round * plan.planned_rounds
-        if spent + plan.steps_per_round > planned:
-            raise PrivacyConfigError(
-                [
-                    f"agency {node.agency} has taken {spent} of {planned} planned DP steps; "
-                    "another round would exceed privacy.target_epsilon="
-                    f"{plan.target_epsilon} at delta={plan.target_delta}. Start a new run "
-                    "with a budget planned for all its rounds"
-                ],
-                source="privacy budget",
-            )
     config = msg.content["config"]
     mu = float(config["proximal-mu"]) if "proximal-mu" in config else 0.0  # type: ignore[arg-type]
-    result = train_local(
-        model,
-        node.features,
-        node.labels,
-        train=settings.train,
-        privacy=settings.privacy,
-        plan=plan,
-        history=history,
-        proximal_mu=mu,
-    )
-    if plan is not None:
+    server_round = int(cast(int, config.get("server-round", 0)))
+    policy = load_policy(node.state_dir)
+    if not settings.privacy.enabled:
+        if not policy.allow_non_private:
+            raise PrivacyConfigError(
+                [f"the run has privacy.enabled=false but agency {node.agency}'s policy does "
+                 "not allow non-private training (allow_non_private = false)"],
+                source="agency privacy policy",
+            )
+        result = train_local(model, node.features, node.labels, train=settings.train,
+                             privacy=settings.privacy, plan=None, proximal_mu=mu)
+        plain = {"num-examples": result.num_examples, "train_loss": result.train_loss,
+                   "epsilon": math.inf, "run_epsilon": math.inf, "delta": 0.0,
+                   "noise_multiplier": 0.0, "sample_rate": 0.0, "steps": result.steps,
+                   "budget_remaining": math.nan, "rows_set_aside": node.rows_set_aside}
+        return _reply(msg, node, plain, ArrayRecord(model.state_dict()))
+    with Ledger.open(node.state_dir) as ledger:
+        try:
+            plan = _run_plan(settings, node, context, ledger, policy)
+        except BudgetExceeded as exc:
+            return _refuse(msg, node, exc)
+        history = _load_history(context)
+        planned = plan.steps_per_round * plan.planned_rounds
+        if sum(n for _, _, n in history) + plan.steps_per_round > planned:
+            return _refuse(msg, node, BudgetExceeded(
+                f"all {plan.planned_rounds} planned rounds of this run are spent; another "
+                "would exceed the run's privacy.target_epsilon", spent=plan.planned_epsilon,
+                after=math.inf, budget=plan.target_epsilon))
+        release = Release(
+            dataset=node.dataset, fingerprint=node.fingerprint, run_id=str(context.run_id),
+            round=server_round, task=settings.task_name, model=node.model_name,
+            noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
+            steps=plan.steps_per_round, max_grad_norm=settings.privacy.max_grad_norm,
+            delta=policy.delta, accountant=policy.accountant,
+        )
+        try:
+            seq, dataset_epsilon = ledger.reserve(release, policy)  # write-ahead
+        except BudgetExceeded as exc:
+            return _refuse(msg, node, exc)
+        result = train_local(model, node.features, node.labels, train=settings.train,
+                             privacy=settings.privacy, plan=plan, history=history,
+                             proximal_mu=mu)
         _save_history(context, result.history)
+        ledger.complete(seq)
     metrics: dict[str, float] = {
         "num-examples": result.num_examples,
         "train_loss": result.train_loss,
-        "epsilon": result.epsilon,
-        "delta": plan.target_delta if plan else 0.0,
+        # Cumulative over every round of every run on this dataset (the ledger).
+        "epsilon": dataset_epsilon,
+        "delta": policy.delta,
+        # This run alone, at the run's delta.
+        "run_epsilon": result.epsilon,
+        "run_delta": plan.target_delta,
+        "budget_remaining": max(0.0, policy.max_epsilon - dataset_epsilon),
         "noise_multiplier": result.noise_multiplier,
-        "sample_rate": plan.sample_rate if plan else 0.0,
+        "sample_rate": plan.sample_rate,
         "steps": result.steps,
         "rows_set_aside": node.rows_set_aside,
     }
-    log.info("agency %s trained: %s", node.agency, metrics)
+    log.info("agency %s trained round %d: %s", node.agency, server_round, metrics)
     return _reply(msg, node, metrics, ArrayRecord(model.state_dict()))
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from federation.config import RunSettings
 from federation.data import load_agency
 from federation.errors import ConfigError, DataError
+from federation.ledger import fingerprint_file
 from federation.tasks import Task, get_task
 from federation.text import SparseRows
 
@@ -25,6 +26,10 @@ from federation.text import SparseRows
 @dataclass(frozen=True)
 class NodeData:
     agency: str
+    dataset: str  # the ledger key: the agency's dataset_id, or agency/fingerprint
+    fingerprint: str  # SHA-256 of the training export
+    state_dir: Path
+    model_name: str
     task: Task
     features: SparseRows
     labels: np.ndarray
@@ -63,17 +68,37 @@ def resolve_data_dir(node_config: Mapping[str, object], settings: RunSettings) -
     )
 
 
+def resolve_state_dir(node_config: Mapping[str, object], settings: RunSettings,
+                      agency: str) -> Path:
+    """Where the node keeps its privacy ledger and policy."""
+    if "state_dir" in node_config:
+        return Path(str(node_config["state_dir"]))
+    if "partition-id" in node_config and settings.paths.state_root:
+        return Path(settings.paths.state_root) / agency
+    raise ConfigError(
+        ["node config has no state_dir (where the privacy ledger and policy live); start "
+         "the node with --node-config 'state_dir=\"/var/lib/heroes\"'"],
+        source="node config",
+    )
+
+
 def load_node_data(
     node_config: Mapping[str, object], settings: RunSettings, *, split: str
 ) -> NodeData:
     """Validate the agency's whole export, then featurise the requested split."""
     data = load_agency(resolve_data_dir(node_config, settings))
     task = get_task(settings.task_name, settings.task_params)
+    fingerprint = fingerprint_file(data.train.path)
+    dataset = str(node_config.get("dataset_id") or f"{data.agency}/{fingerprint[:16]}")
     table = data.train if split == "train" else data.test
     rows = task.rows(table)
     texts = [table.texts[i] for i in rows]
     return NodeData(
         agency=data.agency,
+        dataset=dataset,
+        fingerprint=fingerprint,
+        state_dir=resolve_state_dir(node_config, settings, data.agency),
+        model_name=f"{task.name}:{type(task.build_model()).__name__}",
         task=task,
         features=task.featurize(texts),
         labels=table.positive[rows],

@@ -224,6 +224,7 @@ class RunPaths(_Section):
     prefix: ClassVar[str] = "paths"
     data_root: str = ""
     output_dir: str = ""
+    state_root: str = ""  # simulation only: one node state folder per agency under it
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ log = logging.getLogger("heroes.server")
 class NodeOutcome:
     node_id: int
     agency: str
-    status: str  # "ok", "failed" or "missing"
+    status: str  # "ok", "refused" (e.g. privacy budget), "failed" or "missing"
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -61,14 +61,18 @@ class RunLog:
             if msg.has_error():
                 out.append(NodeOutcome(nid, self.name(nid), "failed", str(msg.error.reason)))
                 continue
+            status, reason = "ok", ""
             if "agency" in msg.content.config_records:
-                self.agency_of[nid] = str(msg.content.config_records["agency"]["agency"])
+                info = msg.content.config_records["agency"]
+                self.agency_of[nid] = str(info["agency"])
+                status = str(info.get("status", "ok"))
+                reason = str(info.get("reason", ""))
             metrics = {
                 k: float(v)  # type: ignore[arg-type]
                 for rec in msg.content.metric_records.values()
                 for k, v in rec.items()
             }
-            out.append(NodeOutcome(nid, self.name(nid), "ok", metrics=metrics))
+            out.append(NodeOutcome(nid, self.name(nid), status, reason, metrics=metrics))
         for nid in sampled:
             if nid not in replied:
                 out.append(NodeOutcome(nid, self.name(nid), "missing", "no reply before timeout"))
@@ -192,7 +196,8 @@ class _Accountable:
                 + "; ".join(f"{o.agency} ({o.status}: {o.reason})" for o in bad)
                 + ". Fix those nodes or lower strategy.quorum."
             )
-        good = [m for m in replies if not m.has_error()]
+        ok_nodes = {o.node_id for o in ok}
+        good = [m for m in replies if m.metadata.src_node_id in ok_nodes]
         arrays, metrics = super().aggregate_train(server_round, good)  # type: ignore[misc]
         if metrics is not None:
             record.train_aggregate = {k: float(v) for k, v in metrics.items()}
@@ -210,7 +215,8 @@ class _Accountable:
             if o.status != "ok":
                 log.warning("round %d: %s %s in evaluation: %s", server_round, o.agency,
                             o.status, o.reason)
-        good = [m for m in replies if not m.has_error()]
+        ok_nodes = {o.node_id for o in record.evaluate if o.status == "ok"}
+        good = [m for m in replies if m.metadata.src_node_id in ok_nodes]
         metrics = super().aggregate_evaluate(server_round, good)  # type: ignore[misc]
         if metrics is not None:
             record.evaluate_aggregate = {k: float(v) for k, v in metrics.items()}

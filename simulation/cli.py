@@ -1,6 +1,8 @@
 """The ``heroes`` command.
 
     heroes simulate [HYDRA OVERRIDES...]   run a simulated federation (see configs/)
+    heroes privacy epsilon|plan ...        privacy accounting and planning
+    heroes agency ledger --state-dir DIR   privacy spent and left per dataset at a node
 
 Configuration errors, data errors and privacy errors print one clear message and exit
 with status 2; nothing has been trained when they do.
@@ -44,17 +46,30 @@ def _simulate(overrides: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from clients import cli as agency_cli
+    from federation import privacy_cli
+
     parser = argparse.ArgumentParser(prog="heroes", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="run a simulated federation of synthetic agencies",
                          add_help=False)
     sim.add_argument("overrides", nargs=argparse.REMAINDER,
                      help="Hydra overrides, e.g. privacy.target_epsilon=1.0 strategy=fedprox")
+    privacy_cli.add_commands(sub)
+    agency_cli.add_commands(sub)
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "simulate":
         # Everything after the subcommand belongs to Hydra (-m, --help, --cfg job, ...).
         return _simulate(argv[1:])
-    parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "privacy":
+            return privacy_cli.main(args)
+        if args.command == "agency":
+            return agency_cli.main(args)
+    except HeroesError as exc:
+        print(f"heroes {args.command}: {exc}", file=sys.stderr)
+        return 2
     return 2  # pragma: no cover - argparse exits on anything else
 
 

@@ -30,6 +30,7 @@ from federation import metrics
 from federation.config import RunSettings, Scalar
 from federation.data import AgencyData, load_agency
 from federation.errors import ConfigError
+from federation.ledger import Ledger, Policy, write_policy
 from federation.privacy import validate_targets
 from federation.tasks import Task, get_task
 from federation.text import SparseRows
@@ -41,6 +42,7 @@ log = logging.getLogger("heroes.simulate")
 RUN_SECTIONS = ("task", "train", "privacy", "strategy", "eval")
 TOP_LEVEL = {
     "seed", "mode", "baseline", "test_fraction", "simulation", "federation", "experiment",
+    "agency_policy",
     *RUN_SECTIONS,
 }
 
@@ -52,7 +54,8 @@ def _write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def flat_run_config(cfg: DictConfig, *, data_root: Path, output_dir: Path) -> dict[str, Scalar]:
+def flat_run_config(cfg: DictConfig, *, data_root: Path, output_dir: Path,
+                    state_root: Path) -> dict[str, Scalar]:
     """The Flower run config for this simulation, validated by RunSettings.from_flat."""
     unknown = sorted(set(map(str, cfg.keys())) - TOP_LEVEL - {"hydra"})
     if unknown:
@@ -70,6 +73,7 @@ def flat_run_config(cfg: DictConfig, *, data_root: Path, output_dir: Path) -> di
                 flat[f"{section}.{key!s}"] = value
     flat["paths.data_root"] = str(data_root)
     flat["paths.output_dir"] = str(output_dir)
+    flat["paths.state_root"] = str(state_root)
     RunSettings.from_flat(flat, source="simulation config")
     return flat
 
@@ -84,6 +88,36 @@ def _validate_agencies(manifest: FederationManifest, settings: RunSettings
             validate_targets(target_epsilon=p.target_epsilon, target_delta=p.target_delta,
                              num_records=len(data.train), where=f"agency {data.agency}")
     return agencies
+
+
+def write_policies(cfg: DictConfig, agencies: list[str], state_root: Path) -> None:
+    """Each simulated agency's own policy file, as its node would find it.
+
+    ``agency_policy.per_agency`` maps an agency id to a budget, or to a mapping of policy
+    fields (max_epsilon, delta, accountant, allow_non_private, on_budget).
+    """
+    whole = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(whole, dict)
+    base: dict[str, Any] = {str(k): v for k, v in whole.items() if k != "per_agency"}
+    per_agency = OmegaConf.to_container(cfg.per_agency, resolve=True) or {}
+    assert isinstance(per_agency, dict)
+    unknown = sorted(set(map(str, per_agency)) - set(agencies))
+    if unknown:
+        raise ConfigError([f"agency_policy.per_agency names unknown agencies {unknown}; "
+                           f"the federation has {agencies}"], source="simulation config")
+    for agency in agencies:
+        fields = dict(base)
+        override = per_agency.get(agency)
+        if isinstance(override, dict):
+            fields.update(override)
+        elif override is not None:
+            fields["max_epsilon"] = float(override)
+        try:
+            policy = Policy(**fields)
+        except TypeError as exc:
+            raise ConfigError([f"agency_policy for {agency}: {exc}"],
+                              source="simulation config") from None
+        write_policy(state_root / agency, policy)
 
 
 def _write_app_dir(app_dir: Path, flat: Mapping[str, Scalar]) -> None:
@@ -182,7 +216,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     data_root = out_dir / "data"
     server_out = out_dir / "server"
-    flat = flat_run_config(cfg, data_root=data_root, output_dir=server_out)
+    state_root = out_dir / "agency_state"
+    flat = flat_run_config(cfg, data_root=data_root, output_dir=server_out,
+                           state_root=state_root)
     settings = RunSettings.from_flat(flat)
     if cfg.mode not in ("federated", "centralised"):
         raise ConfigError([f"mode={cfg.mode!r} must be 'federated' or 'centralised'"])
@@ -194,6 +230,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     manifest = generate_federation(preset, data_root, seed=int(cfg.seed),
                                    test_fraction=float(cfg.test_fraction))
     agencies = _validate_agencies(manifest, settings)
+    write_policies(cfg.agency_policy, [a.agency for a in agencies], state_root)
     for a in agencies:
         aside = a.rejection_report()
         if any(aside.values()):
@@ -228,7 +265,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         model.load_state_dict(saved["state_dict"])
         summary["global"] = metrics.summary(test.labels, predict_proba(model, test.features),
                                             k=settings.eval.k)
-        summary["agencies"] = _agency_table(fed_metrics, agencies, manifest.oracle_per_agency)
+        summary["agencies"] = _agency_table(fed_metrics, agencies, manifest.oracle_per_agency,
+                                            state_root)
         summary["rounds"] = fed_metrics
     if cfg.mode == "centralised" or bool(cfg.baseline):
         train = _pool(task, agencies, "train")
@@ -243,25 +281,40 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def _agency_table(rounds: list[dict[str, Any]], agencies: list[AgencyData],
-                  oracle: Mapping[str, float]) -> list[dict[str, Any]]:
+                  oracle: Mapping[str, float], state_root: Path) -> list[dict[str, Any]]:
     rows = []
     for a in agencies:
-        last_train = next((o for r in reversed(rounds) for o in r["train"]
-                           if o["agency"] == a.agency and o["status"] == "ok"), None)
-        last_eval = next((o for r in reversed(rounds) for o in r["evaluate"]
-                          if o["agency"] == a.agency and o["status"] == "ok"), None)
-        failures = sum(o["status"] != "ok" for r in rounds for o in r["train"]
-                       if o["agency"] == a.agency)
+        def mine(kind: str, agency: str = a.agency) -> list[dict[str, Any]]:
+            return [o | {"round": r["round"]} for r in rounds for o in r[kind]
+                    if o["agency"] == agency]
+        trained = [o for o in mine("train") if o["status"] == "ok"]
+        evaluated = [o for o in mine("evaluate") if o["status"] == "ok"]
+        refused = [o for o in mine("train") if o["status"] == "refused"]
+        failed = [o for o in mine("train") if o["status"] in ("failed", "missing")]
+        ledger_eps = None
+        ledger_file = state_root / a.agency
+        if (ledger_file / "privacy-ledger.sqlite").exists():
+            with Ledger.open(ledger_file, create=False) as ledger:
+                report = ledger.report(None)
+            ledger_eps = max((d["epsilon"]["rdp"] for d in report), default=None)
+        last = trained[-1]["metrics"] if trained else {}
         rows.append({
             "agency": a.agency,
             "train_examples": len(a.train),
             "test_examples": len(a.test),
-            "epsilon": last_train["metrics"]["epsilon"] if last_train else None,
-            "delta": last_train["metrics"]["delta"] if last_train else None,
-            "local_roc_auc": last_eval["metrics"]["roc_auc"] if last_eval else None,
+            "rounds_trained": len(trained),
+            "epsilon": last.get("epsilon"),
+            "delta": last.get("delta"),
+            "run_epsilon": last.get("run_epsilon"),
+            "ledger_epsilon": ledger_eps,
+            "budget_remaining": last.get("budget_remaining"),
+            "noise_multiplier": last.get("noise_multiplier"),
+            "local_roc_auc": evaluated[-1]["metrics"]["roc_auc"] if evaluated else None,
             "local_oracle_roc_auc": _finite_or_none(oracle.get(a.agency)),
             "rows_set_aside": a.train.rejected_total + a.test.rejected_total,
-            "failed_rounds": failures,
+            "failed_rounds": len(failed),
+            "stopped": (f"refused from round {refused[0]['round']}: {refused[0]['reason']}"
+                        if refused else None),
         })
     return rows
 
@@ -275,15 +328,20 @@ def render(summary: Mapping[str, Any]) -> str:
     lines = [""]
     p = summary["privacy"]
     if "agencies" in summary:
-        lines.append(f"{'agency':<22}{'train':>7}{'test':>6}  {'epsilon (delta)':<20}"
-                     f"{'local ROC-AUC':>14}{'(oracle)':>9}{'set aside':>10}{'failed':>7}")
+        lines.append(f"{'agency':<22}{'train':>7}{'test':>6}{'rounds':>7}  "
+                     f"{'epsilon (delta)':<18}{'budget left':>12}{'local ROC-AUC':>14}"
+                     f"{'(oracle)':>9}{'set aside':>10}{'failed':>7}")
         for r in summary["agencies"]:
             eps = (f"{_fmt(r['epsilon'], 2)} ({r['delta']:.0e})" if p["enabled"]
-                   and r["epsilon"] is not None else "no DP")
-            lines.append(f"{r['agency']:<22}{r['train_examples']:>7}{r['test_examples']:>6}  "
-                         f"{eps:<20}{_fmt(r['local_roc_auc']):>14}"
+                   and r["epsilon"] is not None else ("no DP" if not p["enabled"] else "-"))
+            lines.append(f"{r['agency']:<22}{r['train_examples']:>7}{r['test_examples']:>6}"
+                         f"{r['rounds_trained']:>7}  {eps:<18}"
+                         f"{_fmt(r['budget_remaining'], 2):>12}{_fmt(r['local_roc_auc']):>14}"
                          f"{_fmt(r['local_oracle_roc_auc']):>9}{r['rows_set_aside']:>10}"
                          f"{r['failed_rounds']:>7}")
+        for r in summary["agencies"]:
+            if r["stopped"]:
+                lines.append(f"STOPPED {r['agency']}: {r['stopped']}")
         aucs = [r["local_roc_auc"] for r in summary["agencies"] if r["local_roc_auc"] is not None]
         if aucs:
             worst = min(summary["agencies"], key=lambda r: r["local_roc_auc"] if
@@ -291,9 +349,10 @@ def render(summary: Mapping[str, Any]) -> str:
             lines.append(f"worst agency: {worst['agency']} (local ROC-AUC "
                          f"{_fmt(worst['local_roc_auc'])})")
         if p["enabled"]:
-            lines.append(f"epsilon is cumulative over every round of this run, per "
-                         f"{p['unit']}, at delta={p['target_delta']:g} ({p['accountant']} "
-                         f"accountant); target {p['target_epsilon']}")
+            lines.append(f"epsilon: cumulative over every round of every run on each "
+                         f"agency's dataset (its privacy ledger), per {p['unit']}, at the "
+                         f"agency's delta ({p['accountant']} accountant); this run's target "
+                         f"was {p['target_epsilon']} at delta={p['target_delta']:g}")
         lines.append("")
     oracle = summary["oracle_roc_auc"]
     lines.append(f"{'pooled test split':<30}{'ROC-AUC':>9}{'PR-AUC':>8}{'Brier':>8}"

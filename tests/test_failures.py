@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from federation.ledger import Policy, write_policy
 from simulation.generator import generate_federation, load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,10 @@ def run_with_broken_agency(tmp_path: Path, quorum: int) -> tuple[subprocess.Comp
         f.unlink()
     with (ROOT / "pyproject.toml").open("rb") as fh:
         flat = dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+    for agency in manifest.agencies:
+        write_policy(tmp_path / "state" / agency, Policy(max_epsilon=10.0, delta=1e-4))
     flat.update({"paths.data_root": str(tmp_path / "data"),
+                 "paths.state_root": str(tmp_path / "state"),
                  "paths.output_dir": str(tmp_path / "server"),
                  "strategy.num_rounds": 2, "strategy.min_nodes": 3, "strategy.quorum": quorum,
                  "privacy.target_delta": 1e-4})

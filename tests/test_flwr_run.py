@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from federation.ledger import Ledger, Policy, write_policy
 from simulation.generator import generate_federation, load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,9 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_flwr_run_against_a_local_simulation_superlink(tmp_path: Path) -> None:
     preset = load_preset(ROOT / "configs" / "federation" / "three_agency.yaml")
-    generate_federation(preset, tmp_path / "data", seed=5)
+    manifest = generate_federation(preset, tmp_path / "data", seed=5)
+    for agency in manifest.agencies:
+        write_policy(tmp_path / "state" / agency, Policy(max_epsilon=10.0, delta=1e-4))
     port = free_port()
     home = tmp_path / "flwr-home"
     home.mkdir()
@@ -52,6 +55,7 @@ def test_flwr_run_against_a_local_simulation_superlink(tmp_path: Path) -> None:
             time.sleep(0.5)
         out = tmp_path / "server"
         overrides = (f'paths.data_root="{tmp_path / "data"}" paths.output_dir="{out}" '
+                     f'paths.state_root="{tmp_path / "state"}" '
                      "strategy.num_rounds=2 privacy.target_delta=1e-4")
         proc = subprocess.run(
             [str(BIN / "flwr"), "run", str(ROOT), "test", "--run-config", overrides,
@@ -64,6 +68,9 @@ def test_flwr_run_against_a_local_simulation_superlink(tmp_path: Path) -> None:
         assert all(o["status"] == "ok" for r in rounds for o in r["train"])
         assert len(rounds[-1]["train"]) == 3
         assert (out / "model.pt").is_file()
+        for agency in manifest.agencies:  # every node recorded its releases
+            with Ledger.open(tmp_path / "state" / agency, create=False) as ledger:
+                assert len(ledger.rows()) == 2
     finally:
         os.killpg(link.pid, signal.SIGTERM)
         try:

@@ -123,3 +123,50 @@ def test_other_strategies_run(tmp_path: Path, strategy: str) -> None:
     assert json.loads((out / "run_config.json").read_text())["strategy.name"] == strategy
     assert all(o["status"] == "ok" for r in summary["rounds"] for o in r["train"])
     assert summary["global"]["roc_auc"] > 0.5
+
+
+@pytest.mark.slow
+def test_small_agency_exhausts_its_budget_mid_run(tmp_path: Path) -> None:
+    """One agency's own policy allows less than the run needs, and says "stop": it trains
+    round 1, refuses round 2 cleanly, the run completes without it and the summary and its
+    ledger say so."""
+    from omegaconf import OmegaConf
+
+    from federation.data import load_agency
+    from federation.ledger import Ledger
+    from federation.privacy import epsilon_spent, plan_noise
+    from simulation.generator import generate_federation, preset_from_mapping
+
+    # Work out, for the data the run will generate, a budget between rounds 1 and 2.
+    quick = OmegaConf.load(ROOT / "configs" / "experiment" / "quick.yaml")
+    preset_cfg = OmegaConf.load(ROOT / "configs" / "federation" / "three_agency.yaml")
+    preset_cfg.scale = quick.federation.scale
+    preset = preset_from_mapping(OmegaConf.to_container(preset_cfg))  # type: ignore[arg-type]
+    manifest = generate_federation(preset, tmp_path / "probe", seed=0)
+    small = manifest.agencies[1]
+    n = len(load_agency(tmp_path / "probe" / "agencies" / small).train)
+    plan = plan_noise(num_records=n, batch_size=128, local_epochs=2, planned_rounds=3,
+                      target_epsilon=3.0, target_delta=1e-5, accountant="rdp", where=small)
+    mech = (plan.noise_multiplier, plan.sample_rate)
+    after1 = epsilon_spent([(*mech, plan.steps_per_round)], delta=1e-5, accountant="rdp")
+    after2 = epsilon_spent([(*mech, 2 * plan.steps_per_round)], delta=1e-5, accountant="rdp")
+    budget = (after1 + after2) / 2
+
+    out = tmp_path / "run"
+    proc = heroes(["experiment=quick", "strategy.num_rounds=3",
+                   f"+agency_policy.per_agency={{{small}: {{max_epsilon: {budget:.6f}, "
+                   "on_budget: stop}}"], out)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((out / "metrics.json").read_text())
+    row = next(a for a in summary["agencies"] if a["agency"] == small)
+    assert row["rounds_trained"] == 1
+    assert row["stopped"].startswith("refused from round 2")
+    assert "past the agency's budget" in row["stopped"]
+    others = [a for a in summary["agencies"] if a["agency"] != small]
+    assert all(a["rounds_trained"] == 3 for a in others)
+    assert f"STOPPED {small}" in proc.stdout
+    with Ledger.open(out / "agency_state" / small, create=False) as ledger:
+        (item,) = ledger.report(None)
+    assert len(item["releases"]) == 1  # the refused rounds were never recorded
+    assert item["epsilon"]["rdp"] == pytest.approx(after1, rel=1e-6)
+    assert item["epsilon"]["rdp"] <= budget

@@ -1,0 +1,78 @@
+"""Agency-side commands: ``heroes agency ...``.
+
+    heroes agency ledger --state-dir DIR [--json]   privacy spent and left, per dataset
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from federation.ledger import Ledger, LedgerError, Policy, load_policy
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    agency = subparsers.add_parser("agency", help="commands for an agency's node")
+    sub = agency.add_subparsers(dest="agency_command", required=True)
+    ledger = sub.add_parser(
+        "ledger", help="privacy spent and remaining per dataset, from the node's ledger")
+    ledger.add_argument("--state-dir", type=Path, required=True,
+                        help="the node's state folder (holds privacy-ledger.sqlite)")
+    ledger.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{v:.3f}"
+
+
+def render_ledger(report: list[dict[str, Any]], policy: Policy | None) -> str:
+    if not report:
+        return "no releases recorded: no privacy spent yet"
+    lines = []
+    for item in report:
+        d = item["delta"]
+        lines.append(f"dataset {item['dataset']} (unit of privacy: {item['unit']})")
+        lines.append(f"  {'#':>4} {'recorded':<21}{'run':>12}{'round':>6}{'sigma':>8}"
+                     f"{'q':>8}{'steps':>6}  {'epsilon rdp':>11}{'epsilon prv':>12}  status")
+        for e in item["releases"]:
+            c = e["cumulative_epsilon"]
+            lines.append(f"  {e['seq']:>4} {e['recorded_at']:<21}{e['run_id'][-12:]:>12}"
+                         f"{e['round']:>6}{e['noise_multiplier']:>8.3f}{e['sample_rate']:>8.4f}"
+                         f"{e['steps']:>6}  {_fmt(c['rdp']):>11}{_fmt(c['prv']):>12}  "
+                         f"{e['status']}")
+        eps = item["epsilon"]
+        lines.append(f"  total: epsilon {_fmt(eps['rdp'])} (RDP) / {_fmt(eps['prv'])} (PRV) "
+                     f"at delta={d:g}, over {len(item['releases'])} release(s) in every run")
+        if policy is not None:
+            lines.append(f"  budget {policy.max_epsilon:g} ({policy.accountant}): "
+                         f"remaining {_fmt(item['remaining'])}")
+        if item["not_completed"]:
+            lines.append(f"  {item['not_completed']} release(s) reserved but not completed "
+                         "(the node stopped between recording and sending): counted anyway, "
+                         "since the update may have left")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.agency_command == "ledger":
+        try:
+            policy: Policy | None = load_policy(args.state_dir)
+        except LedgerError:
+            policy = None
+        try:
+            with Ledger.open(args.state_dir, create=False) as ledger:
+                report = ledger.report(policy)
+        except LedgerError as exc:
+            print(f"heroes agency ledger: {exc}")
+            return 2
+        if args.json:
+            print(json.dumps({"state_dir": str(args.state_dir), "policy": None if policy is None
+                              else vars(policy), "datasets": report}, indent=2,
+                             default=lambda v: None))
+        else:
+            print(render_ledger(report, policy))
+        return 0
+    return 2
