@@ -133,6 +133,7 @@ class PrivacySettings(_Section):
     target_delta: float | None = None
     max_grad_norm: float = 0.5
     accountant: str = "rdp"
+    secure_mode: bool = False  # ChaCha20 noise and sampling (federation.secure_random)
 
     ACCOUNTANTS: ClassVar[tuple[str, ...]] = ("rdp", "prv")
 

@@ -7,7 +7,9 @@ primed with the history of earlier rounds and its extended history is returned, 
 epsilon reported is for the run so far, never for one round.
 
 DP noise and Poisson sampling draw from fresh OS randomness, not a configured seed: noise
-that anyone could regenerate from a known seed would protect nothing.
+that anyone could regenerate from a known seed would protect nothing. With
+``privacy.secure_mode`` every random bit comes from a ChaCha20 keystream instead of torch's
+Mersenne Twister (see federation.secure_random).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from opacus import PrivacyEngine
+from opacus.data_loader import wrap_collate_with_empty
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from federation import metrics
 from federation.config import PrivacySettings, TrainSettings
 from federation.privacy import HistoryEntry, NoisePlan, epsilon_spent, steps_per_epoch
+from federation.secure_random import SecurePoissonSampler, use_secure_noise
 from federation.text import SparseRows
 
 
@@ -94,6 +98,15 @@ def train_local(
     loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] = DataLoader(
         dataset, batch_size=batch_size, shuffle=True, generator=_fresh_generator()
     )
+    if plan is not None and privacy.secure_mode:
+        # Poisson sampling with ChaCha20 coin flips; Opacus must not re-wrap it.
+        loader = DataLoader(
+            dataset,
+            batch_sampler=SecurePoissonSampler(
+                num_samples=len(dataset), sample_rate=plan.sample_rate,
+                steps=steps_per_epoch(len(dataset), train.batch_size)),
+            collate_fn=wrap_collate_with_empty(collate_fn=default_collate),
+        )
     engine: PrivacyEngine | None = None
     net: nn.Module = model
     if plan is not None:
@@ -105,9 +118,11 @@ def train_local(
             data_loader=loader,
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=privacy.max_grad_norm,
-            poisson_sampling=True,
+            poisson_sampling=not privacy.secure_mode,
             noise_generator=_fresh_generator(),
         )
+        if privacy.secure_mode:
+            use_secure_noise(optimizer)
     net.train()
     losses: list[float] = []
     steps = 0

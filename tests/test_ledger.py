@@ -242,3 +242,23 @@ def test_agency_ledger_command(tmp_path: Path) -> None:
     bad = subprocess.run([*cmd[:-1], str(tmp_path / "nowhere")], cwd=root,
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "no privacy ledger here" in bad.stdout
+
+
+def test_ledger_epsilon_matches_dp_accounting_over_runs(tmp_path: Path) -> None:
+    """The ledger's totals, composed over two runs with different mechanisms, against
+    Google's dp-accounting (RDP, and PLD for the PRV path), within 1%."""
+    from tests.test_accounting_reference import reference_pld, reference_rdp
+
+    runs = {"run-a": [(1.1, 0.05, 100)] * 3, "run-b": [(0.9, 0.0625, 64), (0.9, 0.0625, 64)]}
+    with Ledger.open(tmp_path) as ledger:
+        for run, mechs in runs.items():
+            for rnd, (sigma, q, steps) in enumerate(mechs, start=1):
+                seq, _ = ledger.reserve(replace(REL, run_id=run, round=rnd,
+                                                noise_multiplier=sigma, sample_rate=q,
+                                                steps=steps), POLICY)
+                ledger.complete(seq)
+        (item,) = ledger.report(POLICY)
+    history = [m for mechs in runs.values() for m in mechs]
+    assert item["epsilon"]["rdp"] == pytest.approx(reference_rdp(history, 1e-5), rel=0.01)
+    assert item["epsilon"]["prv"] == pytest.approx(reference_pld(history, 1e-5), rel=0.01)
+    assert item["remaining"] == pytest.approx(POLICY.max_epsilon - item["epsilon"]["rdp"])
