@@ -118,7 +118,7 @@ def train(msg: Message, context: Context) -> Message:
     model = node.task.build_model()
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     config = msg.content["config"]
-    mu = float(config["proximal-mu"]) if "proximal-mu" in config else 0.0  # type: ignore[arg-type]
+    mu = float(cast(float, config["proximal-mu"])) if "proximal-mu" in config else 0.0
     server_round = int(cast(int, config.get("server-round", 0)))
     policy = load_policy(node.state_dir)
     if not settings.privacy.enabled:

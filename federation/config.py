@@ -61,20 +61,21 @@ class _Section:
     @classmethod
     def parse(cls, values: dict[str, object], problems: list[str]) -> Any:
         kwargs: dict[str, Any] = {}
-        for f in fields(cls):  # type: ignore[arg-type]
+        for f in fields(cls):  # type: ignore[arg-type]  # cls is a dataclass subclass
             key = f"{cls.prefix}.{f.name}"
             if f.name in values:
                 kwargs[f.name] = _coerce(key, values.pop(f.name), str(f.type), problems)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 problems.append(f"{key} is required and has no default; set it explicitly")
         for extra in sorted(values):
-            allowed = ", ".join(f"{cls.prefix}.{f.name}" for f in fields(cls))  # type: ignore[arg-type]
+            names = [f.name for f in fields(cls)]  # type: ignore[arg-type]  # a dataclass
+            allowed = ", ".join(f"{cls.prefix}.{n}" for n in names)  # cls is a dataclass subclass
             problems.append(
                 f"{cls.prefix}.{extra} is not a known setting; allowed here: {allowed}"
             )
         required = [
             f.name
-            for f in fields(cls)  # type: ignore[arg-type]
+            for f in fields(cls)  # type: ignore[arg-type]  # cls is a dataclass subclass
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         ]
         if any(v is None for v in kwargs.values()) or any(r not in kwargs for r in required):
@@ -88,7 +89,7 @@ class _Section:
 
     def to_flat(self) -> dict[str, Scalar]:
         out: dict[str, Scalar] = {}
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in fields(self):  # type: ignore[arg-type]  # cls is a dataclass subclass
             value = getattr(self, f.name)
             if value is not None:
                 out[f"{self.prefix}.{f.name}"] = value

@@ -92,7 +92,7 @@ def account(history: Sequence[HistoryEntry], *, delta: float, accountant: str) -
         # purpose (no subsampling); numpy's divide warning there is not a problem to report.
         divide = "ignore" if any(q == 1.0 for _, q, _ in history) else "warn"
         try:
-            with np.errstate(divide=divide):  # type: ignore[arg-type]
+            with np.errstate(divide=divide):  # type: ignore[arg-type]  # numpy stubs want a Literal
                 epsilon = epsilon_spent(history, delta=delta, accountant=accountant)
         except (ArithmeticError, MemoryError, RuntimeError, ValueError) as exc:
             return AccountantResult(
@@ -383,7 +383,7 @@ def _run_plan(args: argparse.Namespace) -> int:
 # --- wiring ------------------------------------------------------------------------------
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``privacy epsilon`` and ``privacy plan`` to a parser's subcommands."""
     privacy = subparsers.add_parser(
         "privacy", help="epsilon spent by a history, and noise plans for a run",

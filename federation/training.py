@@ -133,7 +133,7 @@ def train_local(
                 # An empty Poisson sample still releases a noisy (zero) update: the
                 # accounting assumes noise at every step.
                 for p in model.parameters():
-                    p.grad_sample = torch.zeros((0, *p.shape))  # type: ignore[attr-defined]
+                    p.grad_sample = torch.zeros((0, *p.shape))  # type: ignore[attr-defined]  # Opacus' own attribute
                 optimizer.step()
                 steps += 1
                 continue

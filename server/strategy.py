@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from federation.config import RunSettings
-from federation.errors import QuorumError
+from federation.errors import FederationError, QuorumError
 
 log = logging.getLogger("heroes.server")
 
@@ -68,7 +68,7 @@ class RunLog:
                 status = str(info.get("status", "ok"))
                 reason = str(info.get("reason", ""))
             metrics = {
-                k: float(v)  # type: ignore[arg-type]
+                k: _scalar(v, k)
                 for rec in msg.content.metric_records.values()
                 for k, v in rec.items()
             }
@@ -108,11 +108,18 @@ class RunLog:
         return rows
 
 
+def _scalar(value: object, key: str) -> float:
+    """A metric as a float; a list where a number belongs is a protocol error."""
+    if isinstance(value, int | float):
+        return float(value)
+    raise FederationError(f"metric {key!r} arrived as {type(value).__name__}, not a number")
+
+
 def _weights(records: list[RecordDict], key: str) -> list[tuple[MetricRecord, float]]:
     out = []
     for rec in records:
         metric = next(iter(rec.metric_records.values()))
-        out.append((metric, float(metric[key])))  # type: ignore[arg-type]
+        out.append((metric, _scalar(metric[key], key)))
     return out
 
 
@@ -120,13 +127,13 @@ def aggregate_train_metrics(records: list[RecordDict], key: str) -> MetricRecord
     """Example-weighted loss; epsilon as the largest agency's cumulative value."""
     pairs = _weights(records, key)
     total = sum(w for _, w in pairs) or 1.0
-    loss = [(float(m["train_loss"]), w) for m, w in pairs]  # type: ignore[arg-type]
+    loss = [(_scalar(m["train_loss"], "train_loss"), w) for m, w in pairs]
     finite = [(v, w) for v, w in loss if math.isfinite(v)]
     fw = sum(w for _, w in finite) or 1.0
     return MetricRecord(
         {
             "train_loss": sum(v * w for v, w in finite) / fw if finite else math.nan,
-            "max_epsilon": max(float(m["epsilon"]) for m, _ in pairs),  # type: ignore[arg-type]
+            "max_epsilon": max(_scalar(m["epsilon"], "epsilon") for m, _ in pairs),
             "examples": total,
             "agencies": len(pairs),
         }
@@ -140,11 +147,11 @@ def aggregate_evaluate_metrics(records: list[RecordDict], key: str) -> MetricRec
     out: dict[str, float] = {}
     names = [k for k in pairs[0][0] if k != key] if pairs else []
     for name in names:
-        vals = [(float(m[name]), w) for m, w in pairs]  # type: ignore[arg-type]
+        vals = [(_scalar(m[name], name), w) for m, w in pairs]
         finite = [(v, w) for v, w in vals if math.isfinite(v)]
         wsum = sum(w for _, w in finite)
         out[name] = sum(v * w for v, w in finite) / wsum if finite and wsum else math.nan
-    aucs = [float(m["roc_auc"]) for m, _ in pairs if math.isfinite(float(m["roc_auc"]))]  # type: ignore[arg-type]
+    aucs = [v for m, _ in pairs if math.isfinite(v := _scalar(m["roc_auc"], "roc_auc"))]
     out["worst_roc_auc"] = min(aucs) if aucs else math.nan
     out["agencies_with_roc_auc"] = float(len(aucs))
     return MetricRecord(dict(out))
@@ -166,14 +173,14 @@ class _Accountable:
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        msgs = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        msgs = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]  # mixin: Flower's strategy follows in the MRO
         self._sampled[(server_round, "train")] = [m.metadata.dst_node_id for m in msgs]
         return msgs
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        msgs = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
+        msgs = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]  # mixin: Flower's strategy follows in the MRO
         self._sampled[(server_round, "evaluate")] = [m.metadata.dst_node_id for m in msgs]
         return msgs
 
@@ -198,7 +205,7 @@ class _Accountable:
             )
         ok_nodes = {o.node_id for o in ok}
         good = [m for m in replies if m.metadata.src_node_id in ok_nodes]
-        arrays, metrics = super().aggregate_train(server_round, good)  # type: ignore[misc]
+        arrays, metrics = super().aggregate_train(server_round, good)  # type: ignore[misc]  # mixin: Flower's strategy follows in the MRO
         if metrics is not None:
             record.train_aggregate = {k: float(v) for k, v in metrics.items()}
         return arrays, metrics
@@ -217,11 +224,11 @@ class _Accountable:
                             o.status, o.reason)
         ok_nodes = {o.node_id for o in record.evaluate if o.status == "ok"}
         good = [m for m in replies if m.metadata.src_node_id in ok_nodes]
-        metrics = super().aggregate_evaluate(server_round, good)  # type: ignore[misc]
+        metrics = super().aggregate_evaluate(server_round, good)  # type: ignore[misc]  # mixin: Flower's strategy follows in the MRO
         if metrics is not None:
             record.evaluate_aggregate = {k: float(v) for k, v in metrics.items()}
         self._progress(record)
-        return metrics  # type: ignore[no-any-return]
+        return metrics  # type: ignore[no-any-return]  # Flower's return is untyped here
 
     def _progress(self, r: RoundRecord) -> None:
         t, e = r.train_aggregate, r.evaluate_aggregate
