@@ -40,11 +40,21 @@ def make_accountant(name: str, history: Sequence[HistoryEntry] = ()) -> IAccount
     return accountant
 
 
+def compress(history: Sequence[HistoryEntry]) -> list[HistoryEntry]:
+    """Merge releases with the same mechanism: composition is commutative, so k steps of
+    (sigma, q) here and m there are exactly k + m steps of it. Keeps a long ledger fast."""
+    steps: dict[tuple[float, float], int] = {}
+    for s, q, n in history:
+        key = (float(s), float(q))
+        steps[key] = steps.get(key, 0) + int(n)
+    return [(s, q, n) for (s, q), n in steps.items()]
+
+
 def epsilon_spent(history: Sequence[HistoryEntry], *, delta: float, accountant: str) -> float:
     """Cumulative epsilon at ``delta`` for the whole history (0.0 for no releases)."""
     if not history:
         return 0.0
-    return float(make_accountant(accountant, history).get_epsilon(delta=delta))
+    return float(make_accountant(accountant, compress(history)).get_epsilon(delta=delta))
 
 
 def steps_per_epoch(num_records: int, batch_size: int) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,8 @@ class RoundRecord:
     evaluate: list[NodeOutcome] = field(default_factory=list)
     train_aggregate: dict[str, float] = field(default_factory=dict)
     evaluate_aggregate: dict[str, float] = field(default_factory=dict)
+    started: float = 0.0  # monotonic clock at configure_train
+    wall_seconds: float = math.nan  # configure_train to the end of evaluation
 
 
 class RunLog:
@@ -72,6 +75,10 @@ class RunLog:
                 for rec in msg.content.metric_records.values()
                 for k, v in rec.items()
             }
+            # What the node uploaded: its model arrays (serialised), for the benchmarks.
+            metrics["bytes_sent"] = float(sum(
+                len(arr.data) for rec in msg.content.array_records.values()
+                for arr in rec.values()))
             out.append(NodeOutcome(nid, self.name(nid), status, reason, metrics=metrics))
         for nid in sampled:
             if nid not in replied:
@@ -103,6 +110,7 @@ class RunLog:
                     ],
                     "train_aggregate": clean(r.train_aggregate),
                     "evaluate_aggregate": clean(r.evaluate_aggregate),
+                    "wall_seconds": None if math.isnan(r.wall_seconds) else r.wall_seconds,
                 }
             )
         return rows
@@ -173,6 +181,7 @@ class _Accountable:
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        self.run_log.round(server_round).started = time.monotonic()
         msgs = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]  # mixin: Flower's strategy follows in the MRO
         self._sampled[(server_round, "train")] = [m.metadata.dst_node_id for m in msgs]
         return msgs
@@ -227,6 +236,7 @@ class _Accountable:
         metrics = super().aggregate_evaluate(server_round, good)  # type: ignore[misc]  # mixin: Flower's strategy follows in the MRO
         if metrics is not None:
             record.evaluate_aggregate = {k: float(v) for k, v in metrics.items()}
+        record.wall_seconds = time.monotonic() - record.started
         self._progress(record)
         return metrics  # type: ignore[no-any-return]  # Flower's return is untyped here
 

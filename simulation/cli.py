@@ -3,6 +3,7 @@
     heroes simulate [HYDRA OVERRIDES...]   run a simulated federation (see configs/)
     heroes privacy epsilon|plan ...        privacy accounting and planning
     heroes agency ledger --state-dir DIR   privacy spent and left per dataset at a node
+    heroes bench [--quick]                 speed and memory, side by side, saved as JSON
 
 Configuration errors, data errors and privacy errors print one clear message and exit
 with status 2; nothing has been trained when they do.
@@ -55,12 +56,18 @@ def main(argv: list[str] | None = None) -> int:
                          add_help=False)
     sim.add_argument("overrides", nargs=argparse.REMAINDER,
                      help="Hydra overrides, e.g. privacy.target_epsilon=1.0 strategy=fedprox")
+    sub.add_parser("bench", help="speed and memory benchmarks (see heroes bench --help)",
+                   add_help=False)
     privacy_cli.add_commands(sub)
     agency_cli.add_commands(sub)
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "simulate":
         # Everything after the subcommand belongs to Hydra (-m, --help, --cfg job, ...).
         return _simulate(argv[1:])
+    if argv and argv[0] == "bench":
+        from simulation.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     try:
         if args.command == "privacy":

@@ -1,0 +1,296 @@
+"""``heroes bench``: speed and memory, measured side by side in one run, printed and saved.
+
+    heroes bench [--quick] [--out FILE] [--skip scale]
+
+Sections (each a ratio or a figure from the same run, never a pass/fail timing):
+  step     one DP-SGD step against one non-private step of the same model and batch
+  local    records per second of one local round, DP and not
+  rounds   round wall time and bytes each agency sends per round (6-agency simulation)
+  scale    simulation wall time and peak memory (whole process tree) for 6, 20, 100 agencies
+  ledger   time to compute epsilon over a long ledger history (RDP and PRV)
+Results also go to JSON (default outputs/bench/<UTC time>.json) to compare commits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _sample_data(records: int, tmp: Path) -> tuple[Any, np.ndarray]:
+    """Real generated adverts (the three-agency preset), featurised like a node does."""
+    from dataclasses import replace
+
+    from federation.data import load_agency
+    from federation.tasks import get_task
+    from simulation.generator import generate_federation, load_preset
+
+    preset = load_preset(ROOT / "configs" / "federation" / "three_agency.yaml")
+    manifest = generate_federation(replace(preset, scale=records / 1500 * 0.15), tmp / "data",
+                                   seed=0)
+    texts: list[str] = []
+    labels = []
+    for agency in manifest.agencies:
+        table = load_agency(tmp / "data" / "agencies" / agency).train
+        texts.extend(table.texts)
+        labels.append(table.positive)
+    y = np.concatenate(labels)[:records]
+    return get_task("advert-risk", {}).featurize(texts[:records]), y
+
+
+def bench_step(features: Any, labels: np.ndarray, steps: int) -> dict[str, Any]:
+    """Median time of one optimiser step (forward, backward, update) on the same batches."""
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader
+
+    from federation.tasks import get_task
+    from federation.training import SparseDataset
+
+    task = get_task("advert-risk", {})
+    data = SparseDataset(features, labels)
+    result: dict[str, list[float]] = {"non_private": [], "dp": []}
+    for _ in range(3):  # alternate to share the machine's noise between both
+        for kind in ("non_private", "dp"):
+            model = task.build_model()
+            opt = torch.optim.SGD(model.parameters(), lr=1.0)
+            loader: DataLoader[Any] = DataLoader(data, batch_size=128, shuffle=True)
+            crit = torch.nn.BCEWithLogitsLoss()
+            if kind == "dp":
+                engine = PrivacyEngine(accountant="rdp")
+                model, opt, loader = engine.make_private(
+                    module=model, optimizer=opt, data_loader=loader, noise_multiplier=1.0,
+                    max_grad_norm=0.5, poisson_sampling=True)
+            batches = [b for _, b in zip(range(steps), loader, strict=False)]
+
+            def one(batch: tuple[torch.Tensor, torch.Tensor], m: Any = model, o: Any = opt,
+                    c: Any = crit) -> None:
+                o.zero_grad()
+                c(m(batch[0]), batch[1]).backward()
+                o.step()
+
+            times = []
+            for b in batches:
+                t = time.perf_counter()
+                one(b)
+                times.append(time.perf_counter() - t)
+            result[kind].append(statistics.median(times))
+    np_s, dp_s = statistics.median(result["non_private"]), statistics.median(result["dp"])
+    return {"batch_size": 128, "parameters": sum(p.numel() for p in task.build_model()
+                                                  .parameters()),
+            "non_private_step_ms": np_s * 1e3, "dp_step_ms": dp_s * 1e3,
+            "ratio_dp_over_non_private": dp_s / np_s, "opacus_mode": "hooks"}
+
+
+def bench_local(features: Any, labels: np.ndarray) -> dict[str, Any]:
+    from federation.config import PrivacySettings, TrainSettings
+    from federation.privacy import plan_noise
+    from federation.tasks import get_task
+
+    task = get_task("advert-risk", {})
+    train = TrainSettings()
+    n = len(labels)
+    plan = plan_noise(num_records=n, batch_size=train.batch_size,
+                      local_epochs=train.local_epochs, planned_rounds=5, target_epsilon=3.0,
+                      target_delta=1e-5, accountant="rdp", where="bench")
+    out: dict[str, Any] = {"records": n, "local_epochs": train.local_epochs}
+    for name, privacy, p in (("non_private", PrivacySettings(enabled=False), None),
+                             ("dp", PrivacySettings(target_epsilon=3.0, target_delta=1e-5),
+                              plan)):
+        secs = _median_time(partial(_one_round, task, features, labels, train, privacy, p), 3)
+        out[f"{name}_records_per_second"] = n * train.local_epochs / secs
+    out["ratio_non_private_over_dp"] = (out["non_private_records_per_second"]
+                                        / out["dp_records_per_second"])
+    return out
+
+
+def _one_round(task: Any, features: Any, labels: np.ndarray, train: Any, privacy: Any,
+               plan: Any) -> None:
+    from federation.training import train_local
+
+    train_local(task.build_model(), features, labels, train=train, privacy=privacy, plan=plan)
+
+
+def _tree_rss(root: int) -> int:
+    """Resident memory (bytes) of ``root`` and all its descendants, from /proc."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            parents[int(entry)] = int(fields[1])
+            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        kids = [c for c, p in parents.items() if p == pid and c not in tree]
+        tree.update(kids)
+        frontier.extend(kids)
+    return sum(rss.get(p, 0) for p in tree)
+
+
+def run_simulation(federation: str, rounds: int, out: Path) -> dict[str, Any]:
+    """One `heroes simulate` in a subprocess: wall time and peak tree memory."""
+    cmd = [sys.executable, "-m", "simulation.cli", "simulate", f"federation={federation}",
+           "baseline=false", f"strategy.num_rounds={rounds}", f"hydra.run.dir={out}"]
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    peak = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, _tree_rss(proc.pid))
+            stop.wait(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    _, err = proc.communicate()
+    stop.set()
+    watcher.join()
+    wall = time.monotonic() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"simulation of {federation} failed: {err[-2000:]}")
+    summary = json.loads((out / "metrics.json").read_text())
+    return {"federation": federation, "agencies": len(summary["agencies"]), "rounds": rounds,
+            "wall_seconds": wall, "peak_memory_mib": peak / 2**20,
+            "global_roc_auc": summary["global"]["roc_auc"],
+            "oracle_roc_auc": summary["oracle_roc_auc"], "summary": summary}
+
+
+def rounds_from(sim: dict[str, Any]) -> dict[str, Any]:
+    rounds = sim["summary"]["rounds"]
+    per_agency: dict[str, list[float]] = {}
+    for r in rounds:
+        for o in r["train"]:
+            if o["status"] == "ok":
+                per_agency.setdefault(o["agency"], []).append(o["metrics"]["bytes_sent"])
+    walls = [r["wall_seconds"] for r in rounds if r["wall_seconds"] is not None]
+    return {"federation": sim["federation"],
+            "round_wall_seconds_median": statistics.median(walls),
+            "round_wall_seconds": walls,
+            "bytes_sent_per_agency_per_round": {a: statistics.median(v)
+                                                for a, v in per_agency.items()}}
+
+
+def bench_ledger(releases: int) -> dict[str, Any]:
+    from federation.ledger import Ledger, Policy, Release
+
+    rel = Release(dataset="bench", fingerprint="0" * 64, run_id="0", round=0, task="t",
+                  model="m", noise_multiplier=1.2, sample_rate=0.02, steps=50,
+                  max_grad_norm=0.5, delta=1e-5, accountant="rdp")
+    out: dict[str, Any] = {"releases": releases}
+    with tempfile.TemporaryDirectory() as tmp, Ledger.open(Path(tmp)) as ledger:
+        policy = Policy(max_epsilon=1e9, delta=1e-5)
+        t = time.perf_counter()
+        for i in range(releases):
+            ledger.reserve(Release(**{**rel.__dict__, "round": i}), policy)
+        out["record_seconds_per_release"] = (time.perf_counter() - t) / releases
+        for acc in ("rdp", "prv"):
+            out[f"{acc}_seconds"] = _median_time(
+                partial(ledger.spent, "bench", delta=1e-5, accountant=acc), 3)
+        out["epsilon_rdp"] = ledger.spent("bench", delta=1e-5, accountant="rdp")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="heroes bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller: 6 and 20 agencies, 2 rounds, fewer steps")
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=["step", "local", "rounds", "scale", "ledger"])
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    report: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "torch": torch.__version__},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    with tempfile.TemporaryDirectory(prefix="heroes-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        if not {"step", "local"} <= set(args.skip):
+            features, labels = _sample_data(3000 if args.quick else 9000, tmp)
+        if "step" not in args.skip:
+            report["step"] = s = bench_step(features, labels, 30 if args.quick else 60)
+            print(f"step: non-private {s['non_private_step_ms']:.3f} ms, DP "
+                  f"{s['dp_step_ms']:.3f} ms -> DP/non-private "
+                  f"{s['ratio_dp_over_non_private']:.2f}x ({s['parameters']} parameters, "
+                  f"batch {s['batch_size']})", flush=True)
+        if "local" not in args.skip:
+            report["local"] = lo = bench_local(features, labels)
+            print(f"local: {lo['non_private_records_per_second']:.0f} records/s non-private, "
+                  f"{lo['dp_records_per_second']:.0f} records/s DP -> "
+                  f"{lo['ratio_non_private_over_dp']:.2f}x ({lo['records']} records)", flush=True)
+        sims = []
+        if "scale" not in args.skip or "rounds" not in args.skip:
+            plan = [("six_agency", 2 if args.quick else 5)]
+            if "scale" not in args.skip:
+                plan += [("twenty_agency", 2 if args.quick else 5)]
+                if not args.quick:
+                    plan += [("hundred_agency", 5)]
+            for federation, rounds in plan:
+                print(f"scale: simulating {federation} for {rounds} rounds...", flush=True)
+                sim = run_simulation(federation, rounds, tmp / federation)
+                sims.append(sim)
+                print(f"scale: {sim['agencies']} agencies, {rounds} rounds: "
+                      f"{sim['wall_seconds']:.1f} s, peak {sim['peak_memory_mib']:.0f} MiB "
+                      f"(ROC-AUC {sim['global_roc_auc']:.3f}, oracle "
+                      f"{sim['oracle_roc_auc']:.3f})", flush=True)
+            report["scale"] = [{k: v for k, v in s.items() if k != "summary"} for s in sims]
+        if "rounds" not in args.skip and sims:
+            report["rounds"] = r = rounds_from(sims[0])
+            sizes = sorted(set(r["bytes_sent_per_agency_per_round"].values()))
+            print(f"rounds: median round {r['round_wall_seconds_median']:.1f} s "
+                  f"({r['federation']}); bytes sent per agency per round: "
+                  f"{', '.join(f'{b:,.0f}' for b in sizes)}", flush=True)
+        if "ledger" not in args.skip:
+            report["ledger"] = led = bench_ledger(200 if args.quick else 1000)
+            print(f"ledger: {led['releases']} releases -> epsilon in {led['rdp_seconds']:.3f} s "
+                  f"(RDP), {led['prv_seconds']:.3f} s (PRV); recording "
+                  f"{led['record_seconds_per_release'] * 1e3:.1f} ms per release", flush=True)
+    out = args.out or ROOT / "outputs" / "bench" / (
+        time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + ".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(f"written {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
