@@ -4,14 +4,21 @@ What leaves the node per message: model arrays (train only) and aggregate number
 (example count, loss, cumulative epsilon with its delta, the noise parameters, counts of
 rows set aside) plus the agency's public name. Never rows, texts, ids or labels.
 
-Cross-round state lives in ``context.state``: the DP accountant history of this run, so
-each round's epsilon is the run's cumulative epsilon.
+Cross-round state lives in ``context.state`` (this run's noise plan and accountant history);
+the epsilon a node reports is its dataset's cumulative value from the privacy ledger, over
+every round of every run.
+
+Errors leave the node too (Flower returns them to the aggregator), so only heroes-fl's own
+errors, which name files, rows and rules but never content, are passed on as they are; any
+other exception is replaced by its type name, with the details kept in the node's own log.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, cast
 
@@ -21,7 +28,7 @@ from flwr.clientapp import ClientApp
 
 from clients.node import NodeData, load_node_data
 from federation.config import RunSettings
-from federation.errors import PrivacyConfigError
+from federation.errors import HeroesError, PrivacyConfigError
 from federation.ledger import (
     BudgetExceeded,
     Ledger,
@@ -37,6 +44,31 @@ from federation.training import train_local
 log = logging.getLogger("heroes.client")
 
 app = ClientApp()
+
+Handler = Callable[[Message, Context], Message]
+
+
+class NodeFailure(HeroesError):
+    """A node failed for a reason whose details stay at the node."""
+
+
+def contained(fn: Handler) -> Handler:
+    """Pass heroes-fl errors on; replace any other exception by a content-free one."""
+
+    @functools.wraps(fn)
+    def wrapper(msg: Message, context: Context) -> Message:
+        try:
+            return fn(msg, context)
+        except HeroesError:
+            raise
+        except Exception as exc:
+            log.exception("%s failed at this node", fn.__name__)  # stays at the agency
+            raise NodeFailure(
+                f"{fn.__name__} failed at the node with {type(exc).__name__}; the details "
+                "are in the node's own log and were not sent"
+            ) from None
+
+    return wrapper
 
 ACCOUNTANT_STATE = "dp-accountant"
 
@@ -111,6 +143,7 @@ def _refuse(msg: Message, node: NodeData, exc: BudgetExceeded) -> Message:
 
 
 @app.train()
+@contained
 def train(msg: Message, context: Context) -> Message:
     settings = RunSettings.from_flat(context.run_config, source="run config (client)")
     node = load_node_data(context.node_config, settings, split="train")
@@ -183,6 +216,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@contained
 def evaluate(msg: Message, context: Context) -> Message:
     settings = RunSettings.from_flat(context.run_config, source="run config (client)")
     node = load_node_data(context.node_config, settings, split="test")
