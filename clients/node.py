@@ -8,7 +8,9 @@ per agency under ``agencies/``.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from federation.data import load_agency
 from federation.errors import ConfigError, DataError
 from federation.ledger import fingerprint_file
 from federation.tasks import Task, get_task
-from federation.text import SparseRows
+from federation.text import FEATURES_VERSION, SparseRows
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,34 @@ def resolve_state_dir(node_config: Mapping[str, object], settings: RunSettings,
     )
 
 
+CACHE_DIR = "feature-cache"
+
+
+def cached_features(task: Task, path: Path, texts: list[str], cache_dir: Path) -> SparseRows:
+    """The task's features for ``texts`` (the usable rows of the export at ``path``), from a
+    cache in the node's own state folder when the same export was featurised the same way.
+
+    The key is the SHA-256 of the export's bytes, the task's name and parameters and the
+    featuriser version, so a changed export or setting can never be served stale features.
+    The cache is derived data that stays at the node; deleting it is always safe.
+    """
+    params = json.dumps([task.name, task.params.to_flat(), FEATURES_VERSION,
+                         fingerprint_file(path)], sort_keys=True)
+    key = hashlib.sha256(params.encode()).hexdigest()[:32]
+    target = cache_dir / f"{key}.npz"
+    if target.is_file():
+        with np.load(target) as z:
+            return SparseRows(indptr=z["indptr"], indices=z["indices"], values=z["values"],
+                              width=int(z["width"]))
+    features = task.featurize(texts)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".{key}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, indptr=features.indptr, indices=features.indices, values=features.values,
+             width=np.int64(features.width))
+    tmp.replace(target)
+    return features
+
+
 def load_node_data(
     node_config: Mapping[str, object], settings: RunSettings, *, split: str
 ) -> NodeData:
@@ -92,15 +122,16 @@ def load_node_data(
     dataset = str(node_config.get("dataset_id") or f"{data.agency}/{fingerprint[:16]}")
     table = data.train if split == "train" else data.test
     rows = task.rows(table)
-    texts = [table.texts[i] for i in rows]
+    state_dir = resolve_state_dir(node_config, settings, data.agency)
     return NodeData(
         agency=data.agency,
         dataset=dataset,
         fingerprint=fingerprint,
-        state_dir=resolve_state_dir(node_config, settings, data.agency),
+        state_dir=state_dir,
         model_name=f"{task.name}:{type(task.build_model()).__name__}",
         task=task,
-        features=task.featurize(texts),
+        features=cached_features(task, table.path, [table.texts[i] for i in rows],
+                                 state_dir / CACHE_DIR),
         labels=table.positive[rows],
         train_size=int(task.rows(data.train).size),
         rows_set_aside=data.train.rejected_total + data.test.rejected_total,

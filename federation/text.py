@@ -34,6 +34,9 @@ SPECIAL_CATEGORY_TERMS: frozenset[str] = frozenset(
     }
 )
 
+#: Bump when the features for a given text change, so node caches are not reused.
+FEATURES_VERSION = 1
+
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
 
