@@ -102,3 +102,14 @@ def test_both_problems_reported_at_once() -> None:
         plan_noise(num_records=100, batch_size=64, local_epochs=1, planned_rounds=3,
                    target_epsilon=-2.0, target_delta=0.5, accountant="rdp", where="a")
     assert len(err.value.problems) == 2
+
+
+def test_cached_rdp_path_equals_opacus_accountant_exactly() -> None:
+    from opacus.accountants import RDPAccountant
+
+    history = [(1.1, 0.05, 100), (0.9, 0.25, 8), (1.1, 0.05, 50)]
+    acc = RDPAccountant()
+    acc.history = [(1.1, 0.05, 150), (0.9, 0.25, 8)]
+    for _ in range(2):  # the second call is served from the cache
+        assert epsilon_spent(history, delta=1e-5, accountant="rdp") == pytest.approx(
+            acc.get_epsilon(delta=1e-5), rel=1e-12)
