@@ -142,6 +142,7 @@ def aggregate_train_metrics(records: list[RecordDict], key: str) -> MetricRecord
         {
             "train_loss": sum(v * w for v, w in finite) / fw if finite else math.nan,
             "max_epsilon": max(_scalar(m["epsilon"], "epsilon") for m, _ in pairs),
+            "delta": max(_scalar(m["delta"], "delta") for m, _ in pairs),
             "examples": total,
             "agencies": len(pairs),
         }
@@ -249,10 +250,11 @@ class _Accountable:
             key=lambda o: o.metrics["roc_auc"], default=None,
         )
         log.info(
-            "round %d/%d: %d/%d agencies trained, train loss %.4f, max epsilon %.3f | "
+            "round %d/%d: %d/%d agencies trained, train loss %.4f, max epsilon %.3f "
+            "(delta %.0e, cumulative per advert record over all runs) | "
             "eval ROC-AUC %.3f (worst %s %.3f), PR-AUC %.3f",
             r.round, self.num_rounds, ok, len(r.train), t.get("train_loss", math.nan),
-            t.get("max_epsilon", math.nan), e.get("roc_auc", math.nan),
+            t.get("max_epsilon", math.nan), t.get("delta", math.nan), e.get("roc_auc", math.nan),
             worst.agency if worst else "-",
             worst.metrics["roc_auc"] if worst else math.nan, e.get("pr_auc", math.nan),
         )
