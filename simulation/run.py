@@ -30,7 +30,7 @@ from federation import metrics
 from federation.config import RunSettings, Scalar
 from federation.data import AgencyData, load_agency
 from federation.errors import ConfigError
-from federation.ledger import Ledger, Policy, write_policy
+from federation.ledger import Ledger, Policy, load_policy, write_policy
 from federation.privacy import validate_targets
 from federation.tasks import Task, get_task
 from federation.text import SparseRows
@@ -294,9 +294,11 @@ def _agency_table(rounds: list[dict[str, Any]], agencies: list[AgencyData],
         ledger_eps = None
         ledger_file = state_root / a.agency
         if (ledger_file / "privacy-ledger.sqlite").exists():
+            policy = load_policy(ledger_file)
             with Ledger.open(ledger_file, create=False) as ledger:
-                report = ledger.report(None)
-            ledger_eps = max((d["epsilon"]["rdp"] for d in report), default=None)
+                ledger_eps = max((ledger.spent(ds, delta=policy.delta,
+                                               accountant=policy.accountant)
+                                  for ds in ledger.datasets()), default=None)
         last = trained[-1]["metrics"] if trained else {}
         rows.append({
             "agency": a.agency,
