@@ -87,16 +87,18 @@ def resolve_state_dir(node_config: Mapping[str, object], settings: RunSettings,
 CACHE_DIR = "feature-cache"
 
 
-def cached_features(task: Task, path: Path, texts: list[str], cache_dir: Path) -> SparseRows:
-    """The task's features for ``texts`` (the usable rows of the export at ``path``), from a
-    cache in the node's own state folder when the same export was featurised the same way.
+def cached_features(task: Task, export_sha256: str, texts: list[str], cache_dir: Path
+                    ) -> SparseRows:
+    """The task's features for ``texts`` (the usable rows of the export whose SHA-256 is
+    given), from a cache in the node's own state folder when the same export was featurised
+    the same way.
 
     The key is the SHA-256 of the export's bytes, the task's name and parameters and the
     featuriser version, so a changed export or setting can never be served stale features.
     The cache is derived data that stays at the node; deleting it is always safe.
     """
-    params = json.dumps([task.name, task.params.to_flat(), FEATURES_VERSION,
-                         fingerprint_file(path)], sort_keys=True)
+    params = json.dumps([task.name, task.params.to_flat(), FEATURES_VERSION, export_sha256],
+                        sort_keys=True)
     key = hashlib.sha256(params.encode()).hexdigest()[:32]
     target = cache_dir / f"{key}.npz"
     if target.is_file():
@@ -121,6 +123,7 @@ def load_node_data(
     fingerprint = fingerprint_file(data.train.path)
     dataset = str(node_config.get("dataset_id") or f"{data.agency}/{fingerprint[:16]}")
     table = data.train if split == "train" else data.test
+    table_sha256 = fingerprint if split == "train" else fingerprint_file(table.path)
     rows = task.rows(table)
     state_dir = resolve_state_dir(node_config, settings, data.agency)
     return NodeData(
@@ -130,7 +133,7 @@ def load_node_data(
         state_dir=state_dir,
         model_name=f"{task.name}:{type(task.build_model()).__name__}",
         task=task,
-        features=cached_features(task, table.path, [table.texts[i] for i in rows],
+        features=cached_features(task, table_sha256, [table.texts[i] for i in rows],
                                  state_dir / CACHE_DIR),
         labels=table.positive[rows],
         train_size=int(task.rows(data.train).size),
