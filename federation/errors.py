@@ -5,8 +5,11 @@
     │   └── PrivacyConfigError   a privacy parameter is missing or impossible
     ├── DataError            an agency's files cannot be used as they are
     ├── TaskError            an unknown task name, or a task used against its contract
-    └── FederationError      a round could not be completed as configured
-        └── QuorumError          fewer agencies replied than the configured quorum
+    ├── FederationError      a round could not be completed as configured
+    │   └── QuorumError          fewer agencies replied than the configured quorum
+    ├── DeploymentError      a consortium or agency deployment step cannot go ahead
+    │                        (keys, certificates, addresses, registrations, processes)
+    └── SignatureError       a signature is missing, malformed, or does not verify
 
 Each message says what arrived, what is allowed, and how to fix it. Messages never quote
 advert text or any other record content: errors leave the agency in logs and replies, so
@@ -73,3 +76,11 @@ class FederationError(HeroesError):
 
 class QuorumError(FederationError):
     """Fewer agencies replied usefully than the configured quorum."""
+
+
+class DeploymentError(HeroesError):
+    """A deployment step cannot go ahead: says what is wrong and what to do."""
+
+
+class SignatureError(HeroesError):
+    """A signed file (app bundle, model release, receipt) failed verification."""

@@ -2,7 +2,8 @@
 
     heroes simulate [HYDRA OVERRIDES...]   run a simulated federation (see configs/)
     heroes privacy epsilon|plan ...        privacy accounting and planning
-    heroes agency ledger --state-dir DIR   privacy spent and left per dataset at a node
+    heroes agency ...                      an agency's node: init, serve, status, ledger
+    heroes consortium ...                  the aggregator: init, enroll, revoke, serve, train
     heroes bench [--quick]                 speed and memory, side by side, saved as JSON
 
 Configuration errors, data errors and privacy errors print one clear message and exit
@@ -49,6 +50,7 @@ def _simulate(overrides: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     from clients import cli as agency_cli
     from federation import privacy_cli
+    from server import cli as consortium_cli
 
     parser = argparse.ArgumentParser(prog="heroes", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     privacy_cli.add_commands(sub)
     agency_cli.add_commands(sub)
+    consortium_cli.add_commands(sub)
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "simulate":
         # Everything after the subcommand belongs to Hydra (-m, --help, --cfg job, ...).
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             return privacy_cli.main(args)
         if args.command == "agency":
             return agency_cli.main(args)
+        if args.command == "consortium":
+            return consortium_cli.main(args)
     except HeroesError as exc:
         print(f"heroes {args.command}: {exc}", file=sys.stderr)
         return 2
