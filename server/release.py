@@ -1,0 +1,303 @@
+"""``heroes consortium release RUN_DIR``: turn a finished run into a signed model bundle.
+
+Reads what a run left behind (``model.pt`` and ``metrics.json``; a simulation run folder
+also has the per-agency table and ``run_config.json``, an aggregator output folder has the
+rounds only), writes a bundle folder (see federation/bundle.py) with a model card and signs
+the card with the consortium's Ed25519 key.
+
+Every epsilon on the card is the agency's cumulative epsilon over every round of every run
+on its dataset, as the agency's node reported it from its privacy ledger, with the delta it
+holds at and the unit of privacy (one advert record).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from federation.bundle import BUNDLE_FORMAT, CARD_JSON, CARD_MD, WEIGHTS
+from federation.config import RunSettings
+from federation.errors import DeploymentError
+from federation.schema import SCHEMA_VERSION
+from federation.signing import file_sha256, key_fingerprint, load_private_key, sign_file
+from federation.text import FEATURES_VERSION
+
+UNIT = "one advert record in one agency's training export"
+
+
+def _code_version() -> dict[str, str]:
+    """Package version, and the git commit when the code runs from a checkout."""
+    try:
+        package = metadata.version("heroes-fl")
+    except metadata.PackageNotFoundError:
+        package = "unknown"
+    commit = "unknown"
+    root = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=False)
+        if out.returncode == 0:
+            commit = out.stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                    "--untracked-files=no"], capture_output=True, text=True,
+                                   timeout=10, check=False)
+            if dirty.returncode == 0 and dirty.stdout.strip():
+                commit += " (with uncommitted changes)"
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return {"package": package, "git_commit": commit}
+
+
+def _finite(v: object) -> float | None:
+    if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+def _agencies_from_rounds(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-agency rows from the round log alone (an aggregator output folder)."""
+    names: list[str] = []
+    for r in rounds:
+        for o in r.get("train", []) + r.get("evaluate", []):
+            if o["agency"] not in names:
+                names.append(o["agency"])
+    rows = []
+    for name in names:
+        trained = [o for r in rounds for o in r.get("train", [])
+                   if o["agency"] == name and o["status"] == "ok"]
+        evaluated = [o for r in rounds for o in r.get("evaluate", [])
+                     if o["agency"] == name and o["status"] == "ok"]
+        last = trained[-1]["metrics"] if trained else {}
+        rows.append({
+            "agency": name,
+            "train_examples": last.get("num-examples"),
+            "rounds_trained": len(trained),
+            "epsilon": last.get("epsilon"),
+            "delta": last.get("delta"),
+            "run_epsilon": last.get("run_epsilon"),
+            "noise_multiplier": last.get("noise_multiplier"),
+            "sample_rate": last.get("sample_rate"),
+            "steps_per_round": last.get("steps"),
+            "local_roc_auc": evaluated[-1]["metrics"].get("roc_auc") if evaluated else None,
+        })
+    return rows
+
+
+def _agencies(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    rounds = metrics.get("rounds", [])
+    from_rounds = {row["agency"]: row for row in _agencies_from_rounds(rounds)}
+    table = metrics.get("agencies")
+    if not table:
+        rows = list(from_rounds.values())
+    else:
+        rows = []
+        for a in table:
+            extra = from_rounds.get(a["agency"], {})
+            rows.append({
+                "agency": a["agency"],
+                "train_examples": a.get("train_examples"),
+                "rounds_trained": a.get("rounds_trained"),
+                "epsilon": a.get("epsilon"),
+                "delta": a.get("delta"),
+                "run_epsilon": a.get("run_epsilon"),
+                "ledger_epsilon": a.get("ledger_epsilon"),
+                "noise_multiplier": a.get("noise_multiplier"),
+                "sample_rate": extra.get("sample_rate"),
+                "steps_per_round": extra.get("steps_per_round"),
+                "local_roc_auc": a.get("local_roc_auc"),
+                "stopped": a.get("stopped"),
+            })
+    for row in rows:
+        row["epsilon_unit"] = UNIT
+        row["epsilon_scope"] = ("cumulative over every round of every run on the agency's "
+                                "dataset (its privacy ledger)")
+        for key, value in list(row.items()):
+            if isinstance(value, float) and not math.isfinite(value):
+                row[key] = None
+    return rows
+
+
+def _global_metrics(metrics: dict[str, Any], agencies: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "global" in metrics:
+        out["pooled_test"] = metrics["global"]
+        out["pooled_test_note"] = ("simulation: the pooled entity-disjoint test split of every "
+                                   "agency, scored centrally by the simulator")
+    rounds = metrics.get("rounds", [])
+    if rounds and rounds[-1].get("evaluate_aggregate"):
+        out["federated_evaluation_last_round"] = {
+            k: _finite(v) for k, v in rounds[-1]["evaluate_aggregate"].items()}
+    aucs = [(a["agency"], a["local_roc_auc"]) for a in agencies
+            if _finite(a.get("local_roc_auc")) is not None]
+    if aucs:
+        worst = min(aucs, key=lambda item: float(item[1]))
+        out["worst_agency"] = {"agency": worst[0], "local_roc_auc": worst[1]}
+    return out
+
+
+def _load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    problems = [f"{run_dir / name} is missing" for name in (WEIGHTS, "metrics.json")
+                if not (run_dir / name).is_file()]
+    if problems:
+        raise DeploymentError(
+            f"{run_dir} is not a finished run: {'; '.join(problems)}. Fix: pass a simulation "
+            "run folder (outputs/<date>/<time>) or an aggregator output folder that holds "
+            "model.pt and metrics.json (a run that stopped early has only partial/)."
+        )
+    saved = torch.load(run_dir / WEIGHTS, weights_only=True)
+    for key in ("task", "task_params", "state_dict", "settings"):
+        if key not in saved:
+            raise DeploymentError(f"{run_dir / WEIGHTS} lacks {key!r}; it was not written by "
+                                  "heroes-fl's ServerApp.")
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    return saved, metrics
+
+
+def build_card(run_dir: Path, saved: dict[str, Any], metrics: dict[str, Any], *,
+               weights_sha256: str, released_at: float, signer: str,
+               app_bundle_sha256: str) -> dict[str, Any]:
+    settings = RunSettings.from_flat(saved["settings"], source=f"{run_dir / WEIGHTS} settings")
+    agencies = _agencies(metrics)
+    p = settings.privacy
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(released_at))
+    return {
+        "format": BUNDLE_FORMAT,
+        "model_version": f"{settings.task_name}-{stamp}-{weights_sha256[:12]}",
+        "released_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(released_at)),
+        "model_saved_at": time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime((run_dir / WEIGHTS).stat().st_mtime)),
+        "source_run": str(run_dir.resolve()),
+        "task": {"name": settings.task_name, "params": dict(settings.task_params)},
+        "versions": {"data_schema": SCHEMA_VERSION, "features": FEATURES_VERSION,
+                     "code": _code_version(), "app_bundle_sha256": app_bundle_sha256},
+        "training": {"strategy": settings.strategy.name,
+                     "rounds_planned": settings.strategy.num_rounds,
+                     "rounds_completed": len(metrics.get("rounds", [])),
+                     "local_epochs": settings.train.local_epochs,
+                     "batch_size": settings.train.batch_size},
+        "privacy": {
+            "enabled": p.enabled,
+            "mechanism": "DP-SGD (Opacus), record-level, at each agency" if p.enabled
+            else "none: trained without differential privacy",
+            "unit": UNIT,
+            "target_epsilon_per_run": p.target_epsilon,
+            "target_delta": p.target_delta,
+            "max_grad_norm": p.max_grad_norm,
+            "accountant": p.accountant,
+            "secure_mode": p.secure_mode,
+        },
+        "agencies": agencies,
+        "metrics": _global_metrics(metrics, agencies),
+        "calibration": {
+            "method": "none",
+            "a": 1.0, "b": 0.0,
+            "note": "probability = sigmoid(logit): the model's own output, trained with "
+                    "log-loss on the agencies' pooled label mix; not recalibrated for any "
+                    "one agency's base rate",
+        },
+        "intended_use": "ranking adverts for review by a trained analyst. A score is a lead "
+                        "for a person to assess, never a decision about anyone.",
+        "signed_by": signer,
+        "files": {WEIGHTS: weights_sha256},
+    }
+
+
+def _clean(value: Any) -> Any:
+    """NaN and infinities become null: the card is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _fmt(v: object, digits: int = 3) -> str:
+    f = _finite(v)
+    return "n/a" if f is None else f"{f:.{digits}f}"
+
+
+def render_card(card: dict[str, Any]) -> str:
+    """The card for people: what the model is, who trained it, at what privacy cost."""
+    p = card["privacy"]
+    v = card["versions"]
+    lines = [
+        f"# Model card: {card['model_version']}",
+        "",
+        f"Released {card['released_at']} by the consortium key `{card['signed_by']}`.",
+        f"Intended use: {card['intended_use']}",
+        "",
+        "## Versions",
+        f"- task: {card['task']['name']} {json.dumps(card['task']['params'], sort_keys=True)}",
+        f"- data schema: {v['data_schema']}; features version: {v['features']}",
+        f"- code: heroes-fl {v['code']['package']}, git {v['code']['git_commit']}",
+        f"- app bundle sha256: {v['app_bundle_sha256']}",
+        "",
+        "## Privacy",
+        f"- mechanism: {p['mechanism']}",
+        f"- unit of privacy: {p['unit']}",
+        f"- per-run target: epsilon {p['target_epsilon_per_run']} at delta {p['target_delta']}; "
+        f"clipping norm {p['max_grad_norm']}; accountant {p['accountant']}",
+        "",
+        "| agency | rounds | cumulative epsilon | delta | noise multiplier | local ROC-AUC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for a in card["agencies"]:
+        lines.append(f"| {a['agency']} | {a['rounds_trained']} | {_fmt(a['epsilon'])} | "
+                     f"{a['delta']} | {_fmt(a['noise_multiplier'])} | "
+                     f"{_fmt(a['local_roc_auc'])} |")
+    lines += ["", "Epsilon is each agency's cumulative value over every round of every run on "
+              "its dataset (its privacy ledger), per the unit above, at the agency's delta.", "",
+              "## Metrics"]
+    m = card["metrics"]
+    if "pooled_test" in m:
+        lines.append("- pooled test split: " + ", ".join(
+            f"{k} {_fmt(val)}" for k, val in m["pooled_test"].items()))
+    if "federated_evaluation_last_round" in m:
+        lines.append("- federated evaluation, last round: " + ", ".join(
+            f"{k} {_fmt(val)}" for k, val in m["federated_evaluation_last_round"].items()))
+    if "worst_agency" in m:
+        w = m["worst_agency"]
+        lines.append(f"- worst agency: {w['agency']} (local ROC-AUC {_fmt(w['local_roc_auc'])})")
+    lines += ["", "## Calibration", card["calibration"]["note"], ""]
+    return "\n".join(lines)
+
+
+def release_run(run_dir: Path, *, signing_key: Path, out: Path | None = None,
+                app_bundle: Path | None = None) -> Path:
+    """Write a signed bundle folder for a finished run and return its path."""
+    key = load_private_key(signing_key)
+    saved, metrics = _load_run(run_dir)
+    target = out if out is not None else run_dir / "release"
+    if target.exists():
+        raise DeploymentError(
+            f"{target} already exists; a release is never overwritten. Fix: pass --out with a "
+            "new folder, or move the old release away."
+        )
+    app_sha = file_sha256(app_bundle) if app_bundle is not None else "unknown"
+    tmp = target.with_name(target.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # our own leftover from an interrupted release
+    tmp.mkdir(parents=True)
+    shutil.copyfile(run_dir / WEIGHTS, tmp / WEIGHTS)
+    weights_sha = file_sha256(tmp / WEIGHTS)
+    card = _clean(build_card(run_dir, saved, metrics, weights_sha256=weights_sha,
+                             released_at=time.time(), signer=key_fingerprint(key.public_key()),
+                             app_bundle_sha256=app_sha))
+    (tmp / CARD_MD).write_text(render_card(card), encoding="utf-8")
+    card["files"][CARD_MD] = hashlib.sha256((tmp / CARD_MD).read_bytes()).hexdigest()
+    text = json.dumps(card, indent=2, sort_keys=True, allow_nan=False)
+    (tmp / CARD_JSON).write_text(text + "\n", encoding="utf-8")
+    sign_file(key, tmp / CARD_JSON)
+    tmp.replace(target)
+    return target
