@@ -1,6 +1,9 @@
 """Agency-side commands: ``heroes agency ...``.
 
     heroes agency ledger --state-dir DIR [--json]   privacy spent and left, per dataset
+    heroes agency check --data-dir DIR [--report-dir DIR]
+                                                    validate the export; quarantine report
+    heroes agency init|serve|status --dir DIR       a deployed node (clients/deploy_cli.py)
 """
 
 from __future__ import annotations
@@ -8,20 +11,33 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
+from clients import deploy_cli, lifecycle_cli
+from federation.data import load_agency
+from federation.errors import DataError
 from federation.ledger import Ledger, LedgerError, Policy, load_policy
+from federation.quarantine import render_summary, write_quarantine_report
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     agency = subparsers.add_parser("agency", help="commands for an agency's node")
     sub = agency.add_subparsers(dest="agency_command", required=True)
+    deploy_cli.add_commands(sub)
+    lifecycle_cli.add_commands(sub)
     ledger = sub.add_parser(
         "ledger", help="privacy spent and remaining per dataset, from the node's ledger")
     ledger.add_argument("--state-dir", type=Path, required=True,
                         help="the node's state folder (holds privacy-ledger.sqlite)")
     ledger.add_argument("--json", action="store_true", help="machine-readable output")
+    check = sub.add_parser(
+        "check", help="validate the data directory; report rows set aside (never their content)")
+    check.add_argument("--data-dir", type=Path, required=True,
+                       help="the export folder (manifest.json and the files it names)")
+    check.add_argument("--report-dir", type=Path,
+                       help="also write quarantine-report.json and .txt here")
 
 
 def _fmt(v: float) -> str:
@@ -56,7 +72,29 @@ def render_ledger(report: list[dict[str, Any]], policy: Policy | None) -> str:
     return "\n".join(lines)
 
 
+def check_data(args: argparse.Namespace) -> int:
+    """``heroes agency check``: 0 when the export is usable, 2 (with the reason) when not."""
+    try:
+        data = load_agency(args.data_dir)
+        report = None
+        if args.report_dir is not None:
+            report = write_quarantine_report(data, args.report_dir)
+    except DataError as exc:
+        print(f"heroes agency check: {exc}", file=sys.stderr)
+        return 2
+    print(render_summary(data))
+    if report is not None:
+        print(f"quarantine report: {report} (and {report.with_suffix('.txt').name})")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.agency_command in lifecycle_cli.COMMANDS:
+        return lifecycle_cli.main(args)
+    if args.agency_command in deploy_cli.HANDLERS:
+        return deploy_cli.HANDLERS[args.agency_command](args)
+    if args.agency_command == "check":
+        return check_data(args)
     if args.agency_command == "ledger":
         try:
             policy: Policy | None = load_policy(args.state_dir)
