@@ -220,8 +220,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     flat = flat_run_config(cfg, data_root=data_root, output_dir=server_out,
                            state_root=state_root)
     settings = RunSettings.from_flat(flat)
-    if cfg.mode not in ("federated", "centralised"):
-        raise ConfigError([f"mode={cfg.mode!r} must be 'federated' or 'centralised'"])
+    if cfg.mode not in ("federated", "centralised", "baselines"):
+        raise ConfigError([f"mode={cfg.mode!r} must be 'federated', 'centralised' or "
+                           "'baselines'"])
     preset_data = OmegaConf.to_container(cfg.federation, resolve=True)
     assert isinstance(preset_data, dict)
     preset = preset_from_mapping({str(k): v for k, v in preset_data.items()})
@@ -237,6 +238,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             print(f"  {a.agency}: rows set aside {aside}", flush=True)
     _write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     _write_text(out_dir / "run_config.json", json.dumps(flat, indent=2))
+    if cfg.mode == "baselines":
+        from simulation.baselines import run_baselines
+
+        return run_baselines(cfg, out_dir, flat=flat, settings=settings, manifest=manifest,
+                             agencies=agencies, t0=t0)
 
     fed_metrics: list[dict[str, Any]] = []
     if cfg.mode == "federated":
