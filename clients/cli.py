@@ -3,6 +3,7 @@
     heroes agency ledger --state-dir DIR [--json]   privacy spent and left, per dataset
     heroes agency check --data-dir DIR [--report-dir DIR]
                                                     validate the export; quarantine report
+    heroes agency init|serve|status --dir DIR       a deployed node (clients/deploy_cli.py)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from clients import deploy_cli, lifecycle_cli
 from federation.data import load_agency
 from federation.errors import DataError
 from federation.ledger import Ledger, LedgerError, Policy, load_policy
@@ -23,6 +25,8 @@ from federation.quarantine import render_summary, write_quarantine_report
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     agency = subparsers.add_parser("agency", help="commands for an agency's node")
     sub = agency.add_subparsers(dest="agency_command", required=True)
+    deploy_cli.add_commands(sub)
+    lifecycle_cli.add_commands(sub)
     ledger = sub.add_parser(
         "ledger", help="privacy spent and remaining per dataset, from the node's ledger")
     ledger.add_argument("--state-dir", type=Path, required=True,
@@ -85,6 +89,10 @@ def check_data(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.agency_command in lifecycle_cli.COMMANDS:
+        return lifecycle_cli.main(args)
+    if args.agency_command in deploy_cli.HANDLERS:
+        return deploy_cli.HANDLERS[args.agency_command](args)
     if args.agency_command == "check":
         return check_data(args)
     if args.agency_command == "ledger":

@@ -19,7 +19,7 @@ import numpy as np
 
 from federation.config import RunSettings
 from federation.data import load_agency
-from federation.errors import ConfigError, DataError
+from federation.errors import ConfigError, DataError, TaskError
 from federation.ledger import fingerprint_file
 from federation.tasks import Task, get_task
 from federation.text import FEATURES_VERSION, SparseRows
@@ -84,6 +84,18 @@ def resolve_state_dir(node_config: Mapping[str, object], settings: RunSettings,
     )
 
 
+def check_task_allowed(node_config: Mapping[str, object], task_name: str) -> None:
+    """A deployed node trains only the tasks its agency agreed to (policy.toml [node]
+    allowed_tasks, passed as node config ``allowed_tasks``); simulation nodes set none."""
+    if "allowed_tasks" not in node_config:
+        return
+    allowed = [t for t in str(node_config["allowed_tasks"]).split(",") if t]
+    if task_name not in allowed:
+        raise TaskError(f"task {task_name!r} is not among the tasks this agency allows "
+                        f"({allowed}); the agency adds it to allowed_tasks in its policy.toml "
+                        "if it agrees to train it")
+
+
 CACHE_DIR = "feature-cache"
 
 
@@ -118,6 +130,7 @@ def load_node_data(
     node_config: Mapping[str, object], settings: RunSettings, *, split: str
 ) -> NodeData:
     """Validate the agency's whole export, then featurise the requested split."""
+    check_task_allowed(node_config, settings.task_name)
     data = load_agency(resolve_data_dir(node_config, settings))
     task = get_task(settings.task_name, settings.task_params)
     fingerprint = fingerprint_file(data.train.path)

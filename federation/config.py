@@ -230,6 +230,16 @@ class RunPaths(_Section):
 
 
 @dataclass(frozen=True)
+class AppSettings(_Section):
+    """The app bundle's provenance. ``app.signature`` is set by ``heroes consortium train``
+    (the consortium's signature over the bundle's manifest); agency nodes verify it before
+    running any of the bundle's code. Empty in simulation, where no bundle travels."""
+
+    prefix: ClassVar[str] = "app"
+    signature: str = ""
+
+
+@dataclass(frozen=True)
 class RunSettings:
     task_name: str
     task_params: Mapping[str, Scalar]
@@ -238,9 +248,10 @@ class RunSettings:
     strategy: StrategySettings
     eval: EvalSettings
     paths: RunPaths = field(default_factory=RunPaths)
+    app: AppSettings = field(default_factory=AppSettings)
 
     SECTIONS: ClassVar[tuple[type[_Section], ...]] = (
-        TrainSettings, PrivacySettings, StrategySettings, EvalSettings, RunPaths,
+        TrainSettings, PrivacySettings, StrategySettings, EvalSettings, RunPaths, AppSettings,
     )
 
     @classmethod
@@ -283,11 +294,13 @@ class RunSettings:
             strategy=parsed["strategy"],
             eval=parsed["eval"],
             paths=parsed["paths"],
+            app=parsed["app"],
         )
 
     def to_flat(self) -> dict[str, Scalar]:
         out: dict[str, Scalar] = {"task.name": self.task_name}
         out.update({f"task.{k}": v for k, v in self.task_params.items()})
-        for section in (self.train, self.privacy, self.strategy, self.eval, self.paths):
+        for section in (self.train, self.privacy, self.strategy, self.eval, self.paths,
+                        self.app):
             out.update(section.to_flat())
         return out

@@ -1,0 +1,73 @@
+"""``heroes-verified-clientapp``: Flower's ``flwr-clientapp``, but it checks the app bundle's
+signature before installing or importing anything from it.
+
+The agency's own SuperExec (clients/superexec.py) starts this command instead of
+``flwr-clientapp`` for every message. Flower's process pulls the message, the run and the
+bundle from the node's local Runtime API; here that step is wrapped so the bundle must
+carry a valid consortium signature (run config ``app.signature``, see federation/appsign.py)
+over its manifest, checked with the consortium public key the agency installed at
+``heroes agency init`` (``HEROES_CONSORTIUM_KEY``). A bundle that fails is never installed:
+Flower's own error path sends the aggregator a refusal that names the check, and the node's
+log says the same. The verified manifest digest is exported as ``HEROES_APP_BUNDLE_SHA256``
+for the node's receipts.
+
+Flower has no public hook for this (its ``--trusted-entities`` check is Enterprise-only), so
+this wraps ``flwr.supernode.runtime.run_clientapp.pull_task_input``, an internal function:
+flwr is pinned to 1.42.x for that reason, and tests/test_deployment.py exercises it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("heroes.verify")
+
+KEY_ENV = "HEROES_CONSORTIUM_KEY"
+DIGEST_ENV = "HEROES_APP_BUNDLE_SHA256"
+
+
+def _install_check() -> None:
+    from flwr.supernode.runtime import run_clientapp as runtime
+
+    from federation.appsign import RUN_CONFIG_KEY, verify_bundle
+    from federation.errors import SignatureError
+    from federation.signing import load_public_key
+
+    key_path = os.environ.get(KEY_ENV)
+    if not key_path:
+        raise SystemExit(f"{KEY_ENV} is not set: this node cannot check app bundles, so it "
+                         "runs none. Start the node with `heroes agency serve`.")
+    public_key = load_public_key(Path(key_path))
+    pull = runtime.pull_task_input
+
+    def verified_pull(client: Any) -> Any:
+        message, context, run, fab = pull(client)
+        try:
+            digest = verify_bundle(public_key, fab.content,
+                                   context.run_config.get(RUN_CONFIG_KEY))
+        except SignatureError as exc:
+            log.error("REFUSED app bundle %s of run %s: %s", fab.hash_str[:16], run.run_id, exc)
+            raise SignatureError(f"node refused the app bundle of run {run.run_id}: {exc}"
+                                 ) from None
+        os.environ[DIGEST_ENV] = digest
+        log.info("app bundle of run %s verified (manifest %s)", run.run_id, digest[:16])
+        return message, context, run, fab
+
+    runtime.pull_task_input = verified_pull
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    _install_check()
+    from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
+
+    sys.argv[0] = "heroes-verified-clientapp"
+    flwr_clientapp()
+
+
+if __name__ == "__main__":
+    main()

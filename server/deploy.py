@@ -1,0 +1,450 @@
+"""The consortium's side of a real deployment: its folder, its keys, its processes.
+
+    CONSORTIUM_DIR/
+      consortium.toml      public (agency-facing) address, private port, health port
+      tls/ca.crt           the consortium CA: sent to every agency
+      tls/ca.key           keep offline if you can; only needed to (re-)issue the next cert
+      tls/superlink.crt    the SuperLink's certificate (public host, localhost, 127.0.0.1)
+      tls/superlink.key
+      signing.key          Ed25519: signs app bundles and model releases
+      signing.pub          sent to every agency, which runs only what this key signed
+      registry.json        who is who: agency name, public key, fingerprint, node id, dates
+      flwr-home/           Flower's own configuration for the private connection
+      state.db             the SuperLink's database (runs, logs, node registrations)
+      logs/                superlink.log, gateway.log
+      runs/<time>/         what each `heroes consortium train` produced
+
+Processes (``heroes consortium serve``): the SuperLink listens on 127.0.0.1 only, with TLS,
+node authentication and the database; the Fleet gateway (server/fleet_gateway.py) listens on
+the public address and passes SuperNode traffic only. ``enroll``, ``revoke`` and ``train``
+talk to the private address, so they run on the aggregator's own machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from federation.errors import DeploymentError
+from federation.pki import (
+    check_certificate,
+    load_node_public_key,
+    make_ca,
+    make_server_cert,
+)
+from federation.signing import generate_signing_key, key_fingerprint, load_private_key
+
+log = logging.getLogger("heroes.consortium")
+
+NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+CONNECTION = "consortium"
+BIN = Path(sys.executable).parent
+APP_ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_address(text: str, *, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DeploymentError(f"{what} {text!r} is not HOST:PORT (e.g. fl.consortium.example:"
+                              "9092 or 127.0.0.1:9092)")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class ConsortiumHome:
+    root: Path
+
+    @property
+    def tls(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.tls / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.tls / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.tls / "superlink.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.tls / "superlink.key"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.root / "signing.key"
+
+    @property
+    def signing_pub(self) -> Path:
+        return self.root / "signing.pub"
+
+    @property
+    def registry_path(self) -> Path:
+        return self.root / "registry.json"
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.root / "flwr-home"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "consortium.toml"
+
+    def config(self) -> dict[str, Any]:
+        if not self.config_path.is_file():
+            raise DeploymentError(
+                f"{self.root} is not a consortium folder (no consortium.toml). Fix: run "
+                f"`heroes consortium init --dir {self.root} --public-address HOST:PORT` first, "
+                "or pass the right --dir")
+        with self.config_path.open("rb") as f:
+            section: dict[str, Any] = tomllib.load(f)["consortium"]
+        return section
+
+    @property
+    def private_address(self) -> str:
+        return f"127.0.0.1:{int(self.config()['private_port'])}"
+
+    def registry(self) -> dict[str, Any]:
+        if not self.registry_path.is_file():
+            return {"agencies": {}}
+        data: dict[str, Any] = json.loads(self.registry_path.read_text(encoding="utf-8"))
+        return data
+
+    def save_registry(self, data: dict[str, Any]) -> None:
+        tmp = self.registry_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        tmp.replace(self.registry_path)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "FLWR_HOME": str(self.flwr_home),
+                "FLWR_TELEMETRY_ENABLED": os.environ.get("FLWR_TELEMETRY_ENABLED", "0"),
+                "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _write_flwr_connection(home: ConsortiumHome, private_port: int) -> None:
+    home.flwr_home.mkdir(parents=True, exist_ok=True)
+    (home.flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        f'address = "127.0.0.1:{private_port}"\n'
+        f'root-certificates = "{home.ca_cert.resolve()}"\n', encoding="utf-8")
+
+
+def init(root: Path, *, public_address: str, private_port: int, health_port: int,
+         extra_hosts: list[str]) -> ConsortiumHome:
+    """Make the consortium's CA, TLS certificate, signing key and configuration."""
+    host, port = parse_address(public_address, what="--public-address")
+    home = ConsortiumHome(root)
+    if home.config_path.exists():
+        raise DeploymentError(
+            f"{root} already holds a consortium (consortium.toml exists); refusing to "
+            "overwrite its keys. Use another --dir, or --renew-server-cert to re-issue the "
+            "TLS certificate only")
+    if private_port == port:
+        raise DeploymentError(f"--private-port {private_port} equals the public port; the "
+                              "SuperLink's own port must differ from the agency-facing one")
+    root.mkdir(parents=True, exist_ok=True)
+    home.tls.mkdir(exist_ok=True)
+    make_ca(home.ca_cert, home.ca_key)
+    make_server_cert(home.server_cert, home.server_key, ca_cert=home.ca_cert,
+                     ca_key=home.ca_key, hosts=[host, *extra_hosts, "localhost", "127.0.0.1"])
+    generate_signing_key(home.signing_key, home.signing_pub)
+    home.config_path.write_text(
+        "[consortium]\n"
+        f'public_address = "{host}:{port}"\n'
+        f"private_port = {private_port}\n"
+        f"health_port = {health_port}\n"
+        f'created = "{dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}"\n',
+        encoding="utf-8")
+    _write_flwr_connection(home, private_port)
+    home.save_registry({"agencies": {}})
+    (root / "logs").mkdir(exist_ok=True)
+    (root / "runs").mkdir(exist_ok=True)
+    return home
+
+
+def renew_server_cert(root: Path, *, extra_hosts: list[str]) -> None:
+    home = ConsortiumHome(root)
+    cfg = home.config()
+    host, _ = parse_address(cfg["public_address"], what="public_address")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    for path in (home.server_cert, home.server_key):
+        if path.exists():
+            path.replace(path.with_name(f"{path.name}.{stamp}.old"))
+    make_server_cert(home.server_cert, home.server_key, ca_cert=home.ca_cert, ca_key=home.ca_key,
+                     hosts=[host, *extra_hosts, "localhost", "127.0.0.1"])
+
+
+def _flwr(home: ConsortiumHome, *args: str, timeout: float = 60
+          ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "flwr"), *args], env=home.env(), capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def _require_link(home: ConsortiumHome) -> None:
+    host, port = parse_address(home.private_address, what="private address")
+    with socket.socket() as s:
+        s.settimeout(2)
+        if s.connect_ex((host, port)) != 0:
+            raise DeploymentError(
+                f"the aggregator is not running on its private address {home.private_address}."
+                f" Fix: start it with `heroes consortium serve --dir {home.root}` (on this "
+                "machine), then try again")
+
+
+def _json_tail(text: str) -> dict[str, Any]:
+    start = text.find("{")
+    if start < 0:
+        return {}
+    try:
+        data: dict[str, Any] = json.loads(text[start:])
+        return data
+    except json.JSONDecodeError:
+        return {}
+
+
+def enroll(root: Path, name: str, public_key: Path) -> dict[str, Any]:
+    """Register an agency's node key with the SuperLink and record who it is."""
+    home = ConsortiumHome(root)
+    home.config()
+    if not NAME_RULE.match(name):
+        raise DeploymentError(
+            f"agency name {name!r} is not allowed: use 2-63 lower-case letters, digits and "
+            "dashes, starting with a letter or digit (e.g. eu-police-north)")
+    key = load_node_public_key(public_key)
+    fingerprint = key_fingerprint(key)
+    registry = home.registry()
+    agencies: dict[str, Any] = registry["agencies"]
+    current = agencies.get(name)
+    if current and not current.get("revoked_at"):
+        raise DeploymentError(f"agency {name!r} is already enrolled (node {current['node_id']}, "
+                              f"key {current['fingerprint']}); revoke it first to change keys")
+    for other, entry in agencies.items():
+        if entry["fingerprint"] == fingerprint and not entry.get("revoked_at"):
+            raise DeploymentError(f"this key is already enrolled for agency {other!r}; every "
+                                  "agency needs its own node key (`heroes agency init`)")
+    _require_link(home)
+    proc = _flwr(home, "supernode", "register", str(public_key), CONNECTION, "--name", name,
+                 "--format", "json")
+    reply = _json_tail(proc.stdout)
+    if proc.returncode != 0 or not reply.get("success"):
+        detail = (reply.get("error-message") or proc.stdout + proc.stderr).strip()[-600:]
+        raise DeploymentError(f"the SuperLink refused to register agency {name!r}: {detail}")
+    entry = {"public_key": public_key.read_text(encoding="utf-8").strip(),
+             "fingerprint": fingerprint, "node_id": int(reply["node-id"]),
+             "enrolled_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+             "revoked_at": None}
+    history: list[dict[str, Any]] = []
+    if current:
+        history = [*current.get("history", []), {
+            k: current[k] for k in ("fingerprint", "node_id", "enrolled_at", "revoked_at")}]
+    agencies[name] = {**entry, "history": history}
+    home.save_registry(registry)
+    return agencies[name]  # type: ignore[no-any-return]
+
+
+def revoke(root: Path, name: str) -> dict[str, Any]:
+    """Unregister an agency's node key: its node is refused from its next request on."""
+    home = ConsortiumHome(root)
+    registry = home.registry()
+    entry = registry["agencies"].get(name)
+    if entry is None:
+        known = ", ".join(sorted(registry["agencies"])) or "none"
+        raise DeploymentError(f"agency {name!r} is not in the registry (enrolled: {known})")
+    if entry.get("revoked_at"):
+        raise DeploymentError(f"agency {name!r} was already revoked at {entry['revoked_at']}")
+    _require_link(home)
+    proc = _flwr(home, "supernode", "unregister", str(entry["node_id"]), CONNECTION,
+                 "--format", "json")
+    reply = _json_tail(proc.stdout)
+    if proc.returncode != 0 or not reply.get("success", True):
+        detail = (reply.get("error-message") or proc.stdout + proc.stderr).strip()[-600:]
+        raise DeploymentError(f"the SuperLink refused to unregister agency {name!r}: {detail}")
+    entry["revoked_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    home.save_registry(registry)
+    return entry  # type: ignore[no-any-return]
+
+
+def check_tls(home: ConsortiumHome) -> str:
+    cfg = home.config()
+    host, _ = parse_address(cfg["public_address"], what="public_address")
+    check_certificate(home.ca_cert, what="consortium CA certificate")
+    status = check_certificate(home.server_cert, what="SuperLink certificate", host=host,
+                               ca=home.ca_cert)
+    return f"TLS certificate for {', '.join(status.hosts)}, {status.days_left:.0f} days left"
+
+
+class Aggregator:
+    """The SuperLink (private) plus the Fleet gateway (public), started and stopped together."""
+
+    def __init__(self, root: Path) -> None:
+        from server.fleet_gateway import FleetGateway, GatewayConfig
+
+        self.home = ConsortiumHome(root)
+        cfg = self.home.config()
+        self.tls_note = check_tls(self.home)
+        self.public = parse_address(cfg["public_address"], what="public_address")
+        self.private_port = int(cfg["private_port"])
+        self.health_port = int(cfg["health_port"])
+        self.bind_host = str(cfg.get("bind_host", self.public[0]))
+        self.gateway = FleetGateway(GatewayConfig(
+            listen_host=self.bind_host, listen_port=self.public[1], upstream_host="127.0.0.1",
+            upstream_port=self.private_port, certfile=self.home.server_cert,
+            keyfile=self.home.server_key, ca_certfile=self.home.ca_cert))
+        self.link: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, timeout: float = 90) -> None:
+        logs = self.home.root / "logs"
+        logs.mkdir(exist_ok=True)
+        cmd = [str(BIN / "flower-superlink"),
+               "--ssl-ca-certfile", str(self.home.ca_cert),
+               "--ssl-certfile", str(self.home.server_cert),
+               "--ssl-keyfile", str(self.home.server_key),
+               "--enable-supernode-auth",
+               "--database", str(self.home.root / "state.db"),
+               "--disable-runtime-dependency-installation",
+               "--host", "127.0.0.1", "--port", str(self.private_port),
+               "--health-server-address", f"127.0.0.1:{self.health_port}"]
+        out = (logs / "superlink.log").open("ab")
+        self.link = subprocess.Popen(cmd, env=self.home.env(), stdout=out,
+                                     stderr=subprocess.STDOUT, cwd=self.home.root,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.link.poll() is not None:
+                raise DeploymentError(
+                    f"the SuperLink exited with status {self.link.returncode} while starting; "
+                    f"see {logs / 'superlink.log'} (a port in use is the usual cause: "
+                    f"{self.private_port} or {self.health_port})")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.private_port)) == 0:
+                    break
+            time.sleep(0.3)
+        else:
+            self.stop()
+            raise DeploymentError(f"the SuperLink did not listen on 127.0.0.1:"
+                                  f"{self.private_port} within {timeout:.0f} s")
+        try:
+            self.gateway.start()
+        except OSError as exc:
+            self.stop()
+            raise DeploymentError(
+                f"cannot listen on the agency-facing address {self.bind_host}:{self.public[1]}"
+                f" ({exc.strerror}); is another process using it?") from None
+
+    def stop(self) -> None:
+        self.gateway.stop()
+        if self.link is not None and self.link.poll() is None:
+            os.killpg(self.link.pid, signal.SIGTERM)
+            try:
+                self.link.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.link.pid, signal.SIGKILL)
+                self.link.wait()
+
+
+def serve(root: Path) -> int:
+    agg = Aggregator(root)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        handlers=[logging.FileHandler(agg.home.root / "logs" / "gateway.log"),
+                                  logging.StreamHandler(sys.stderr)])
+    stop = {"now": False}
+
+    def _stop(signum: int, _frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    agg.start()
+    print(f"aggregator up: agencies connect to {agg.public[0]}:{agg.public[1]} (Fleet API only,"
+          f" TLS); the SuperLink itself listens on 127.0.0.1:{agg.private_port} (Control and "
+          f"Runtime APIs, private); health: grpc 127.0.0.1:{agg.health_port}; {agg.tls_note}",
+          flush=True)
+    try:
+        while not stop["now"]:
+            assert agg.link is not None
+            if agg.link.poll() is not None:
+                print(f"the SuperLink exited with status {agg.link.returncode}; see "
+                      f"{agg.home.root / 'logs' / 'superlink.log'}", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+    finally:
+        agg.stop()
+        print(f"aggregator stopped (gateway forwarded {agg.gateway.forwarded} request(s), "
+              f"refused {agg.gateway.refused})", flush=True)
+    return 0
+
+
+def train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
+          timeout: float) -> Path:
+    """Sign the app bundle, submit the run, follow it, and return its output folder."""
+    from flwr.cli.build import build_fab_from_disk
+
+    from federation.appsign import manifest_digest, sign_bundle
+
+    home = ConsortiumHome(root)
+    home.config()
+    _require_link(home)
+    fab = build_fab_from_disk(app)
+    signature = sign_bundle(load_private_key(home.signing_key), fab)
+    run_dir = out or home.root / "runs" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "app-bundle.json").write_text(json.dumps(
+        {"manifest_sha256": manifest_digest(fab), "signature": signature,
+         "signing_key": key_fingerprint(load_private_key(home.signing_key).public_key())},
+        indent=2), encoding="utf-8")
+    cmd = [str(BIN / "flwr"), "run", str(app), CONNECTION, "--stream"]
+    for o in overrides:
+        cmd += ["--run-config", o]
+    cmd += ["--run-config", f'paths.output_dir="{run_dir / "server"}"',
+            "--run-config", f'app.signature="{signature}"']
+    print(f"submitting the signed app bundle (manifest {manifest_digest(fab)[:16]}) to "
+          f"{home.private_address}; outputs in {run_dir}", flush=True)
+    proc = subprocess.Popen(cmd, env=home.env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    run_id = None
+    started = time.monotonic()
+    with (run_dir / "run.log").open("w", encoding="utf-8") as logf:
+        for line in proc.stdout:
+            logf.write(line)
+            m = re.search(r"Successfully started run (\d+)", line)
+            if m:
+                run_id = m.group(1)
+            print(line, end="", flush=True)
+            if time.monotonic() - started > timeout:
+                proc.kill()
+                raise DeploymentError(f"run {run_id} did not finish within {timeout:.0f} s; "
+                                      f"stop it with `flwr stop {run_id}` (FLWR_HOME="
+                                      f"{home.flwr_home})")
+    proc.wait()
+    if run_id is None:
+        raise DeploymentError(f"the run was not accepted (flwr run exited {proc.returncode}); "
+                              f"see {run_dir / 'run.log'}")
+    (run_dir / "run-id").write_text(run_id, encoding="utf-8")
+    metrics = run_dir / "server" / "metrics.json"
+    if not metrics.is_file():
+        partial = run_dir / "server" / "partial" / "metrics.json"
+        hint = f"; rounds so far are in {partial}" if partial.is_file() else ""
+        raise DeploymentError(f"run {run_id} ended without a model (status in `flwr ls`){hint}; "
+                              f"the aggregator's log: {run_dir / 'run.log'}")
+    for name in ("model.pt", "metrics.json", "config.json"):
+        shutil.copyfile(run_dir / "server" / name, run_dir / name)
+    return run_dir
