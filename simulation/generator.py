@@ -29,7 +29,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import date, timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -127,10 +127,12 @@ class FederationPreset:
     agencies: tuple[AgencyProfile, ...]
     scale: float = 1.0
     cross_agency_rate: float = 0.07
+    skew: float = 1.0  # non-IID knob: 1 = the preset as written, 0 = one shared prevalence
 
     def __post_init__(self) -> None:
         problems = _preset_problems(
-            {"name": self.name, "scale": self.scale, "cross_agency_rate": self.cross_agency_rate}
+            {"name": self.name, "scale": self.scale, "cross_agency_rate": self.cross_agency_rate,
+             "skew": self.skew}
         )
         if not self.agencies:
             problems.append("agencies: got none; a federation needs at least one agency. "
@@ -146,7 +148,7 @@ class FederationPreset:
 
 
 _AGENCY_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(AgencyProfile))
-_PRESET_KEYS: tuple[str, ...] = ("name", "scale", "cross_agency_rate", "agencies")
+_PRESET_KEYS: tuple[str, ...] = ("name", "scale", "cross_agency_rate", "skew", "agencies")
 _SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 
@@ -216,7 +218,36 @@ def _preset_problems(v: Mapping[str, Any]) -> list[str]:
     if not _is_number(rate) or not 0.0 <= float(rate) <= 0.5:
         out.append(f"cross_agency_rate: got {rate!r}; it must be a share in [0, 0.5] "
                    "(5-10% of entities post in two agencies). Fix: e.g. 0.07.")
+    skew = v.get("skew", 1.0)
+    if not _is_number(skew) or not 0.0 <= float(skew) <= MAX_SKEW:
+        out.append(f"skew: got {skew!r}; it must be a number in [0, {MAX_SKEW:g}]: 0 gives "
+                   "every agency the same label prevalence, 1 the preset's own, more "
+                   "spreads them further apart. Fix: e.g. 1.0.")
     return out
+
+
+#: Largest non-IID skew accepted (prevalences are clipped to [MIN_SKEWED_RATE, 0.5]).
+MAX_SKEW = 3.0
+MIN_SKEWED_RATE = 0.005
+
+
+def apply_skew(preset: FederationPreset) -> FederationPreset:
+    """The preset with each agency's label prevalence moved ``skew`` times its distance
+    from the agencies' mean prevalence (clipped to [0.005, 0.5]).
+
+    ``skew=1`` returns the preset unchanged (so default outputs are exactly as before);
+    ``skew=0`` gives every agency the mean prevalence (labels closer to IID: languages,
+    tasks and sizes still differ); ``skew=2`` doubles the spread. The agencies' language and
+    task mixes, which set the indicator mix, are left as the preset writes them.
+    """
+    if preset.skew == 1.0:
+        return preset
+    mean = sum(a.positive_rate for a in preset.agencies) / len(preset.agencies)
+    agencies = tuple(
+        replace(a, positive_rate=min(0.5, max(MIN_SKEWED_RATE,
+                                              mean + preset.skew * (a.positive_rate - mean))))
+        for a in preset.agencies)
+    return replace(preset, agencies=agencies)
 
 
 def _duplicate_problems(ids: Sequence[object]) -> list[str]:
@@ -283,6 +314,7 @@ def preset_from_mapping(data: Mapping[str, Any], *, source: str = "preset") -> F
     return FederationPreset(
         name=str(data["name"]), agencies=agencies, scale=float(data.get("scale", 1.0)),
         cross_agency_rate=float(data.get("cross_agency_rate", 0.07)),
+        skew=float(data.get("skew", 1.0)),
     )
 
 
@@ -884,6 +916,7 @@ def generate_federation(preset: FederationPreset, out_dir: Path, *, seed: int,
         raise ConfigError(problems, source="generate_federation")
     weights = resolve_weights(indicator_weights)
     _check_out_dir(out_dir, preset, seed)
+    preset = apply_skew(preset)
     ids = [a.agency_id for a in preset.agencies]
 
     store = _Adverts([], [], [], [], [], [], [], [], [], [])
