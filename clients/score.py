@@ -1,0 +1,417 @@
+"""``heroes agency score``: score new adverts with a released model, with reasons, and log it.
+
+Order of work: verify the bundle's signature against the consortium's public key (an
+unsigned, tampered or foreign bundle is refused before anything is read), read the adverts
+(CSV, JSONL or Parquet; columns ``advert_id`` and ``text``), score them, explain each score,
+write the results, and append the consultation to the node's log (who, when, which file and
+its SHA-256, the stated purpose, the model version, how many adverts): the Law Enforcement
+Directive asks for a record of who consulted what, when and why.
+
+Explanations are exact for the linear model (``task.hidden=0``, the default): the logit is
+``bias + sum_b w_b x_b`` over hashed buckets, and each bucket's value is a signed sum of the
+n-grams hashed into it, so every n-gram present gets the share ``w_b x_b s_g / c_b`` (its
+sign ``s_g`` over the bucket's signed count ``c_b``). The shares add up to the logit minus
+the bias; this is checked for every advert. Shares are gathered per word token and the
+strongest runs of adjacent words are shown as phrases, each labelled with the indicator it
+matches in federation/indicators.py.
+
+A score is a lead for a trained person to assess, never a decision about anyone.
+"""
+
+from __future__ import annotations
+
+import csv
+import getpass
+import hashlib
+import io
+import json
+import math
+import os
+import time
+import unicodedata
+import zlib
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from federation.bundle import VerifiedBundle, verify_bundle
+from federation.errors import DataError, TaskError
+from federation.indicators import BY_NAME, categorize
+from federation.signing import file_sha256, load_public_key
+
+# _TOKEN: the featuriser's own tokeniser, so explanations see exactly the model's tokens.
+from federation.text import _TOKEN, SPECIAL_CATEGORY_TERMS, HashingFeaturizer
+
+LEAD_NOT_DECISION = ("A score is a lead for a trained analyst to assess, never a decision "
+                     "about anyone: read the phrases, check the advert, decide yourself.")
+CONSULTATION_LOG = "consultations.jsonl"
+INPUT_FORMATS = (".csv", ".jsonl", ".parquet")
+TOP_PHRASES = 3
+MAX_PHRASE_WORDS = 4
+
+
+# --- reading adverts --------------------------------------------------------------------------
+
+@dataclass
+class Adverts:
+    ids: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # line (CSV/JSONL) or row (Parquet) numbers
+    set_aside: Counter[str] = field(default_factory=Counter)
+
+
+def _decode(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"byte {exc.start} is not valid UTF-8", path=path,
+                        fix="re-export the file as UTF-8") from None
+
+
+def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+            raise DataError(f"not a readable Parquet file ({type(exc).__name__})", path=path,
+                            fix="export the adverts as Parquet, CSV or JSONL") from None
+        _check_columns(path, list(table.column_names))
+        for i, rec in enumerate(table.select(["advert_id", "text"]).to_pylist(), start=1):
+            yield i, rec
+        return
+    text = _decode(path)
+    if suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        _check_columns(path, list(reader.fieldnames or []))
+        for rec in reader:
+            yield reader.line_num, dict(rec)
+        return
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"line {lineno} is not valid JSON ({exc.msg})", path=path,
+                            row=lineno, fix="write one JSON object per line") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"line {lineno} is a JSON {type(rec).__name__}, not an object",
+                            path=path, row=lineno, fix="write one JSON object per line")
+        yield lineno, rec
+
+
+def _check_columns(path: Path, columns: list[str]) -> None:
+    missing = [c for c in ("advert_id", "text") if c not in columns]
+    if missing:
+        raise DataError(f"missing column(s) {missing}; found {columns}", path=path,
+                        fix="export at least the columns advert_id and text")
+
+
+def read_adverts(path: Path) -> Adverts:
+    """Adverts to score; rows without text or id, or with a repeated id, are set aside."""
+    if not path.is_file():
+        raise DataError("file not found", path=path, fix="pass the adverts file with --input")
+    if path.suffix.lower() not in INPUT_FORMATS:
+        raise DataError(f"unsupported file type {path.suffix!r}; supported: "
+                        f"{list(INPUT_FORMATS)}", path=path, fix="export as CSV, JSONL or Parquet")
+    out = Adverts()
+    seen: set[str] = set()
+    for row, rec in _records(path):
+        text, advert_id = rec.get("text"), str(rec.get("advert_id") or "").strip()
+        if not isinstance(text, str) or not text.strip():
+            out.set_aside["empty text"] += 1
+        elif not advert_id:
+            out.set_aside["missing advert_id"] += 1
+        elif advert_id in seen:
+            out.set_aside["duplicate advert_id"] += 1
+        else:
+            seen.add(advert_id)
+            out.ids.append(advert_id)
+            out.texts.append(text)
+            out.rows.append(row)
+    if not out.texts:
+        raise DataError(f"no adverts to score (set aside: {dict(out.set_aside) or 'none'})",
+                        path=path, fix="export adverts with an advert_id and a text")
+    return out
+
+
+# --- explanations ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Phrase:
+    text: str
+    start: int | None  # character offsets in the advert as given; None if unmappable
+    end: int | None
+    contribution: float  # to the logit
+    category: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"phrase": self.text, "start": self.start, "end": self.end,
+                "contribution": round(self.contribution, 6), "category": self.category}
+
+
+def _tokens_with_spans(featurizer: HashingFeaturizer, text: str
+                       ) -> tuple[list[str], list[tuple[int, int] | None]]:
+    """The featuriser's tokens, each with its character span in the original text."""
+    norm = unicodedata.normalize("NFKC", text).lower()
+    owners: list[int] = []
+    for i, ch in enumerate(text):
+        owners.extend([i] * len(unicodedata.normalize("NFKC", ch).lower()))
+    mappable = len(owners) == len(norm)
+    toks: list[str] = []
+    spans: list[tuple[int, int] | None] = []
+    for m in _TOKEN.finditer(norm):
+        tok = m.group()
+        if featurizer.exclude_special_categories and tok in SPECIAL_CATEGORY_TERMS:
+            continue
+        toks.append(tok)
+        spans.append((owners[m.start()], owners[m.end() - 1] + 1) if mappable else None)
+    return toks, spans
+
+
+def token_contributions(featurizer: HashingFeaturizer, weights: np.ndarray, text: str
+                        ) -> tuple[list[str], list[tuple[int, int] | None], np.ndarray]:
+    """Each token's exact share of ``logit - bias`` (see the module docstring)."""
+    toks, spans = _tokens_with_spans(featurizer, text)
+    mask = featurizer.num_buckets - 1
+    entries: list[tuple[int, int, int, int]] = []  # bucket, sign, first token, last token + 1
+    for n in range(1, featurizer.word_ngrams + 1):
+        for i in range(len(toks) - n + 1):
+            h = zlib.crc32(("w:" + " ".join(toks[i:i + n])).encode("utf-8"))
+            entries.append((h & mask, 1 if h & 0x80000000 else -1, i, i + n))
+    if featurizer.char_max:
+        for ti, tok in enumerate(toks):
+            padded = f" {tok} "
+            for n in range(featurizer.char_min, featurizer.char_max + 1):
+                for j in range(len(padded) - n + 1):
+                    h = zlib.crc32(("c:" + padded[j:j + n]).encode("utf-8"))
+                    entries.append((h & mask, 1 if h & 0x80000000 else -1, ti, ti + 1))
+    counts: Counter[int] = Counter()
+    for b, s, _, _ in entries:
+        counts[b] += s
+    value = {b: math.copysign(math.log1p(abs(c)), c) for b, c in counts.items() if c}
+    norm = math.sqrt(sum(v * v for v in value.values())) or 1.0
+    per_token = np.zeros(len(toks), dtype=np.float64)
+    for b, s, lo, hi in entries:
+        c = counts[b]
+        if c:
+            share = float(weights[b]) * value[b] / norm * s / c
+            per_token[lo:hi] += share / (hi - lo)
+    return toks, spans, per_token
+
+
+def top_phrases(text: str, toks: list[str], spans: list[tuple[int, int] | None],
+                per_token: np.ndarray, k: int = TOP_PHRASES) -> list[Phrase]:
+    """The ``k`` strongest runs of adjacent words pushing the score up.
+
+    Greedy: seed at the word with the largest positive share, extend left or right over
+    neighbouring words with a positive share (up to MAX_PHRASE_WORDS), repeat.
+    """
+    is_word = [t[0].isalnum() or t[0] == "_" for t in toks]
+    used = [not w for w in is_word]
+    phrases: list[Phrase] = []
+    order = np.argsort(-per_token, kind="stable")
+    for seed in order.tolist():
+        if len(phrases) == k or per_token[seed] <= 0:
+            break
+        if used[seed]:
+            continue
+        lo = hi = seed
+        while hi - lo + 1 < MAX_PHRASE_WORDS:
+            left = lo - 1 if lo > 0 and not used[lo - 1] and per_token[lo - 1] > 0 else None
+            right = hi + 1 if hi + 1 < len(toks) and not used[hi + 1] and \
+                per_token[hi + 1] > 0 else None
+            if left is None and right is None:
+                break
+            if right is None or (left is not None and per_token[left] >= per_token[right]):
+                lo = left if left is not None else lo
+            else:
+                hi = right
+        for i in range(lo, hi + 1):
+            used[i] = True
+        first, last = spans[lo], spans[hi]
+        if first is not None and last is not None:
+            start, end = first[0], last[1]
+            shown = text[start:end]
+        else:
+            start = end = None
+            shown = " ".join(toks[lo:hi + 1])
+        phrases.append(Phrase(shown, start, end, float(per_token[lo:hi + 1].sum()),
+                              categorize(shown)))
+    return sorted(phrases, key=lambda p: -p.contribution)
+
+
+# --- scoring ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ScoredAdvert:
+    advert_id: str
+    row: int
+    score: float  # the model's logit
+    probability: float
+    above_threshold: bool
+    phrases: list[Phrase]
+
+
+def _linear_parts(model: nn.Module) -> tuple[np.ndarray, float]:
+    linear = getattr(model, "net", None)
+    if not isinstance(linear, nn.Linear):
+        raise TaskError(
+            "this bundle's model has a hidden layer (task.hidden > 0); heroes agency score "
+            "explains linear models only, and a score without its reasons is not shown. "
+            "Ask the consortium for a linear release (task.hidden=0, the default).")
+    return (linear.weight.detach().numpy()[0].astype(np.float64),
+            float(linear.bias.detach().numpy()[0]))
+
+
+def score_texts(bundle: VerifiedBundle, texts: Sequence[str], ids: Sequence[str],
+                rows: Sequence[int], *, threshold: float,
+                batch: int = 2048) -> list[ScoredAdvert]:
+    """Score and explain adverts with a verified bundle."""
+    task, model = bundle.load_model()
+    featurizer = getattr(task, "featurizer", None)
+    if not isinstance(featurizer, HashingFeaturizer):
+        raise TaskError(f"task {type(task).__name__} has no hashing featuriser to explain")
+    weights, bias = _linear_parts(model)
+    a, b = bundle.calibration
+    out: list[ScoredAdvert] = []
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    for lo in range(0, len(texts), batch):
+        chunk = list(texts[lo:lo + batch])
+        features = task.featurize(chunk)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(features.dense())).numpy().astype(np.float64)
+        for j, text in enumerate(chunk):
+            toks, spans, per_token = token_contributions(featurizer, weights, text)
+            logit = float(logits[j])
+            if abs(bias + per_token.sum() - logit) > 1e-3 * max(1.0, abs(logit)):
+                raise TaskError(  # a featuriser change that the explanation did not follow
+                    f"advert {ids[lo + j]}: explanation shares add to "
+                    f"{bias + per_token.sum():.5f} but the model's logit is {logit:.5f}; "
+                    "refusing to show reasons that do not match the score")
+            p = 1.0 / (1.0 + math.exp(-(a * logit + b)))
+            out.append(ScoredAdvert(ids[lo + j], rows[lo + j], logit, p, p >= threshold,
+                                    top_phrases(text, toks, spans, per_token)))
+    return out
+
+
+def _write_results(out: Path, scored: list[ScoredAdvert], *, model_version: str,
+                   threshold: float) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as handle:
+        if out.suffix.lower() == ".csv":
+            writer = csv.writer(handle)
+            writer.writerow(["advert_id", "row", "score", "probability", "threshold",
+                             "above_threshold", "model_version", "top_phrases"])
+            for s in scored:
+                reasons = "; ".join(f"{p.text} [{p.category} {p.contribution:+.3f}]"
+                                    for p in s.phrases)
+                writer.writerow([s.advert_id, s.row, f"{s.score:.6f}", f"{s.probability:.6f}",
+                                 threshold, s.above_threshold, model_version, reasons])
+        else:
+            for s in scored:
+                handle.write(json.dumps({
+                    "advert_id": s.advert_id, "row": s.row, "score": round(s.score, 6),
+                    "probability": round(s.probability, 6), "threshold": threshold,
+                    "above_threshold": s.above_threshold, "model_version": model_version,
+                    "top_phrases": [p.to_json() for p in s.phrases],
+                }, ensure_ascii=False) + "\n")
+    tmp.replace(out)
+
+
+def log_consultation(state_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """Append one consultation to the node's log, chained to the previous entry's hash."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / CONSULTATION_LOG
+    prev = "0" * 64
+    if path.is_file():
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if lines:
+            prev = hashlib.sha256(lines[-1].encode("utf-8")).hexdigest()
+    record = {"seq": 0, **entry, "prev_sha256": prev}
+    if path.is_file():
+        record["seq"] = sum(1 for ln in path.read_text(encoding="utf-8").splitlines()
+                            if ln.strip())
+    line = json.dumps(record, sort_keys=True, ensure_ascii=False)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return record
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    bundle: VerifiedBundle
+    scored: list[ScoredAdvert]
+    set_aside: dict[str, int]
+    out: Path
+    log_entry: dict[str, Any]
+
+
+def score_file(*, model: Path, input_path: Path, consortium_key: Path, purpose: str,
+               state_dir: Path, analyst: str | None = None, threshold: float = 0.5,
+               out: Path | None = None) -> ScoreReport:
+    """Verify, read, score, explain, write, log: ``heroes agency score`` without the printing."""
+    if not purpose.strip():
+        raise DataError("the purpose of this consultation is empty", fix="state it with "
+                        "--purpose, e.g. --purpose 'case 2026/114: review of seized adverts'")
+    if not 0.0 <= threshold <= 1.0:
+        raise DataError(f"--threshold {threshold} is not a probability",
+                        fix="pass a value between 0 and 1, e.g. --threshold 0.5")
+    bundle = verify_bundle(load_public_key(consortium_key), model)
+    adverts = read_adverts(input_path)
+    scored = score_texts(bundle, adverts.texts, adverts.ids, adverts.rows, threshold=threshold)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = out if out is not None else state_dir / "scores" / f"{input_path.stem}-{stamp}.jsonl"
+    _write_results(target, scored, model_version=bundle.model_version, threshold=threshold)
+    entry = log_consultation(state_dir, {
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "analyst": analyst or getpass.getuser(),
+        "purpose": purpose.strip(),
+        "input": str(input_path.resolve()),
+        "input_sha256": file_sha256(input_path),
+        "model_version": bundle.model_version,
+        "bundle_signed_by": bundle.signer,
+        "adverts_scored": len(scored),
+        "adverts_set_aside": sum(adverts.set_aside.values()),
+        "above_threshold": sum(s.above_threshold for s in scored),
+        "threshold": threshold,
+        "output": str(target.resolve()),
+    })
+    return ScoreReport(bundle, scored, dict(adverts.set_aside), target, entry)
+
+
+def render_report(report: ScoreReport, *, show: int = 10) -> str:
+    s = report.scored
+    flagged = sorted((x for x in s if x.above_threshold), key=lambda x: -x.probability)
+    lines = [
+        f"model {report.bundle.model_version} (signature verified: {report.bundle.signer})",
+        f"scored {len(s)} adverts; {len(flagged)} at or above the threshold "
+        f"{report.log_entry['threshold']}"
+        + (f"; set aside {report.set_aside}" if report.set_aside else ""),
+    ]
+    for x in flagged[:show]:
+        reasons = "; ".join(f"\"{p.text}\" ({p.category}, {BY_NAME[p.category].evidence})"
+                            if p.category in BY_NAME else f"\"{p.text}\" (unlisted)"
+                            for p in x.phrases)
+        lines.append(f"  {x.advert_id}  p={x.probability:.3f}  {reasons}")
+    if len(flagged) > show:
+        lines.append(f"  ... {len(flagged) - show} more in the results file")
+    lines += [f"results: {report.out}",
+              f"consultation logged as entry {report.log_entry['seq']} "
+              f"({report.log_entry['analyst']}, purpose recorded)",
+              LEAD_NOT_DECISION]
+    return "\n".join(lines)

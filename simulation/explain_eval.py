@@ -1,0 +1,110 @@
+"""How often do scoring's explanations point at the generator's ground-truth rationales?
+
+For every test advert of a generated federation that carries at least one inserted
+indicator phrase with a positive weight (the generator's ``rationales`` spans), take the
+top phrase ``heroes agency score`` shows and check whether it overlaps such a span.
+
+Chance baseline, per advert: a phrase of the same number of words placed uniformly at
+random over the advert's runs of adjacent words (the same kind of phrase the explainer
+can pick), computed exactly by enumerating every position; averaged like the hit rate.
+Category agreement: of the hits, the share whose lexicon category (federation/indicators.py)
+names the indicator the generator inserted there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from clients.score import _tokens_with_spans, token_contributions, top_phrases
+from federation.bundle import VerifiedBundle
+from federation.data import load_agency
+from federation.text import HashingFeaturizer
+
+
+def _overlaps(a: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
+    return any(a[0] < e and s < a[1] for s, e in spans)
+
+
+def _chance(spans: list[tuple[int, int] | None], toks: list[str], words: int,
+            targets: list[tuple[int, int]]) -> float | None:
+    is_word = [t[0].isalnum() or t[0] == "_" for t in toks]
+    windows = []
+    for i in range(len(toks) - words + 1):
+        if all(is_word[i:i + words]):
+            first, last = spans[i], spans[i + words - 1]
+            if first is None or last is None:
+                return None
+            windows.append((first[0], last[1]))
+    if not windows:
+        return None
+    return sum(_overlaps(w, targets) for w in windows) / len(windows)
+
+
+def rationale_hit_rate(bundle: VerifiedBundle, data_root: Path) -> dict[str, Any]:
+    """Top-phrase hit rate against ground-truth rationale spans, next to chance."""
+    from clients.score import _linear_parts
+
+    task, model = bundle.load_model()
+    featurizer = getattr(task, "featurizer", None)
+    assert isinstance(featurizer, HashingFeaturizer)
+    weights, _ = _linear_parts(model)
+    agencies = json.loads((data_root / "federation.json").read_text())["agencies"]
+    hits = evaluated = no_phrase = category_agree = 0
+    chance_sum = 0.0
+    for agency in agencies:
+        truth = {}
+        for line in (data_root / "ground_truth" / f"{agency}.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            if rec["split"] == "test":
+                truth[rec["advert_id"]] = rec["rationales"]
+        table = load_agency(data_root / "agencies" / agency).test
+        for advert_id, text in zip(table.advert_ids, table.texts, strict=True):
+            rationales = [r for r in truth.get(advert_id, []) if r["weight"] > 0]
+            if not rationales:
+                continue
+            targets = [(r["start"], r["end"]) for r in rationales]
+            toks, spans, per_token = token_contributions(featurizer, weights, text)
+            phrases = top_phrases(text, toks, spans, per_token)
+            if not phrases or phrases[0].start is None or phrases[0].end is None:
+                no_phrase += 1
+                continue
+            top = phrases[0]
+            assert top.start is not None and top.end is not None
+            words = len(_tokens_with_spans(featurizer, top.text)[0])
+            chance = _chance(spans, toks, words, targets)
+            if chance is None:
+                no_phrase += 1
+                continue
+            evaluated += 1
+            chance_sum += chance
+            hit = [r for r in rationales if top.start < r["end"] and r["start"] < top.end]
+            if hit:
+                hits += 1
+                category_agree += any(r["indicator"] == top.category for r in hit)
+    return {
+        "adverts_with_rationales": evaluated + no_phrase,
+        "adverts_evaluated": evaluated,
+        "adverts_without_a_positive_phrase": no_phrase,
+        "top_phrase_hit_rate": hits / evaluated if evaluated else float("nan"),
+        "chance_hit_rate": chance_sum / evaluated if evaluated else float("nan"),
+        "category_agreement_of_hits": category_agree / hits if hits else float("nan"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m simulation.explain_eval BUNDLE DATA_ROOT CONSORTIUM_PUB``"""
+    import sys
+
+    from federation.bundle import verify_bundle
+    from federation.signing import load_public_key
+
+    args = sys.argv[1:] if argv is None else argv
+    bundle = verify_bundle(load_public_key(Path(args[2])), Path(args[0]))
+    print(json.dumps(rationale_hit_rate(bundle, Path(args[1])), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
