@@ -179,34 +179,71 @@ def _tokens_with_spans(featurizer: HashingFeaturizer, text: str
     return toks, spans
 
 
+class Explainer:
+    """Exact per-token shares of a linear model's logit, computed from the featuriser's grams.
+
+    Adverts repeat their vocabulary (reposts, templates), so each token's character-gram
+    hashes are computed once and cached; this makes explaining cheaper than featurising.
+    """
+
+    def __init__(self, featurizer: HashingFeaturizer, weights: np.ndarray) -> None:
+        self.featurizer = featurizer
+        self.weights = weights
+        self.mask = featurizer.num_buckets - 1
+        self._char_cache: dict[str, list[tuple[int, int]]] = {}
+
+    def _hash(self, gram: str) -> tuple[int, int]:
+        h = zlib.crc32(gram.encode("utf-8"))
+        return h & self.mask, (1 if h & 0x80000000 else -1)
+
+    def _char_grams(self, tok: str) -> list[tuple[int, int]]:
+        cached = self._char_cache.get(tok)
+        if cached is None:
+            f = self.featurizer
+            padded = f" {tok} "
+            cached = [self._hash("c:" + padded[j:j + n])
+                      for n in range(f.char_min, f.char_max + 1)
+                      for j in range(len(padded) - n + 1)]
+            if len(self._char_cache) < 500_000:
+                self._char_cache[tok] = cached
+        return cached
+
+    def explain(self, text: str) -> tuple[list[str], list[tuple[int, int] | None], np.ndarray,
+                                          dict[int, float]]:
+        """Tokens, their spans, each token's share of ``logit - bias``, and the feature row."""
+        f = self.featurizer
+        toks, spans = _tokens_with_spans(f, text)
+        entries: list[tuple[int, int, int, int]] = []  # bucket, sign, first token, last + 1
+        for n in range(1, f.word_ngrams + 1):
+            for i in range(len(toks) - n + 1):
+                b, sign = self._hash("w:" + " ".join(toks[i:i + n]))
+                entries.append((b, sign, i, i + n))
+        if f.char_max:
+            for ti, tok in enumerate(toks):
+                entries.extend((b, sign, ti, ti + 1) for b, sign in self._char_grams(tok))
+        counts: Counter[int] = Counter()
+        for b, sign, _, _ in entries:
+            counts[b] += sign
+        value = {b: math.copysign(math.log1p(abs(c)), c) for b, c in counts.items() if c}
+        norm = math.sqrt(sum(v * v for v in value.values())) or 1.0
+        row = {b: v / norm for b, v in value.items()}
+        per_token = np.zeros(len(toks), dtype=np.float64)
+        w = self.weights
+        for b, sign, lo, hi in entries:
+            c = counts[b]
+            if c:
+                share = float(w[b]) * row[b] * sign / c
+                if hi - lo == 1:
+                    per_token[lo] += share
+                else:
+                    per_token[lo:hi] += share / (hi - lo)
+        return toks, spans, per_token, row
+
+
 def token_contributions(featurizer: HashingFeaturizer, weights: np.ndarray, text: str
                         ) -> tuple[list[str], list[tuple[int, int] | None], np.ndarray]:
     """Each token's exact share of ``logit - bias`` (see the module docstring)."""
-    toks, spans = _tokens_with_spans(featurizer, text)
-    mask = featurizer.num_buckets - 1
-    entries: list[tuple[int, int, int, int]] = []  # bucket, sign, first token, last token + 1
-    for n in range(1, featurizer.word_ngrams + 1):
-        for i in range(len(toks) - n + 1):
-            h = zlib.crc32(("w:" + " ".join(toks[i:i + n])).encode("utf-8"))
-            entries.append((h & mask, 1 if h & 0x80000000 else -1, i, i + n))
-    if featurizer.char_max:
-        for ti, tok in enumerate(toks):
-            padded = f" {tok} "
-            for n in range(featurizer.char_min, featurizer.char_max + 1):
-                for j in range(len(padded) - n + 1):
-                    h = zlib.crc32(("c:" + padded[j:j + n]).encode("utf-8"))
-                    entries.append((h & mask, 1 if h & 0x80000000 else -1, ti, ti + 1))
-    counts: Counter[int] = Counter()
-    for b, s, _, _ in entries:
-        counts[b] += s
-    value = {b: math.copysign(math.log1p(abs(c)), c) for b, c in counts.items() if c}
-    norm = math.sqrt(sum(v * v for v in value.values())) or 1.0
-    per_token = np.zeros(len(toks), dtype=np.float64)
-    for b, s, lo, hi in entries:
-        c = counts[b]
-        if c:
-            share = float(weights[b]) * value[b] / norm * s / c
-            per_token[lo:hi] += share / (hi - lo)
+    toks, spans, per_token, _ = Explainer(featurizer, weights).explain(text)
     return toks, spans, per_token
 
 
@@ -274,28 +311,42 @@ def _linear_parts(model: nn.Module) -> tuple[np.ndarray, float]:
             float(linear.bias.detach().numpy()[0]))
 
 
+SELF_CHECK_EVERY = 97  # adverts between checks of the explainer's features against the task's
+
+
 def score_texts(bundle: VerifiedBundle, texts: Sequence[str], ids: Sequence[str],
                 rows: Sequence[int], *, threshold: float,
                 batch: int = 2048) -> list[ScoredAdvert]:
-    """Score and explain adverts with a verified bundle."""
+    """Score and explain adverts with a verified bundle.
+
+    The score is the bundle's model applied to the explainer's feature rows; every advert's
+    shares are checked to add up to that logit, and every SELF_CHECK_EVERY-th advert's row
+    is compared with the task's own featuriser, so reasons never drift from the score.
+    """
     task, model = bundle.load_model()
     featurizer = getattr(task, "featurizer", None)
     if not isinstance(featurizer, HashingFeaturizer):
         raise TaskError(f"task {type(task).__name__} has no hashing featuriser to explain")
     weights, bias = _linear_parts(model)
+    explainer = Explainer(featurizer, weights)
     a, b = bundle.calibration
     out: list[ScoredAdvert] = []
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     for lo in range(0, len(texts), batch):
         chunk = list(texts[lo:lo + batch])
-        features = task.featurize(chunk)
+        explained = [explainer.explain(text) for text in chunk]
+        dense = np.zeros((len(chunk), featurizer.num_buckets), dtype=np.float32)
+        for j, (_, _, _, row) in enumerate(explained):
+            if row:
+                dense[j, list(row)] = list(row.values())
+            if (lo + j) % SELF_CHECK_EVERY == 0:
+                _check_features(featurizer, chunk[j], dense[j], ids[lo + j])
         with torch.no_grad():
-            logits = model(torch.from_numpy(features.dense())).numpy().astype(np.float64)
-        for j, text in enumerate(chunk):
-            toks, spans, per_token = token_contributions(featurizer, weights, text)
+            logits = model(torch.from_numpy(dense)).numpy().astype(np.float64)
+        for j, (text, (toks, spans, per_token, _)) in enumerate(
+                zip(chunk, explained, strict=True)):
             logit = float(logits[j])
             if abs(bias + per_token.sum() - logit) > 1e-3 * max(1.0, abs(logit)):
-                raise TaskError(  # a featuriser change that the explanation did not follow
+                raise TaskError(
                     f"advert {ids[lo + j]}: explanation shares add to "
                     f"{bias + per_token.sum():.5f} but the model's logit is {logit:.5f}; "
                     "refusing to show reasons that do not match the score")
@@ -303,6 +354,16 @@ def score_texts(bundle: VerifiedBundle, texts: Sequence[str], ids: Sequence[str]
             out.append(ScoredAdvert(ids[lo + j], rows[lo + j], logit, p, p >= threshold,
                                     top_phrases(text, toks, spans, per_token)))
     return out
+
+
+def _check_features(featurizer: HashingFeaturizer, text: str, row: np.ndarray,
+                    advert_id: str) -> None:
+    reference = featurizer.transform([text]).dense()[0]
+    if not np.allclose(reference, row, atol=1e-5):
+        raise TaskError(
+            f"advert {advert_id}: the explainer's features differ from the model's "
+            "featuriser (a featuriser change the explainer did not follow); refusing to show "
+            "reasons that do not match the score")
 
 
 def _write_results(out: Path, scored: list[ScoredAdvert], *, model_version: str,

@@ -8,6 +8,7 @@ Sections (each a ratio or a figure from the same run, never a pass/fail timing):
   rounds   round wall time and bytes each agency sends per round (6-agency simulation)
   scale    simulation wall time and peak memory (whole process tree) for 6, 20, 100 agencies
   ledger   time to compute epsilon over a long ledger history (RDP and PRV)
+  score    adverts per second of `heroes agency score` (10,000 adverts), explained vs not
 Results also go to JSON (default outputs/bench/<UTC time>.json) to compare commits.
 """
 
@@ -227,12 +228,67 @@ def bench_ledger(releases: int) -> dict[str, Any]:
     return out
 
 
+def bench_score(adverts: int, tmp: Path) -> dict[str, Any]:
+    """``heroes agency score`` on generated adverts: the whole command (verify the bundle, read
+    the CSV, score, explain, write, log) next to features-and-logits alone."""
+    import csv
+    from dataclasses import replace
+
+    from clients.score import read_adverts, score_file
+    from federation.config import RunSettings
+    from federation.data import load_agency
+    from federation.signing import generate_signing_key
+    from federation.tasks import get_task
+    from server.release import release_run
+    from server.server_app import write_outputs
+    from server.strategy import RunLog
+    from simulation.generator import generate_federation, load_preset
+
+    preset = load_preset(ROOT / "configs" / "federation" / "three_agency.yaml")
+    manifest = generate_federation(replace(preset, scale=adverts / 15000 * 1.1),
+                                   tmp / "score-data", seed=1)
+    rows: list[tuple[str, str]] = []
+    for agency in manifest.agencies:
+        data = load_agency(tmp / "score-data" / "agencies" / agency)
+        for table in (data.train, data.test):
+            rows.extend(zip(table.advert_ids, table.texts, strict=True))
+    rows = rows[:adverts]
+    src = tmp / "adverts.csv"
+    with src.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["advert_id", "text"])
+        writer.writerows(rows)
+    flat = {"task.name": "advert-risk", "privacy.target_epsilon": 3.0,
+            "privacy.target_delta": 1e-5}
+    task = get_task("advert-risk", {})
+    model = task.build_model()
+    torch.nn.init.normal_(model.net.weight)  # type: ignore[union-attr, arg-type]
+    write_outputs(tmp / "score-run", RunSettings.from_flat(flat), model.state_dict(), RunLog(),
+                  0.0)
+    generate_signing_key(tmp / "c.key", tmp / "c.pub")
+    bundle = release_run(tmp / "score-run", signing_key=tmp / "c.key", out=tmp / "bundle")
+    t = time.perf_counter()
+    report = score_file(model=bundle, input_path=src, consortium_key=tmp / "c.pub",
+                        purpose="benchmark", state_dir=tmp / "state", analyst="bench")
+    whole = time.perf_counter() - t
+    texts = read_adverts(src).texts
+    t = time.perf_counter()
+    with torch.no_grad():
+        for lo in range(0, len(texts), 2048):
+            model(torch.from_numpy(task.featurize(texts[lo:lo + 2048]).dense()))
+    plain = time.perf_counter() - t
+    n = len(report.scored)
+    return {"adverts": n, "seconds": whole, "adverts_per_second": n / whole,
+            "features_and_logits_only_adverts_per_second": n / plain,
+            "ratio_plain_over_explained": whole / plain}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="heroes bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="smaller: 6 and 20 agencies, 2 rounds, fewer steps")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["step", "local", "rounds", "scale", "ledger"])
+                        choices=["step", "local", "rounds", "scale", "ledger", "score"])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -284,6 +340,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ledger: {led['releases']} releases -> epsilon in {led['rdp_seconds']:.3f} s "
                   f"(RDP), {led['prv_seconds']:.3f} s (PRV); recording "
                   f"{led['record_seconds_per_release'] * 1e3:.1f} ms per release", flush=True)
+        if "score" not in args.skip:
+            report["score"] = sc = bench_score(2000 if args.quick else 10000, tmp)
+            print(f"score: {sc['adverts']} adverts in {sc['seconds']:.1f} s = "
+                  f"{sc['adverts_per_second']:.0f} adverts/s with verification, explanations "
+                  f"and the log; features and logits alone "
+                  f"{sc['features_and_logits_only_adverts_per_second']:.0f} adverts/s -> "
+                  f"{sc['ratio_plain_over_explained']:.2f}x", flush=True)
     out = args.out or ROOT / "outputs" / "bench" / (
         time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
