@@ -5,6 +5,8 @@
     heroes agency ...                      an agency's node: init, serve, status, ledger
     heroes consortium ...                  the aggregator: init, enroll, revoke, serve, train
     heroes bench [--quick]                 speed and memory, side by side, saved as JSON
+    heroes sweep-table MULTIRUN_DIR        one table (CSV, Parquet) from a Hydra multirun
+    heroes report RUN_OR_SWEEP_DIR         a self-contained HTML report of a run or sweep
 
 Configuration errors, data errors and privacy errors print one clear message and exit
 with status 2; nothing has been trained when they do.
@@ -60,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="Hydra overrides, e.g. privacy.target_epsilon=1.0 strategy=fedprox")
     sub.add_parser("bench", help="speed and memory benchmarks (see heroes bench --help)",
                    add_help=False)
+    sub.add_parser("sweep-table", help="collect a multirun into sweep.csv/.parquet",
+                   add_help=False)
+    sub.add_parser("report", help="render a run or sweep as a self-contained HTML report",
+                   add_help=False)
     privacy_cli.add_commands(sub)
     agency_cli.add_commands(sub)
     consortium_cli.add_commands(sub)
@@ -71,6 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         from simulation.bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] in ("sweep-table", "report"):
+        import importlib
+
+        module = "simulation.sweep" if argv[0] == "sweep-table" else "simulation.report"
+        try:
+            return int(importlib.import_module(module).main(argv[1:]))
+        except HeroesError as exc:
+            print(f"heroes {argv[0]}: {exc}", file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
     try:
         if args.command == "privacy":

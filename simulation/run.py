@@ -42,7 +42,7 @@ log = logging.getLogger("heroes.simulate")
 RUN_SECTIONS = ("task", "train", "privacy", "strategy", "eval")
 TOP_LEVEL = {
     "seed", "mode", "baseline", "test_fraction", "simulation", "federation", "experiment",
-    "agency_policy",
+    "agency_policy", "audit",
     *RUN_SECTIONS,
 }
 
@@ -136,14 +136,19 @@ def _write_app_dir(app_dir: Path, flat: Mapping[str, Scalar]) -> None:
 
 
 def run_flower_simulation(flat: Mapping[str, Scalar], *, num_nodes: int, client_cpus: float,
-                          verbose: bool) -> None:
-    """Run our ServerApp and ClientApp in Flower's simulation engine (Ray backend)."""
+                          verbose: bool, client_app: Any = None) -> None:
+    """Run our ServerApp and ClientApp in Flower's simulation engine (Ray backend).
+
+    ``client_app`` replaces the node's ClientApp (only the audit's test-only broken mode).
+    """
     from flwr.app import Context, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.simulation.run_simulation import _run_simulation
 
-    from clients.client_app import app as client_app
+    from clients.client_app import app as node_app
     from server.server_app import app as server_app
+
+    client_app = node_app if client_app is None else client_app
 
     logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.WARNING)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -230,6 +235,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
           f"seed {cfg.seed}) into {data_root}", flush=True)
     manifest = generate_federation(preset, data_root, seed=int(cfg.seed),
                                    test_fraction=float(cfg.test_fraction))
+    audit = None
+    if bool(cfg.audit.enabled):
+        if cfg.mode != "federated":
+            raise ConfigError([f"audit.enabled=true needs mode=federated (got {cfg.mode})"])
+        from simulation.audit import plant_canaries
+
+        audit = plant_canaries(cfg.audit, manifest, settings, out_dir / "audit",
+                               seed=int(cfg.seed))
+    elif bool(cfg.audit.break_noise_for_testing):
+        raise ConfigError(["audit.break_noise_for_testing=true needs audit.enabled=true"])
     agencies = _validate_agencies(manifest, settings)
     write_policies(cfg.agency_policy, [a.agency for a in agencies], state_root)
     for a in agencies:
@@ -251,7 +266,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
               flush=True)
         run_flower_simulation(flat, num_nodes=len(agencies),
                               client_cpus=float(cfg.simulation.client_cpus),
-                              verbose=bool(cfg.simulation.verbose))
+                              verbose=bool(cfg.simulation.verbose),
+                              client_app=audit.client_app() if audit else None)
         fed_metrics = json.loads((server_out / "metrics.json").read_text())["rounds"]
 
     task = get_task(settings.task_name, settings.task_params)
@@ -274,6 +290,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         summary["agencies"] = _agency_table(fed_metrics, agencies, manifest.oracle_per_agency,
                                             state_root)
         summary["rounds"] = fed_metrics
+        if audit is not None:
+            summary["audit"] = audit.evaluate(model, summary["agencies"])
     if cfg.mode == "centralised" or bool(cfg.baseline):
         train = _pool(task, agencies, "train")
         summary["centralised_baseline"] = centralised_baseline(task, settings, train, test)
@@ -282,6 +300,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if cfg.mode == "federated":
         shutil.copyfile(server_out / "model.pt", out_dir / "model.pt")
     print(render(summary), flush=True)
+    if "audit" in summary:
+        from simulation.audit import render as render_audit
+
+        print(render_audit(summary["audit"]), flush=True)
     print(f"outputs: {out_dir}", flush=True)
     return summary
 
