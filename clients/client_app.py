@@ -26,6 +26,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from clients import receipts
 from clients.node import NodeData, load_node_data
 from federation.config import RunSettings
 from federation.errors import HeroesError, PrivacyConfigError
@@ -58,7 +59,9 @@ def contained(fn: Handler) -> Handler:
     @functools.wraps(fn)
     def wrapper(msg: Message, context: Context) -> Message:
         try:
-            return fn(msg, context)
+            reply = fn(msg, context)
+            receipts.record_outgoing(msg, context, reply, fn.__name__)  # no key: not sent
+            return reply
         except HeroesError:
             raise
         except Exception as exc:

@@ -31,6 +31,7 @@ from federation.config import RunSettings, Scalar
 from federation.data import AgencyData, load_agency
 from federation.errors import ConfigError
 from federation.ledger import Ledger, Policy, load_policy, write_policy
+from federation.pki import make_node_key
 from federation.privacy import validate_targets
 from federation.tasks import Task, get_task
 from federation.text import SparseRows
@@ -118,6 +119,9 @@ def write_policies(cfg: DictConfig, agencies: list[str], state_root: Path) -> No
             raise ConfigError([f"agency_policy for {agency}: {exc}"],
                               source="simulation config") from None
         write_policy(state_root / agency, policy)
+        if not (state_root / agency / "node.key").exists():  # signs the egress receipts
+            make_node_key(state_root / agency / "node.key", state_root / agency / "node.key.pub",
+                          comment=f"heroes-fl simulated node {agency}")
 
 
 def _write_app_dir(app_dir: Path, flat: Mapping[str, Scalar]) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from federation.ledger import Policy, write_policy
+from federation.pki import make_node_key
 from simulation.generator import generate_federation, load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +38,8 @@ def run_with_broken_agency(tmp_path: Path, quorum: int) -> tuple[subprocess.Comp
         flat = dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
     for agency in manifest.agencies:
         write_policy(tmp_path / "state" / agency, Policy(max_epsilon=10.0, delta=1e-4))
+        make_node_key(tmp_path / "state" / agency / "node.key",  # signs egress receipts
+                      tmp_path / "state" / agency / "node.key.pub", comment=agency)
     flat.update({"paths.data_root": str(tmp_path / "data"),
                  "paths.state_root": str(tmp_path / "state"),
                  "paths.output_dir": str(tmp_path / "server"),

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from federation.ledger import Ledger, Policy, write_policy
+from federation.pki import make_node_key
 from simulation.generator import generate_federation, load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +32,8 @@ def test_flwr_run_against_a_local_simulation_superlink(tmp_path: Path) -> None:
     manifest = generate_federation(preset, tmp_path / "data", seed=5)
     for agency in manifest.agencies:
         write_policy(tmp_path / "state" / agency, Policy(max_epsilon=10.0, delta=1e-4))
+        make_node_key(tmp_path / "state" / agency / "node.key",  # signs egress receipts
+                      tmp_path / "state" / agency / "node.key.pub", comment=agency)
     port = free_port()
     home = tmp_path / "flwr-home"
     home.mkdir()
