@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install simulate test test-fast lint clean
+.PHONY: install simulate test test-fast lint browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -25,7 +25,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy federation clients server simulation
 
-test: lint
+# The report test opens the HTML report in a real headless Chromium (Debian's package).
+browser:
+	command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y --no-install-recommends chromium)
+
+test: lint browser
 	FLWR_TELEMETRY_ENABLED=0 $(BIN)/python -m pytest -q -ra
 
 test-fast: $(STAMP)

@@ -1,0 +1,460 @@
+"""``heroes report RUN_OR_SWEEP_DIR``: one self-contained HTML file people can read.
+
+For a run folder (``metrics.json`` beside ``config.yaml``): per-round metrics, the
+per-agency table, epsilon spent per agency over the rounds (with its delta), the baseline
+comparison and the privacy audit. For a multirun folder: the sweep table (written as
+``sweep.csv`` and ``sweep.parquet`` too), the privacy-utility curve with 95% t-intervals
+over seeds, the audit's lower bounds against the claimed epsilons, then the run report of
+the sweep's first run. Plots are inline SVG drawn here (no plotting library, no scripts,
+nothing fetched), so the file opens anywhere, offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from federation.errors import ConfigError
+from simulation import sweep
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+           "#17becf", "#7f7f7f", "#bcbd22")
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;
+max-width:1120px;color:#222;line-height:1.4}
+h1{font-size:24px}h2{font-size:19px;margin-top:32px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.note{color:#555;font-size:13px}.bad{color:#b00;font-weight:bold}.ok{color:#060}
+.plots{display:flex;flex-wrap:wrap;gap:16px}svg.plot{background:#fff;border:1px solid #ddd}
+svg text{font-size:11px;fill:#333}svg .title{font-size:13px;font-weight:bold}
+"""
+
+
+def _e(v: object) -> str:
+    return html.escape(str(v))
+
+
+def _num(v: object, digits: int = 3) -> str:
+    if v is None or isinstance(v, bool) or not isinstance(v, int | float):
+        return "n/a" if v is None else _e(v)
+    if math.isinf(v):
+        return "inf"
+    if math.isnan(v):
+        return "n/a"
+    if isinstance(v, float) and 0 < abs(v) < 10 ** -digits:
+        return f"{v:.1g}"  # a delta such as 1e-05
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.ceil(lo / step) * step
+    out = []
+    t = start
+    while t <= hi + 1e-12:
+        out.append(round(t, 10))
+        t += step
+    return out
+
+
+def line_chart(title: str, series: Sequence[Mapping[str, Any]], *, x_label: str,
+               y_label: str, log_x: bool = False, width: int = 540, height: int = 320,
+               y_floor: float | None = None) -> str:
+    """Lines with markers and optional error bars; each series: name, points [(x, y, lo,
+    hi)], dashed."""
+    pts = [p for s in series for p in s["points"] if p[1] is not None]
+    if not pts:
+        return ""
+    left, right, top, bottom = 58, 16, 28, 44
+    legend_h = 16 * len(series)
+    plot_w, plot_h = width - left - right, height - top - bottom
+    xs = [math.log10(p[0]) if log_x else p[0] for p in pts]
+    ys = [v for p in pts for v in (p[1], p[2], p[3]) if v is not None]
+    x0, x1 = min(xs), max(xs)
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    y0, y1 = min(ys), max(ys)
+    if y_floor is not None:
+        y0 = min(y0, y_floor)
+    pad = (y1 - y0) * 0.08 or 0.05
+    y0, y1 = y0 - pad, y1 + pad
+
+    def sx(x: float) -> float:
+        v = math.log10(x) if log_x else x
+        return float(left + (v - x0) / (x1 - x0) * plot_w)
+
+    def sy(y: float) -> float:
+        return float(top + (1 - (y - y0) / (y1 - y0)) * plot_h)
+
+    out = [f'<svg class="plot" data-kind="line" xmlns="http://www.w3.org/2000/svg" '
+           f'width="{width}" height="{height + legend_h}" '
+           f'viewBox="0 0 {width} {height + legend_h}" role="img" aria-label="{_e(title)}">',
+           f'<text class="title" x="{left}" y="16">{_e(title)}</text>',
+           f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
+           'stroke="#999"/>']
+    for t in _ticks(y0, y1):
+        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" '
+                   'stroke="#eee"/>'
+                   f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
+    xticks = sorted({p[0] for p in pts}) if log_x or len({p[0] for p in pts}) <= 8 \
+        else _ticks(x0, x1)
+    for t in xticks:
+        out.append(f'<text x="{sx(t):.1f}" y="{top + plot_h + 16}" '
+                   f'text-anchor="middle">{t:g}</text>')
+    out.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h + 34}" '
+               f'text-anchor="middle">{_e(x_label)}</text>')
+    out.append(f'<text transform="translate(14,{top + plot_h / 2}) rotate(-90)" '
+               f'text-anchor="middle">{_e(y_label)}</text>')
+    for i, s in enumerate(series):
+        color = PALETTE[i % len(PALETTE)]
+        spts = sorted((p for p in s["points"] if p[1] is not None), key=lambda p: p[0])
+        if not spts:
+            continue
+        d = " ".join(f"{'M' if j == 0 else 'L'}{sx(p[0]):.1f},{sy(p[1]):.1f}"
+                     for j, p in enumerate(spts))
+        dash = ' stroke-dasharray="6,4"' if s.get("dashed") else ""
+        out.append(f'<path class="series" d="{d}" fill="none" stroke="{color}" '
+                   f'stroke-width="2"{dash}/>')
+        for p in spts:
+            if p[2] is not None and p[3] is not None:
+                out.append(f'<line class="errorbar" x1="{sx(p[0]):.1f}" x2="{sx(p[0]):.1f}" '
+                           f'y1="{sy(p[2]):.1f}" y2="{sy(p[3]):.1f}" stroke="{color}"/>')
+            out.append(f'<circle cx="{sx(p[0]):.1f}" cy="{sy(p[1]):.1f}" r="3.5" '
+                       f'fill="{color}"/>')
+        ly = height + 16 * i + 4
+        out.append(f'<line x1="{left}" x2="{left + 22}" y1="{ly}" y2="{ly}" stroke="{color}" '
+                   f'stroke-width="3"{dash}/><text x="{left + 28}" y="{ly + 4}">'
+                   f'{_e(s["name"])}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def bar_chart(title: str, categories: Sequence[str],
+              series: Sequence[tuple[str, Sequence[float | None]]], *, y_label: str,
+              width: int = 540, height: int = 320, y_floor: float | None = 0.0,
+              reference: tuple[str, float] | None = None) -> str:
+    """Grouped bars: one group per category, one bar per series (None leaves a gap)."""
+    vals = [v for _, vs in series for v in vs if v is not None and math.isfinite(v)]
+    if not vals or not categories:
+        return ""
+    left, right, top, bottom = 58, 16, 28, 70
+    legend_h = 16 * len(series)
+    plot_w, plot_h = width - left - right, height - top - bottom
+    y0 = min(vals + ([y_floor] if y_floor is not None else []))
+    y1 = max(vals + ([reference[1]] if reference else []))
+    pad = (y1 - y0) * 0.08 or 0.05
+    y1 += pad
+    if y_floor is None:
+        y0 -= pad
+
+    def sy(y: float) -> float:
+        return top + (1 - (y - y0) / (y1 - y0)) * plot_h
+
+    group_w = plot_w / len(categories)
+    bar_w = group_w * 0.8 / len(series)
+    out = [f'<svg class="plot" data-kind="bar" xmlns="http://www.w3.org/2000/svg" '
+           f'width="{width}" height="{height + legend_h}" '
+           f'viewBox="0 0 {width} {height + legend_h}" role="img" aria-label="{_e(title)}">',
+           f'<text class="title" x="{left}" y="16">{_e(title)}</text>',
+           f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
+           'stroke="#999"/>']
+    for t in _ticks(y0, y1):
+        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" '
+                   'stroke="#eee"/>'
+                   f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
+    base = sy(max(y0, min(0.0, y1)) if y0 <= 0 <= y1 else y0)
+    for c, cat in enumerate(categories):
+        gx = left + c * group_w + group_w * 0.1
+        for i, (_, vs) in enumerate(series):
+            v = vs[c]
+            if v is None or not math.isfinite(v):
+                continue
+            top_y = min(sy(v), base)
+            h = max(abs(base - sy(v)), 1.0)
+            out.append(f'<rect class="bar" x="{gx + i * bar_w:.1f}" y="{top_y:.1f}" '
+                       f'width="{bar_w * 0.92:.1f}" height="{h:.1f}" '
+                       f'fill="{PALETTE[i % len(PALETTE)]}"><title>{_e(cat)}: {v:.3f}</title>'
+                       '</rect>')
+        cx = left + c * group_w + group_w / 2
+        label = cat if len(cat) <= 26 else cat[:25] + "…"
+        out.append(f'<text transform="translate({cx:.1f},{top + plot_h + 12}) rotate(25)" '
+                   f'text-anchor="start">{_e(label)}</text>')
+    if reference is not None:
+        ry = sy(reference[1])
+        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{ry:.1f}" y2="{ry:.1f}" '
+                   'stroke="#000" stroke-dasharray="4,3"/>'
+                   f'<text x="{left + plot_w - 4}" y="{ry - 4:.1f}" text-anchor="end">'
+                   f'{_e(reference[0])}</text>')
+    out.append(f'<text transform="translate(14,{top + plot_h / 2}) rotate(-90)" '
+               f'text-anchor="middle">{_e(y_label)}</text>')
+    for i, (name, _) in enumerate(series):
+        ly = height + 16 * i + 4
+        out.append(f'<rect x="{left}" y="{ly - 6}" width="14" height="10" '
+                   f'fill="{PALETTE[i % len(PALETTE)]}"/><text x="{left + 20}" y="{ly + 3}">'
+                   f'{_e(name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    head = "".join(f"<th>{_e(label)}</th>" for _, label in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_num(r.get(k))}</td>" for k, _ in columns)
+                   + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _privacy_line(summary: Mapping[str, Any]) -> str:
+    p = summary["privacy"]
+    if not p["enabled"]:
+        return "<p class='bad'>Differential privacy was OFF in this run.</p>"
+    return (f"<p class='note'>Privacy: target epsilon {_num(p['target_epsilon'], 2)} at delta "
+            f"{p['target_delta']:g} per {_e(p['unit'])} ({_e(p['accountant'])} accountant). "
+            "Every epsilon below is cumulative over every round of every run on the "
+            "agency's dataset (its ledger), at the delta shown beside it.</p>")
+
+
+def run_sections(summary: Mapping[str, Any], title: str) -> list[str]:
+    """The report of one run."""
+    parts = [f"<h2>{_e(title)}</h2>", _privacy_line(summary)]
+    rounds = summary.get("rounds", [])
+    if rounds:
+        xs = [r["round"] for r in rounds]
+        curves: list[dict[str, Any]] = [
+            {"name": "train loss (mean over agencies)",
+             "points": [(x, r.get("train_aggregate", {}).get("train_loss"), None, None)
+                        for x, r in zip(xs, rounds, strict=True)]},
+            {"name": "evaluation loss", "points": [
+                (x, r.get("evaluate_aggregate", {}).get("loss"), None, None)
+                for x, r in zip(xs, rounds, strict=True)]},
+        ]
+        aucs: list[dict[str, Any]] = [
+            {"name": "ROC-AUC (agencies' test splits)", "points": [
+                (x, r.get("evaluate_aggregate", {}).get("roc_auc"), None, None)
+                for x, r in zip(xs, rounds, strict=True)]},
+            {"name": "worst agency ROC-AUC", "dashed": True, "points": [
+                (x, r.get("evaluate_aggregate", {}).get("worst_roc_auc"), None, None)
+                for x, r in zip(xs, rounds, strict=True)]},
+        ]
+        eps_series: list[dict[str, Any]] = []
+        for a in summary.get("agencies", []):
+            pts = [(r["round"], o["metrics"].get("epsilon"), None, None)
+                   for r in rounds for o in r.get("train", [])
+                   if o["agency"] == a["agency"] and o["status"] == "ok"
+                   and o["metrics"].get("epsilon") is not None
+                   and math.isfinite(o["metrics"]["epsilon"])]
+            if pts:
+                eps_series.append({"name": f"{a['agency']} (delta {a['delta']:g})",
+                                   "points": pts})
+        parts.append("<h3>Per round</h3><div class='plots'>"
+                     + line_chart("Loss per round", curves, x_label="round", y_label="loss")
+                     + line_chart("ROC-AUC per round", aucs, x_label="round",
+                                  y_label="ROC-AUC")
+                     + (line_chart("Epsilon spent per agency (cumulative)", eps_series,
+                                   x_label="round", y_label="epsilon", y_floor=0.0)
+                        if eps_series else "")
+                     + "</div>")
+    agencies = summary.get("agencies", [])
+    if agencies:
+        parts.append("<h3>Per agency</h3>" + table(agencies, [
+            ("agency", "agency"), ("train_examples", "train"), ("test_examples", "test"),
+            ("rounds_trained", "rounds"), ("epsilon", "epsilon (cumulative)"),
+            ("delta", "delta"), ("noise_multiplier", "noise multiplier"),
+            ("budget_remaining", "budget left"), ("local_roc_auc", "local ROC-AUC"),
+            ("local_oracle_roc_auc", "oracle"), ("rows_set_aside", "set aside"),
+            ("failed_rounds", "failed"), ("stopped", "stopped")]))
+        eps = [a["epsilon"] if isinstance(a.get("epsilon"), int | float) else None
+               for a in agencies]
+        delta = next((a["delta"] for a in agencies if a.get("delta")), None)
+        if any(v is not None and math.isfinite(v) for v in eps):
+            parts.append(bar_chart(
+                f"Epsilon spent per agency (delta {delta:g}, per advert record)"
+                if delta else "Epsilon spent per agency",
+                [a["agency"] for a in agencies], [("epsilon (cumulative)", eps)],
+                y_label="epsilon",
+                reference=("target", summary["privacy"]["target_epsilon"])
+                if summary["privacy"].get("target_epsilon") else None))
+    parts += _baseline_sections(summary)
+    if "audit" in summary:
+        parts.append(_audit_section(summary["audit"]))
+    return parts
+
+
+def _baseline_sections(summary: Mapping[str, Any]) -> list[str]:
+    oracle = summary.get("oracle_roc_auc")
+    pooled: list[tuple[str, float | None]] = []
+    b = summary.get("baselines")
+    if b:
+        from simulation.baselines import ARM_LABELS
+
+        for arm in ("centralised_non_private", "federated_non_private", "federated_dp"):
+            pooled.append((ARM_LABELS[arm], b["arms"][arm]["pooled"]["roc_auc"]))
+    else:
+        if "global" in summary:
+            pooled.append(("federated (this run)", summary["global"]["roc_auc"]))
+        if "centralised_baseline" in summary:
+            pooled.append(("centralised, non-private",
+                           summary["centralised_baseline"]["roc_auc"]))
+    parts = ["<h3>Baseline comparison</h3>"]
+    if pooled:
+        parts.append(bar_chart("Pooled test split ROC-AUC", [n for n, _ in pooled],
+                               [("ROC-AUC", [v for _, v in pooled])], y_label="ROC-AUC",
+                               y_floor=0.0, reference=("oracle", oracle) if oracle else None))
+    if b:
+        gain = b["gain"]
+        parts.append(bar_chart(
+            "Own test split ROC-AUC, smallest agencies first",
+            [g["agency"] for g in gain],
+            [("alone, same DP", [g["alone_dp_roc_auc"] for g in gain]),
+             ("federated, DP", [g["federated_dp_roc_auc"] for g in gain]),
+             ("federated, non-private", [g["federated_non_private_roc_auc"] for g in gain]),
+             ("centralised, non-private", [g["centralised_non_private_roc_auc"]
+                                           for g in gain])],
+            y_label="ROC-AUC", width=720))
+        parts.append(table(gain, [
+            ("agency", "agency (smallest first)"), ("train_examples", "train"),
+            ("test_positives", "test positives"), ("alone_dp_roc_auc", "alone, DP"),
+            ("federated_dp_roc_auc", "federated, DP"), ("gain_own_test", "gain (own test)"),
+            ("alone_dp_pooled_roc_auc", "alone on pooled"),
+            ("gain_pooled_test", "gain (pooled)"), ("alone_epsilon", "alone epsilon"),
+            ("alone_delta", "delta"), ("federated_epsilon", "federated epsilon")]))
+        parts.append("<p class='note'>Gain: federated DP ROC-AUC minus the agency's own "
+                     "model trained alone with the same DP plan (same rounds, epochs and noise "
+                     "calibration, so the same epsilon at the same delta). n/a: the agency's "
+                     "test split has one class.</p>")
+    elif len(pooled) <= 1:
+        parts.append("<p class='note'>No baselines in this run (run with "
+                     "<code>mode=baselines</code> for all four arms).</p>")
+    return parts
+
+
+def _audit_section(audit: Mapping[str, Any]) -> str:
+    claimed = audit.get("claimed_epsilon")
+    claim = ("no DP" if claimed is None or (isinstance(claimed, float) and math.isinf(claimed))
+             else f"{claimed:.2f} at delta {audit['claimed_delta']:g}")
+    verdict = ("<span class='bad'>FAILED: the lower bound exceeds the claim</span>"
+               if audit.get("caught") else "<span class='ok'>not contradicted</span>")
+    warn = ("<p class='bad'>This run trained WITHOUT noise on purpose "
+            "(audit.break_noise_for_testing): its privacy claims are false.</p>"
+            if audit.get("break_noise_for_testing") else "")
+    bars = bar_chart("Privacy audit: epsilon", ["empirical lower bound", "claimed"],
+                     [("epsilon", [audit["epsilon_lower_bound"],
+                                   claimed if claimed is not None and math.isfinite(claimed)
+                                   else None])], y_label="epsilon", width=360, height=260)
+    return ("<h3>Privacy audit (canaries)</h3>" + warn
+            + f"<p>{audit['planted']} canary adverts planted in {_e(audit['agency'])}'s "
+            f"training export, {audit['held_out']} held out. Membership ROC-AUC "
+            f"{_num(audit['membership_roc_auc'])}. Empirical epsilon lower bound "
+            f"<b>{_num(audit['epsilon_lower_bound'], 2)}</b> at "
+            f"{audit['confidence']:.0%} confidence; claimed epsilon {claim}: {verdict}.</p>"
+            + bars + "<p class='note'>One run and a few hundred canaries give a loose bound "
+            "(at most about 2.4 here even with perfect separation): it catches gross failures, "
+            "it cannot prove a claim. Method: " + _e(audit.get("method", "")) + ".</p>")
+
+
+def sweep_sections(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """The sweep table, the privacy-utility curve and the audit across the sweep."""
+    sweep.collect(root)
+    import pyarrow.parquet as pq
+
+    points = pq.read_table(root / "sweep.parquet").to_pylist()
+    runs = [sweep.run_row(r) for r in sweep.find_runs(root)]
+    varying = [a for a in sweep.AXES if len({p[a] for p in points}) > 1]
+    others = [a for a in varying if a not in ("target_epsilon", "privacy_enabled")]
+    curves: dict[str, list[tuple[float, float, float | None, float | None]]] = {}
+    flat_lines: dict[str, tuple[float, float]] = {}
+    for p in points:
+        name = ", ".join(f"{a}={p[a]}" for a in others) or "all runs"
+        if p["global_roc_auc_mean"] is None:
+            continue
+        if p["target_epsilon"] is None:
+            flat_lines[name + " (no DP)"] = (p["global_roc_auc_mean"], 0.0)
+            continue
+        curves.setdefault(name, []).append(
+            (float(p["target_epsilon"]), p["global_roc_auc_mean"],
+             p["global_roc_auc_ci95_low"], p["global_roc_auc_ci95_high"]))
+    series: list[dict[str, Any]] = [{"name": n, "points": pts} for n, pts in curves.items()]
+    xs = sorted({x for pts in curves.values() for x, *_ in pts})
+    for name, (y, _) in flat_lines.items():
+        if xs:
+            series.append({"name": name, "dashed": True,
+                           "points": [(xs[0], y, None, None), (xs[-1], y, None, None)]})
+    parts = ["<h2>Sweep</h2>",
+             f"<p>{len(runs)} runs in {len(points)} points from <code>{_e(root)}</code>. "
+             "Points are grouped by every axis except the seed; intervals are 95% Student-t "
+             "intervals over the seeds (mean ± t(0.975, n−1)·sd/√n). Secure aggregation is "
+             "not an axis: it does not exist yet.</p>"]
+    if series:
+        parts.append("<div class='plots'>" + line_chart(
+            "Privacy-utility: pooled test ROC-AUC against target epsilon", series,
+            x_label="target epsilon per agency (log scale; delta as configured)",
+            y_label="ROC-AUC", log_x=True, width=720, height=360) + "</div>")
+    audited = [r for r in runs if r["audit_epsilon_lower_bound"] is not None]
+    if audited:
+        cats = [f"eps {r['target_epsilon']} seed {r['seed']}" if r["privacy_enabled"]
+                else f"no DP seed {r['seed']}" for r in audited]
+        parts.append(bar_chart(
+            "Audit across the sweep: empirical lower bound vs claimed epsilon", cats,
+            [("empirical lower bound", [r["audit_epsilon_lower_bound"] for r in audited]),
+             ("claimed (ledger)", [r["audit_claimed_epsilon"] for r in audited])],
+            y_label="epsilon", width=720))
+    cols = [(a, a) for a in ("target_epsilon", *others)] + [
+        ("n_runs", "seeds"), ("global_roc_auc_mean", "ROC-AUC mean"),
+        ("global_roc_auc_sd", "sd"), ("global_roc_auc_ci95_low", "95% low"),
+        ("global_roc_auc_ci95_high", "95% high"), ("ratio_to_oracle_mean", "/ oracle"),
+        ("worst_agency_local_roc_auc_mean", "worst agency"),
+        ("max_agency_epsilon_mean", "max epsilon"),
+        ("audit_epsilon_lower_bound_mean", "audit eps lb"),
+        ("wall_seconds_mean", "wall s")]
+    parts.append(table(points, cols))
+    return parts, runs
+
+
+def build(path: Path) -> str:
+    """The whole HTML document for a run or a sweep folder."""
+    path = Path(path)
+    if (path / "metrics.json").is_file():
+        summary = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+        body = run_sections(summary, f"Run: {summary.get('preset')} seed {summary.get('seed')}")
+        heading = f"heroes-fl run report: {path}"
+    else:
+        body, runs = sweep_sections(path)
+        first = Path(runs[0]["run"])
+        summary = json.loads((first / "metrics.json").read_text(encoding="utf-8"))
+        body += run_sections(summary, f"First run of the sweep: {first.name}")
+        heading = f"heroes-fl sweep report: {path}"
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{_e(heading)}</title><style>{CSS}</style></head><body>"
+            f"<h1>{_e(heading)}</h1><p class='note'>Synthetic agencies; every number comes "
+            "from the run folders named here.</p>" + "".join(body) + "</body></html>")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="heroes report",
+        description="Render a run folder or a multirun folder as one self-contained HTML file.")
+    parser.add_argument("path", type=Path, help="a run folder or a multirun folder")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the HTML file (default: report.html in the folder)")
+    args = parser.parse_args(argv)
+    if not args.path.is_dir():
+        raise ConfigError([f"{args.path} is not a folder; give a run folder (with "
+                           "metrics.json) or a multirun folder"], source="heroes report")
+    doc = build(args.path)
+    out = args.out or args.path / "report.html"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(doc, encoding="utf-8")
+    tmp.replace(out)
+    print(f"report: {out}")
+    return 0
