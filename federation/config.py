@@ -227,6 +227,7 @@ class RunPaths(_Section):
     data_root: str = ""
     output_dir: str = ""
     state_root: str = ""  # simulation only: one node state folder per agency under it
+    resume_from: str = ""  # a killed run's output folder: continue from its last checkpoint
 
 
 @dataclass(frozen=True)

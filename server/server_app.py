@@ -20,6 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from federation.config import RunSettings
 from federation.tasks import get_task
+from server.checkpoint import ContinuedStrategy, load_checkpoint, restore, write_checkpoint
 from server.strategy import RunLog, build_strategy
 
 log = logging.getLogger("heroes.server")
@@ -59,16 +60,29 @@ def main(grid: Grid, context: Context) -> None:
     model = get_task(settings.task_name, settings.task_params).build_model()
     run_log = RunLog()
     strategy = build_strategy(settings, run_log)
-    log.info("starting %d rounds of %s for task %s", settings.strategy.num_rounds,
+    initial, done = ArrayRecord(model.state_dict()), 0
+    if settings.paths.resume_from:  # server/checkpoint.py: continue a killed run
+        resume = load_checkpoint(Path(settings.paths.resume_from), settings)
+        restore(strategy, run_log, resume)
+        initial, done = resume.arrays, resume.round
+        log.info("resuming from %s: rounds 1-%d done", resume.path, done)
+
+    def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
+        if server_round:  # Flower also calls this before round 1
+            write_checkpoint(out, server_round=server_round + done, arrays=arrays,
+                             strategy=strategy, run_log=run_log, settings=settings)
+
+    log.info("starting %d rounds of %s for task %s", settings.strategy.num_rounds - done,
              settings.strategy.name, settings.task_name)
     start = time.monotonic()
     try:
-        result = strategy.start(
+        result = (ContinuedStrategy(strategy, done) if done else strategy).start(
             grid=grid,
-            initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=settings.strategy.num_rounds,
+            initial_arrays=initial,
+            num_rounds=settings.strategy.num_rounds - done,
             timeout=settings.strategy.round_timeout,
             train_config=ConfigRecord({"learning_rate": settings.train.learning_rate}),
+            evaluate_fn=checkpoint,
         )
     finally:
         # Whatever happened, keep what the rounds so far showed.

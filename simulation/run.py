@@ -43,7 +43,7 @@ log = logging.getLogger("heroes.simulate")
 RUN_SECTIONS = ("task", "train", "privacy", "strategy", "eval")
 TOP_LEVEL = {
     "seed", "mode", "baseline", "test_fraction", "simulation", "federation", "experiment",
-    "agency_policy", "audit",
+    "agency_policy", "audit", "paths",
     *RUN_SECTIONS,
 }
 
@@ -75,6 +75,7 @@ def flat_run_config(cfg: DictConfig, *, data_root: Path, output_dir: Path,
     flat["paths.data_root"] = str(data_root)
     flat["paths.output_dir"] = str(output_dir)
     flat["paths.state_root"] = str(state_root)
+    flat["paths.resume_from"] = str(OmegaConf.select(cfg, "paths.resume_from", default="") or "")
     RunSettings.from_flat(flat, source="simulation config")
     return flat
 

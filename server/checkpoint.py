@@ -1,0 +1,166 @@
+"""Per-round checkpoints of the ServerApp, and resuming a run from the last one.
+
+After every round the ServerApp writes ``OUTPUT_DIR/checkpoints/round-NNNN.pt`` (atomically:
+a reader never sees half a file): the global weights, the server optimiser's state where the
+strategy has one (FedAdam's moments), the round, every round's metrics so far and the run's
+settings. With ``paths.resume_from`` set (a previous output folder, its ``checkpoints/``, or
+one checkpoint file) the ServerApp starts from the last checkpoint and runs only the rounds
+that remain, numbering them on from there, so the finished run has the planned number of
+rounds and one continuous metrics history.
+
+What a resume cannot undo: a round that was in flight when the aggregator died may already
+have been trained and recorded by agencies (their ledgers count it, conservatively); its
+update is not in the checkpoint, and the round is run again.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from federation.config import RunSettings
+from federation.errors import ConfigError
+from server.strategy import NodeOutcome, RoundRecord, RunLog
+
+CHECKPOINTS = "checkpoints"
+_NAME = re.compile(r"^round-(\d{4,})\.pt$")
+_OPTIMISER_STATE = ("current_arrays", "m_t", "v_t")
+
+
+def checkpoint_path(out: Path, server_round: int) -> Path:
+    return out / CHECKPOINTS / f"round-{server_round:04d}.pt"
+
+
+def _optimiser_state(strategy: Strategy) -> dict[str, dict[str, torch.Tensor]]:
+    state: dict[str, dict[str, torch.Tensor]] = {}
+    for name in _OPTIMISER_STATE:
+        value = getattr(strategy, name, None)
+        if isinstance(value, dict):
+            state[name] = {k: torch.from_numpy(np.array(v)) for k, v in value.items()}
+    return state
+
+
+def write_checkpoint(out: Path, *, server_round: int, arrays: ArrayRecord, strategy: Strategy,
+                     run_log: RunLog, settings: RunSettings) -> Path:
+    """Write one round's checkpoint whole or not at all."""
+    path = checkpoint_path(out, server_round)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as handle:
+        torch.save({"round": server_round, "num_rounds": settings.strategy.num_rounds,
+                    "state_dict": arrays.to_torch_state_dict(),
+                    "strategy": settings.strategy.name,
+                    "optimiser_state": _optimiser_state(strategy),
+                    "rounds": [r for r in run_log.to_json() if r["round"] <= server_round],
+                    "settings": settings.to_flat()}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def latest_checkpoint(resume_from: Path) -> Path:
+    """The newest checkpoint under an output folder, a checkpoints folder, or the file itself."""
+    if resume_from.is_file():
+        return resume_from
+    folder = resume_from / CHECKPOINTS if (resume_from / CHECKPOINTS).is_dir() else resume_from
+    found = sorted((int(m.group(1)), p) for p in folder.glob("round-*.pt")
+                   if (m := _NAME.match(p.name)))
+    if not found:
+        raise ConfigError([f"paths.resume_from={str(resume_from)!r} holds no checkpoint "
+                           "(round-NNNN.pt under checkpoints/); point it at the output folder of "
+                           "the run to resume"], source="run config (server)")
+    return found[-1][1]
+
+
+@dataclass(frozen=True)
+class Resume:
+    round: int  # the last completed round
+    arrays: ArrayRecord
+    optimiser_state: dict[str, dict[str, torch.Tensor]]
+    rounds: list[dict[str, Any]]
+    path: Path
+
+
+def load_checkpoint(resume_from: Path, settings: RunSettings) -> Resume:
+    """Read the latest checkpoint and check that it belongs to a run like this one."""
+    path = latest_checkpoint(resume_from)
+    saved = torch.load(path, weights_only=True)
+    problems = []
+    before = dict(saved["settings"])
+    now = settings.to_flat()
+    for key in sorted(set(before) | set(now)):
+        if key.startswith("paths.") or key == "strategy.round_timeout":
+            continue
+        if before.get(key) != now.get(key):
+            problems.append(f"{key} was {before.get(key)!r} in the checkpointed run, now "
+                            f"{now.get(key)!r}; a resumed run must keep its settings")
+    if saved["round"] >= settings.strategy.num_rounds:
+        problems.append(f"{path} is round {saved['round']} of {settings.strategy.num_rounds}: "
+                        "that run had already finished; nothing to resume")
+    if problems:
+        raise ConfigError(problems, source=f"resume from {path}")
+    return Resume(round=int(saved["round"]), arrays=ArrayRecord(saved["state_dict"]),
+                  optimiser_state=saved["optimiser_state"], rounds=saved["rounds"], path=path)
+
+
+def restore(strategy: Strategy, run_log: RunLog, resume: Resume) -> None:
+    """Put the server optimiser's state and the metrics history back."""
+    for name, arrays in resume.optimiser_state.items():
+        setattr(strategy, name, {k: v.numpy() for k, v in arrays.items()})
+
+    def nan(d: dict[str, float | None]) -> dict[str, float]:
+        return {k: math.nan if v is None else float(v) for k, v in d.items()}
+
+    def outcomes(rows: list[dict[str, Any]]) -> list[NodeOutcome]:
+        return [NodeOutcome(int(o["node_id"]), str(o["agency"]), str(o["status"]),
+                            str(o["reason"]), nan(o["metrics"])) for o in rows]
+
+    for r in resume.rounds:
+        run_log.rounds[int(r["round"])] = RoundRecord(
+            round=int(r["round"]), train=outcomes(r["train"]), evaluate=outcomes(r["evaluate"]),
+            train_aggregate=nan(r["train_aggregate"]),
+            evaluate_aggregate=nan(r["evaluate_aggregate"]),
+            wall_seconds=math.nan if r["wall_seconds"] is None else float(r["wall_seconds"]))
+
+
+class ContinuedStrategy(Strategy):
+    """Runs ``inner`` with every round number shifted by ``offset`` (the rounds done before).
+
+    Flower's ``Strategy.start`` counts rounds from 1; the agencies, the run log and FedAdam's
+    bias correction must see the run's real round numbers.
+    """
+
+    def __init__(self, inner: Strategy, offset: int) -> None:
+        self.inner = inner
+        self.offset = offset
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_train(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.inner.aggregate_train(server_round + self.offset, replies)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round + self.offset, replies)
+
+    def summary(self) -> None:
+        self.inner.summary()
