@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from federation.appsign import manifest_digest
 from federation.bundle import BUNDLE_FORMAT, CARD_JSON, CARD_MD, WEIGHTS
 from federation.config import RunSettings
 from federation.errors import DeploymentError
@@ -241,7 +242,8 @@ def render_card(card: dict[str, Any]) -> str:
         f"- task: {card['task']['name']} {json.dumps(card['task']['params'], sort_keys=True)}",
         f"- data schema: {v['data_schema']}; features version: {v['features']}",
         f"- code: heroes-fl {v['code']['package']}, git {v['code']['git_commit']}",
-        f"- app bundle sha256: {v['app_bundle_sha256']}",
+        f"- app bundle (sha256 of its manifest, as in agency receipts): "
+        f"{v['app_bundle_sha256']}",
         "",
         "## Privacy",
         f"- mechanism: {p['mechanism']}",
@@ -284,7 +286,8 @@ def release_run(run_dir: Path, *, signing_key: Path, out: Path | None = None,
             f"{target} already exists; a release is never overwritten. Fix: pass --out with a "
             "new folder, or move the old release away."
         )
-    app_sha = file_sha256(app_bundle) if app_bundle is not None else "unknown"
+    # The bundle's identity as agencies' receipts record it: its checked manifest's SHA-256.
+    app_sha = manifest_digest(app_bundle.read_bytes()) if app_bundle is not None else "unknown"
     tmp = target.with_name(target.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)  # our own leftover from an interrupted release

@@ -6,11 +6,13 @@ import json
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
+from federation.appsign import manifest_digest
 from federation.bundle import verify_bundle
 from federation.config import RunSettings
 from federation.errors import DeploymentError, SignatureError
@@ -113,8 +115,12 @@ def test_other_key_and_unsigned_are_refused(tmp_path: Path, keys: tuple[Path, Pa
 
 def test_cli_release(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     run = _server_output(tmp_path / "server")
-    fab = tmp_path / "app.fab"
-    fab.write_bytes(b"not really a fab, but a file to hash")
+    fab = tmp_path / "app.fab"  # a minimal Flower app bundle: files plus .info/CONTENT
+    code = b"print('hello')\n"
+    with zipfile.ZipFile(fab, "w") as z:
+        z.writestr("app.py", code)
+        z.writestr(".info/CONTENT",
+                   f"app.py,{hashlib.sha256(code).hexdigest()},{len(code) * 8}\n")
     proc = subprocess.run(
         [sys.executable, "-m", "simulation.cli", "consortium", "release", str(run),
          "--signing-key", str(keys[0]), "--out", str(tmp_path / "rel"), "--app-bundle", str(fab)],
@@ -122,7 +128,7 @@ def test_cli_release(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     assert proc.returncode == 0, proc.stderr
     card = json.loads((tmp_path / "rel" / "model_card.json").read_text())
 
-    assert card["versions"]["app_bundle_sha256"] == hashlib.sha256(fab.read_bytes()).hexdigest()
+    assert card["versions"]["app_bundle_sha256"] == manifest_digest(fab.read_bytes())
     proc = subprocess.run(
         [sys.executable, "-m", "simulation.cli", "consortium", "release", str(tmp_path / "none"),
          "--signing-key", str(keys[0])],
