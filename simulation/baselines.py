@@ -235,6 +235,10 @@ def run_baselines(cfg: DictConfig, out_dir: Path, *, flat: dict[str, Scalar],
     _write_text(out_dir / "metrics.json",
                 json.dumps(summary, indent=2, default=lambda v: None))
     shutil.copyfile(dp_server / "model.pt", out_dir / "model.pt")
+    if bool(cfg.tracking.tensorboard):
+        from simulation.tracking import write_tensorboard
+
+        write_tensorboard(summary, out_dir / "tensorboard")
     print(render(summary), flush=True)
     print(render_gain(summary), flush=True)
     print(f"outputs: {out_dir}", flush=True)

@@ -43,7 +43,7 @@ log = logging.getLogger("heroes.simulate")
 RUN_SECTIONS = ("task", "train", "privacy", "strategy", "eval")
 TOP_LEVEL = {
     "seed", "mode", "baseline", "test_fraction", "simulation", "federation", "experiment",
-    "agency_policy", "audit", "paths",
+    "agency_policy", "audit", "paths", "tracking",
     *RUN_SECTIONS,
 }
 
@@ -302,6 +302,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         summary["centralised_baseline"] = centralised_baseline(task, settings, train, test)
     summary["wall_seconds"] = time.monotonic() - t0
     _write_text(out_dir / "metrics.json", json.dumps(summary, indent=2, default=lambda v: None))
+    if bool(cfg.tracking.tensorboard):
+        from simulation.tracking import write_tensorboard
+
+        write_tensorboard(summary, out_dir / "tensorboard")
     if cfg.mode == "federated":
         shutil.copyfile(server_out / "model.pt", out_dir / "model.pt")
     print(render(summary), flush=True)

@@ -237,8 +237,8 @@ def test_sweep_table_audit_and_report(tmp_path: Path) -> None:
     with (sweep_dir / "sweep.csv").open() as fh:
         points = list(csv.DictReader(fh))
     assert len(points) == 4
-    assert {(p["target_epsilon"], p["skew"]) for p in points} == {
-        ("1.0", "0.0"), ("1.0", "1.0"), ("8.0", "0.0"), ("8.0", "1.0")}
+    assert {(float(p["target_epsilon"]), float(p["skew"])) for p in points} == {
+        (1.0, 0.0), (1.0, 1.0), (8.0, 0.0), (8.0, 1.0)}
     import pyarrow.parquet as pq
 
     parquet = pq.read_table(sweep_dir / "sweep.parquet").to_pylist()
@@ -291,7 +291,8 @@ def test_sweep_table_audit_and_report(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_baselines_four_arms_on_identical_splits(tmp_path: Path) -> None:
     out = tmp_path / "baselines"
-    proc = heroes(["simulate", *TINY, "mode=baselines", f"hydra.run.dir={out}"])
+    proc = heroes(["simulate", *TINY, "mode=baselines", "tracking.tensorboard=true",
+                   f"hydra.run.dir={out}"])
     assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
     summary = json.loads((out / "metrics.json").read_text())
     arms = summary["baselines"]["arms"]
@@ -320,6 +321,18 @@ def test_baselines_four_arms_on_identical_splits(tmp_path: Path) -> None:
     assert all(o["metrics"]["noise_multiplier"] == 0 for r in plain for o in r["train"]
                if o["status"] == "ok")
     assert "gain from federating" in proc.stdout
+    # Optional tracking: the same numbers as TensorBoard scalars in the run folder.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    delta = f"{summary['privacy']['target_delta']:g}"
+    eps = events.Scalars(f"privacy/max_epsilon_delta_{delta}")
+    assert [e.step for e in eps] == [1, 2]
+    assert eps[-1].value == pytest.approx(summary["rounds"][-1]["train_aggregate"]["max_epsilon"])
+    auc = events.Scalars("final/pooled_roc_auc")[0].value
+    assert auc == pytest.approx(summary["global"]["roc_auc"], abs=1e-6)
+    assert len([t for t in events.Tags()["scalars"] if t.startswith("baselines/gain_")]) == 6
     report = heroes(["report", str(out)])
     assert report.returncode == 0, report.stderr[-3000:]
     assert "Own test split ROC-AUC, smallest agencies first" in (out / "report.html").read_text()
