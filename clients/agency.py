@@ -181,6 +181,17 @@ def preflight(home: AgencyHome, node: NodeSettings, *, insecure: bool) -> str:
     try:
         with socket.create_connection((host, port), timeout=10) as raw:
             if insecure:
+                raw.settimeout(10)
+                raw.sendall(b"POST /v1/fleet/get-run HTTP/1.1\r\nhost: heroes\r\n"
+                            b"content-length: 0\r\nconnection: close\r\n\r\n")
+                try:
+                    first = raw.recv(5)
+                except OSError:
+                    first = b""
+                if first != b"HTTP/":
+                    raise DeploymentError(
+                        f"the consortium at {node.consortium} does not speak plaintext HTTP "
+                        "(it requires TLS, as it should). Fix: drop --insecure")
                 return f"{node.consortium} reachable (plaintext: --insecure)"
             ctx = ssl.create_default_context(cafile=str(home.ca_cert))
             try:
@@ -246,10 +257,10 @@ class Node:
                  "--runtime-api-address", f"127.0.0.1:{s.runtime_port}", "--insecure",
                  "--superexec-auth-secret-file", str(self.home.secret)]
         for name, cmd in (("supernode", link), ("superexec", execu)):
-            out = (self.home.logs / f"{name}.log").open("ab")
-            self.procs[name] = subprocess.Popen(cmd, env=self.env(), stdout=out,
-                                                stderr=subprocess.STDOUT, cwd=self.home.root,
-                                                start_new_session=True)
+            with (self.home.logs / f"{name}.log").open("ab") as out:
+                self.procs[name] = subprocess.Popen(
+                    cmd, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
+                    cwd=self.home.root, start_new_session=True)
         self._write_status("running")
 
     def _write_status(self, state: str) -> None:
@@ -283,10 +294,22 @@ class Node:
             self._write_status("stopped")
 
 
-SUPERNODE_EXIT_HINTS = {
-    305: "the consortium closed the connection: a node without TLS cannot talk to a TLS "
-         "aggregator (drop --insecure)",
-}
+def exit_hint(name: str, code: int, log_text: str) -> str:
+    """What a SuperNode's or SuperExec's unexpected exit means, and what to do."""
+    if name != "supernode":
+        return "the agency's SuperExec stopped; see its log"
+    if "Failed to activate" in log_text:
+        return ("the consortium does not accept this node's key: it was never enrolled, or "
+                "it was revoked. Fix: send node.key.pub to the consortium and ask it to run "
+                "`heroes consortium enroll NAME node.key.pub`")
+    if code == 0 and "terminated gracefully" in log_text:
+        return ("the SuperNode stopped itself after the consortium answered a request with "
+                "'unauthorised': this node's key was revoked. Ask the consortium to enroll it "
+                "again if that was a mistake")
+    if "CERTIFICATE_VERIFY_FAILED" in log_text:
+        return ("the consortium's certificate does not verify against consortium-ca.crt: "
+                "check the address and that the CA file is current")
+    return "see the log below"
 
 
 def serve(root: Path, *, insecure: bool) -> int:
@@ -312,9 +335,10 @@ def serve(root: Path, *, insecure: bool) -> int:
             gone = node.exited()
             if gone:
                 name, code = gone
-                hint = SUPERNODE_EXIT_HINTS.get(code, "") if name == "supernode" else ""
-                log_tail = _tail(node.home.logs / f"{name}.log")
-                print(f"the {name} exited with status {code}. {hint}\n{log_tail}",
+                log_path = node.home.logs / f"{name}.log"
+                text = log_path.read_text(encoding="utf-8", errors="replace")[-20000:]
+                print(f"the {name} exited with status {code}: "
+                      f"{exit_hint(name, code, text)}\n{_tail(log_path)}",
                       file=sys.stderr, flush=True)
                 return 1
             time.sleep(0.5)
@@ -337,7 +361,9 @@ CONNECTION_MARKS = (
                                   "consortium CA"),
     ("Server disconnected", "disconnected"),
     ("Connection refused", "cannot reach the consortium"),
-    ("Received:", "connected, receiving work"),
+    ("Sent successfully", "connected (last reply sent)"),
+    ("Received successfully", "connected, working on a message"),
+    ("SuperNode ID:", "connected and activated, waiting for work"),
     ("Starting Flower SuperNode", "starting"),
 )
 

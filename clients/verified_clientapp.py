@@ -31,6 +31,9 @@ DIGEST_ENV = "HEROES_APP_BUNDLE_SHA256"
 
 
 def _install_check() -> None:
+    from flwr.app import Message
+    from flwr.app.error import Error
+    from flwr.common.constant import ErrorCode
     from flwr.supernode.runtime import run_clientapp as runtime
 
     from federation.appsign import RUN_CONFIG_KEY, verify_bundle
@@ -51,8 +54,13 @@ def _install_check() -> None:
                                    context.run_config.get(RUN_CONFIG_KEY))
         except SignatureError as exc:
             log.error("REFUSED app bundle %s of run %s: %s", fab.hash_str[:16], run.run_id, exc)
-            raise SignatureError(f"node refused the app bundle of run {run.run_id}: {exc}"
-                                 ) from None
+            reason = f"node refused the app bundle of run {run.run_id}: {exc}"
+            # Answer the aggregator with the refusal (Flower's own error path has no message
+            # to reply to when the failure happens this early), then stop: nothing installed.
+            runtime.push_message(client, Message(
+                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
+                reply_to=message), context)
+            raise SignatureError(reason) from None
         os.environ[DIGEST_ENV] = digest
         log.info("app bundle of run %s verified (manifest %s)", run.run_id, digest[:16])
         return message, context, run, fab

@@ -321,10 +321,10 @@ class Aggregator:
                "--disable-runtime-dependency-installation",
                "--host", "127.0.0.1", "--port", str(self.private_port),
                "--health-server-address", f"127.0.0.1:{self.health_port}"]
-        out = (logs / "superlink.log").open("ab")
-        self.link = subprocess.Popen(cmd, env=self.home.env(), stdout=out,
-                                     stderr=subprocess.STDOUT, cwd=self.home.root,
-                                     start_new_session=True)
+        with (logs / "superlink.log").open("ab") as out:  # the child keeps its own copy
+            self.link = subprocess.Popen(cmd, env=self.home.env(), stdout=out,
+                                         stderr=subprocess.STDOUT, cwd=self.home.root,
+                                         start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.link.poll() is not None:
@@ -372,6 +372,11 @@ def serve(root: Path) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     agg.start()
+    assert agg.link is not None
+    (agg.home.root / "aggregator.json").write_text(json.dumps(
+        {"pid": os.getpid(), "superlink_pid": agg.link.pid,
+         "public": f"{agg.public[0]}:{agg.public[1]}", "private": agg.home.private_address},
+        indent=2), encoding="utf-8")
     print(f"aggregator up: agencies connect to {agg.public[0]}:{agg.public[1]} (Fleet API only,"
           f" TLS); the SuperLink itself listens on 127.0.0.1:{agg.private_port} (Control and "
           f"Runtime APIs, private); health: grpc 127.0.0.1:{agg.health_port}; {agg.tls_note}",

@@ -1,0 +1,314 @@
+"""The real deployment on loopback: `heroes consortium serve` (a TLS SuperLink on a private
+port behind the Fleet-only gateway), three `heroes agency serve` nodes with enrolled keys,
+signed app bundles, and everything that must be refused. Real processes, real certificates,
+127.0.0.1 only; every process is stopped by its PID at the end."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import json
+import os
+import signal
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from federation.appsign import sign_bundle
+from federation.ledger import Ledger
+from federation.signing import generate_signing_key, load_private_key
+from simulation.generator import generate_federation, load_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+HEROES = str(BIN / "heroes")
+CANARY = "ZQXCANARY7731"
+RUN_CONFIG = ("strategy.num_rounds=2 privacy.target_delta=1e-4 strategy.min_nodes=3 "
+              "strategy.quorum=3 strategy.round_timeout=120")
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "FLWR_TELEMETRY_ENABLED": "0",
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def heroes(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([HEROES, *args], env=env(), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def plant_canaries(agency_dir: Path) -> None:
+    """Put the marker into the text and id of a few training adverts."""
+    manifest = json.loads((agency_dir / "manifest.json").read_text())
+    path = agency_dir / manifest["train"]
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            rows = list(reader)
+        for i, row in enumerate(rows[:5]):
+            row["text"] = f"{row['text']} {CANARY}"
+            row["advert_id"] = f"{CANARY}-{i}"
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        out = []
+        for i, line in enumerate(lines):
+            rec = json.loads(line)
+            if i < 5:
+                rec["text"] = f"{rec['text']} {CANARY}"
+                rec["advert_id"] = f"{CANARY}-{i}"
+            out.append(json.dumps(rec))
+        path.write_text("\n".join(out) + "\n", encoding="utf-8")
+
+
+@dataclass
+class Deployment:
+    tmp: Path
+    cons: Path
+    public: str
+    agencies: list[str]
+    procs: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
+
+    def state(self, agency: str) -> Path:
+        return self.tmp / "state" / agency
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen[str]:
+        with (self.tmp / f"{name}.out").open("w") as log:  # the child keeps its own copy
+            proc = subprocess.Popen([HEROES, *args], env=env(), stdout=log,
+                                    stderr=subprocess.STDOUT, text=True,
+                                    start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def output(self, name: str) -> str:
+        return (self.tmp / f"{name}.out").read_text()
+
+    def init_agency(self, agency: str, data: Path) -> None:
+        r = heroes("agency", "init", "--dir", str(self.state(agency)), "--name", agency,
+                   "--data-dir", str(data), "--consortium", self.public,
+                   "--ca-cert", str(self.cons / "tls" / "ca.crt"),
+                   "--consortium-key", str(self.cons / "signing.pub"),
+                   "--max-epsilon", "10", "--delta", "1e-4",
+                   "--runtime-port", str(free_port()), "--health-port", str(free_port()))
+        assert r.returncode == 0, r.stderr
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def child_pids(self) -> list[int]:
+        pids = []
+        for status in (self.tmp / "state").glob("*/node-status.json"):
+            pids += [int(p) for p in json.loads(status.read_text())["pids"].values()]
+        agg = self.cons / "aggregator.json"
+        if agg.is_file():
+            pids.append(int(json.loads(agg.read_text())["superlink_pid"]))
+        return pids
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    tmp = tmp_path_factory.mktemp("deploy")
+    manifest = generate_federation(load_preset(ROOT / "configs/federation/three_agency.yaml"),
+                                   tmp / "data", seed=5)
+    for agency in manifest.agencies:
+        plant_canaries(tmp / "data" / "agencies" / agency)
+    public = f"127.0.0.1:{free_port()}"
+    cons = tmp / "consortium"
+    r = heroes("consortium", "init", "--dir", str(cons), "--public-address", public,
+               "--private-port", str(free_port()), "--health-port", str(free_port()))
+    assert r.returncode == 0, r.stderr
+    dep = Deployment(tmp, cons, public, list(manifest.agencies))
+    try:
+        dep.start("consortium", ["consortium", "serve", "--dir", str(cons)])
+        wait_for(lambda: "aggregator up" in dep.output("consortium"), 90, "the aggregator")
+        for agency in dep.agencies:
+            dep.init_agency(agency, tmp / "data" / "agencies" / agency)
+            r = heroes("consortium", "enroll", agency,
+                       str(dep.state(agency) / "node.key.pub"), "--dir", str(cons))
+            assert r.returncode == 0, r.stdout + r.stderr
+            dep.start(agency, ["agency", "serve", "--dir", str(dep.state(agency))])
+        for agency in dep.agencies:
+            wait_for(lambda a=agency: "running" in dep.output(a), 60, f"node {agency}")
+        yield dep
+    finally:
+        for name in list(dep.procs):
+            dep.stop(name)
+        for pid in dep.child_pids():  # belt and braces: nothing may outlive the test
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def ledger_rows(state: Path) -> int:
+    if not (state / "privacy-ledger.sqlite").exists():
+        return 0
+    with Ledger.open(state, create=False) as ledger:
+        return len(ledger.rows())
+
+
+def _http(address: str, path: str, ca: Path) -> bytes:
+    host, port = address.rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection((host, int(port)), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname=host) as tls:
+        tls.sendall(f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: "
+                    "application/protobuf\r\ncontent-length: 0\r\n\r\n".encode())
+        return tls.recv(4096)
+
+
+def test_agency_facing_address_refuses_runs_and_key_registration(deployment: Deployment
+                                                                  ) -> None:
+    ca = deployment.cons / "tls" / "ca.crt"
+    for path in ("/v1/control/start-run", "/v1/control/register-node",
+                 "/v1/fleet/register-node", "/v1/runtime/pull-messages"):
+        assert _http(deployment.public, path, ca).startswith(b"HTTP/1.1 403"), path
+    # and through Flower's own CLI, pointed at the public address
+    home = deployment.tmp / "attacker-flwr-home"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "public"\n\n[superlink.public]\naddress = '
+        f'"{deployment.public}"\nroot-certificates = "{ca}"\n')
+    e = {**env(), "FLWR_HOME": str(home)}
+    run = subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "public"], env=e,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode != 0
+    assert "Successfully started run" not in run.stdout
+    key = deployment.tmp / "intruder"
+    key.mkdir(exist_ok=True)
+    from federation.pki import make_node_key
+    make_node_key(key / "k", key / "k.pub", comment="intruder")
+    reg = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(key / "k.pub"),
+                          "public"], env=e, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert reg.returncode != 0
+    assert "registered successfully" not in reg.stdout
+    # the private address does serve the Control API (the gateway is not blocking everything)
+    private = json.loads((deployment.cons / "aggregator.json").read_text())["private"]
+    assert not _http(private, "/v1/control/list-runs", ca).startswith(b"HTTP/1.1 403")
+
+
+def test_bundle_signed_by_another_key_is_refused_by_every_node(deployment: Deployment) -> None:
+    from flwr.cli.build import build_fab_from_disk
+
+    other = deployment.tmp / "other-key"
+    generate_signing_key(other / "signing.key", other / "signing.pub")
+    signature = sign_bundle(load_private_key(other / "signing.key"), build_fab_from_disk(ROOT))
+    assert base64.b64decode(signature)
+    e = {**env(), "FLWR_HOME": str(deployment.cons / "flwr-home")}
+    proc = subprocess.run(
+        [str(BIN / "flwr"), "run", str(ROOT), "consortium", "--stream", "--run-config",
+         f'{RUN_CONFIG} paths.output_dir="{deployment.tmp / "forged"}" '
+         f'app.signature="{signature}"'],
+        env=e, capture_output=True, text=True, timeout=300, check=False)
+    text = proc.stdout + proc.stderr
+    assert "node refused the app bundle" in text
+    assert text.count("failed in training") == 3
+    for agency in deployment.agencies:  # nothing ran: no privacy spent anywhere
+        assert ledger_rows(deployment.state(agency)) == 0
+        log = (deployment.state(agency) / "logs" / "superexec.log").read_text()
+        assert "REFUSED app bundle" in log
+
+
+def test_signed_dp_run_completes_and_every_ledger_shows_the_spend(deployment: Deployment
+                                                                   ) -> None:
+    out = deployment.tmp / "run1"
+    r = heroes("consortium", "train", "--dir", str(deployment.cons), "--run-config",
+               RUN_CONFIG, "--out", str(out), timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rounds = json.loads((out / "metrics.json").read_text())["rounds"]
+    assert len(rounds) == 2
+    assert all(o["status"] == "ok" for rd in rounds for o in rd["train"])
+    assert len(rounds[-1]["train"]) == 3
+    assert (out / "model.pt").is_file()
+    for agency in deployment.agencies:
+        assert ledger_rows(deployment.state(agency)) == 2
+        status = heroes("agency", "status", "--dir", str(deployment.state(agency)), "--json")
+        s = json.loads(status.stdout)
+        assert s["health"] == "SERVING"
+        assert s["datasets"][0]["last_round"]["round"] == 2
+        assert 0 < s["datasets"][0]["epsilon"]["rdp"] < 10
+        assert s["datasets"][0]["remaining"] == pytest.approx(
+            10 - s["datasets"][0]["epsilon"]["rdp"])
+
+
+def test_canaries_never_reach_the_consortium(deployment: Deployment) -> None:
+    seen = []
+    for path in [*deployment.cons.rglob("*"), *(deployment.tmp / "run1").rglob("*")]:
+        if path.is_file() and CANARY.encode() in path.read_bytes():
+            seen.append(path)
+    assert not seen, seen
+    db = sqlite3.connect(deployment.cons / "state.db")
+    try:
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'"):
+            for row in db.execute(f'SELECT * FROM "{table}"'):
+                assert CANARY not in repr(row), table
+    finally:
+        db.close()
+    # and the canaries were really in the agencies' data, read by their nodes
+    assert any(CANARY in p.read_text(errors="ignore")
+               for p in (deployment.tmp / "data").rglob("adverts_train.*"))
+
+
+def test_unregistered_and_plaintext_nodes_are_refused(deployment: Deployment) -> None:
+    data = deployment.tmp / "data" / "agencies" / deployment.agencies[0]
+    deployment.init_agency("stranger", data)
+    r = heroes("agency", "serve", "--dir", str(deployment.state("stranger")), timeout=180)
+    assert r.returncode == 1
+    assert "does not accept this node's key" in r.stderr
+    r = heroes("agency", "serve", "--dir", str(deployment.state("stranger")), "--insecure")
+    assert r.returncode == 2
+    assert "WARNING: --insecure" in r.stderr
+    assert "requires TLS" in r.stderr and "drop --insecure" in r.stderr
+
+
+def test_revoked_node_is_refused_at_its_next_connection(deployment: Deployment) -> None:
+    victim = deployment.agencies[1]
+    r = heroes("consortium", "revoke", victim, "--dir", str(deployment.cons))
+    assert r.returncode == 0, r.stderr
+    proc = deployment.procs[victim]
+    proc.wait(timeout=120)  # the running node is turned away at its next request
+    assert proc.returncode == 1
+    assert "key was revoked" in deployment.output(victim)
+    deployment.procs.pop(victim)
+    r = heroes("agency", "serve", "--dir", str(deployment.state(victim)), timeout=180)
+    assert r.returncode == 1  # and cannot come back
+    assert "does not accept this node's key" in r.stderr
+    registry = json.loads((deployment.cons / "registry.json").read_text())
+    assert registry["agencies"][victim]["revoked_at"]
