@@ -2,6 +2,7 @@
 
     heroes agency score --model BUNDLE --input FILE --consortium-key PUB --purpose TEXT
                         [--threshold T] [--analyst NAME] [--out FILE] [--state-dir DIR]
+                        [--calibrate-with DATA_DIR]
     heroes agency audit verify --state-dir DIR [--public-key PUB]   check the egress receipts
     heroes agency audit show --state-dir DIR [--json]                list them
 
@@ -33,6 +34,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                        help="who is consulting the model (default: the OS user)")
     score.add_argument("--out", type=Path, default=None,
                        help="results file, .jsonl or .csv (default: STATE_DIR/scores/...)")
+    score.add_argument("--calibrate-with", type=Path, default=None, metavar="DATA_DIR",
+                       help="fit this agency's calibration (Platt scaling) for this model on "
+                       "the labelled training export in DATA_DIR (manifest.json); kept in the "
+                       "state folder and used by later runs with the same model")
     score.add_argument("--state-dir", type=Path, default=Path("agency-state"),
                        help="the node's state folder, which holds the consultation log "
                        "(default: ./agency-state)")
@@ -57,7 +62,8 @@ def main(args: argparse.Namespace) -> int:
         report = score_file(model=args.model, input_path=args.input,
                             consortium_key=args.consortium_key, purpose=args.purpose,
                             state_dir=args.state_dir, analyst=args.analyst,
-                            threshold=args.threshold, out=args.out)
+                            threshold=args.threshold, out=args.out,
+                            calibrate_with=args.calibrate_with)
         print(render_report(report))
         return 0
     if args.agency_command == "audit":

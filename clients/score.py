@@ -40,7 +40,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from clients import calibration
+from clients.calibration import NONE, Calibration
 from federation.bundle import VerifiedBundle, verify_bundle
+from federation.data import load_agency
 from federation.errors import DataError, TaskError
 from federation.indicators import BY_NAME, categorize
 from federation.signing import file_sha256, load_public_key
@@ -315,7 +318,7 @@ SELF_CHECK_EVERY = 97  # adverts between checks of the explainer's features agai
 
 
 def score_texts(bundle: VerifiedBundle, texts: Sequence[str], ids: Sequence[str],
-                rows: Sequence[int], *, threshold: float,
+                rows: Sequence[int], *, threshold: float, calibration: Calibration = NONE,
                 batch: int = 2048) -> list[ScoredAdvert]:
     """Score and explain adverts with a verified bundle.
 
@@ -329,7 +332,8 @@ def score_texts(bundle: VerifiedBundle, texts: Sequence[str], ids: Sequence[str]
         raise TaskError(f"task {type(task).__name__} has no hashing featuriser to explain")
     weights, bias = _linear_parts(model)
     explainer = Explainer(featurizer, weights)
-    a, b = bundle.calibration
+    a, b = (calibration.a, calibration.b) if calibration.method != "none" \
+        else bundle.calibration
     out: list[ScoredAdvert] = []
     for lo in range(0, len(texts), batch):
         chunk = list(texts[lo:lo + batch])
@@ -367,24 +371,26 @@ def _check_features(featurizer: HashingFeaturizer, text: str, row: np.ndarray,
 
 
 def _write_results(out: Path, scored: list[ScoredAdvert], *, model_version: str,
-                   threshold: float) -> None:
+                   threshold: float, calibration: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with tmp.open("w", encoding="utf-8", newline="") as handle:
         if out.suffix.lower() == ".csv":
             writer = csv.writer(handle)
-            writer.writerow(["advert_id", "row", "score", "probability", "threshold",
-                             "above_threshold", "model_version", "top_phrases"])
+            writer.writerow(["advert_id", "row", "score", "probability", "calibration",
+                             "threshold", "above_threshold", "model_version", "top_phrases"])
             for s in scored:
                 reasons = "; ".join(f"{p.text} [{p.category} {p.contribution:+.3f}]"
                                     for p in s.phrases)
                 writer.writerow([s.advert_id, s.row, f"{s.score:.6f}", f"{s.probability:.6f}",
-                                 threshold, s.above_threshold, model_version, reasons])
+                                 calibration, threshold, s.above_threshold, model_version,
+                                 reasons])
         else:
             for s in scored:
                 handle.write(json.dumps({
                     "advert_id": s.advert_id, "row": s.row, "score": round(s.score, 6),
-                    "probability": round(s.probability, 6), "threshold": threshold,
+                    "probability": round(s.probability, 6), "calibration": calibration,
+                    "threshold": threshold,
                     "above_threshold": s.above_threshold, "model_version": model_version,
                     "top_phrases": [p.to_json() for p in s.phrases],
                 }, ensure_ascii=False) + "\n")
@@ -420,11 +426,12 @@ class ScoreReport:
     set_aside: dict[str, int]
     out: Path
     log_entry: dict[str, Any]
+    calibration: Calibration = NONE
 
 
 def score_file(*, model: Path, input_path: Path, consortium_key: Path, purpose: str,
                state_dir: Path, analyst: str | None = None, threshold: float = 0.5,
-               out: Path | None = None) -> ScoreReport:
+               out: Path | None = None, calibrate_with: Path | None = None) -> ScoreReport:
     """Verify, read, score, explain, write, log: ``heroes agency score`` without the printing."""
     if not purpose.strip():
         raise DataError("the purpose of this consultation is empty", fix="state it with "
@@ -434,10 +441,15 @@ def score_file(*, model: Path, input_path: Path, consortium_key: Path, purpose: 
                         fix="pass a value between 0 and 1, e.g. --threshold 0.5")
     bundle = verify_bundle(load_public_key(consortium_key), model)
     adverts = read_adverts(input_path)
-    scored = score_texts(bundle, adverts.texts, adverts.ids, adverts.rows, threshold=threshold)
+    if calibrate_with is not None:
+        calibration.save(state_dir, bundle.model_version, fit_calibration(bundle, calibrate_with))
+    cal = calibration.load(state_dir, bundle.model_version)
+    scored = score_texts(bundle, adverts.texts, adverts.ids, adverts.rows, threshold=threshold,
+                         calibration=cal)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = out if out is not None else state_dir / "scores" / f"{input_path.stem}-{stamp}.jsonl"
-    _write_results(target, scored, model_version=bundle.model_version, threshold=threshold)
+    _write_results(target, scored, model_version=bundle.model_version, threshold=threshold,
+                   calibration=cal.method)
     entry = log_consultation(state_dir, {
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "analyst": analyst or getpass.getuser(),
@@ -450,9 +462,30 @@ def score_file(*, model: Path, input_path: Path, consortium_key: Path, purpose: 
         "adverts_set_aside": sum(adverts.set_aside.values()),
         "above_threshold": sum(s.above_threshold for s in scored),
         "threshold": threshold,
+        "calibration": cal.describe(),
         "output": str(target.resolve()),
     })
-    return ScoreReport(bundle, scored, dict(adverts.set_aside), target, entry)
+    return ScoreReport(bundle, scored, dict(adverts.set_aside), target, entry, cal)
+
+
+def fit_calibration(bundle: VerifiedBundle, data_dir: Path) -> Calibration:
+    """Platt scaling on this agency's labelled training export (see clients/calibration.py)."""
+    data = load_agency(data_dir)
+    task, model = bundle.load_model()
+    logits = []
+    texts = list(data.train.texts)
+    with torch.no_grad():
+        for lo in range(0, len(texts), 2048):
+            dense = task.featurize(texts[lo:lo + 2048]).dense()
+            logits.append(model(torch.from_numpy(dense)).numpy().astype(np.float64))
+    labels = np.asarray(data.train.positive, dtype=np.float64)
+    if labels.sum() == 0 or labels.sum() == labels.size:
+        raise DataError("the training split has only one class; calibration needs both",
+                        path=data.train.path, fix="calibrate on an export with positives "
+                        "and negatives")
+    return calibration.fitted(np.concatenate(logits), labels,
+                              source=f"{data.agency} training split ({len(texts):,} adverts, "
+                              f"{int(labels.sum())} positive)")
 
 
 def render_report(report: ScoreReport, *, show: int = 10) -> str:
@@ -472,6 +505,7 @@ def render_report(report: ScoreReport, *, show: int = 10) -> str:
     if len(flagged) > show:
         lines.append(f"  ... {len(flagged) - show} more in the results file")
     lines += [f"results: {report.out}",
+              f"probabilities: calibration {report.calibration.describe()}",
               f"consultation logged as entry {report.log_entry['seq']} "
               f"({report.log_entry['analyst']}, purpose recorded)",
               LEAD_NOT_DECISION]

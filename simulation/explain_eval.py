@@ -108,3 +108,37 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def calibration_report(bundle: VerifiedBundle, data_root: Path, *, bins: int = 10
+                       ) -> dict[str, dict[str, float]]:
+    """Per agency: Brier and expected calibration error on its test split, with the model's
+    own sigmoid and with Platt scaling fitted on the agency's training split."""
+    import numpy as np
+
+    from clients.score import fit_calibration
+    from federation import metrics
+
+    task, model = bundle.load_model()
+    out: dict[str, dict[str, float]] = {}
+    for agency in json.loads((data_root / "federation.json").read_text())["agencies"]:
+        data_dir = data_root / "agencies" / agency
+        cal = fit_calibration(bundle, data_dir)
+        test = load_agency(data_dir).test
+        import torch
+
+        with torch.no_grad():
+            z = model(torch.from_numpy(task.featurize(list(test.texts)).dense())).numpy()
+        y = np.asarray(test.positive, dtype=np.float64)
+        row: dict[str, float] = {"test_adverts": float(y.size),
+                                 "test_positive_rate": float(y.mean())}
+        for name, p in (("model", 1 / (1 + np.exp(-z))),
+                        ("platt", 1 / (1 + np.exp(-(cal.a * z + cal.b))))):
+            edges = np.minimum((p * bins).astype(int), bins - 1)
+            ece = sum(abs(p[edges == k].mean() - y[edges == k].mean()) * np.sum(edges == k)
+                      for k in range(bins) if np.any(edges == k)) / y.size
+            row[f"{name}_brier"] = metrics.summary(y, p, k=10)["brier"]
+            row[f"{name}_ece"] = float(ece)
+            row[f"{name}_mean_probability"] = float(p.mean())
+        out[agency] = row
+    return out

@@ -225,3 +225,41 @@ def test_explanations_point_at_rationales_more_often_than_chance(tmp_path: Path)
     p0 = result["chance_hit_rate"]
     se = (p0 * (1 - p0) / n) ** 0.5
     assert result["top_phrase_hit_rate"] > p0 + 3 * se, result
+
+
+def test_platt_fit_recovers_a_known_logistic_link() -> None:
+    from clients.calibration import fit_platt
+
+    rng = np.random.default_rng(1)
+    z = rng.normal(scale=2.0, size=40_000)
+    y = (rng.random(z.size) < 1 / (1 + np.exp(-(0.6 * z - 2.0)))).astype(float)
+    a, b = fit_platt(z, y)
+    assert a == pytest.approx(0.6, abs=0.03) and b == pytest.approx(-2.0, abs=0.05)
+    # First-order optimality on Platt's smoothed targets.
+    pos, neg = y.sum(), y.size - y.sum()
+    t = np.where(y > 0.5, (pos + 1) / (pos + 2), 1 / (neg + 2))
+    p = 1 / (1 + np.exp(-(a * z + b)))
+    assert abs(np.sum(p - t)) < 1e-6 * y.size and abs(np.sum((p - t) * z)) < 1e-6 * y.size
+
+
+def test_agency_calibration_is_fitted_once_kept_and_used(
+        tmp_path: Path, adverts_dir: Path, released: tuple[Path, Path, Path]) -> None:
+    from clients.calibration import load as load_calibration
+
+    agency_dir = _exports(adverts_dir)[0].parent
+    state = tmp_path / "state"
+    kwargs = {"model": released[0], "input_path": _exports(adverts_dir)[0],
+              "consortium_key": released[2], "purpose": "p", "state_dir": state}
+    plain = score_file(**kwargs, out=tmp_path / "a.jsonl")  # type: ignore[arg-type]
+    assert plain.calibration.method == "none"
+    fitted = score_file(**kwargs, out=tmp_path / "b.jsonl",  # type: ignore[arg-type]
+                        calibrate_with=agency_dir)
+    cal = load_calibration(state, fitted.bundle.model_version)
+    assert cal.method == "platt" and cal.examples > 0 and "training split" in cal.source
+    again = score_file(**kwargs, out=tmp_path / "c.jsonl")  # type: ignore[arg-type]
+    assert again.calibration == cal
+    for before, after in zip(plain.scored, again.scored, strict=True):
+        expect = 1 / (1 + np.exp(-(cal.a * before.score + cal.b)))
+        assert after.probability == pytest.approx(expect, rel=1e-9)
+    log = [json.loads(x) for x in (state / CONSULTATION_LOG).read_text().splitlines()]
+    assert log[0]["calibration"].startswith("none") and "Platt" in log[2]["calibration"]
