@@ -62,14 +62,17 @@ def contained(fn: Handler) -> Handler:
             reply = fn(msg, context)
             receipts.record_outgoing(msg, context, reply, fn.__name__)  # no key: not sent
             return reply
-        except HeroesError:
+        except HeroesError as exc:
+            receipts.record_error(msg, context, fn.__name__, exc)  # best effort, never raises
             raise
         except Exception as exc:
             log.exception("%s failed at this node", fn.__name__)  # stays at the agency
-            raise NodeFailure(
+            failure = NodeFailure(
                 f"{fn.__name__} failed at the node with {type(exc).__name__}; the details "
                 "are in the node's own log and were not sent"
-            ) from None
+            )
+            receipts.record_error(msg, context, fn.__name__, failure)
+            raise failure from None
 
     return wrapper
 

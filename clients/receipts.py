@@ -344,3 +344,36 @@ def record_outgoing(msg: Any, context: Any, reply: Any, kind: str) -> dict[str, 
         max_grad_norm=settings.privacy.max_grad_norm if settings.privacy.enabled else None,
         accountant=settings.privacy.accountant if settings.privacy.enabled else None,
     )
+
+
+def record_error(msg: Any, context: Any, kind: str, error: BaseException) -> dict[str, Any] | None:
+    """Best effort: a receipt for an error that is about to leave the node as the reply.
+
+    The payload hashed is the error's text as raised. Returns None, and never raises, when
+    the node cannot tell where its state folder is (its data could not be read) or has no
+    key: the error still goes out, since refusing it would hide why the node failed.
+    """
+    import logging
+
+    from clients.node import resolve_data_dir, resolve_state_dir
+    from federation.config import RunSettings
+    from federation.data import read_manifest
+    from federation.errors import HeroesError
+
+    try:
+        settings = RunSettings.from_flat(context.run_config, source="run config (client)")
+        agency = str(read_manifest(resolve_data_dir(context.node_config, settings))["agency"])
+        state_dir = resolve_state_dir(context.node_config, settings, agency)
+        text = f"{type(error).__name__}: {error}".encode()
+        config = msg.content.config_records.get("config")
+        server_round = int(config.get("server-round", 0)) if config is not None else 0
+        return append(state_dir, Receipt(
+            agency=agency, run_id=str(context.run_id), round=server_round,
+            task=settings.task_name, message=kind, status="failed",
+            payload_sha256=hashlib.sha256(text).hexdigest(), payload_bytes=len(text),
+            epsilon=None, delta=None, dp={},
+            app_bundle_sha256=os.environ.get(APP_BUNDLE_ENV) or "unknown"))
+    except (HeroesError, OSError, KeyError, ValueError, AttributeError) as exc:
+        logging.getLogger("heroes.client").warning(
+            "no receipt for the error reply of %s: %s", kind, type(exc).__name__)
+        return None

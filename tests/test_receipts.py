@@ -199,3 +199,40 @@ def test_simulated_nodes_sign_a_receipt_for_every_message(tmp_path: Path) -> Non
         assert len([e for e in entries if e["message"] == "evaluate"]) == len(summary["rounds"])
         assert trains[-1]["epsilon"] == pytest.approx(agency["epsilon"])
         assert trains[-1]["delta"] == agency["delta"]
+
+
+def test_an_error_reply_gets_a_receipt_too(tmp_path: Path) -> None:
+    import hashlib
+    import tomllib
+    from typing import cast
+
+    from flwr.app import Context, Message
+
+    from clients.client_app import contained
+    from federation.errors import DataError
+
+    with (ROOT / "pyproject.toml").open("rb") as fh:
+        run_config = dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+    data, state = tmp_path / "data", tmp_path / "state"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps(
+        {"agency": "uk-ngo", "label_scheme": "binary", "train": "t.csv", "test": "e.csv"}))
+    make_node_key(state / "node.key", state / "node.key.pub", comment="uk-ngo")
+    context = Context(run_id=9, node_id=1, state=RecordDict(), run_config=run_config,
+                      node_config={"data_dir": str(data), "state_dir": str(state)})
+
+    class _Msg:  # the handler fails before reading the message; only its config is read
+        content = RecordDict({"config": ConfigRecord({"server-round": 3})})
+
+    @contained
+    def train(msg: Message, context: Context) -> Message:
+        raise DataError("file not found", path=data / "t.csv")
+
+    with pytest.raises(DataError) as err:
+        train(cast(Message, _Msg()), context)
+    (entry,) = [json.loads(x) for x in (state / RECEIPTS).read_text().splitlines()]
+    assert (entry["message"], entry["status"], entry["round"], entry["run_id"]) == (
+        "train", "failed", 3, "9")
+    text = f"DataError: {err.value}".encode()
+    assert entry["payload_sha256"] == hashlib.sha256(text).hexdigest()
+    assert verify_log(state, trusted_public_key(state)) == (1, [])
