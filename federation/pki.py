@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -163,16 +164,16 @@ def check_certificate(path: Path, *, what: str, host: str | None = None,
         raise DeploymentError(
             f"the {what} {path} is valid for {', '.join(hosts)}, not for {host!r}. Fix: use "
             "one of those names in the address, or have the consortium re-issue the "
-            "certificate with `heroes consortium init --renew-server-cert --public-address "
-            f"{host}:PORT`")
+            "certificate with `heroes consortium init --dir DIR --renew-server-cert "
+            f"--extra-host {host}`")
     if ca is not None:
         issuer = load_certificate(ca)
         try:
             cert.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, InvalidSignature):
             raise DeploymentError(
-                f"the {what} {path} was not issued by the CA in {ca} ({exc}); use the "
-                "consortium's own ca.crt") from None
+                f"the {what} {path} was not issued by the CA in {ca}; use the consortium's "
+                "own ca.crt") from None
     return CertificateStatus(cert.subject.rfc4514_string(), cert.not_valid_after_utc,
                              (cert.not_valid_after_utc - now).total_seconds() / 86400, hosts)
 
