@@ -168,9 +168,14 @@ def _tokens_with_spans(featurizer: HashingFeaturizer, text: str
     """The featuriser's tokens, each with its character span in the original text."""
     norm = unicodedata.normalize("NFKC", text).lower()
     owners: list[int] = []
+    pieces: list[str] = []
     for i, ch in enumerate(text):
-        owners.extend([i] * len(unicodedata.normalize("NFKC", ch).lower()))
-    mappable = len(owners) == len(norm)
+        piece = unicodedata.normalize("NFKC", ch).lower()
+        pieces.append(piece)
+        owners.extend([i] * len(piece))
+    # Character by character equals the whole text's normalisation unless characters
+    # combine (a base letter and a combining accent); then offsets are not shown.
+    mappable = "".join(pieces) == norm
     toks: list[str] = []
     spans: list[tuple[int, int] | None] = []
     for m in _TOKEN.finditer(norm):

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -98,8 +99,11 @@ def test_explanation_shares_add_up_to_the_models_logit(adverts_dir: Path,
 def test_shares_add_up_for_any_text(text: str) -> None:
     row = FEATURIZER.transform([text])
     logit = float(np.dot(row.dense()[0].astype(np.float64), RNG_WEIGHTS))
-    _, _, per_token = token_contributions(FEATURIZER, RNG_WEIGHTS, text)
+    toks, spans, per_token = token_contributions(FEATURIZER, RNG_WEIGHTS, text)
     assert per_token.sum() == pytest.approx(logit, abs=1e-4)
+    for tok, span in zip(toks, spans, strict=True):  # offsets, when shown, cover the token
+        if span is not None:
+            assert tok in unicodedata.normalize("NFKC", text[span[0]:span[1]]).lower()
 
 
 def test_csv_jsonl_and_parquet_read_alike(tmp_path: Path, adverts_dir: Path) -> None:
