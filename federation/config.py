@@ -179,8 +179,18 @@ class StrategySettings(_Section):
     proximal_mu: float = 0.0
     server_learning_rate: float = 0.1
     round_timeout: float = 900.0
+    # How the server combines the updates it sees. "mean" is the (weighted) mean of the
+    # strategy; the others are robust to a minority of broken or malicious agencies and need
+    # to see each update, so they exclude secure aggregation (see SecAggSettings).
+    aggregation: str = "mean"
+    trim_fraction: float = 0.2  # trimmed_mean: share cut at each end, per coordinate
+    krum_byzantine: int = 1  # krum: how many agencies may be arbitrary
+    # Update validation: an update whose L2 norm exceeds this multiple of the round's median
+    # update norm is rejected (named in the round summary). 0 turns the norm check off.
+    max_norm_ratio: float = 10.0
 
     NAMES: ClassVar[tuple[str, ...]] = ("fedavg", "fedprox", "fedadam")
+    AGGREGATIONS: ClassVar[tuple[str, ...]] = ("mean", "trimmed_mean", "median", "krum")
 
     def check(self) -> list[str]:
         p: list[str] = []
@@ -207,6 +217,47 @@ class StrategySettings(_Section):
             p.append("strategy.proximal_mu must be > 0 with strategy.name=fedprox")
         _positive(p, "strategy.server_learning_rate", self.server_learning_rate)
         _positive(p, "strategy.round_timeout", self.round_timeout)
+        if self.aggregation not in self.AGGREGATIONS:
+            p.append(f"strategy.aggregation={self.aggregation!r} is unknown; use one of "
+                     f"{list(self.AGGREGATIONS)}")
+        if not 0 <= self.trim_fraction < 0.5:
+            p.append(f"strategy.trim_fraction={self.trim_fraction} must be in [0, 0.5)")
+        if self.krum_byzantine < 0:
+            p.append(f"strategy.krum_byzantine={self.krum_byzantine} must be >= 0")
+        if self.max_norm_ratio < 0:
+            p.append(f"strategy.max_norm_ratio={self.max_norm_ratio} must be >= 0 (0: off)")
+        return p
+
+
+@dataclass(frozen=True)
+class SecAggSettings(_Section):
+    """Secure aggregation (SecAgg+, server/secagg.py, federation/secagg.py): the server
+    learns only the weighted sum of the updates of a round, never one agency's update.
+
+    ``mode``: ``auto`` (on when a round samples at least 3 agencies and
+    ``strategy.aggregation=mean``), ``on`` (always; an error with robust aggregation, which
+    must see each update), ``off``."""
+
+    prefix: ClassVar[str] = "secagg"
+    mode: str = "auto"
+    quantization_bits: int = 24  # levels per coordinate: 2**bits over [-clip_range, clip_range]
+    clip_range: float = 4.0  # per-coordinate bound on a weighted update before quantisation
+    num_neighbours: int = 0  # SecAgg+ graph degree; 0 = every other sampled agency
+    threshold: float = 0.5  # share of a node's neighbourhood (itself included) needed to unmask
+
+    MODES: ClassVar[tuple[str, ...]] = ("auto", "on", "off")
+
+    def check(self) -> list[str]:
+        p: list[str] = []
+        if self.mode not in self.MODES:
+            p.append(f"secagg.mode={self.mode!r} is unknown; use one of {list(self.MODES)}")
+        if not 8 <= self.quantization_bits <= 48:
+            p.append(f"secagg.quantization_bits={self.quantization_bits} must be in [8, 48]")
+        _positive(p, "secagg.clip_range", self.clip_range)
+        if self.num_neighbours < 0:
+            p.append(f"secagg.num_neighbours={self.num_neighbours} must be >= 0 (0: all)")
+        if not 0 < self.threshold < 1:
+            p.append(f"secagg.threshold={self.threshold} must be in (0, 1)")
         return p
 
 
@@ -250,9 +301,11 @@ class RunSettings:
     eval: EvalSettings
     paths: RunPaths = field(default_factory=RunPaths)
     app: AppSettings = field(default_factory=AppSettings)
+    secagg: SecAggSettings = field(default_factory=SecAggSettings)
 
     SECTIONS: ClassVar[tuple[type[_Section], ...]] = (
         TrainSettings, PrivacySettings, StrategySettings, EvalSettings, RunPaths, AppSettings,
+        SecAggSettings,
     )
 
     @classmethod
@@ -282,6 +335,15 @@ class RunSettings:
             problems.append("task.name is required, e.g. task.name=advert-risk")
         else:
             params = task_params_from(task_name, task_values, problems)
+        agg, sa = parsed["strategy"], parsed["secagg"]
+        if (isinstance(agg, StrategySettings) and isinstance(sa, SecAggSettings)
+                and agg.aggregation != "mean" and sa.mode == "on"):
+            problems.append(
+                f"strategy.aggregation={agg.aggregation!r} and secagg.mode='on' exclude each "
+                "other: robust aggregation must see every agency's update to judge it, and "
+                "secure aggregation exists so that the server never sees one. Choose one: "
+                "secagg.mode=off for robustness, or strategy.aggregation=mean for masking "
+                "(secagg.mode=auto picks masking only when aggregation is mean)")
         if problems:
             error = PrivacyConfigError if all(
                 p.startswith("privacy.") for p in problems
@@ -296,12 +358,13 @@ class RunSettings:
             eval=parsed["eval"],
             paths=parsed["paths"],
             app=parsed["app"],
+            secagg=parsed["secagg"],
         )
 
     def to_flat(self) -> dict[str, Scalar]:
         out: dict[str, Scalar] = {"task.name": self.task_name}
         out.update({f"task.{k}": v for k, v in self.task_params.items()})
         for section in (self.train, self.privacy, self.strategy, self.eval, self.paths,
-                        self.app):
+                        self.app, self.secagg):
             out.update(section.to_flat())
         return out

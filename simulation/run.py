@@ -40,7 +40,7 @@ from simulation.generator import FederationManifest, generate_federation, preset
 
 log = logging.getLogger("heroes.simulate")
 
-RUN_SECTIONS = ("task", "train", "privacy", "strategy", "eval")
+RUN_SECTIONS = ("task", "train", "privacy", "strategy", "eval", "secagg")
 TOP_LEVEL = {
     "seed", "mode", "baseline", "test_fraction", "simulation", "federation", "experiment",
     "agency_policy", "audit", "paths", "tracking",
