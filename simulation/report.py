@@ -71,9 +71,19 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 
 def line_chart(title: str, series: Sequence[Mapping[str, Any]], *, x_label: str,
                y_label: str, log_x: bool = False, width: int = 540, height: int = 320,
-               y_floor: float | None = None) -> str:
+               y_floor: float | None = None,
+               clip: tuple[float, float] | None = None) -> str:
     """Lines with markers and optional error bars; each series: name, points [(x, y, lo,
-    hi)], dashed."""
+    hi)], dashed. ``clip`` bounds what is drawn (an interval wider than the metric's range,
+    as a t-interval over two seeds can be, is cut at the range; the tables keep it whole)."""
+    if clip is not None:
+        lo_c, hi_c = clip
+
+        def cut(v: float | None) -> float | None:
+            return None if v is None else min(hi_c, max(lo_c, v))
+
+        series = [{**s, "points": [(p[0], cut(p[1]), cut(p[2]), cut(p[3]))
+                                   for p in s["points"]]} for s in series]
     pts = [p for s in series for p in s["points"] if p[1] is not None]
     if not pts:
         return ""
@@ -85,6 +95,8 @@ def line_chart(title: str, series: Sequence[Mapping[str, Any]], *, x_label: str,
     x0, x1 = min(xs), max(xs)
     if x1 == x0:
         x0, x1 = x0 - 1, x1 + 1
+    x_pad = (x1 - x0) * 0.05
+    x0, x1 = x0 - x_pad, x1 + x_pad
     y0, y1 = min(ys), max(ys)
     if y_floor is not None:
         y0 = min(y0, y_floor)
@@ -187,6 +199,9 @@ def bar_chart(title: str, categories: Sequence[str],
                        f'width="{bar_w * 0.92:.1f}" height="{h:.1f}" '
                        f'fill="{PALETTE[i % len(PALETTE)]}"><title>{_e(cat)}: {v:.3f}</title>'
                        '</rect>')
+            if len(categories) * len(series) <= 24:  # the value above each bar
+                out.append(f'<text x="{gx + (i + 0.46) * bar_w:.1f}" y="{top_y - 3:.1f}" '
+                           f'text-anchor="middle">{v:.2f}</text>')
         cx = left + c * group_w + group_w / 2
         label = cat if len(cat) <= 26 else cat[:25] + "…"
         out.append(f'<text transform="translate({cx:.1f},{top + plot_h + 12}) rotate(25)" '
@@ -399,7 +414,9 @@ def sweep_sections(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
         parts.append("<div class='plots'>" + line_chart(
             "Privacy-utility: pooled test ROC-AUC against target epsilon", series,
             x_label="target epsilon per agency (log scale; delta as configured)",
-            y_label="ROC-AUC", log_x=True, width=720, height=360) + "</div>")
+            y_label="ROC-AUC", log_x=True, width=720, height=360, clip=(0.0, 1.0))
+            + "</div><p class='note'>Error bars: 95% t-intervals over seeds, drawn within "
+            "[0, 1]; the table gives them whole.</p>")
     audited = [r for r in runs if r["audit_epsilon_lower_bound"] is not None]
     if audited:
         cats = [f"eps {r['target_epsilon']} seed {r['seed']}" if r["privacy_enabled"]
