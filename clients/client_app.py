@@ -22,14 +22,25 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, cast
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
-from clients import receipts
-from clients.node import NodeData, load_node_data
+from clients import receipts, secagg
+from clients.node import NodeData, load_node_data, resolve_data_dir
+from federation import secagg as secagg_math
 from federation.config import RunSettings
-from federation.errors import HeroesError, PrivacyConfigError
+from federation.data import read_manifest
+from federation.errors import FederationError, HeroesError, PrivacyConfigError
 from federation.ledger import (
     BudgetExceeded,
     Ledger,
@@ -151,6 +162,12 @@ def _refuse(msg: Message, node: NodeData, exc: BudgetExceeded) -> Message:
 @app.train()
 @contained
 def train(msg: Message, context: Context) -> Message:
+    return train_core(msg, context)
+
+
+def train_core(msg: Message, context: Context) -> Message:
+    """Local DP-SGD on the message's arrays; the reply carries the trained arrays (or a
+    clean refusal). Shared by plain rounds and secure-aggregation rounds."""
     settings = RunSettings.from_flat(context.run_config, source="run config (client)")
     node = load_node_data(context.node_config, settings, split="train")
     torch.set_num_threads(1)
@@ -233,3 +250,95 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics = {"num-examples": float(len(node.labels)), **scores}
     return _reply(msg, node, metrics, None)
 
+
+
+# --- secure aggregation (SecAgg+): the node's four stages, see clients/secagg.py -------------
+
+SECAGG_STATE = "secagg"
+
+
+def _agency_name(context: Context, settings: RunSettings) -> str:
+    return str(read_manifest(resolve_data_dir(context.node_config, settings))["agency"])
+
+
+def _secagg_reply(msg: Message, agency: str, values: dict[str, Any]) -> Message:
+    return Message(content=RecordDict({
+        SECAGG_STATE: ConfigRecord(values),
+        "agency": ConfigRecord({"agency": agency, "status": "ok", "reason": ""}),
+    }), reply_to=msg)
+
+
+def _secagg_cfg(msg: Message) -> dict[str, Any]:
+    return dict(msg.content.config_records[SECAGG_STATE])
+
+
+def _secagg_node(context: Context) -> secagg.NodeSecAgg:
+    if SECAGG_STATE not in context.state:
+        raise FederationError("secure aggregation: a stage arrived before set-up")
+    return secagg.load_state(dict(context.state.config_records[SECAGG_STATE]))
+
+
+def _secagg_save(context: Context, node: secagg.NodeSecAgg) -> None:
+    context.state[SECAGG_STATE] = ConfigRecord(secagg.dump_state(node))
+
+
+@app.train("secagg_setup")
+@contained
+def secagg_setup(msg: Message, context: Context) -> Message:
+    settings = RunSettings.from_flat(context.run_config, source="run config (client)")
+    data = load_node_data(context.node_config, settings, split="train")  # validates first
+    node = secagg.NodeSecAgg(int(context.node_id))
+    values = node.setup(_secagg_cfg(msg))
+    values["num_examples"] = float(data.train_size)
+    _secagg_save(context, node)
+    return _secagg_reply(msg, data.agency, values)
+
+
+@app.train("secagg_share")
+@contained
+def secagg_share(msg: Message, context: Context) -> Message:
+    settings = RunSettings.from_flat(context.run_config, source="run config (client)")
+    node = _secagg_node(context)
+    values = node.share(_secagg_cfg(msg))
+    _secagg_save(context, node)
+    return _secagg_reply(msg, _agency_name(context, settings), values)
+
+
+@app.train("secagg_masked")
+@contained
+def secagg_masked(msg: Message, context: Context) -> Message:
+    node = _secagg_node(context)
+    cfg = _secagg_cfg(msg)
+    global_flat, _ = secagg_math.flatten(msg.content.array_records["arrays"])
+    replies: list[Message] = []
+
+    def trained() -> Any:
+        reply = train_core(msg, context)
+        replies.append(reply)
+        if "arrays" not in reply.content.array_records:
+            return None  # refused: this node drops out of the round's sum
+        return secagg_math.flatten(reply.content.array_records["arrays"])[0]
+
+    result = secagg.masked_reply(node, cfg, global_flat, trained)
+    _secagg_save(context, node)
+    reply = replies[0]
+    if result is None:
+        return reply
+    packed, clipped = result
+    metrics = MetricRecord(dict(reply.content.metric_records["metrics"]))
+    metrics["secagg_clipped"] = float(clipped)
+    return Message(content=RecordDict({
+        "metrics": metrics,
+        "agency": reply.content.config_records["agency"],
+        SECAGG_STATE: ArrayRecord({"masked": Array(np.frombuffer(packed, dtype=np.uint8))}),
+    }), reply_to=msg)
+
+
+@app.train("secagg_unmask")
+@contained
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    settings = RunSettings.from_flat(context.run_config, source="run config (client)")
+    node = _secagg_node(context)
+    values = node.unmask(_secagg_cfg(msg))
+    _secagg_save(context, node)
+    return _secagg_reply(msg, _agency_name(context, settings), values)

@@ -20,6 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from federation.config import RunSettings
 from federation.tasks import get_task
+from server import secagg
 from server.checkpoint import ContinuedStrategy, load_checkpoint, restore, write_checkpoint
 from server.strategy import RunLog, build_strategy
 
@@ -77,7 +78,7 @@ def main(grid: Grid, context: Context) -> None:
     start = time.monotonic()
     try:
         result = (ContinuedStrategy(strategy, done) if done else strategy).start(
-            grid=grid,
+            grid=secagg.as_grid(grid, settings),  # SecAgg+ rounds unless switched off
             initial_arrays=initial,
             num_rounds=settings.strategy.num_rounds - done,
             timeout=settings.strategy.round_timeout,
