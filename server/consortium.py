@@ -4,7 +4,7 @@
     heroes consortium enroll NAME PUBLIC_KEY --dir DIR
     heroes consortium revoke NAME --dir DIR
     heroes consortium serve --dir DIR
-    heroes consortium train --dir DIR [--run-config 'KEY=VALUE ...'] [--out DIR]
+    heroes consortium train --dir DIR [--run-config 'KEY=VALUE ...'] [--out DIR] [--resume RUN]
     heroes consortium release RUN_DIR --signing-key DIR/signing.key
 """
 
@@ -69,6 +69,8 @@ def _add_deployment(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="the app to bundle (default: the installed heroes-fl source tree)")
     p.add_argument("--out", type=Path, default=None, help="default: DIR/runs/<UTC time>")
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the run")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN",
+                   help="continue an interrupted run from its last checkpoint (its folder)")
     handlers["train"] = _train
 
 
@@ -120,7 +122,8 @@ def _train(args: argparse.Namespace) -> int:
     from server import deploy
 
     run_dir = deploy.train(args.dir, app=args.app or deploy.APP_ROOT,
-                           overrides=args.run_config, out=args.out, timeout=args.timeout)
+                           overrides=args.run_config, out=args.out, timeout=args.timeout,
+                           resume=args.resume)
     print(f"run finished: model and metrics in {run_dir}")
     return 0
 

@@ -397,8 +397,12 @@ def serve(root: Path) -> int:
 
 
 def train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
-          timeout: float) -> Path:
-    """Sign the app bundle, submit the run, follow it, and return its output folder."""
+          timeout: float, resume: Path | None = None) -> Path:
+    """Sign the app bundle, submit the run, follow it, and return its output folder.
+
+    With ``resume`` (a previous run folder of this command), the same settings are submitted
+    again with ``paths.resume_from`` at that run's checkpoints: the aggregator continues
+    after the last completed round and ends with the planned number of rounds."""
     from flwr.cli.build import build_fab_from_disk
 
     from federation.appsign import manifest_digest, sign_bundle
@@ -406,11 +410,24 @@ def train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
     home = ConsortiumHome(root)
     home.config()
     _require_link(home)
+    if resume is not None:
+        saved = resume / "train.json"
+        if not saved.is_file():
+            raise DeploymentError(f"{resume} is not a run folder of `heroes consortium train` "
+                                  "(no train.json); pass the folder the interrupted run wrote")
+        if overrides:
+            raise DeploymentError("--resume reuses the interrupted run's --run-config; drop "
+                                  "--run-config (a resumed run must keep its settings)")
+        overrides = list(json.loads(saved.read_text(encoding="utf-8"))["overrides"])
+        out = resume
     fab = build_fab_from_disk(app)
     signature = sign_bundle(load_private_key(home.signing_key), fab)
     run_dir = out or home.root / "runs" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    if resume is None:
+        (run_dir / "train.json").write_text(json.dumps({"overrides": overrides}, indent=2),
+                                            encoding="utf-8")
     (run_dir / "app-bundle.json").write_text(json.dumps(
         {"manifest_sha256": manifest_digest(fab), "signature": signature,
          "signing_key": key_fingerprint(load_private_key(home.signing_key).public_key())},
@@ -420,6 +437,8 @@ def train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
         cmd += ["--run-config", o]
     cmd += ["--run-config", f'paths.output_dir="{run_dir / "server"}"',
             "--run-config", f'app.signature="{signature}"']
+    if resume is not None:
+        cmd += ["--run-config", f'paths.resume_from="{run_dir / "server"}"']
     print(f"submitting the signed app bundle (manifest {manifest_digest(fab)[:16]}) to "
           f"{home.private_address}; outputs in {run_dir}", flush=True)
     proc = subprocess.Popen(cmd, env=home.env(), stdout=subprocess.PIPE,

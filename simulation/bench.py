@@ -1,6 +1,6 @@
 """``heroes bench``: speed and memory, measured side by side in one run, printed and saved.
 
-    heroes bench [--quick] [--out FILE] [--skip scale]
+    heroes bench [--quick] [--out FILE] [--skip scale] [--skip secagg]
 
 Sections (each a ratio or a figure from the same run, never a pass/fail timing):
   step     one DP-SGD step against one non-private step of the same model and batch
@@ -161,10 +161,12 @@ def _tree_rss(root: int) -> int:
     return sum(rss.get(p, 0) for p in tree)
 
 
-def run_simulation(federation: str, rounds: int, out: Path) -> dict[str, Any]:
+def run_simulation(federation: str, rounds: int, out: Path,
+                   overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """One `heroes simulate` in a subprocess: wall time and peak tree memory."""
     cmd = [sys.executable, "-m", "simulation.cli", "simulate", f"federation={federation}",
-           "baseline=false", f"strategy.num_rounds={rounds}", f"hydra.run.dir={out}"]
+           "baseline=false", f"strategy.num_rounds={rounds}", f"hydra.run.dir={out}",
+           *overrides]
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -206,6 +208,29 @@ def rounds_from(sim: dict[str, Any]) -> dict[str, Any]:
             "round_wall_seconds": walls,
             "bytes_sent_per_agency_per_round": {a: statistics.median(v)
                                                 for a, v in per_agency.items()}}
+
+
+def bench_secagg(rounds: int, tmp: Path) -> dict[str, Any]:
+    """The same six-agency simulation with secure aggregation off and on, back to back:
+    median round wall time (rounds after the first, which includes the engine's start-up)
+    and bytes each agency uploads per round (SecAgg+: keys, sealed shares, the packed
+    masked vector and revealed shares; plain: the float32 model)."""
+    out: dict[str, Any] = {}
+    for mode in ("off", "on"):
+        sim = run_simulation("six_agency", rounds, tmp / f"secagg-{mode}",
+                             (f"secagg.mode={mode}",))
+        rs = sim["summary"]["rounds"]
+        walls = [r["wall_seconds"] for r in rs[1:] if r["wall_seconds"] is not None]
+        sent = [o["metrics"]["bytes_sent"] for r in rs for o in r["train"]
+                if o["status"] == "ok"]
+        out[mode] = {"round_wall_seconds_median": statistics.median(walls),
+                     "bytes_sent_per_agency_per_round_median": statistics.median(sent),
+                     "global_roc_auc": sim["global_roc_auc"], "wall_seconds": sim["wall_seconds"]}
+    out["ratio_round_time_on_over_off"] = (out["on"]["round_wall_seconds_median"]
+                                           / out["off"]["round_wall_seconds_median"])
+    out["ratio_bytes_on_over_off"] = (out["on"]["bytes_sent_per_agency_per_round_median"]
+                                      / out["off"]["bytes_sent_per_agency_per_round_median"])
+    return out
 
 
 def bench_ledger(releases: int) -> dict[str, Any]:
@@ -288,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smaller: 6 and 20 agencies, 2 rounds, fewer steps")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["step", "local", "rounds", "scale", "ledger", "score"])
+                        choices=["step", "local", "rounds", "scale", "ledger", "score", "secagg"])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -335,6 +360,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rounds: median round {r['round_wall_seconds_median']:.1f} s "
                   f"({r['federation']}); bytes sent per agency per round: "
                   f"{', '.join(f'{b:,.0f}' for b in sizes)}", flush=True)
+        if "secagg" not in args.skip:
+            print("secagg: simulating six agencies with secure aggregation off, then on...",
+                  flush=True)
+            report["secagg"] = sg = bench_secagg(3 if args.quick else 4, tmp)
+            print(f"secagg: round {sg['off']['round_wall_seconds_median']:.2f} s off, "
+                  f"{sg['on']['round_wall_seconds_median']:.2f} s on -> "
+                  f"{sg['ratio_round_time_on_over_off']:.2f}x; bytes per agency per round "
+                  f"{sg['off']['bytes_sent_per_agency_per_round_median']:,.0f} off, "
+                  f"{sg['on']['bytes_sent_per_agency_per_round_median']:,.0f} on -> "
+                  f"{sg['ratio_bytes_on_over_off']:.2f}x (ROC-AUC "
+                  f"{sg['off']['global_roc_auc']:.3f} off, {sg['on']['global_roc_auc']:.3f} on)",
+                  flush=True)
         if "ledger" not in args.skip:
             report["ledger"] = led = bench_ledger(200 if args.quick else 1000)
             print(f"ledger: {led['releases']} releases -> epsilon in {led['rdp_seconds']:.3f} s "
