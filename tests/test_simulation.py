@@ -58,6 +58,12 @@ def test_three_agencies_two_rounds(tmp_path: Path) -> None:
     null_se = math.sqrt((n_pos + n_neg + 1) / (12 * n_pos * n_neg))
     assert summary["global"]["roc_auc"] > 0.5 + 3 * null_se
     assert 0.5 < summary["oracle_roc_auc"] <= 1.0
+    # Three agencies: secure aggregation was on (secagg.mode=auto) in every round, and the
+    # server saw masked, bit-packed uploads (26-bit modulus: under the float32 size).
+    for r in rounds:
+        for o in r["train"]:
+            assert 0 < o["metrics"]["secagg_bytes"] == o["metrics"]["bytes_sent"]
+            assert o["metrics"]["secagg_clipped"] == 0
     assert "centralised_baseline" in summary
     # The outputs a researcher expects.
     for name in ("model.pt", "metrics.json", "config.yaml", "run_config.json",
@@ -168,5 +174,9 @@ def test_small_agency_exhausts_its_budget_mid_run(tmp_path: Path) -> None:
     with Ledger.open(out / "agency_state" / small, create=False) as ledger:
         (item,) = ledger.report(None)
     assert len(item["releases"]) == 1  # the refused rounds were never recorded
+    # Secure aggregation was on, and the agency that dropped out after sharing its keys in
+    # rounds 2 and 3 did not stop the others' rounds from being unmasked.
+    for r in summary["rounds"][1:]:
+        assert all("secagg_bytes" in o["metrics"] for o in r["train"] if o["status"] == "ok")
     assert item["epsilon"]["rdp"] == pytest.approx(after1, rel=1e-6)
     assert item["epsilon"]["rdp"] <= budget
