@@ -63,6 +63,30 @@ class LocalResult:
     noise_multiplier: float
 
 
+def linear_head(model: nn.Module) -> nn.Linear | None:
+    """The model's only layer when it is a logistic regression (one Linear, one output)."""
+    layers = [m for m in model.modules() if list(m.parameters(recurse=False))]
+    if len(layers) == 1 and isinstance(layers[0], nn.Linear) and layers[0].out_features == 1:
+        return layers[0]
+    return None
+
+
+def fused_clip_factors(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                       max_grad_norm: float) -> torch.Tensor:
+    """Opacus' per-record clipping factors ``min(1, C / (norm_i + 1e-6))`` for a logistic
+    regression with binary cross-entropy, with each record's gradient norm in closed form.
+
+    Record i's loss gradient is ``(sigmoid(z_i) - y_i) * x_i`` for the weights and
+    ``sigmoid(z_i) - y_i`` for the bias, so its norm is
+    ``|sigmoid(z_i) - y_i| * sqrt(|x_i|^2 + 1)``: exactly what Opacus' hooks would compute
+    from per-sample gradients (tests/test_dp_exactness.py checks both against a per-record
+    loop), without materialising them.
+    """
+    residual = torch.sigmoid(logits) - y
+    norms = residual.abs() * torch.sqrt(torch.linalg.vector_norm(x, dim=1) ** 2 + 1.0)
+    return (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+
+
 def _fresh_generator() -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
@@ -79,8 +103,15 @@ def train_local(
     plan: NoisePlan | None,
     history: Sequence[HistoryEntry] = (),
     proximal_mu: float = 0.0,
+    clipping: str = "auto",
 ) -> LocalResult:
-    """One round of local training; ``model`` is updated in place."""
+    """One round of local training; ``model`` is updated in place.
+
+    ``clipping`` (DP only): ``hooks`` is Opacus' per-sample gradients through its module
+    hooks; ``fused`` computes each record's gradient norm in closed form for a logistic
+    regression model (see ``fused_clip_factors``) and takes one backward pass of the
+    clipped loss, inside Opacus' ghost-clipping optimizer (its noise, scaling, Poisson
+    sampling and accountant); ``auto`` is ``fused`` where it applies, else ``hooks``."""
     dataset = SparseDataset(features, labels)
     if plan is not None:
         expected = train.local_epochs * steps_per_epoch(len(dataset), train.batch_size)
@@ -109,18 +140,35 @@ def train_local(
         )
     engine: PrivacyEngine | None = None
     net: nn.Module = model
+    head = linear_head(model)
+    if clipping not in ("auto", "hooks", "fused"):
+        raise ValueError(f"clipping={clipping!r}: use auto, hooks or fused")
+    if clipping == "fused" and head is None:
+        raise ValueError("fused clipping needs a logistic regression model (task.hidden=0)")
+    fused = plan is not None and head is not None and clipping != "hooks"
     if plan is not None:
         engine = PrivacyEngine(accountant=plan.accountant)
         engine.accountant.history = list(history)
-        net, optimizer, loader = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=privacy.max_grad_norm,
-            poisson_sampling=not privacy.secure_mode,
-            noise_generator=_fresh_generator(),
-        )
+        if fused:
+            # Opacus' ghost-clipping optimizer adds the noise to the clipped sum we hand it
+            # in p.grad; its module hooks are switched off since the norms are exact here.
+            net, optimizer, _, loader = engine.make_private(
+                module=model, optimizer=optimizer, data_loader=loader, criterion=criterion,
+                noise_multiplier=plan.noise_multiplier, max_grad_norm=privacy.max_grad_norm,
+                poisson_sampling=not privacy.secure_mode, noise_generator=_fresh_generator(),
+                grad_sample_mode="ghost",
+            )
+            net.disable_hooks()  # type: ignore[operator]  # GradSampleModule's method
+        else:
+            net, optimizer, loader = engine.make_private(
+                module=model,
+                optimizer=optimizer,
+                data_loader=loader,
+                noise_multiplier=plan.noise_multiplier,
+                max_grad_norm=privacy.max_grad_norm,
+                poisson_sampling=not privacy.secure_mode,
+                noise_generator=_fresh_generator(),
+            )
         if privacy.secure_mode:
             use_secure_noise(optimizer)
     net.train()
@@ -133,12 +181,24 @@ def train_local(
                 # An empty Poisson sample still releases a noisy (zero) update: the
                 # accounting assumes noise at every step.
                 for p in model.parameters():
-                    p.grad_sample = torch.zeros((0, *p.shape))  # type: ignore[attr-defined]  # Opacus' own attribute
+                    if fused:
+                        p.grad = torch.zeros_like(p)
+                    else:
+                        p.grad_sample = torch.zeros((0, *p.shape))  # type: ignore[attr-defined]  # Opacus' own attribute
                 optimizer.step()
                 steps += 1
                 continue
-            loss = criterion(net(x), y)
-            loss.backward()
+            # fused: Opacus' wrapper has its hooks off, so call the module itself
+            logits = model(x) if fused else net(x)
+            if fused:
+                per_record = nn.functional.binary_cross_entropy_with_logits(
+                    logits, y, reduction="none")
+                factors = fused_clip_factors(logits.detach(), x, y, privacy.max_grad_norm)
+                (factors * per_record).sum().backward()  # p.grad = the clipped sum
+                loss = per_record.detach().mean()
+            else:
+                loss = criterion(logits, y)
+                loss.backward()
             optimizer.step()
             steps += 1
             losses.append(float(loss.detach()))
