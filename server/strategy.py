@@ -2,8 +2,14 @@
 
 Each round records, per sampled node: the agency's name (as it reported it), whether it
 replied, the error if it failed, and its numbers. A node that was sampled but did not
-reply is counted as missing. Below ``strategy.quorum`` successful training replies the
-round fails with QuorumError instead of averaging a handful of updates.
+reply is counted as missing. A training reply that fails update validation (server/robust.py:
+shape, dtype, finite values, norm bound) is counted as rejected, with the reason, and left
+out of the aggregate. Below ``strategy.quorum`` successful training replies the round fails
+with QuorumError instead of averaging a handful of updates.
+
+``strategy.aggregation`` picks the aggregate of the accepted updates: Flower's weighted
+mean, or a robust one (median, trimmed mean, Multi-Krum) from server/robust.py; FedAdam
+applies its server optimiser to whichever aggregate was chosen.
 """
 
 from __future__ import annotations
@@ -21,6 +27,14 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from federation.config import RunSettings
 from federation.errors import FederationError, QuorumError
+from server.robust import (
+    check_update,
+    norm_rejections,
+    robust_aggregate,
+    to_numpy,
+    to_record,
+    update_norm,
+)
 
 log = logging.getLogger("heroes.server")
 
@@ -29,7 +43,7 @@ log = logging.getLogger("heroes.server")
 class NodeOutcome:
     node_id: int
     agency: str
-    status: str  # "ok", "refused" (e.g. privacy budget), "failed" or "missing"
+    status: str  # "ok", "refused" (e.g. privacy budget), "failed", "missing" or "rejected"
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -172,17 +186,26 @@ class _Accountable:
     run_log: RunLog
     quorum: int
     num_rounds: int
+    max_norm_ratio: float = 0.0
+    # Validation needs each agency's update in the clear; a secure-aggregation path, which
+    # only ever holds masked values, turns it off.
+    validate_updates: bool = True
 
-    def _setup(self, run_log: RunLog, quorum: int, num_rounds: int) -> None:
+    def _setup(self, run_log: RunLog, quorum: int, num_rounds: int,
+               max_norm_ratio: float = 0.0) -> None:
         self.run_log = run_log
         self.quorum = quorum
         self.num_rounds = num_rounds
+        self.max_norm_ratio = max_norm_ratio
         self._sampled: dict[tuple[int, str], list[int]] = {}
+        self._sent: dict[int, dict[str, Any]] = {}  # the global model each round was sent
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.run_log.round(server_round).started = time.monotonic()
+        if self.validate_updates:
+            self._sent = {server_round: to_numpy(arrays)}  # only the round in flight
         msgs = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]  # mixin: Flower's strategy follows in the MRO
         self._sampled[(server_round, "train")] = [m.metadata.dst_node_id for m in msgs]
         return msgs
@@ -201,6 +224,8 @@ class _Accountable:
         record = self.run_log.round(server_round)
         record.train = self.run_log.outcomes(self._sampled.get((server_round, "train"), []),
                                              replies)
+        if self.validate_updates:
+            self._validate(server_round, replies, record.train)
         ok = [o for o in record.train if o.status == "ok"]
         bad = [o for o in record.train if o.status != "ok"]
         for o in bad:
@@ -216,9 +241,40 @@ class _Accountable:
         ok_nodes = {o.node_id for o in ok}
         good = [m for m in replies if m.metadata.src_node_id in ok_nodes]
         arrays, metrics = super().aggregate_train(server_round, good)  # type: ignore[misc]  # mixin: Flower's strategy follows in the MRO
+        selected = getattr(self, "selected_nodes", None)
+        if selected is not None:  # Multi-Krum: which accepted updates entered the aggregate
+            for o in ok:
+                o.metrics["krum_selected"] = float(o.node_id in selected)
+                if o.node_id not in selected:
+                    log.warning("round %d: krum left out %s's update", server_round, o.agency)
         if metrics is not None:
             record.train_aggregate = {k: float(v) for k, v in metrics.items()}
         return arrays, metrics
+
+    def _validate(self, server_round: int, replies: list[Message],
+                  outcomes: list[NodeOutcome]) -> None:
+        """Mark as rejected every "ok" reply whose update fails validation."""
+        reference = self._sent.get(server_round)
+        if reference is None:
+            return
+        by_node = {m.metadata.src_node_id: m for m in replies if not m.has_error()}
+        key = str(getattr(self, "weighted_by_key", "num-examples"))
+        accepted: dict[int, dict[str, Any]] = {}
+        for o in outcomes:
+            if o.status != "ok" or o.node_id not in by_node:
+                continue
+            reason, arrays = check_update(reference, by_node[o.node_id].content, key)
+            if reason is not None:
+                o.status, o.reason = "rejected", f"update rejected: {reason}"
+            elif arrays is not None:
+                accepted[o.node_id] = arrays
+        norms = {nid: update_norm(a, reference) for nid, a in accepted.items()}
+        too_large = norm_rejections(norms, self.max_norm_ratio)
+        for o in outcomes:
+            if o.node_id in norms:
+                o.metrics["update_norm"] = norms[o.node_id]
+            if o.node_id in too_large:
+                o.status, o.reason = "rejected", f"update rejected: {too_large[o.node_id]}"
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -244,31 +300,68 @@ class _Accountable:
     def _progress(self, r: RoundRecord) -> None:
         t, e = r.train_aggregate, r.evaluate_aggregate
         ok = sum(o.status == "ok" for o in r.train)
+        rejected = [o.agency for o in r.train if o.status == "rejected"]
         worst = min(
             (o for o in r.evaluate if o.status == "ok"
              and math.isfinite(o.metrics.get("roc_auc", math.nan))),
             key=lambda o: o.metrics["roc_auc"], default=None,
         )
         log.info(
-            "round %d/%d: %d/%d agencies trained, train loss %.4f, max epsilon %.3f "
+            "round %d/%d: %d/%d agencies trained%s, train loss %.4f, max epsilon %.3f "
             "(delta %.0e, cumulative per advert record over all runs) | "
             "eval ROC-AUC %.3f (worst %s %.3f), PR-AUC %.3f",
-            r.round, self.num_rounds, ok, len(r.train), t.get("train_loss", math.nan),
+            r.round, self.num_rounds, ok, len(r.train),
+            f" ({len(rejected)} rejected: {', '.join(rejected)})" if rejected else "",
+            t.get("train_loss", math.nan),
             t.get("max_epsilon", math.nan), t.get("delta", math.nan), e.get("roc_auc", math.nan),
             worst.agency if worst else "-",
             worst.metrics["roc_auc"] if worst else math.nan, e.get("pr_auc", math.nan),
         )
 
 
-class AccountableFedAvg(_Accountable, FedAvg):
+class _RobustAggregation(FedAvg):
+    """FedAvg whose array aggregate is ``strategy.aggregation`` (server/robust.py).
+
+    It sits right above FedAvg in the method resolution order, so FedProx and FedAdam call
+    it where they would call FedAvg: FedAdam's server optimiser then steps from the robust
+    aggregate instead of the weighted mean."""
+
+    aggregation: str = "mean"
+    trim_fraction: float = 0.2
+    krum_byzantine: int = 1
+    selected_nodes: set[int] | None = None  # Multi-Krum's choice in the last round
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        self.selected_nodes = None
+        if self.aggregation == "mean":
+            return super().aggregate_train(server_round, replies)
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid:
+            return None, None
+        contents = [m.content for m in valid]
+        models = [to_numpy(next(iter(c.array_records.values()))) for c in contents]
+        weights = [_scalar(next(iter(c.metric_records.values()))[self.weighted_by_key],
+                           self.weighted_by_key) for c in contents]
+        result = robust_aggregate(models, weights, self.aggregation,
+                                  trim_fraction=self.trim_fraction,
+                                  krum_byzantine=self.krum_byzantine)
+        if self.aggregation == "krum":
+            self.selected_nodes = {valid[i].metadata.src_node_id for i in result.selected}
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        return to_record(result.arrays), metrics
+
+
+class AccountableFedAvg(_Accountable, _RobustAggregation):
     pass
 
 
-class AccountableFedProx(_Accountable, FedProx):
+class AccountableFedProx(_Accountable, FedProx, _RobustAggregation):
     pass
 
 
-class AccountableFedAdam(_Accountable, FedAdam):
+class AccountableFedAdam(_Accountable, FedAdam, _RobustAggregation):
     pass
 
 
@@ -290,6 +383,9 @@ def build_strategy(settings: RunSettings, run_log: RunLog) -> FedAvg:
         strategy = AccountableFedAdam(eta=s.server_learning_rate, **common)
     else:
         strategy = AccountableFedAvg(**common)
-    assert isinstance(strategy, _Accountable)
-    strategy._setup(run_log, s.quorum, s.num_rounds)
+    assert isinstance(strategy, _Accountable) and isinstance(strategy, _RobustAggregation)
+    strategy._setup(run_log, s.quorum, s.num_rounds, s.max_norm_ratio)
+    strategy.aggregation = s.aggregation
+    strategy.trim_fraction = s.trim_fraction
+    strategy.krum_byzantine = s.krum_byzantine
     return strategy

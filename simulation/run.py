@@ -328,6 +328,7 @@ def _agency_table(rounds: list[dict[str, Any]], agencies: list[AgencyData],
         evaluated = [o for o in mine("evaluate") if o["status"] == "ok"]
         refused = [o for o in mine("train") if o["status"] == "refused"]
         failed = [o for o in mine("train") if o["status"] in ("failed", "missing")]
+        rejected = [o for o in mine("train") if o["status"] == "rejected"]
         ledger_eps = None
         ledger_file = state_root / a.agency
         if (ledger_file / "privacy-ledger.sqlite").exists():
@@ -352,6 +353,9 @@ def _agency_table(rounds: list[dict[str, Any]], agencies: list[AgencyData],
             "local_oracle_roc_auc": _finite_or_none(oracle.get(a.agency)),
             "rows_set_aside": a.train.rejected_total + a.test.rejected_total,
             "failed_rounds": len(failed),
+            "rejected_rounds": len(rejected),
+            "rejected": (f"rejected in round(s) {', '.join(str(o['round']) for o in rejected)}"
+                         f"; last: {rejected[-1]['reason']}" if rejected else None),
             "stopped": (f"refused from round {refused[0]['round']}: {refused[0]['reason']}"
                         if refused else None),
         })
@@ -381,6 +385,8 @@ def render(summary: Mapping[str, Any]) -> str:
         for r in summary["agencies"]:
             if r["stopped"]:
                 lines.append(f"STOPPED {r['agency']}: {r['stopped']}")
+            if r.get("rejected"):
+                lines.append(f"REJECTED {r['agency']}: {r['rejected']}")
         aucs = [r["local_roc_auc"] for r in summary["agencies"] if r["local_roc_auc"] is not None]
         if aucs:
             worst = min(summary["agencies"], key=lambda r: r["local_roc_auc"] if
