@@ -386,16 +386,18 @@ def sweep_sections(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
     points = pq.read_table(root / "sweep.parquet").to_pylist()
     runs = [sweep.run_row(r) for r in sweep.find_runs(root)]
     varying = [a for a in sweep.AXES if len({p[a] for p in points}) > 1]
-    others = [a for a in varying if a not in ("target_epsilon", "privacy_enabled")]
+    others = [a for a in varying
+              if a not in ("target_epsilon", "privacy_enabled", "target_delta")]
     curves: dict[str, list[tuple[float, float, float | None, float | None]]] = {}
     flat_lines: dict[str, tuple[float, float]] = {}
     for p in points:
-        name = ", ".join(f"{a}={p[a]}" for a in others) or "all runs"
+        name = ", ".join(f"{a}={p[a]}" for a in others)
         if p["global_roc_auc_mean"] is None:
             continue
         if p["target_epsilon"] is None:
-            flat_lines[name + " (no DP)"] = (p["global_roc_auc_mean"], 0.0)
+            flat_lines[f"{name} no DP".strip()] = (p["global_roc_auc_mean"], 0.0)
             continue
+        name = f"{name} DP-SGD (delta {p['target_delta']:g})".strip()
         curves.setdefault(name, []).append(
             (float(p["target_epsilon"]), p["global_roc_auc_mean"],
              p["global_roc_auc_ci95_low"], p["global_roc_auc_ci95_high"]))
