@@ -74,7 +74,7 @@ def bench_step(features: Any, labels: np.ndarray, steps: int) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from federation.tasks import get_task
-    from federation.training import SparseDataset, fused_clip_factors
+    from federation.training import SparseDataset, fused_clipped_grads, lean_accumulate
 
     task = get_task("advert-risk", {})
     data = SparseDataset(features, labels)
@@ -98,6 +98,7 @@ def bench_step(features: Any, labels: np.ndarray, steps: int) -> dict[str, Any]:
                     noise_multiplier=1.0, max_grad_norm=0.5, poisson_sampling=True,
                     grad_sample_mode="ghost")
                 model.disable_hooks()
+                lean_accumulate(opt)
                 model = model._module  # as train_local: the module itself, hooks unused
             batches = [b for _, b in zip(range(steps), loader, strict=False)]
 
@@ -105,11 +106,11 @@ def bench_step(features: Any, labels: np.ndarray, steps: int) -> dict[str, Any]:
                     c: Any = crit, fused: bool = kind == "dp_fused") -> None:
                 o.zero_grad()
                 x, y = batch
-                if fused:
-                    z = m(x)
-                    per = torch.nn.functional.binary_cross_entropy_with_logits(
-                        z, y, reduction="none")
-                    (fused_clip_factors(z.detach(), x, y, 0.5) * per).sum().backward()
+                if fused:  # exactly train_local's fused step
+                    with torch.no_grad():
+                        z = m(x)
+                        fused_clipped_grads(m.net, z, x, y, 0.5)
+                        torch.nn.functional.binary_cross_entropy_with_logits(z, y)
                 else:
                     c(m(x), y).backward()
                 o.step()

@@ -82,7 +82,7 @@ def test_fused_clipping_is_exact_and_matches_opacus_hooks() -> None:
     """train_local's fused path (logistic regression): closed-form per-record norms, one
     backward of the clipped loss, inside Opacus' ghost-clipping optimizer with its hooks
     off; the clipped sum equals the per-record reference loop and Opacus' hooks path."""
-    from federation.training import fused_clip_factors, linear_head
+    from federation.training import fused_clipped_grads, linear_head
 
     task, data = _setup(0)
     model = task.build_model()
@@ -107,10 +107,10 @@ def test_fused_clipping_is_exact_and_matches_opacus_hooks() -> None:
             max_grad_norm=clip, poisson_sampling=False, grad_sample_mode="ghost")
         dp_model.disable_hooks()
         opt.zero_grad()
-        logits = dp_model(xs)
-        per = torch.nn.functional.binary_cross_entropy_with_logits(logits, ys,
-                                                                   reduction="none")
-        (fused_clip_factors(logits.detach(), xs, ys, clip) * per).sum().backward()
+        head = linear_head(fresh)
+        assert head is not None
+        with torch.no_grad():
+            fused_clipped_grads(head, fresh(xs), xs, ys, clip)
         opt.pre_step()  # accumulate, no noise (multiplier 0)
         ours = [p.summed_grad for p in fresh.parameters()]
         ref = _reference_clipped_sum(reference_model, xs, ys, clip)
