@@ -256,6 +256,8 @@ def test_signed_dp_run_completes_and_every_ledger_shows_the_spend(deployment: De
     assert len(rounds) == 2
     assert all(o["status"] == "ok" for rd in rounds for o in rd["train"])
     assert len(rounds[-1]["train"]) == 3
+    # three agencies: every round was securely aggregated, across real SuperNodes
+    assert all("secagg_bytes" in o["metrics"] for rd in rounds for o in rd["train"])
     assert (out / "model.pt").is_file()
     for agency in deployment.agencies:
         assert ledger_rows(deployment.state(agency)) == 2
