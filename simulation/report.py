@@ -407,7 +407,11 @@ def sweep_sections(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
         if xs:
             series.append({"name": name, "dashed": True,
                            "points": [(xs[0], y, None, None), (xs[-1], y, None, None)]})
+    missing = sweep.incomplete_runs(root)
     parts = ["<h2>Sweep</h2>",
+             *([f"<p class='bad'>Left out {len(missing)} run folder(s) without metrics.json "
+                "(failed or still running): " + ", ".join(_e(m.name) for m in missing)
+                + "</p>"] if missing else []),
              f"<p>{len(runs)} runs in {len(points)} points from <code>{_e(root)}</code>. "
              "Points are grouped by every axis except the seed; intervals are 95% Student-t "
              "intervals over the seeds (mean ± t(0.975, n−1)·sd/√n). Secure aggregation is "

@@ -53,6 +53,13 @@ def find_runs(root: Path) -> list[Path]:
     return runs
 
 
+def incomplete_runs(root: Path) -> list[Path]:
+    """Job folders of the multirun (they hold Hydra's .hydra/) without a metrics.json:
+    runs that failed or are still going. Named, never silently left out."""
+    return sorted(p.parent for p in Path(root).rglob(".hydra")
+                  if not (p.parent / "metrics.json").is_file())
+
+
 def _overrides(run: Path) -> list[str]:
     path = run / ".hydra" / "overrides.yaml"
     if not path.is_file():
@@ -224,6 +231,10 @@ def main(argv: list[str]) -> int:
 
     points = pq.read_table(paths["points_parquet"]).to_pylist()
     print(render(points))
+    missing = incomplete_runs(args.multirun_dir)
+    if missing:
+        print(f"left out {len(missing)} run folder(s) without metrics.json (failed or still "
+              f"running): {', '.join(str(m) for m in missing)}")
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0

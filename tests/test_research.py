@@ -139,6 +139,14 @@ def test_broken_noise_needs_the_audit() -> None:
     assert "audit.break_noise_for_testing=true needs audit.enabled=true" in proc.stderr
 
 
+def test_sweep_table_names_what_is_missing(tmp_path: Path) -> None:
+    proc = heroes(["sweep-table", str(tmp_path)])
+    assert proc.returncode == 2
+    assert "no run under" in proc.stderr and "metrics.json and config.yaml" in proc.stderr
+    proc = heroes(["report", str(tmp_path / "nowhere")])
+    assert proc.returncode == 2 and "is not a folder" in proc.stderr
+
+
 def _png_pixels(path: Path) -> np.ndarray:
     """Decode an 8-bit RGB/RGBA PNG (what Chromium writes) without an imaging library."""
     data = path.read_bytes()
@@ -234,6 +242,7 @@ def test_sweep_table_audit_and_report(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
     table = heroes(["sweep-table", str(sweep_dir)])
     assert table.returncode == 0, table.stderr[-3000:]
+    assert "left out" not in table.stdout  # every run finished
     with (sweep_dir / "sweep.csv").open() as fh:
         points = list(csv.DictReader(fh))
     assert len(points) == 4
