@@ -22,8 +22,6 @@ from federation.training import LocalResult, train_local
 
 log = logging.getLogger("heroes.audit")
 
-app = ClientApp()
-
 
 def _train_without_noise(*args: Any, **kwargs: Any) -> LocalResult:
     plan = kwargs.get("plan")
@@ -37,18 +35,20 @@ def _train_without_noise(*args: Any, **kwargs: Any) -> LocalResult:
                                          accountant=plan.accountant))
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    log.warning("audit.break_noise_for_testing: training WITHOUT DP noise (test only)")
-    # The node's module looks train_local up at call time; swap it for this call only.
-    namespace = vars(node_app)
-    namespace["train_local"] = _train_without_noise
-    try:
-        return node_app.train(msg, context)
-    finally:
-        namespace["train_local"] = train_local
+class NoiselessClientApp(ClientApp):
+    """Every message (train, evaluate, the secure-aggregation stages, anything the node's
+    app registers) goes to the node's own ClientApp, with DP noise removed for the call."""
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        if message.metadata.message_type.startswith("train"):
+            log.warning("audit.break_noise_for_testing: training WITHOUT DP noise (test only)")
+        # The node's module looks train_local up at call time; swap it for this call only.
+        namespace = vars(node_app)
+        namespace["train_local"] = _train_without_noise
+        try:
+            return node_app.app(message, context)
+        finally:
+            namespace["train_local"] = train_local
 
 
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    return node_app.evaluate(msg, context)
+app = NoiselessClientApp()
