@@ -414,8 +414,7 @@ def sweep_sections(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
                 + "</p>"] if missing else []),
              f"<p>{len(runs)} runs in {len(points)} points from <code>{_e(root)}</code>. "
              "Points are grouped by every axis except the seed; intervals are 95% Student-t "
-             "intervals over the seeds (mean ± t(0.975, n−1)·sd/√n). Secure aggregation is "
-             "not an axis: it does not exist yet.</p>"]
+             "intervals over the seeds (mean ± t(0.975, n−1)·sd/√n).</p>"]
     if series:
         parts.append("<div class='plots'>" + line_chart(
             "Privacy-utility: pooled test ROC-AUC against target epsilon", series,

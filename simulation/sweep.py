@@ -9,7 +9,8 @@ Student-t confidence interval over the seeds (mean +- t(0.975, n-1) * sd / sqrt(
 with a single seed). Written as ``sweep.csv`` and ``sweep.parquet`` (one row per point) and
 ``runs.csv`` (one row per run) in the multirun folder, or ``--out``.
 
-Secure aggregation is not an axis yet: it does not exist (issue 6).
+Secure aggregation is an axis by its configured ``secagg.mode`` (auto, on, off); the run
+row also counts the rounds that were really aggregated securely (``secagg_rounds``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import yaml
 from federation.errors import ConfigError
 
 AXES = ("mode", "privacy_enabled", "target_epsilon", "target_delta", "federation",
-        "num_agencies", "scale", "skew", "strategy", "num_rounds", "other_overrides")
+        "num_agencies", "scale", "skew", "strategy", "num_rounds", "secagg",
+        "other_overrides")
 
 METRICS = ("global_roc_auc", "global_pr_auc", "global_brier", "ratio_to_oracle",
            "oracle_roc_auc", "centralised_roc_auc", "worst_agency_local_roc_auc",
@@ -81,7 +83,8 @@ def run_row(run: Path) -> dict[str, Any]:
     fed = cfg.get("federation", {})
     privacy = cfg.get("privacy", {})
     enabled = bool(privacy.get("enabled", True))
-    axis_keys = ("privacy", "federation", "strategy", "seed", "mode", "experiment")
+    axis_keys = ("privacy", "federation", "strategy", "seed", "mode", "experiment",
+                 "secagg.mode")
     other = sorted(o for o in _overrides(run)
                    if not o.lstrip("+~").startswith(axis_keys))
     row: dict[str, Any] = {
@@ -97,6 +100,7 @@ def run_row(run: Path) -> dict[str, Any]:
         "skew": fed.get("skew", 1.0),
         "strategy": cfg.get("strategy", {}).get("name"),
         "num_rounds": cfg.get("strategy", {}).get("num_rounds"),
+        "secagg": cfg.get("secagg", {}).get("mode"),
         "other_overrides": " ".join(other),
     }
     g = summary.get("global", {})
@@ -123,6 +127,9 @@ def run_row(run: Path) -> dict[str, Any]:
         "audit_epsilon_lower_bound": _finite(audit.get("epsilon_lower_bound")),
         "audit_claimed_epsilon": _finite(audit.get("claimed_epsilon")),
         "wall_seconds": _finite(summary.get("wall_seconds")),
+        "secagg_rounds": sum(
+            any("secagg_bytes" in o.get("metrics", {}) for o in r.get("train", []))
+            for r in summary.get("rounds", [])),
     })
     return row
 

@@ -237,8 +237,8 @@ def _check_rendered(dom: str, png: Path) -> None:
 def test_sweep_table_audit_and_report(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     proc = heroes(["simulate", "-m", *TINY, "privacy.target_epsilon=1,8",
-                   "federation.skew=0,1", "seed=0,1", "audit.enabled=true",
-                   f"hydra.sweep.dir={sweep_dir}"], timeout=1500)
+                   "secagg.mode=on,off", "federation.skew=0.5", "seed=0,1",
+                   "audit.enabled=true", f"hydra.sweep.dir={sweep_dir}"], timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
     table = heroes(["sweep-table", str(sweep_dir)])
     assert table.returncode == 0, table.stderr[-3000:]
@@ -246,8 +246,12 @@ def test_sweep_table_audit_and_report(tmp_path: Path) -> None:
     with (sweep_dir / "sweep.csv").open() as fh:
         points = list(csv.DictReader(fh))
     assert len(points) == 4
-    assert {(float(p["target_epsilon"]), float(p["skew"])) for p in points} == {
-        (1.0, 0.0), (1.0, 1.0), (8.0, 0.0), (8.0, 1.0)}
+    assert {(float(p["target_epsilon"]), p["secagg"]) for p in points} == {
+        (1.0, "on"), (1.0, "off"), (8.0, "on"), (8.0, "off")}
+    assert {float(p["skew"]) for p in points} == {0.5}
+    with (sweep_dir / "runs.csv").open() as fh:
+        for run in csv.DictReader(fh):  # secure aggregation really ran where it was on
+            assert int(run["secagg_rounds"]) == (2 if run["secagg"] == "on" else 0), run
     import pyarrow.parquet as pq
 
     parquet = pq.read_table(sweep_dir / "sweep.parquet").to_pylist()
