@@ -101,7 +101,9 @@ def load_checkpoint(resume_from: Path, settings: RunSettings) -> Resume:
     before = dict(saved["settings"])
     now = settings.to_flat()
     for key in sorted(set(before) | set(now)):
-        if key.startswith("paths.") or key == "strategy.round_timeout":
+        # Where files go, how long to wait and the bundle's signature (a resumed run is
+        # submitted again, signed again; its code may carry a fix) may change.
+        if key.startswith("paths.") or key in ("strategy.round_timeout", "app.signature"):
             continue
         if before.get(key) != now.get(key):
             problems.append(f"{key} was {before.get(key)!r} in the checkpointed run, now "

@@ -432,13 +432,13 @@ def train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
         {"manifest_sha256": manifest_digest(fab), "signature": signature,
          "signing_key": key_fingerprint(load_private_key(home.signing_key).public_key())},
         indent=2), encoding="utf-8")
-    cmd = [str(BIN / "flwr"), "run", str(app), CONNECTION, "--stream"]
-    for o in overrides:
-        cmd += ["--run-config", o]
-    cmd += ["--run-config", f'paths.output_dir="{run_dir / "server"}"',
-            "--run-config", f'app.signature="{signature}"']
+    # One --run-config string: Flower merges several of them table by table, so a second
+    # "paths.x=..." would silently replace a first "paths.y=...".
+    ours = [f'paths.output_dir="{run_dir / "server"}"', f'app.signature="{signature}"']
     if resume is not None:
-        cmd += ["--run-config", f'paths.resume_from="{run_dir / "server"}"']
+        ours.append(f'paths.resume_from="{run_dir / "server"}"')
+    cmd = [str(BIN / "flwr"), "run", str(app), CONNECTION, "--stream",
+           "--run-config", " ".join([*overrides, *ours])]
     print(f"submitting the signed app bundle (manifest {manifest_digest(fab)[:16]}) to "
           f"{home.private_address}; outputs in {run_dir}", flush=True)
     proc = subprocess.Popen(cmd, env=home.env(), stdout=subprocess.PIPE,
@@ -446,7 +446,7 @@ def train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
     assert proc.stdout is not None
     run_id = None
     started = time.monotonic()
-    with (run_dir / "run.log").open("w", encoding="utf-8") as logf:
+    with (run_dir / "run.log").open("a" if resume else "w", encoding="utf-8") as logf:
         for line in proc.stdout:
             logf.write(line)
             m = re.search(r"Successfully started run (\d+)", line)

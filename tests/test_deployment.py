@@ -246,28 +246,49 @@ def test_bundle_signed_by_another_key_is_refused_by_every_node(deployment: Deplo
         assert "REFUSED app bundle" in log
 
 
-def test_signed_dp_run_completes_and_every_ledger_shows_the_spend(deployment: Deployment
-                                                                   ) -> None:
+def test_signed_dp_run_survives_an_aggregator_kill_and_every_ledger_shows_the_spend(
+        deployment: Deployment) -> None:
+    """A signed 3-round DP run; the aggregator (SuperLink and `serve`) is SIGKILLed after
+    round 1's checkpoint, restarted, and `train --resume` finishes the run: three rounds,
+    a continuous history, every agency's ledger shows the spend."""
     out = deployment.tmp / "run1"
-    r = heroes("consortium", "train", "--dir", str(deployment.cons), "--run-config",
-               RUN_CONFIG, "--out", str(out), timeout=600)
+    cfg = RUN_CONFIG.replace("strategy.num_rounds=2", "strategy.num_rounds=3")
+    train = deployment.start("train", ["consortium", "train", "--dir", str(deployment.cons),
+                                       "--run-config", cfg, "--out", str(out)])
+    wait_for(lambda: (out / "server" / "checkpoints" / "round-0001.pt").exists(), 600,
+             "round 1's checkpoint")
+    link = json.loads((deployment.cons / "aggregator.json").read_text())["superlink_pid"]
+    os.kill(link, signal.SIGKILL)  # the aggregator machine "crashes"
+    os.killpg(deployment.procs["consortium"].pid, signal.SIGKILL)
+    deployment.procs.pop("consortium").wait()
+    assert train.wait(timeout=180) != 0  # the interrupted train says so
+    deployment.procs.pop("train")
+    deployment.start("consortium", ["consortium", "serve", "--dir", str(deployment.cons)])
+    wait_for(lambda: deployment.output("consortium").count("aggregator up") >= 1, 90,
+             "the restarted aggregator")
+    r = heroes("consortium", "train", "--dir", str(deployment.cons), "--resume", str(out),
+               timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rounds = json.loads((out / "metrics.json").read_text())["rounds"]
-    assert len(rounds) == 2
+    assert [rd["round"] for rd in rounds] == [1, 2, 3]
     assert all(o["status"] == "ok" for rd in rounds for o in rd["train"])
     assert len(rounds[-1]["train"]) == 3
     # three agencies: every round was securely aggregated, across real SuperNodes
     assert all("secagg_bytes" in o["metrics"] for rd in rounds for o in rd["train"])
     assert (out / "model.pt").is_file()
+    eps = {}
     for agency in deployment.agencies:
-        assert ledger_rows(deployment.state(agency)) == 2
+        # 3 rounds, plus round 2 again if the agency had trained it before the kill
+        assert 3 <= ledger_rows(deployment.state(agency)) <= 4
         status = heroes("agency", "status", "--dir", str(deployment.state(agency)), "--json")
         s = json.loads(status.stdout)
         assert s["health"] == "SERVING"
-        assert s["datasets"][0]["last_round"]["round"] == 2
-        assert 0 < s["datasets"][0]["epsilon"]["rdp"] < 10
-        assert s["datasets"][0]["remaining"] == pytest.approx(
-            10 - s["datasets"][0]["epsilon"]["rdp"])
+        assert s["datasets"][0]["last_round"]["round"] == 3
+        eps[agency] = s["datasets"][0]["epsilon"]["rdp"]
+        assert 0 < eps[agency] < 10
+        assert s["datasets"][0]["remaining"] == pytest.approx(10 - eps[agency])
+    final = {o["agency"]: o["metrics"]["epsilon"] for o in rounds[-1]["train"]}
+    assert final == pytest.approx(eps)  # the server's last numbers are the ledgers' totals
 
 
 def test_canaries_never_reach_the_consortium(deployment: Deployment) -> None:
