@@ -424,8 +424,9 @@ def sweep_sections(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
             "[0, 1]; the table gives them whole.</p>")
     audited = [r for r in runs if r["audit_epsilon_lower_bound"] is not None]
     if audited:
-        cats = [f"eps {r['target_epsilon']} seed {r['seed']}" if r["privacy_enabled"]
-                else f"no DP seed {r['seed']}" for r in audited]
+        cats = [(f"eps {r['target_epsilon']}" if r["privacy_enabled"] else "no DP")
+                + "".join(f" {r[a]}" for a in others) + f" seed {r['seed']}"
+                for r in audited]
         parts.append(bar_chart(
             "Audit across the sweep: empirical lower bound vs claimed epsilon", cats,
             [("empirical lower bound", [r["audit_epsilon_lower_bound"] for r in audited]),
