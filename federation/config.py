@@ -242,7 +242,7 @@ class SecAggSettings(_Section):
     mode: str = "auto"
     quantization_bits: int = 24  # levels per coordinate: 2**bits over [-clip_range, clip_range]
     clip_range: float = 4.0  # per-coordinate bound on a weighted update before quantisation
-    num_neighbours: int = 0  # SecAgg+ graph degree; 0 = every other sampled agency
+    num_neighbours: int = 0  # SecAgg+ graph degree; 0 = auto (all up to 10, then O(log n))
     threshold: float = 0.5  # share of a node's neighbourhood (itself included) needed to unmask
 
     MODES: ClassVar[tuple[str, ...]] = ("auto", "on", "off")
@@ -255,7 +255,7 @@ class SecAggSettings(_Section):
             p.append(f"secagg.quantization_bits={self.quantization_bits} must be in [8, 48]")
         _positive(p, "secagg.clip_range", self.clip_range)
         if self.num_neighbours < 0:
-            p.append(f"secagg.num_neighbours={self.num_neighbours} must be >= 0 (0: all)")
+            p.append(f"secagg.num_neighbours={self.num_neighbours} must be >= 0 (0: automatic)")
         if not 0 < self.threshold < 1:
             p.append(f"secagg.threshold={self.threshold} must be in (0, 1)")
         return p

@@ -211,10 +211,13 @@ def decode_shares(data: bytes) -> tuple[int, int]:
 def neighbours(nodes: Sequence[int], degree: int) -> dict[int, list[int]]:
     """SecAgg+'s sparse graph: each node's ``degree`` nearest others on a ring ordered by
     a hash of the node ids (so the server cannot pick who neighbours whom by id choice
-    alone). ``degree`` 0 or >= len(nodes)-1 means everyone."""
+    alone). ``degree`` 0 means automatic: everyone up to 10 nodes, else
+    ``2 * ceil(log2 n) + 2`` (16 for 100 nodes), SecAgg+'s logarithmic degree."""
     order = sorted(nodes, key=lambda n: hashlib.sha256(str(n).encode()).digest())
     n = len(order)
-    if degree <= 0 or degree >= n - 1:
+    if degree <= 0:
+        degree = n - 1 if n <= 10 else 2 * math.ceil(math.log2(n)) + 2
+    if degree >= n - 1:
         return {a: [b for b in order if b != a] for a in order}
     half, extra = divmod(degree, 2)
     out: dict[int, list[int]] = {}

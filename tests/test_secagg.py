@@ -183,3 +183,11 @@ def test_nodes_refuse_to_reveal_both_secrets_of_one_node() -> None:
     nodes[n1].unmask(srv.unmask_config(sorted(nodes)))
     with pytest.raises(FederationError, match="already revealed"):
         nodes[n1].unmask(srv.unmask_config([n for n in nodes if n != n0]))
+
+
+def test_graph_is_symmetric_and_logarithmic_by_default() -> None:
+    small = sa.neighbours(list(range(1, 8)), 0)
+    assert all(len(v) == 6 for v in small.values())  # up to 10 agencies: everyone
+    big = sa.neighbours(list(range(1, 101)), 0)
+    assert all(14 <= len(v) <= 20 for v in big.values())  # 2*ceil(log2 100)+2 = 16, +ties
+    assert all(a in big[b] for a, vs in big.items() for b in vs)
