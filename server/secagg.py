@@ -26,6 +26,7 @@ from typing import Any, cast
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app.error import Error
 from flwr.serverapp import Grid
 
 from federation import secagg as sa
@@ -202,12 +203,23 @@ class SecAggGrid:
 
         r1 = usable("setup", self._stage(STAGES[0], {n: srv.setup_config() for n in nodes},
                                          None, timeout))
-        if len(r1) < 2:
-            raise FederationError(f"secure aggregation: only {len(r1)} agency(ies) completed "
-                                  "set-up; at least 2 are needed to hide each one's update")
-        r2 = usable("share", self._stage(STAGES[1], srv.share_configs(r1), None, timeout))
-        masked_cfgs = srv.masked_configs(r2)
         by_node = {m.metadata.dst_node_id: m for m in msgs}
+
+        def abort(reason: str, still_in: Iterable[int]) -> list[Message]:
+            """Too few left to hide anyone: name everyone's outcome, let the quorum decide."""
+            log.warning("secure aggregation aborted: %s", reason)
+            for n in still_in:
+                final[n] = Message(Error(code=0, reason=f"secure aggregation aborted: {reason}"),
+                                   reply_to=by_node[n])
+            return [final[n] for n in nodes if n in final]
+
+        if len(r1) < 2:
+            return abort(f"only {len(r1)} agency(ies) completed set-up; at least 2 are needed "
+                         "to hide each one's update", r1)
+        r2 = usable("share", self._stage(STAGES[1], srv.share_configs(r1), None, timeout))
+        if len(r2) < 2:
+            return abort(f"only {len(r2)} agency(ies) shared their keys", r2)
+        masked_cfgs = srv.masked_configs(r2)
         global_arrays = by_node[nodes[0]].content.array_records["arrays"]
         flat, layout = sa.flatten(global_arrays)
         extra = {n: RecordDict({"arrays": by_node[n].content.array_records["arrays"],
@@ -223,12 +235,14 @@ class SecAggGrid:
             else:
                 final[n] = m
         if len(masked) < 2:
-            raise FederationError(f"secure aggregation: only {len(masked)} agency(ies) "
-                                  "submitted a masked update; the round cannot be unmasked "
-                                  "without revealing one agency's update")
+            return abort(f"only {len(masked)} agency(ies) submitted a masked update; unmasking "
+                         "would reveal that agency's update", masked)
         r4 = usable("unmask", self._stage(
             STAGES[3], {n: srv.unmask_config(sorted(masked)) for n in masked}, None, timeout))
-        mean_delta = srv.aggregate(masked, flat.size, r4)
+        try:
+            mean_delta = srv.aggregate(masked, flat.size, r4)
+        except FederationError as exc:
+            return abort(str(exc), masked)
         new_arrays = sa.unflatten(flat + mean_delta, layout)
         for n, m in trained.items():
             size = len(masked[n]) + uploaded[n]

@@ -93,6 +93,8 @@ class RunLog:
             metrics["bytes_sent"] = float(sum(
                 len(arr.data) for rec in msg.content.array_records.values()
                 for arr in rec.values()))
+            if "secagg_bytes" in metrics:  # a secure round: what the node really uploaded
+                metrics["bytes_sent"] = metrics["secagg_bytes"]
             out.append(NodeOutcome(nid, self.name(nid), status, reason, metrics=metrics))
         for nid in sampled:
             if nid not in replied:
