@@ -32,6 +32,7 @@ from torch import nn
 from federation import metrics
 from federation.config import RunSettings, Scalar
 from federation.data import AgencyData
+from federation.errors import ConfigError
 from federation.privacy import epsilon_spent, plan_noise
 from federation.tasks import Task, get_task
 from federation.text import SparseRows
@@ -112,19 +113,14 @@ def train_centralised(task: Task, settings: RunSettings, train: Split) -> nn.Mod
 
 
 def train_alone(task: Task, settings: RunSettings, split: Split, agency: str
-                ) -> tuple[nn.Module, float | None, float | None]:
+                ) -> tuple[nn.Module, float, float]:
     """One agency's local-only training over the run's rounds, with the run's DP plan.
 
-    Returns the model, its epsilon and delta (None without DP).
+    Returns the model, its epsilon and its delta.
     """
     model = _fresh_model(task, settings)
     p = settings.privacy
-    if not p.enabled:
-        for _ in range(settings.strategy.num_rounds):
-            train_local(model, split.features, split.labels, train=settings.train,
-                        privacy=p, plan=None)
-        return model, None, None
-    assert p.target_epsilon is not None and p.target_delta is not None
+    assert p.enabled and p.target_epsilon is not None and p.target_delta is not None
     plan = plan_noise(num_records=len(split.features), batch_size=settings.train.batch_size,
                       local_epochs=settings.train.local_epochs,
                       planned_rounds=settings.strategy.num_rounds,
@@ -172,6 +168,15 @@ def run_baselines(cfg: DictConfig, out_dir: Path, *, flat: dict[str, Scalar],
     """Run the four arms and write ``metrics.json`` with the comparison."""
     from simulation.run import _agency_table, _write_text, render
 
+    problems = []
+    if not settings.privacy.enabled:
+        problems.append("mode=baselines compares DP arms with non-private ones; set "
+                        "privacy.enabled=true (e.g. privacy=eps3)")
+    if not bool(cfg.agency_policy.allow_non_private):
+        problems.append("mode=baselines runs a non-private federated arm, which the simulated "
+                        "agencies' policy refuses; set agency_policy.allow_non_private=true")
+    if problems:
+        raise ConfigError(problems, source="baselines")
     task = get_task(settings.task_name, settings.task_params)
     splits = [AgencySplits(a.agency, _split(task, a, "train"), _split(task, a, "test"))
               for a in agencies]

@@ -139,6 +139,16 @@ def test_broken_noise_needs_the_audit() -> None:
     assert "audit.break_noise_for_testing=true needs audit.enabled=true" in proc.stderr
 
 
+def test_baselines_need_dp_and_a_policy_that_allows_the_non_private_arm(tmp_path: Path
+                                                                        ) -> None:
+    proc = heroes(["simulate", *TINY, "mode=baselines", "privacy=off",
+                   "agency_policy.allow_non_private=false", f"hydra.run.dir={tmp_path}"])
+    assert proc.returncode == 2
+    assert "set privacy.enabled=true" in proc.stderr
+    assert "set agency_policy.allow_non_private=true" in proc.stderr
+    assert not (tmp_path / "arms").exists()  # stopped before anything trained
+
+
 def test_sweep_table_names_what_is_missing(tmp_path: Path) -> None:
     proc = heroes(["sweep-table", str(tmp_path)])
     assert proc.returncode == 2
