@@ -1,7 +1,7 @@
 """TEST ONLY: run a real Flower simulation (real ServerApp, real nodes) in which some agencies'
 training replies are corrupted by tests/poison_app.py, and score the final global model.
 
-    .venv/bin/python -m tests.poison_run [--scale 0.2] [--rounds 3]
+    .venv/bin/python -m tests.poison_run [--scale 0.5] [--rounds 5] [--attack flip4] [--privacy off]
 
 prints the global ROC-AUC on the pooled test split for the configurations reported in the
 README (honest and poisoned, each aggregation). The tests call ``run_poisoned``.
@@ -98,12 +98,12 @@ def main() -> None:
     import tempfile
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--scale", type=float, default=0.2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=0.5)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--attack", default="flip4")
     parser.add_argument("--poisoned", type=int, default=3, help="partition id")
     parser.add_argument("--aggregations", default="mean,median,trimmed_mean,krum")
-    parser.add_argument("--privacy", choices=("on", "off"), default="on")
+    parser.add_argument("--privacy", choices=("on", "off"), default="off")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="heroes-poison-") as tmp_name:
         tmp = Path(tmp_name)

@@ -8,6 +8,7 @@ where tests/poison_app.py corrupts one agency's training reply after it really t
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -179,7 +180,8 @@ def _strategy(**overrides: object) -> tuple[object, RunLog]:
 
 
 @pytest.mark.parametrize("aggregation", METHODS)
-def test_strategy_rejects_nan_shape_and_100x_and_aggregates_the_rest(aggregation: str) -> None:
+def test_strategy_rejects_nan_shape_and_100x_and_aggregates_the_rest(
+        aggregation: str, caplog: pytest.LogCaptureFixture) -> None:
     rng = np.random.default_rng(3)
     ref = _model(rng)
     honest = {n: {k: v + 0.05 * rng.normal(size=v.shape).astype(np.float32)
@@ -210,6 +212,12 @@ def test_strategy_rejects_nan_shape_and_100x_and_aggregates_the_rest(aggregation
     assert sorted(o["status"] for o in saved) == ["ok"] * 3 + ["rejected"] * 3
     assert all(o["reason"].startswith("update rejected: ") for o in saved
                if o["status"] == "rejected")
+    for o in run_log.round(1).train:  # names as the nodes report them
+        o.agency = {11: "nan-agency", 12: "shape-agency", 13: "big-agency"}.get(o.node_id, "x")
+    with caplog.at_level(logging.INFO, logger="heroes.server"):
+        strategy._progress(run_log.round(1))  # type: ignore[attr-defined]
+    assert ("3/6 agencies trained (3 rejected: nan-agency, shape-agency, big-agency)"
+            in caplog.text)
 
 
 def test_rejected_updates_count_against_the_quorum() -> None:
@@ -279,29 +287,31 @@ def test_nan_wrong_shape_and_100x_updates_from_real_nodes_are_rejected_and_named
             assert "x the round's median update norm" in by_agency[agencies[2]]["reason"]
             assert r["train_aggregate"]["agencies"] == 2
         log = proc.stderr + proc.stdout
-        assert f"{agencies[0]} rejected in training: update rejected" in log
-        assert f"2/5 agencies trained (3 rejected: {', '.join(agencies[:3])})" in log
+        for agency in agencies[:3]:
+            assert f"{agency} rejected in training: update rejected" in log
 
 
 @pytest.mark.slow
 def test_one_poisoned_agency_of_five_moves_robust_roc_auc_by_under_two_points() -> None:
     """Same data, seed and settings; agency 3 of five sends its update sign-flipped and
-    scaled by 4 (inside the default norm bound, so validation alone does not catch it)."""
+    scaled by 4 (inside the default norm bound, so validation alone does not catch it).
+    DP is off: its noise would make a two-point comparison of single runs a coin toss at this
+    size (the README lists every aggregation, measured by tests/poison_run.py)."""
     from tests.poison_run import global_roc_auc, prepare, run_poisoned
 
-    common = {"strategy.num_rounds": 3, "privacy.enabled": False}
+    common = {"strategy.num_rounds": 5, "privacy.enabled": False}
     auc = {}
     with tempfile.TemporaryDirectory(prefix="heroes-poison-") as name:
         tmp = Path(name)
-        agencies = prepare(tmp, scale=0.2)
-        for label, agg, attacks in (("honest median", "median", {}),
-                                    ("poisoned median", "median", {3: "flip4"}),
+        agencies = prepare(tmp, scale=0.5)
+        for label, agg, attacks in (("honest krum", "krum", {}),
+                                    ("poisoned krum", "krum", {3: "flip4"}),
                                     ("poisoned mean", "mean", {3: "flip4"})):
             proc, out = run_poisoned(tmp, label.replace(" ", "-"), agencies=agencies,
                                      attacks=attacks,
                                      overrides={**common, "strategy.aggregation": agg})
             assert proc.returncode == 0, proc.stderr[-3000:]
             auc[label] = global_roc_auc(tmp, out)
-    assert abs(auc["poisoned median"] - auc["honest median"]) < 0.02, auc
+    assert abs(auc["poisoned krum"] - auc["honest krum"]) < 0.02, auc
     # The attack is real: plain mean loses far more than two points to it.
-    assert auc["honest median"] - auc["poisoned mean"] > 0.05, auc
+    assert auc["honest krum"] - auc["poisoned mean"] > 0.05, auc
