@@ -288,7 +288,8 @@ def run_sections(summary: Mapping[str, Any], title: str) -> list[str]:
             ("delta", "delta"), ("noise_multiplier", "noise multiplier"),
             ("budget_remaining", "budget left"), ("local_roc_auc", "local ROC-AUC"),
             ("local_oracle_roc_auc", "oracle"), ("rows_set_aside", "set aside"),
-            ("failed_rounds", "failed"), ("stopped", "stopped")]))
+            ("failed_rounds", "failed"), ("rejected_rounds", "rejected"),
+            ("stopped", "stopped")]))
         eps = [a["epsilon"] if isinstance(a.get("epsilon"), int | float) else None
                for a in agencies]
         delta = next((a["delta"] for a in agencies if a.get("delta")), None)
