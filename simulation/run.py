@@ -398,6 +398,11 @@ def render(summary: Mapping[str, Any]) -> str:
                          f"agency's dataset (its privacy ledger), per {p['unit']}, at the "
                          f"agency's delta ({p['accountant']} accountant); this run's target "
                          f"was {p['target_epsilon']} at delta={p['target_delta']:g}")
+        rounds = summary.get("rounds", [])
+        masked = sum(1 for r in rounds if any("secagg_bytes" in (o.get("metrics") or {})
+                                              for o in r["train"]))
+        lines.append(f"secure aggregation (SecAgg+): {masked} of {len(rounds)} rounds; in those "
+                     "the server saw only the sum of the agencies' updates")
         lines.append("")
     oracle = summary["oracle_roc_auc"]
     lines.append(f"{'pooled test split':<30}{'ROC-AUC':>9}{'PR-AUC':>8}{'Brier':>8}"
