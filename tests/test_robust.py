@@ -315,3 +315,18 @@ def test_one_poisoned_agency_of_five_moves_robust_roc_auc_by_under_two_points() 
     assert abs(auc["poisoned krum"] - auc["honest krum"]) < 0.02, auc
     # The attack is real: plain mean loses far more than two points to it.
     assert auc["honest krum"] - auc["poisoned mean"] > 0.05, auc
+
+
+def test_simulation_table_names_rejected_agencies() -> None:
+    from simulation.run import render
+
+    row = {"agency": "uk-ie-ngo", "train_examples": 10, "test_examples": 5, "rounds_trained": 1,
+           "epsilon": None, "delta": None, "budget_remaining": None, "local_roc_auc": 0.7,
+           "local_oracle_roc_auc": 0.8, "rows_set_aside": 0, "failed_rounds": 0,
+           "rejected_rounds": 2, "stopped": None,
+           "rejected": "rejected in round(s) 1, 2; last: update rejected: array 'net.bias' "
+                       "holds 1 non-finite values (NaN or infinity)"}
+    text = render({"privacy": {"enabled": False}, "agencies": [row], "oracle_roc_auc": 0.9,
+                   "wall_seconds": 1.0})
+    assert ("REJECTED uk-ie-ngo: rejected in round(s) 1, 2; last: update rejected: array "
+            "'net.bias' holds 1 non-finite values") in text
