@@ -185,7 +185,8 @@ def record_reply(state_dir: Path, *, agency: str, run_id: str, server_round: int
         v = metrics.get(key)
         return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
-    trained = message == "train" and status == "ok"
+    # a plain round's reply, or a secure round's masked update: both carry a trained model
+    trained = message in ("train", "secagg_masked") and status == "ok"
     return append(state_dir, Receipt(
         agency=agency, run_id=run_id, round=server_round, task=task, message=message,
         status=status, payload_sha256=digest, payload_bytes=size,

@@ -159,6 +159,7 @@ class SecAggGrid:
         self._grid = grid
         self.settings = settings
         self.rounds_masked = 0
+        self._round = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
@@ -176,7 +177,8 @@ class SecAggGrid:
                ) -> dict[int, Message]:
         out = []
         for n, cfg in configs.items():
-            content = extra[n] if extra is not None else RecordDict()
+            content = extra[n] if extra is not None else RecordDict(
+                {"config": ConfigRecord({"server-round": self._round})})  # for receipts
             content[RECORD] = ConfigRecord(cfg)
             out.append(Message(content=content, dst_node_id=n, message_type=f"train.{stage}"))
         replies = self._grid.send_and_receive(out, timeout=timeout)
@@ -184,6 +186,8 @@ class SecAggGrid:
 
     def _secure_round(self, msgs: list[Message], timeout: float | None) -> list[Message]:
         t0 = time.monotonic()
+        config = msgs[0].content.config_records.get("config")
+        self._round = int(cast(int, config.get("server-round", 0))) if config else 0
         srv = ServerRound(self.settings.secagg)
         nodes = [m.metadata.dst_node_id for m in msgs]
         final: dict[int, Message] = {}  # replies the strategy sees (failures included)

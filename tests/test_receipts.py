@@ -194,8 +194,13 @@ def test_simulated_nodes_sign_a_receipt_for_every_message(tmp_path: Path) -> Non
         entries = [json.loads(x) for x in (state / RECEIPTS).read_text().splitlines()]
         sent = [(r["round"], o["status"]) for r in summary["rounds"] for o in r["train"]
                 if o["agency"] == agency["agency"]]
-        trains = [e for e in entries if e["message"] == "train"]
+        # three agencies: secure aggregation, so the update leaves in the masked stage,
+        # and the key, share and unmask messages of every round get receipts too
+        trains = [e for e in entries if e["message"] in ("train", "secagg_masked")]
         assert [(e["round"], e["status"]) for e in trains] == sent
+        for stage in ("secagg_setup", "secagg_share", "secagg_unmask"):
+            assert [e["round"] for e in entries if e["message"] == stage] == [
+                r for r, _ in sent]
         assert len([e for e in entries if e["message"] == "evaluate"]) == len(summary["rounds"])
         assert trains[-1]["epsilon"] == pytest.approx(agency["epsilon"])
         assert trains[-1]["delta"] == agency["delta"]
