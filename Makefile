@@ -27,7 +27,8 @@ lint: $(STAMP)
 
 # The report test opens the HTML report in a real headless Chromium (Debian's package).
 browser:
-	command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y --no-install-recommends chromium)
+	command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y --no-install-recommends chromium) \
+	  || (echo "make test needs Debian's chromium for the report test; as root: apt-get install chromium" >&2; exit 1)
 
 test: lint browser
 	FLWR_TELEMETRY_ENABLED=0 $(BIN)/python -m pytest -q -ra
