@@ -39,19 +39,11 @@ from typing import Any
 
 from federation.errors import DataError, DeploymentError
 from federation.ledger import Ledger, LedgerError, Policy, load_policy, write_policy
-from federation.pki import check_certificate, make_node_key
+from federation.pki import check_certificate, make_node_key, parse_address
 from federation.signing import key_fingerprint, load_public_key
 
 BIN = Path(sys.executable).parent
 DEFAULT_TASKS = ("advert-risk",)
-
-
-def _parse_address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise DeploymentError(f"consortium address {text!r} is not HOST:PORT; use the address "
-                              "the consortium gave you, e.g. fl.consortium.example:9092")
-    return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True)
@@ -132,9 +124,9 @@ def init(root: Path, *, name: str, data_dir: Path, consortium: str, ca_cert: Pat
         raise DeploymentError(
             f"{root} already holds a node (policy.toml or node.key exists); refusing to "
             "overwrite its key and ledger. Use another --dir")
-    _parse_address(consortium)
+    parse_address(consortium, what="consortium address")
     check_certificate(ca_cert, what="consortium CA certificate")
-    signing = load_public_key(consortium_key)
+    load_public_key(consortium_key)  # refuse a missing or malformed key before writing
     root.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ca_cert, home.ca_cert)
     shutil.copyfile(consortium_key, home.consortium_key)
@@ -153,7 +145,6 @@ def init(root: Path, *, name: str, data_dir: Path, consortium: str, ca_cert: Pat
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
     home.logs.mkdir(exist_ok=True)
-    del signing
     return home
 
 
@@ -175,7 +166,7 @@ def validate_data(home: AgencyHome, node: NodeSettings) -> str:
 
 def preflight(home: AgencyHome, node: NodeSettings, *, insecure: bool) -> str:
     """Check that the consortium answers at its address with a certificate from its CA."""
-    host, port = _parse_address(node.consortium)
+    host, port = parse_address(node.consortium, what="consortium address")
     if not insecure:
         check_certificate(home.ca_cert, what="consortium CA certificate")
     try:

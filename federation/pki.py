@@ -32,6 +32,15 @@ CA_YEARS = 5
 SERVER_DAYS = 365
 
 
+def parse_address(text: str, *, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 hosts may be bracketed) as (host, port), or a DeploymentError."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DeploymentError(f"{what} {text!r} is not HOST:PORT (e.g. fl.consortium.example:"
+                              "9092 or 127.0.0.1:9092)")
+    return host.strip("[]"), int(port)
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 

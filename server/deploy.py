@@ -44,6 +44,7 @@ from federation.pki import (
     load_node_public_key,
     make_ca,
     make_server_cert,
+    parse_address,
 )
 from federation.signing import generate_signing_key, key_fingerprint, load_private_key
 
@@ -53,14 +54,6 @@ NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 CONNECTION = "consortium"
 BIN = Path(sys.executable).parent
 APP_ROOT = Path(__file__).resolve().parents[1]
-
-
-def parse_address(text: str, *, what: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise DeploymentError(f"{what} {text!r} is not HOST:PORT (e.g. fl.consortium.example:"
-                              "9092 or 127.0.0.1:9092)")
-    return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,7 @@ def run_baselines(cfg: DictConfig, out_dir: Path, *, flat: dict[str, Scalar],
                   settings: RunSettings, manifest: FederationManifest,
                   agencies: list[AgencyData], t0: float) -> dict[str, Any]:
     """Run the four arms and write ``metrics.json`` with the comparison."""
-    from simulation.run import _agency_table, _write_text, render
+    from simulation.run import _agency_table, _write_text, privacy_summary, render
 
     problems = []
     if not settings.privacy.enabled:
@@ -224,11 +224,7 @@ def run_baselines(cfg: DictConfig, out_dir: Path, *, flat: dict[str, Scalar],
     gain = gain_table(arms, agencies, table)
     summary: dict[str, Any] = {
         "preset": manifest.preset, "seed": int(cfg.seed), "mode": "baselines",
-        "privacy": {"enabled": settings.privacy.enabled,
-                    "target_epsilon": settings.privacy.target_epsilon,
-                    "target_delta": settings.privacy.target_delta,
-                    "unit": "one advert record in one agency's training export",
-                    "accountant": settings.privacy.accountant},
+        "privacy": privacy_summary(settings),
         "oracle_roc_auc": manifest.oracle_roc_auc,
         "global": arms["federated_dp"]["pooled"],
         "agencies": table,

@@ -15,7 +15,7 @@ import argparse
 import html
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,23 @@ def _num(v: object, digits: int = 3) -> str:
     if isinstance(v, float) and 0 < abs(v) < 10 ** -digits:
         return f"{v:.1g}"  # a delta such as 1e-05
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _frame(kind: str, title: str, *, width: int, height: int, legend_h: int, left: int,
+           top: int, plot_w: int, plot_h: int, yticks: list[float],
+           sy: Callable[[float], float]) -> list[str]:
+    """An SVG plot's opening tag, title, plot-area box and horizontal grid with y labels."""
+    out = [f'<svg class="plot" data-kind="{kind}" xmlns="http://www.w3.org/2000/svg" '
+           f'width="{width}" height="{height + legend_h}" '
+           f'viewBox="0 0 {width} {height + legend_h}" role="img" aria-label="{_e(title)}">',
+           f'<text class="title" x="{left}" y="16">{_e(title)}</text>',
+           f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
+           'stroke="#999"/>']
+    for t in yticks:
+        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" '
+                   'stroke="#eee"/>'
+                   f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
+    return out
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -110,16 +127,8 @@ def line_chart(title: str, series: Sequence[Mapping[str, Any]], *, x_label: str,
     def sy(y: float) -> float:
         return float(top + (1 - (y - y0) / (y1 - y0)) * plot_h)
 
-    out = [f'<svg class="plot" data-kind="line" xmlns="http://www.w3.org/2000/svg" '
-           f'width="{width}" height="{height + legend_h}" '
-           f'viewBox="0 0 {width} {height + legend_h}" role="img" aria-label="{_e(title)}">',
-           f'<text class="title" x="{left}" y="16">{_e(title)}</text>',
-           f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
-           'stroke="#999"/>']
-    for t in _ticks(y0, y1):
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" '
-                   'stroke="#eee"/>'
-                   f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
+    out = _frame("line", title, width=width, height=height, legend_h=legend_h, left=left,
+                 top=top, plot_w=plot_w, plot_h=plot_h, yticks=_ticks(y0, y1), sy=sy)
     xticks = sorted({p[0] for p in pts}) if log_x or len({p[0] for p in pts}) <= 8 \
         else _ticks(x0, x1)
     for t in xticks:
@@ -176,16 +185,8 @@ def bar_chart(title: str, categories: Sequence[str],
 
     group_w = plot_w / len(categories)
     bar_w = group_w * 0.8 / len(series)
-    out = [f'<svg class="plot" data-kind="bar" xmlns="http://www.w3.org/2000/svg" '
-           f'width="{width}" height="{height + legend_h}" '
-           f'viewBox="0 0 {width} {height + legend_h}" role="img" aria-label="{_e(title)}">',
-           f'<text class="title" x="{left}" y="16">{_e(title)}</text>',
-           f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
-           'stroke="#999"/>']
-    for t in _ticks(y0, y1):
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" '
-                   'stroke="#eee"/>'
-                   f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
+    out = _frame("bar", title, width=width, height=height, legend_h=legend_h, left=left,
+                 top=top, plot_w=plot_w, plot_h=plot_h, yticks=_ticks(y0, y1), sy=sy)
     base = sy(max(y0, min(0.0, y1)) if y0 <= 0 <= y1 else y0)
     for c, cat in enumerate(categories):
         gx = left + c * group_w + group_w * 0.1

@@ -220,6 +220,15 @@ def _fmt(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def privacy_summary(settings: RunSettings) -> dict[str, Any]:
+    """The run's privacy target as every summary states it: epsilon, delta and unit."""
+    p = settings.privacy
+    return {"enabled": p.enabled, "target_epsilon": p.target_epsilon,
+            "target_delta": p.target_delta,
+            "unit": "one advert record in one agency's training export",
+            "accountant": p.accountant}
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Run one simulation described by ``cfg``; write and return its summary."""
     t0 = time.monotonic()
@@ -279,11 +288,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     test = _pool(task, agencies, "test")
     summary: dict[str, Any] = {
         "preset": preset.name, "seed": int(cfg.seed), "mode": str(cfg.mode),
-        "privacy": {"enabled": settings.privacy.enabled,
-                    "target_epsilon": settings.privacy.target_epsilon,
-                    "target_delta": settings.privacy.target_delta,
-                    "unit": "one advert record in one agency's training export",
-                    "accountant": settings.privacy.accountant},
+        "privacy": privacy_summary(settings),
         "oracle_roc_auc": manifest.oracle_roc_auc,
     }
     if cfg.mode == "federated":
