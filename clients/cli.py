@@ -18,7 +18,8 @@ from typing import Any
 from clients import deploy_cli, lifecycle_cli
 from federation.data import load_agency
 from federation.errors import DataError
-from federation.ledger import Ledger, LedgerError, Policy, load_policy
+from federation.ledger import Ledger, LedgerError, json_safe
+from federation.policy import Policy, load_policy
 from federation.quarantine import render_summary, write_quarantine_report
 
 
@@ -41,7 +42,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _fmt(v: float) -> str:
-    return "n/a" if math.isnan(v) else f"{v:.3f}"
+    if math.isnan(v):
+        return "n/a"
+    return "inf" if math.isinf(v) else f"{v:.3f}"
 
 
 def render_ledger(report: list[dict[str, Any]], policy: Policy | None) -> str:
@@ -55,13 +58,21 @@ def render_ledger(report: list[dict[str, Any]], policy: Policy | None) -> str:
                      f"{'q':>8}{'steps':>6}  {'epsilon rdp':>11}{'epsilon prv':>12}  status")
         for e in item["releases"]:
             c = e["cumulative_epsilon"]
+            no_dp = "" if e["noise_multiplier"] > 0 else " (trained without DP)"
             lines.append(f"  {e['seq']:>4} {e['recorded_at']:<21}{e['run_id'][-12:]:>12}"
                          f"{e['round']:>6}{e['noise_multiplier']:>8.3f}{e['sample_rate']:>8.4f}"
                          f"{e['steps']:>6}  {_fmt(c['rdp']):>11}{_fmt(c['prv']):>12}  "
-                         f"{e['status']}")
+                         f"{e['status']}{no_dp}")
         eps = item["epsilon"]
-        lines.append(f"  total: epsilon {_fmt(eps['rdp'])} (RDP) / {_fmt(eps['prv'])} (PRV) "
-                     f"at delta={d:g}, over {len(item['releases'])} release(s) in every run")
+        if item.get("epsilon_infinite"):
+            lines.append(f"  total: epsilon inf (trained without DP) at delta={d:g}, over "
+                         f"{len(item['releases'])} release(s) in every run, "
+                         f"{item.get('non_private_releases', 0)} of them without DP: no later "
+                         "DP training can give this dataset a finite guarantee")
+        else:
+            lines.append(f"  total: epsilon {_fmt(eps['rdp'])} (RDP) / {_fmt(eps['prv'])} "
+                         f"(PRV) at delta={d:g}, over {len(item['releases'])} release(s) in "
+                         "every run")
         if policy is not None:
             lines.append(f"  budget {policy.max_epsilon:g} ({policy.accountant}): "
                          f"remaining {_fmt(item['remaining'])}")
@@ -107,9 +118,12 @@ def main(args: argparse.Namespace) -> int:
             print(f"heroes agency ledger: {exc}")
             return 2
         if args.json:
-            print(json.dumps({"state_dir": str(args.state_dir), "policy": None if policy is None
-                              else vars(policy), "datasets": report}, indent=2,
-                             default=lambda v: None))
+            # Standard JSON has no Infinity: an infinite epsilon is null, with
+            # "epsilon_infinite": true beside it (json_safe); allow_nan=False checks that.
+            print(json.dumps(json_safe({"state_dir": str(args.state_dir),
+                                        "policy": None if policy is None else vars(policy),
+                                        "datasets": report}), indent=2,
+                             default=lambda v: None, allow_nan=False))
         else:
             print(render_ledger(report, policy))
         return 0

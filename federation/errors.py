@@ -9,7 +9,9 @@
     │   └── QuorumError          fewer agencies replied than the configured quorum
     ├── DeploymentError      a consortium or agency deployment step cannot go ahead
     │                        (keys, certificates, addresses, registrations, processes)
-    └── SignatureError       a signature is missing, malformed, or does not verify
+    ├── SignatureError       a signature is missing, malformed, or does not verify
+    └── LedgerError          the privacy ledger is unusable (corrupt, foreign, rolled back)
+        └── PolicyError          the agency's policy file is missing or unusable
 
 Each message says what arrived, what is allowed, and how to fix it. Messages never quote
 advert text or any other record content: errors leave the agency in logs and replies, so
@@ -84,3 +86,25 @@ class DeploymentError(HeroesError):
 
 class SignatureError(HeroesError):
     """A signed file (app bundle, model release, receipt) failed verification."""
+
+
+class LedgerError(HeroesError):
+    """The privacy ledger (or its head, its key, the agency's policy) is unusable: corrupt,
+    foreign, cut short, rolled back. The ledger file is always left exactly as it was."""
+
+
+class PolicyError(LedgerError):
+    """The agency's privacy policy is unusable; every problem is listed at once.
+
+    A subclass of LedgerError because callers already treat "no usable policy" and "no
+    usable ledger" alike: the node does not train.
+    """
+
+    def __init__(self, problems: Iterable[str], *, source: str) -> None:
+        self.problems = list(problems)
+        self.source = source
+        if len(self.problems) == 1:  # one problem reads as one sentence
+            super().__init__(f"{source}: {self.problems[0]}")
+        else:
+            listed = "\n".join(f"  - {p}" for p in self.problems)
+            super().__init__(f"{source} has {len(self.problems)} problems:\n{listed}")

@@ -61,14 +61,26 @@ def _rdp_per_step(sigma: float, q: float) -> np.ndarray:
         q=q, noise_multiplier=sigma, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS))
 
 
+def trained_without_dp(history: Sequence[HistoryEntry]) -> bool:
+    """Whether any release in the history had no noise (noise multiplier 0, or not a
+    positive number at all): such a release is not differentially private."""
+    return any(not float(s) > 0 for s, _, _ in history)
+
+
 def epsilon_spent(history: Sequence[HistoryEntry], *, delta: float, accountant: str) -> float:
     """Cumulative epsilon at ``delta`` for the whole history (0.0 for no releases).
 
     RDP is computed exactly as Opacus' RDPAccountant does (same orders, same conversion),
     with the per-step RDP of each mechanism cached; PRV goes through Opacus' accountant.
+
+    A history with any release without noise (noise multiplier <= 0) gives ``math.inf``
+    under every accountant: one non-private release already bounds nothing, and no later
+    noise can take that back. (Opacus itself would divide by zero or return nonsense.)
     """
     if not history:
         return 0.0
+    if trained_without_dp(history):
+        return math.inf
     merged = compress(history)
     if accountant == "rdp":
         rdp = sum(n * _rdp_per_step(s, q) for s, q, n in merged)

@@ -1,12 +1,15 @@
 """``heroes bench``: speed and memory, measured side by side in one run, printed and saved.
 
-    heroes bench [--quick] [--out FILE] [--skip scale] [--skip secagg]
+    heroes bench [--quick] [--out FILE] [--skip scale] [--skip secagg] [--skip trust]
 
 Sections (each a ratio or a figure from the same run, never a pass/fail timing):
   step     one DP-SGD step against one non-private step of the same model and batch
   local    records per second of one local round, DP and not
   rounds   round wall time and bytes each agency sends per round (6-agency simulation)
   scale    simulation wall time and peak memory (whole process tree) for 6, 20, 100 agencies
+  secagg   six agencies with secure aggregation off, then on (round time, bytes)
+  trust    six agencies, the protocol before the malicious-model hardening (a git commit)
+           against this tree: secure round time and bytes per agency per round
   ledger   time to compute epsilon over a long ledger history (RDP and PRV)
   score    adverts per second of `heroes agency score` (10,000 adverts), explained vs not
 Results also go to JSON (default outputs/bench/<UTC time>.json) to compare commits.
@@ -185,14 +188,16 @@ def _tree_rss(root: int) -> int:
 
 
 def run_simulation(federation: str, rounds: int, out: Path,
-                   overrides: tuple[str, ...] = ()) -> dict[str, Any]:
-    """One `heroes simulate` in a subprocess: wall time and peak tree memory."""
+                   overrides: tuple[str, ...] = (), *, src: Path = ROOT) -> dict[str, Any]:
+    """One `heroes simulate` in a subprocess: wall time and peak tree memory. ``src`` is the
+    source tree to run (another commit's, for side-by-side comparisons)."""
     cmd = [sys.executable, "-m", "simulation.cli", "simulate", f"federation={federation}",
            "baseline=false", f"strategy.num_rounds={rounds}", f"hydra.run.dir={out}",
            *overrides]
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": str(src)}
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=src, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     peak = 0
     stop = threading.Event()
@@ -205,7 +210,7 @@ def run_simulation(federation: str, rounds: int, out: Path,
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    _, err = proc.communicate()
+    log_out, err = proc.communicate()
     stop.set()
     watcher.join()
     wall = time.monotonic() - start
@@ -213,7 +218,7 @@ def run_simulation(federation: str, rounds: int, out: Path,
         raise RuntimeError(f"simulation of {federation} failed: {err[-2000:]}")
     summary = json.loads((out / "metrics.json").read_text())
     return {"federation": federation, "agencies": len(summary["agencies"]), "rounds": rounds,
-            "wall_seconds": wall, "peak_memory_mib": peak / 2**20,
+            "wall_seconds": wall, "peak_memory_mib": peak / 2**20, "log": log_out + err,
             "global_roc_auc": summary["global"]["roc_auc"],
             "oracle_roc_auc": summary["oracle_roc_auc"], "summary": summary}
 
@@ -256,14 +261,93 @@ def bench_secagg(rounds: int, tmp: Path) -> dict[str, Any]:
     return out
 
 
+#: The last commit before the malicious-model protocol (issue 12): SecAgg+ against an
+#: honest-but-curious server, unsigned keys, no consistency round, plain evaluation.
+TRUST_BASELINE = "6b68687"
+
+
+def _baseline_tree(commit: str, tmp: Path) -> Path | None:
+    """The source tree at ``commit`` (git archive), or None where git or the commit is missing."""
+    target = tmp / f"src-{commit}"
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit],
+                                 capture_output=True, check=True, timeout=120).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True,
+                       timeout=120)
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return None
+    return target
+
+
+def _secure_round_seconds(log_text: str) -> list[float]:
+    """The server's own timing of each secure training round (start of set-up to the end of
+    unmasking), from its log line; the first round (engine start-up) is left out."""
+    import re
+
+    found = [float(m.group(1)) for m in re.finditer(
+        r"secure aggregation: \d+ of \d+ agencies in the sum.*?([0-9.]+) s", log_text)]
+    return found[1:]
+
+
+def _receipt_bytes(state_root: Path) -> list[float]:
+    """Bytes each agency uploaded per round, every message included, from its own egress
+    receipts (the same measure in both trees)."""
+    out = []
+    for receipts in sorted(state_root.glob("*/receipts.jsonl")):
+        per_round: dict[int, int] = {}
+        for line in receipts.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                per_round[int(entry["round"])] = (per_round.get(int(entry["round"]), 0)
+                                                  + int(entry["payload_bytes"]))
+        out += [float(v) for v in per_round.values()]
+    return out
+
+
+def bench_trust(rounds: int, repeats: int, tmp: Path, baseline: str = TRUST_BASELINE
+                ) -> dict[str, Any]:
+    """The default six-agency simulation with secure aggregation, this tree against the
+    protocol at commit ``baseline``, alternating (before, now, before, now, ...): the secure
+    training round's time (signed keys and the consistency round added) and the bytes each
+    agency uploads per round, evaluation included (secure evaluation added)."""
+    src = _baseline_tree(baseline, tmp)
+    if src is None:
+        return {"skipped": f"commit {baseline} is not available (no git history here)"}
+    out: dict[str, Any] = {"baseline_commit": baseline, "before": {"round_seconds": [],
+                           "bytes": [], "roc_auc": []},
+                           "now": {"round_seconds": [], "bytes": [], "roc_auc": []}}
+    for i in range(repeats):
+        for label, tree in (("before", src), ("now", ROOT)):
+            run = tmp / f"trust-{label}-{i}"
+            sim = run_simulation("six_agency", rounds, run, ("secagg.mode=on",), src=tree)
+            out[label]["round_seconds"] += _secure_round_seconds(sim["log"])
+            out[label]["bytes"] += _receipt_bytes(run / "agency_state")
+            out[label]["roc_auc"].append(sim["global_roc_auc"])
+    for label in ("before", "now"):
+        d = out[label]
+        d["round_seconds_median"] = statistics.median(d["round_seconds"])
+        d["bytes_per_agency_per_round_median"] = statistics.median(d["bytes"])
+    out["ratio_round_time_now_over_before"] = (out["now"]["round_seconds_median"]
+                                               / out["before"]["round_seconds_median"])
+    out["ratio_bytes_now_over_before"] = (out["now"]["bytes_per_agency_per_round_median"]
+                                          / out["before"]["bytes_per_agency_per_round_median"])
+    return out
+
+
 def bench_ledger(releases: int) -> dict[str, Any]:
-    from federation.ledger import Ledger, Policy, Release
+    from federation.ledger import Ledger, Release
+    from federation.pki import make_node_key
+    from federation.policy import Policy
 
     rel = Release(dataset="bench", fingerprint="0" * 64, run_id="0", round=0, task="t",
                   model="m", noise_multiplier=1.2, sample_rate=0.02, steps=50,
                   max_grad_norm=0.5, delta=1e-5, accountant="rdp")
     out: dict[str, Any] = {"releases": releases}
-    with tempfile.TemporaryDirectory() as tmp, Ledger.open(Path(tmp)) as ledger:
+    with tempfile.TemporaryDirectory() as tmp:
+        # the ledger is signed by the node key: one per state folder, as on a node
+        make_node_key(Path(tmp) / "node.key", Path(tmp) / "node.key.pub", comment="bench")
+        ledger = Ledger.open(Path(tmp))
         policy = Policy(max_epsilon=1e9, delta=1e-5)
         t = time.perf_counter()
         for i in range(releases):
@@ -336,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smaller: 6 and 20 agencies, 2 rounds, fewer steps")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["step", "local", "rounds", "scale", "ledger", "score", "secagg"])
+                        choices=["step", "local", "rounds", "scale", "ledger", "score", "secagg",
+                                 "trust"])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -397,6 +482,22 @@ def main(argv: list[str] | None = None) -> int:
                   f"{sg['ratio_bytes_on_over_off']:.2f}x (ROC-AUC "
                   f"{sg['off']['global_roc_auc']:.3f} off, {sg['on']['global_roc_auc']:.3f} on)",
                   flush=True)
+        if "trust" not in args.skip:
+            print(f"trust: six agencies, secure aggregation as at commit {TRUST_BASELINE} "
+                  "(before) against this tree (now), alternating...", flush=True)
+            report["trust"] = tr = bench_trust(3 if args.quick else 5, 1 if args.quick else 2,
+                                               tmp)
+            if "skipped" in tr:
+                print(f"trust: skipped: {tr['skipped']}", flush=True)
+            else:
+                print(f"trust: secure training round {tr['before']['round_seconds_median']:.2f}"
+                      f" s before, {tr['now']['round_seconds_median']:.2f} s now -> "
+                      f"{tr['ratio_round_time_now_over_before']:.2f}x (signed keys, "
+                      "consistency round); bytes per agency per round, evaluation included, "
+                      f"{tr['before']['bytes_per_agency_per_round_median']:,.0f} before, "
+                      f"{tr['now']['bytes_per_agency_per_round_median']:,.0f} now -> "
+                      f"{tr['ratio_bytes_now_over_before']:.2f}x (secure evaluation)",
+                      flush=True)
         if "ledger" not in args.skip:
             report["ledger"] = led = bench_ledger(200 if args.quick else 1000)
             print(f"ledger: {led['releases']} releases -> epsilon in {led['rdp_seconds']:.3f} s "
