@@ -30,6 +30,19 @@ MANIFEST = ".info/CONTENT"
 RUN_CONFIG_KEY = "app.signature"
 
 
+def manifest_files(manifest: bytes) -> dict[str, tuple[str, int]]:
+    """The files a manifest lists: path -> (sha256 hex, size in bits, as Flower writes it)."""
+    listed: dict[str, tuple[str, int]] = {}
+    for line in manifest.decode("utf-8", "replace").splitlines():
+        if not line.strip():
+            continue
+        parts = line.rsplit(",", 2)
+        if len(parts) != 3 or not parts[2].isdigit():
+            raise SignatureError("the app bundle's manifest has a malformed line")
+        listed[parts[0]] = (parts[1], int(parts[2]))
+    return listed
+
+
 def bundle_manifest(fab: bytes) -> bytes:
     """The bundle's ``.info/CONTENT``, after checking that it matches every file."""
     try:
@@ -41,14 +54,7 @@ def bundle_manifest(fab: bytes) -> bytes:
         if MANIFEST not in names:
             raise SignatureError("the app bundle has no .info/CONTENT manifest; refusing it")
         manifest = archive.read(MANIFEST)
-        listed: dict[str, tuple[str, int]] = {}
-        for line in manifest.decode("utf-8", "replace").splitlines():
-            if not line.strip():
-                continue
-            parts = line.rsplit(",", 2)
-            if len(parts) != 3 or not parts[2].isdigit():
-                raise SignatureError("the app bundle's manifest has a malformed line")
-            listed[parts[0]] = (parts[1], int(parts[2]))
+        listed = manifest_files(manifest)
         files = names - {MANIFEST}
         if extra := sorted(files - listed.keys()):
             raise SignatureError(f"the app bundle holds {len(extra)} file(s) not in its "

@@ -10,8 +10,6 @@ advert ids, categories, sites or phone numbers, so it can be shared as it is.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 
 from federation.data import AdvertTable, AgencyData
 from federation.errors import DataError
+from federation.files import write_atomic
 
 REPORT_FORMAT = "heroes-quarantine-report/1"
 REPORT_JSON = "quarantine-report.json"
@@ -120,20 +119,6 @@ def render_summary(data: AgencyData, *, rows: int = TEXT_ROWS) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write a complete file or nothing: a reader never sees half a report."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_quarantine_report(data: AgencyData, out_dir: Path) -> Path:
     """Write ``quarantine-report.json`` and ``quarantine-report.txt``; return the JSON's path.
 
@@ -144,9 +129,9 @@ def write_quarantine_report(data: AgencyData, out_dir: Path) -> Path:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         report = quarantine_report(data)
-        _write_atomic(out_dir / REPORT_TXT, render_summary(data) + "\n")
+        write_atomic(out_dir / REPORT_TXT, (render_summary(data) + "\n").encode("utf-8"))
         path = out_dir / REPORT_JSON
-        _write_atomic(path, json.dumps(report, indent=2) + "\n")
+        write_atomic(path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     except OSError as exc:
         raise DataError(
             f"cannot write the quarantine report ({type(exc).__name__}: {exc.strerror})",

@@ -4,7 +4,10 @@
     heroes consortium enroll NAME PUBLIC_KEY --dir DIR            register an agency node key
     heroes consortium revoke NAME --dir DIR                       unregister it
     heroes consortium serve --dir DIR                             SuperLink + Fleet-only front
+    heroes consortium roster --dir DIR [--out FILE]               sign the member roster
+    heroes consortium bundle --dir DIR --out FILE.fab             the app bundle, for review
     heroes consortium train --dir DIR [--run-config K=V ...]      submit, follow, fetch a run
+    heroes consortium ledger-heads --dir DIR [--forget NAME]      agencies' last ledger heads
 
 Each subcommand lives in its own function; ``add_commands`` registers the parsers and
 ``main`` dispatches on ``args.consortium_command``.

@@ -4,6 +4,8 @@
     heroes consortium enroll NAME PUBLIC_KEY --dir DIR
     heroes consortium revoke NAME --dir DIR
     heroes consortium serve --dir DIR
+    heroes consortium roster --dir DIR [--out FILE]
+    heroes consortium bundle --dir DIR [--app DIR] --out FILE.fab
     heroes consortium train --dir DIR [--run-config 'KEY=VALUE ...'] [--out DIR] [--resume RUN]
     heroes consortium release RUN_DIR --signing-key DIR/signing.key
 """
@@ -20,8 +22,11 @@ Handler = Callable[[argparse.Namespace], int]
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                  handlers: MutableMapping[str, Handler]) -> None:
     """Register ``heroes consortium`` subcommands and their handlers."""
+    from server import heads_cli
+
     _add_deployment(sub, handlers)
     _add_release(sub, handlers)
+    heads_cli.add_commands(sub, handlers)
 
 
 def _dir(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +61,22 @@ def _add_deployment(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("name")
     _dir(p)
     handlers["revoke"] = _revoke
+
+    p = sub.add_parser("roster", help="sign the list of enrolled agencies and their node keys "
+                       "for the agencies to approve")
+    _dir(p)
+    p.add_argument("--out", type=Path, default=None,
+                   help="also write the roster (and its .sig) here (default: DIR/roster.json "
+                   "only)")
+    handlers["roster"] = _roster
+
+    p = sub.add_parser("bundle", help="build and sign the app bundle `train` would submit, for "
+                       "the agencies to review and approve before a run")
+    _dir(p)
+    p.add_argument("--app", type=Path, default=None,
+                   help="the app to bundle (default: the installed heroes-fl source tree)")
+    p.add_argument("--out", type=Path, required=True, help="the .fab file to write")
+    handlers["bundle"] = _bundle
 
     p = sub.add_parser("serve", help="run the aggregator: SuperLink (private) + Fleet gateway")
     _dir(p)
@@ -99,7 +120,9 @@ def _enroll(args: argparse.Namespace) -> int:
     from server import deploy
 
     entry = deploy.enroll(args.dir, args.name, args.public_key)
-    print(f"enrolled {args.name}: node {entry['node_id']}, key {entry['fingerprint']}")
+    print(f"enrolled {args.name}: node {entry['node_id']}, key {entry['fingerprint']}\n"
+          f"  next: `heroes consortium roster --dir {args.dir}` and send the new roster to "
+          "every agency (their nodes aggregate only with agencies on a roster they approved)")
     return 0
 
 
@@ -108,7 +131,45 @@ def _revoke(args: argparse.Namespace) -> int:
 
     entry = deploy.revoke(args.dir, args.name)
     print(f"revoked {args.name} (node {entry['node_id']}) at {entry['revoked_at']}; its node "
-          "is refused from its next request on")
+          "is refused from its next request on\n"
+          f"  next: `heroes consortium roster --dir {args.dir}` and send the new roster to "
+          "every agency, so that their nodes stop accepting its key as a peer")
+    return 0
+
+
+def _roster(args: argparse.Namespace) -> int:
+    from server import deploy
+
+    roster, changes, written = deploy.make_roster(args.dir, args.out)
+    print(f"roster version {roster.version} (digest {roster.digest[:16]}), signed by "
+          f"{roster.consortium}, {len(roster.members)} member(s):")
+    width = max(len(m.agency) for m in roster.members)
+    for m in roster.members:
+        print(f"  {m.agency:<{width}}  {m.fingerprint}")
+    changed = changes.lines()
+    print("changes since the previous roster:" if changed else
+          "no change in members or keys since the previous roster")
+    for line in changed:
+        print(f"  {line}")
+    print(f"written: {', '.join(str(p) for p in written)}\n"
+          f"next: send {written[-2]} and {written[-1]} to every agency; each checks its own "
+          "fingerprint (and the others', out of band) and approves it with "
+          "`heroes agency approve roster.json --dir STATE_DIR`. Under secure aggregation a node "
+          "works only with agencies on the roster it approved")
+    return 0
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from federation.files import write_atomic
+    from server import deploy
+
+    fab, signature, digest = deploy.build_bundle(args.dir, args.app or deploy.APP_ROOT)
+    write_atomic(args.out, fab)
+    print(f"app bundle {args.out}: manifest digest {digest}\n"
+          f"  signature (app.signature): {signature}\n"
+          f"next: send {args.out} to every agency, with the digest to check out of band; each "
+          "reviews it and approves it with `heroes agency approve FILE.fab --dir STATE_DIR`. "
+          "A node refuses a signed bundle its agency has not approved")
     return 0
 
 

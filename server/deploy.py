@@ -9,10 +9,13 @@
       signing.key          Ed25519: signs app bundles and model releases
       signing.pub          sent to every agency, which runs only what this key signed
       registry.json        who is who: agency name, public key, fingerprint, node id, dates
+      roster.json (.sig)   the signed list of members and node keys agencies approve
+                           (`heroes consortium roster`, federation/roster.py)
       flwr-home/           Flower's own configuration for the private connection
       state.db             the SuperLink's database (runs, logs, node registrations)
       logs/                superlink.log, gateway.log
-      runs/<time>/         what each `heroes consortium train` produced
+      runs/<time>/         what each `heroes consortium train` produced (app.fab: the
+                           bundle it submitted)
 
 Processes (``heroes consortium serve``): the SuperLink listens on 127.0.0.1 only, with TLS,
 node authentication and the database; the Fleet gateway (server/fleet_gateway.py) listens on
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from federation.errors import DeploymentError
+from federation.files import write_atomic
 from federation.pki import (
     check_certificate,
     load_node_public_key,
@@ -46,11 +50,29 @@ from federation.pki import (
     make_server_cert,
     parse_address,
 )
-from federation.signing import generate_signing_key, key_fingerprint, load_private_key
+from federation.roster import (
+    NAME_HINT,
+    NAME_RULE,
+    ROSTER_FILE,
+    Member,
+    Roster,
+    RosterDiff,
+    diff,
+    parse_node_key,
+    read_roster,
+    write_roster,
+)
+from federation.signing import (
+    PrivateKey,
+    generate_signing_key,
+    key_fingerprint,
+    load_private_key,
+    load_public_key,
+)
+from server.ledger_heads import HEADS_FILE
 
 log = logging.getLogger("heroes.consortium")
 
-NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 CONNECTION = "consortium"
 BIN = Path(sys.executable).parent
 APP_ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +113,10 @@ class ConsortiumHome:
     @property
     def registry_path(self) -> Path:
         return self.root / "registry.json"
+
+    @property
+    def roster_path(self) -> Path:
+        return self.root / ROSTER_FILE
 
     @property
     def flwr_home(self) -> Path:
@@ -217,9 +243,7 @@ def enroll(root: Path, name: str, public_key: Path) -> dict[str, Any]:
     home = ConsortiumHome(root)
     home.config()
     if not NAME_RULE.match(name):
-        raise DeploymentError(
-            f"agency name {name!r} is not allowed: use 2-63 lower-case letters, digits and "
-            "dashes, starting with a letter or digit (e.g. eu-police-north)")
+        raise DeploymentError(f"agency name {name!r} is not allowed: {NAME_HINT}")
     key = load_node_public_key(public_key)
     fingerprint = key_fingerprint(key)
     registry = home.registry()
@@ -272,6 +296,94 @@ def revoke(root: Path, name: str) -> dict[str, Any]:
     entry["revoked_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     home.save_registry(registry)
     return entry  # type: ignore[no-any-return]
+
+
+def _signing_pair(home: ConsortiumHome) -> tuple[PrivateKey, str]:
+    """The consortium signing key and its fingerprint, after checking that signing.pub (the
+    key agencies hold) is its public half: signing with a key agencies do not have would
+    only produce refusals."""
+    key = load_private_key(home.signing_key)
+    fingerprint = key_fingerprint(key.public_key())
+    published = key_fingerprint(load_public_key(home.signing_pub))
+    if fingerprint != published:
+        raise DeploymentError(
+            f"{home.signing_key} ({fingerprint}) is not the private half of {home.signing_pub} "
+            f"({published}), the key agencies check signatures with. Fix: restore the "
+            "matching signing.key from your backup")
+    return key, fingerprint
+
+
+def build_roster(root: Path) -> tuple[Roster, RosterDiff]:
+    """The next roster from registry.json: every enrolled, not revoked agency and its key.
+
+    Its version is the previous roster's (``DIR/roster.json``) plus one, so an agency can
+    refuse an older roster replayed to it. Returns it unsigned and unwritten, with what
+    changed since the previous one.
+    """
+    home = ConsortiumHome(root)
+    home.config()
+    _, fingerprint = _signing_pair(home)
+    previous = (read_roster(home.roster_path, consortium_key=load_public_key(home.signing_pub))
+                if home.roster_path.is_file() else None)
+    members = []
+    for name, entry in sorted(home.registry()["agencies"].items()):
+        if entry.get("revoked_at"):
+            continue
+        try:
+            key = parse_node_key(str(entry["public_key"]))
+        except (KeyError, ValueError) as exc:
+            raise DeploymentError(
+                f"{home.registry_path}: the key of agency {name!r} cannot be read ({exc}). "
+                "Fix: revoke it and enroll the node.key.pub the agency sends again") from None
+        member = Member.from_key(name, key)
+        if member.fingerprint != entry.get("fingerprint"):
+            raise DeploymentError(
+                f"{home.registry_path}: agency {name!r} is recorded with fingerprint "
+                f"{entry.get('fingerprint')} but its stored key has {member.fingerprint}; the "
+                "registry was edited. Fix: restore registry.json from a backup, or revoke and "
+                "re-enroll the agency")
+        members.append(member)
+    if not members:
+        raise DeploymentError(
+            f"no enrolled agencies in {home.registry_path}: a roster lists at least one. Fix: "
+            f"enroll the agencies first (`heroes consortium enroll NAME node.key.pub --dir "
+            f"{root}`)")
+    roster = Roster(version=1 if previous is None else previous.version + 1,
+                    issued_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                    consortium=fingerprint, members=tuple(members))
+    return roster, diff(previous, roster)
+
+
+def make_roster(root: Path, out: Path | None = None) -> tuple[Roster, RosterDiff, list[Path]]:
+    """Build, sign and write the next roster: ``DIR/roster.json`` and its ``.sig``, and the
+    same two files at ``out`` when given. Returns the roster, its changes, the files."""
+    home = ConsortiumHome(root)
+    roster, changes = build_roster(root)
+    key, _ = _signing_pair(home)
+    write_roster(home.roster_path, roster, key)
+    written = [home.roster_path, home.roster_path.with_name(ROSTER_FILE + ".sig")]
+    if out is not None and out.resolve() != home.roster_path.resolve():
+        for source, target in ((written[0], out), (written[1], out.with_name(out.name + ".sig"))):
+            write_atomic(target, source.read_bytes())
+            written.append(target)
+    return roster, changes, written
+
+
+def build_bundle(root: Path, app: Path) -> tuple[bytes, str, str]:
+    """The app bundle exactly as `train` submits it, its signature and its manifest digest.
+
+    One function for both, so that the bundle agencies review before a run (`heroes
+    consortium bundle`) is byte for byte the manifest the run carries.
+    """
+    from flwr.cli.build import build_fab_from_disk
+
+    from federation.appsign import manifest_digest, sign_bundle
+
+    home = ConsortiumHome(root)
+    home.config()
+    key, _ = _signing_pair(home)
+    fab = bytes(build_fab_from_disk(app))
+    return fab, sign_bundle(key, fab), manifest_digest(fab)
 
 
 def check_tls(home: ConsortiumHome) -> str:
@@ -393,13 +505,12 @@ def train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
           timeout: float, resume: Path | None = None) -> Path:
     """Sign the app bundle, submit the run, follow it, and return its output folder.
 
+    The bundle is kept as ``RUN_DIR/app.fab``: agencies refuse a bundle they have not
+    approved (clients/verified_clientapp.py), and this is the file to review and approve.
+
     With ``resume`` (a previous run folder of this command), the same settings are submitted
     again with ``paths.resume_from`` at that run's checkpoints: the aggregator continues
     after the last completed round and ends with the planned number of rounds."""
-    from flwr.cli.build import build_fab_from_disk
-
-    from federation.appsign import manifest_digest, sign_bundle
-
     home = ConsortiumHome(root)
     home.config()
     _require_link(home)
@@ -413,27 +524,33 @@ def train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
                                   "--run-config (a resumed run must keep its settings)")
         overrides = list(json.loads(saved.read_text(encoding="utf-8"))["overrides"])
         out = resume
-    fab = build_fab_from_disk(app)
-    signature = sign_bundle(load_private_key(home.signing_key), fab)
+    fab, signature, digest = build_bundle(root, app)
     run_dir = out or home.root / "runs" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume is None:
         (run_dir / "train.json").write_text(json.dumps({"overrides": overrides}, indent=2),
                                             encoding="utf-8")
+    # the bundle as submitted, so that anyone can review what the agencies were asked to run
+    write_atomic(run_dir / "app.fab", fab)
     (run_dir / "app-bundle.json").write_text(json.dumps(
-        {"manifest_sha256": manifest_digest(fab), "signature": signature,
+        {"manifest_sha256": digest, "signature": signature,
          "signing_key": key_fingerprint(load_private_key(home.signing_key).public_key())},
         indent=2), encoding="utf-8")
     # One --run-config string: Flower merges several of them table by table, so a second
     # "paths.x=..." would silently replace a first "paths.y=...".
-    ours = [f'paths.output_dir="{run_dir / "server"}"', f'app.signature="{signature}"']
+    # One book of ledger heads per consortium, across runs: an agency whose ledger went back
+    # behind what an earlier run saw is refused by name.
+    ours = [f'paths.output_dir="{run_dir / "server"}"', f'app.signature="{signature}"',
+            f'paths.ledger_heads="{(home.root / HEADS_FILE).resolve()}"']
     if resume is not None:
         ours.append(f'paths.resume_from="{run_dir / "server"}"')
     cmd = [str(BIN / "flwr"), "run", str(app), CONNECTION, "--stream",
            "--run-config", " ".join([*overrides, *ours])]
-    print(f"submitting the signed app bundle (manifest {manifest_digest(fab)[:16]}) to "
-          f"{home.private_address}; outputs in {run_dir}", flush=True)
+    print(f"submitting the signed app bundle (manifest {digest[:16]}) to "
+          f"{home.private_address}; outputs in {run_dir}. Agencies run it only once they "
+          f"approved that manifest: send them {run_dir / 'app.fab'} (or one made with "
+          "`heroes consortium bundle`) for `heroes agency approve`", flush=True)
     proc = subprocess.Popen(cmd, env=home.env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
