@@ -12,11 +12,15 @@
       quarantine-report.*      rows of the export that cannot be used, and why
       logs/                    supernode.log, superexec.log (ClientApp output included)
       node-status.json         written by `heroes agency serve`, read by `heroes agency status`
+      approvals.jsonl, .head   what this agency approved, signed by node.key (clients/approvals.py)
+      roster.json (.sig)       the roster of peers it approved last (secure aggregation)
+      approvals/               manifests of approved bundles; refused bundles kept for review
 
 ``serve`` validates the export before anything else, checks the certificate and that the
 consortium is reachable with it, then runs ``flower-supernode`` (TLS, node key,
 ``--isolation process``) and the agency's own SuperExec (clients/superexec.py), which starts
-the signature-checking ClientApp for every message.
+the signature-checking ClientApp for every message, which also runs only bundles this agency
+approved (`heroes agency approve`).
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from federation.errors import DataError, DeploymentError
+from clients import approvals
+from federation.errors import DataError, DeploymentError, HeroesError
 from federation.ledger import Ledger, LedgerError, Policy, load_policy, write_policy
 from federation.pki import check_certificate, make_node_key, parse_address
 from federation.signing import key_fingerprint, load_public_key
@@ -229,6 +234,8 @@ class Node:
                 "FLWR_HOME": str(self.home.root / "flwr-home"),
                 "FLWR_TELEMETRY_ENABLED": os.environ.get("FLWR_TELEMETRY_ENABLED", "0"),
                 "HEROES_CONSORTIUM_KEY": str(self.home.consortium_key.resolve()),
+                # the verifying ClientApp finds the agency's approvals here
+                "HEROES_STATE_DIR": str(self.home.root.resolve()),
                 "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     def start(self) -> None:
@@ -310,6 +317,7 @@ def serve(root: Path, *, insecure: bool) -> int:
               "authenticate; for a lab on one machine only", file=sys.stderr, flush=True)
     print(validate_data(node.home, node.settings), flush=True)
     print(preflight(node.home, node.settings, insecure=insecure), flush=True)
+    print(approvals.describe(node.home.root), flush=True)
     stop = {"now": False}
 
     def _stop(signum: int, _frame: object) -> None:
@@ -400,10 +408,12 @@ def status(root: Path) -> dict[str, Any]:
     except LedgerError:
         policy = None
     datasets = []
+    state["ledger"] = "ok"
     try:
         with Ledger.open(root, create=False) as ledger:
             report = ledger.report(policy)
-    except LedgerError:
+    except LedgerError as exc:  # refused: say so, never show "nothing spent" instead
+        state["ledger"] = f"REFUSED: {exc}"
         report = []
     for item in report:
         last = item["releases"][-1] if item["releases"] else None
@@ -419,7 +429,23 @@ def status(root: Path) -> dict[str, Any]:
         "max_epsilon": policy.max_epsilon, "delta": policy.delta,
         "accountant": policy.accountant}
     state["consortium_key"] = key_fingerprint(load_public_key(home.consortium_key))
+    state["local"] = _last_local(root, policy)
+    try:
+        state["approvals"] = approvals.describe(root)
+    except HeroesError as exc:  # a broken log: the node refuses everything until it is fixed
+        state["approvals"] = f"BROKEN: {exc}"
     return state
+
+
+def _last_local(root: Path, policy: Policy | None) -> dict[str, Any]:
+    """The last training and evaluation figures this node kept (clients/local_metrics.py):
+    they stay here unless the policy shares them."""
+    from clients import local_metrics
+
+    out: dict[str, Any] = {"shared_with_consortium": bool(policy and policy.share_local_metrics)}
+    for entry in local_metrics.read(root):
+        out[entry["kind"]] = {k: entry[k] for k in ("run_id", "round", "status", "figures", "at")}
+    return out
 
 
 def _alive(pid: int) -> bool:

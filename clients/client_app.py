@@ -1,12 +1,23 @@
 """The agency node's ClientApp: validate local data, train with DP-SGD, evaluate locally.
 
-What leaves the node per message: model arrays (train only) and aggregate numbers
-(example count, loss, cumulative epsilon with its delta, the noise parameters, counts of
-rows set aside) plus the agency's public name. Never rows, texts, ids or labels.
+What leaves the node, by construction (``_reply``/``_shared`` below are the only writers of
+what is sent):
 
-Cross-round state lives in ``context.state`` (this run's noise plan and accountant history);
-the epsilon a node reports is its dataset's cumulative value from the privacy ledger, over
-every round of every run.
+- in a secure round (SecAgg+, clients/secagg.py): signed public keys, sealed shares for other
+  agencies, masked vectors (the count-weighted update with its count, loss and rows set aside;
+  evaluation histograms), signatures over survivor sets, revealed shares of one kind per
+  neighbour; plus the agency's name, its status and its ledger head;
+- in a plain round: the DP-protected update and the example count FedAvg weights it by, the
+  status and the ledger head (the agency's policy may forbid plain rounds:
+  ``[secure_aggregation] required = true``);
+- per-agency figures (loss, epsilon, DP parameters, evaluation metrics, the numbers behind a
+  refusal) only where the agency's policy says so (``[sharing] share_local_metrics = true``);
+  they are always kept at the agency (clients/local_metrics.py) and in its ledger.
+
+Never rows, texts, ids or labels. Cross-round state lives in ``context.state`` (this run's
+noise plan and accountant history, the secure-aggregation session); the epsilon a node
+keeps is its dataset's cumulative value from the privacy ledger, over every round of every
+run, non-private rounds included (as infinity).
 
 Errors leave the node too (Flower returns them to the aggregator), so only heroes-fl's own
 errors, which name files, rows and rules but never content, are passed on as they are; any
@@ -19,7 +30,8 @@ import functools
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -35,44 +47,56 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from clients import receipts, secagg
-from clients.node import NodeData, load_node_data, resolve_data_dir
-from federation import secagg as secagg_math
+from clients import local_metrics, receipts
+from clients.approvals import approved_roster
+from clients.node import NodeData, load_node_data, resolve_data_dir, resolve_state_dir
+from clients.secagg import Identity, NodeSecAgg, Safety
+from federation import metrics as fm
+from federation import secagg as sa
 from federation.config import RunSettings
 from federation.data import read_manifest
 from federation.errors import FederationError, HeroesError, PrivacyConfigError
 from federation.ledger import (
     BudgetExceeded,
     Ledger,
-    Policy,
     Release,
     calibrate_to_budget,
-    load_policy,
 )
+from federation.policy import Policy, load_policy
 from federation.privacy import HistoryEntry, NoisePlan, plan_noise
-from federation.training import evaluate as evaluate_model
-from federation.training import train_local
+from federation.signing import load_private_key
+from federation.training import predict_proba, train_local
 
 log = logging.getLogger("heroes.client")
 
 app = ClientApp()
 
-Handler = Callable[[Message, Context], Message]
+
+@dataclass
+class Outgoing:
+    """A reply and the node's own figures behind it (for its receipt and local record)."""
+
+    reply: Message
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+Handler = Callable[[Message, Context], Outgoing]
 
 
 class NodeFailure(HeroesError):
     """A node failed for a reason whose details stay at the node."""
 
 
-def contained(fn: Handler) -> Handler:
-    """Pass heroes-fl errors on; replace any other exception by a content-free one."""
+def contained(fn: Handler) -> Callable[[Message, Context], Message]:
+    """Pass heroes-fl errors on; replace any other exception by a content-free one; sign a
+    receipt for every reply before it leaves (no key: not sent)."""
 
     @functools.wraps(fn)
     def wrapper(msg: Message, context: Context) -> Message:
         try:
-            reply = fn(msg, context)
-            receipts.record_outgoing(msg, context, reply, fn.__name__)  # no key: not sent
-            return reply
+            out = fn(msg, context)
+            receipts.record_outgoing(msg, context, out.reply, fn.__name__, figures=out.figures)
+            return out.reply
         except HeroesError as exc:
             receipts.record_error(msg, context, fn.__name__, exc)  # best effort, never raises
             raise
@@ -87,7 +111,50 @@ def contained(fn: Handler) -> Handler:
 
     return wrapper
 
+
+# --- what leaves the node -----------------------------------------------------------------
+
+def _shared(policy: Policy, figures: dict[str, float]) -> ConfigRecord | None:
+    """The per-agency figures the agency's policy lets leave in the clear, or nothing."""
+    if not policy.share_local_metrics or not figures:
+        return None
+    return ConfigRecord({k: float(v) for k, v in figures.items()})
+
+
+def _reply(msg: Message, agency: str, *, status: str = "ok", reason: str = "",
+           metrics: dict[str, float] | None = None, arrays: ArrayRecord | None = None,
+           shared: ConfigRecord | None = None, ledger: dict[str, Any] | None = None,
+           records: dict[str, Any] | None = None) -> Message:
+    content = RecordDict({"agency": ConfigRecord({"agency": agency, "status": status,
+                                                  "reason": reason})})
+    if metrics is not None:
+        content["metrics"] = MetricRecord(dict(metrics))
+    if arrays is not None:
+        content["arrays"] = arrays
+    if shared is not None:
+        content["shared"] = shared
+    if ledger is not None:
+        content["ledger"] = ConfigRecord(ledger)
+    for name, record in (records or {}).items():
+        content[name] = record
+    return Message(content=content, reply_to=msg)
+
+
+def _server_round(msg: Message) -> int:
+    config = msg.content.config_records.get("config")
+    return int(cast(int, config.get("server-round", 0))) if config is not None else 0
+
+
+def _attest(state_dir: Path) -> dict[str, Any]:
+    """This node's signed ledger head, for the consortium's rollback check."""
+    with Ledger.open(state_dir) as ledger:
+        return ledger.attest()
+
+
+# --- training ----------------------------------------------------------------------------------
+
 ACCOUNTANT_STATE = "dp-accountant"
+PLAN_STATE = "dp-plan"
 
 
 def _load_history(context: Context) -> list[HistoryEntry]:
@@ -108,9 +175,6 @@ def _save_history(context: Context, history: list[HistoryEntry]) -> None:
             "steps": [int(n) for _, _, n in history],
         }
     )
-
-
-PLAN_STATE = "dp-plan"
 
 
 def _run_plan(settings: RunSettings, node: NodeData, context: Context, ledger: Ledger,
@@ -140,43 +204,52 @@ def _run_plan(settings: RunSettings, node: NodeData, context: Context, ledger: L
     return plan
 
 
-def _reply(msg: Message, node: NodeData, metrics: dict[str, float], arrays: ArrayRecord | None,
-           *, status: str = "ok", reason: str = "") -> Message:
-    content = RecordDict({
-        "metrics": MetricRecord(dict(metrics)),
-        "agency": ConfigRecord({"agency": node.agency, "status": status, "reason": reason}),
-    })
-    if arrays is not None:
-        content["arrays"] = arrays
-    return Message(content=content, reply_to=msg)
+@dataclass
+class Trained:
+    """One local training, before anything is sent: the model, or why the node refused."""
+
+    node: NodeData
+    policy: Policy
+    figures: dict[str, float]
+    model: torch.nn.Module | None = None
+    status: str = "ok"
+    reason: str = ""
+
+    @property
+    def public_reason(self) -> str:
+        """A refusal's reason as it may leave: the numbers only if the policy shares them."""
+        if self.status == "ok" or self.policy.share_local_metrics:
+            return self.reason
+        return ("the agency's privacy budget or policy does not allow this round (the numbers "
+                "stay at the agency: [sharing] share_local_metrics = false)")
 
 
-def _refuse(msg: Message, node: NodeData, exc: BudgetExceeded) -> Message:
-    """A clean refusal the server understands: no arrays, the reason, the numbers."""
+def _refusal(node: NodeData, policy: Policy, exc: BudgetExceeded) -> Trained:
     log.warning("agency %s refuses to train: %s", node.agency, exc)
-    metrics = {"num-examples": 0.0, "dataset_epsilon": exc.spent, "budget": exc.budget,
-               "epsilon_if_trained": exc.after}
-    return _reply(msg, node, metrics, None, status="refused", reason=str(exc))
+    return Trained(node, policy, {"num-examples": 0.0, "dataset_epsilon": exc.spent,
+                                  "budget": exc.budget, "epsilon_if_trained": exc.after},
+                   status="refused", reason=str(exc))
 
 
-@app.train()
-@contained
-def train(msg: Message, context: Context) -> Message:
-    return train_core(msg, context)
-
-
-def train_core(msg: Message, context: Context) -> Message:
-    """Local DP-SGD on the message's arrays; the reply carries the trained arrays (or a
-    clean refusal). Shared by plain rounds and secure-aggregation rounds."""
+def train_once(msg: Message, context: Context) -> Trained:
+    """Local DP-SGD on the message's arrays, with the ledger written first (write-ahead);
+    or a clean refusal. Shared by plain rounds and secure-aggregation rounds."""
     settings = RunSettings.from_flat(context.run_config, source="run config (client)")
     node = load_node_data(context.node_config, settings, split="train")
+    policy = load_policy(node.state_dir)
     torch.set_num_threads(1)
     model = node.task.build_model()
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     config = msg.content["config"]
     mu = float(cast(float, config["proximal-mu"])) if "proximal-mu" in config else 0.0
-    server_round = int(cast(int, config.get("server-round", 0)))
-    policy = load_policy(node.state_dir)
+    server_round = _server_round(msg)
+    release = Release(
+        dataset=node.dataset, fingerprint=node.fingerprint, run_id=str(context.run_id),
+        round=server_round, task=settings.task_name, model=node.model_name,
+        noise_multiplier=0.0, sample_rate=0.0, steps=0,
+        max_grad_norm=settings.privacy.max_grad_norm, delta=policy.delta,
+        accountant=policy.accountant,
+    )
     if not settings.privacy.enabled:
         if not policy.allow_non_private:
             raise PrivacyConfigError(
@@ -184,42 +257,41 @@ def train_core(msg: Message, context: Context) -> Message:
                  "not allow non-private training (allow_non_private = false)"],
                 source="agency privacy policy",
             )
-        result = train_local(model, node.features, node.labels, train=settings.train,
-                             privacy=settings.privacy, plan=None, proximal_mu=mu)
-        plain = {"num-examples": result.num_examples, "train_loss": result.train_loss,
-                   "epsilon": math.inf, "run_epsilon": math.inf, "delta": 0.0,
-                   "noise_multiplier": 0.0, "sample_rate": 0.0, "steps": result.steps,
-                   "budget_remaining": math.nan, "rows_set_aside": node.rows_set_aside}
-        return _reply(msg, node, plain, ArrayRecord(model.state_dict()))
+        with Ledger.open(node.state_dir) as ledger:
+            # A non-private release is recorded too: the dataset's epsilon becomes infinite.
+            seq = ledger.reserve_non_private(release)
+            result = train_local(model, node.features, node.labels, train=settings.train,
+                                 privacy=settings.privacy, plan=None, proximal_mu=mu)
+            ledger.complete(seq)
+        return Trained(node, policy, {
+            "num-examples": result.num_examples, "train_loss": result.train_loss,
+            "epsilon": math.inf, "run_epsilon": math.inf, "delta": policy.delta,
+            "noise_multiplier": 0.0, "sample_rate": 0.0, "steps": result.steps,
+            "budget_remaining": 0.0, "rows_set_aside": node.rows_set_aside}, model)
     with Ledger.open(node.state_dir) as ledger:
         try:
             plan = _run_plan(settings, node, context, ledger, policy)
         except BudgetExceeded as exc:
-            return _refuse(msg, node, exc)
+            return _refusal(node, policy, exc)
         history = _load_history(context)
         planned = plan.steps_per_round * plan.planned_rounds
         if sum(n for _, _, n in history) + plan.steps_per_round > planned:
-            return _refuse(msg, node, BudgetExceeded(
+            return _refusal(node, policy, BudgetExceeded(
                 f"all {plan.planned_rounds} planned rounds of this run are spent; another "
                 "would exceed the run's privacy.target_epsilon", spent=plan.planned_epsilon,
                 after=math.inf, budget=plan.target_epsilon))
-        release = Release(
-            dataset=node.dataset, fingerprint=node.fingerprint, run_id=str(context.run_id),
-            round=server_round, task=settings.task_name, model=node.model_name,
-            noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
-            steps=plan.steps_per_round, max_grad_norm=settings.privacy.max_grad_norm,
-            delta=policy.delta, accountant=policy.accountant,
-        )
+        release = Release(**{**asdict(release), "noise_multiplier": plan.noise_multiplier,
+                             "sample_rate": plan.sample_rate, "steps": plan.steps_per_round})
         try:
             seq, dataset_epsilon = ledger.reserve(release, policy)  # write-ahead
         except BudgetExceeded as exc:
-            return _refuse(msg, node, exc)
+            return _refusal(node, policy, exc)
         result = train_local(model, node.features, node.labels, train=settings.train,
                              privacy=settings.privacy, plan=plan, history=history,
                              proximal_mu=mu)
         _save_history(context, result.history)
         ledger.complete(seq)
-    metrics: dict[str, float] = {
+    figures: dict[str, float] = {
         "num-examples": result.num_examples,
         "train_loss": result.train_loss,
         # Cumulative over every round of every run on this dataset (the ledger).
@@ -234,111 +306,273 @@ def train_core(msg: Message, context: Context) -> Message:
         "steps": result.steps,
         "rows_set_aside": node.rows_set_aside,
     }
-    log.info("agency %s trained round %d: %s", node.agency, server_round, metrics)
-    return _reply(msg, node, metrics, ArrayRecord(model.state_dict()))
+    log.info("agency %s trained round %d: %s", node.agency, server_round, figures)
+    return Trained(node, policy, figures, model)
+
+
+def _keep(context: Context, kind: str, msg: Message, t: Trained | Evaluated) -> None:
+    local_metrics.record(t.node.state_dir, run_id=str(context.run_id),
+                         server_round=_server_round(msg), kind=kind, status=t.status,
+                         reason=t.reason, figures=t.figures)
+
+
+def _plain_allowed(policy: Policy) -> str | None:
+    if policy.require_secure_aggregation:
+        return ("this agency takes part only in securely aggregated rounds ([secure_aggregation]"
+                " required = true): its update and figures never leave it in the clear")
+    return None
+
+
+@app.train()
+@contained
+def train(msg: Message, context: Context) -> Outgoing:
+    refusal = _plain_allowed(_where(context).policy)
+    if refusal is not None:
+        raise FederationError(refusal)  # before anything trains
+    t = train_once(msg, context)
+    _keep(context, "train", msg, t)
+    ledger = _attest(t.node.state_dir)
+    if t.model is None:
+        return Outgoing(_reply(msg, t.node.agency, status=t.status, reason=t.public_reason,
+                               metrics={"num-examples": 0.0}, ledger=ledger,
+                               shared=_shared(t.policy, t.figures)), t.figures)
+    # FedAvg weighs the update by the example count: in a plain round it is visible.
+    return Outgoing(_reply(msg, t.node.agency, metrics={"num-examples": t.figures["num-examples"]},
+                           arrays=ArrayRecord(t.model.state_dict()), ledger=ledger,
+                           shared=_shared(t.policy, t.figures)), t.figures)
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+@dataclass
+class Evaluated:
+    node: NodeData
+    policy: Policy
+    figures: dict[str, float]
+    probabilities: np.ndarray
+    status: str = "ok"
+    reason: str = ""
+
+
+def evaluate_once(msg: Message, context: Context) -> Evaluated:
+    settings = RunSettings.from_flat(context.run_config, source="run config (client)")
+    node = load_node_data(context.node_config, settings, split="test")
+    policy = load_policy(node.state_dir)
+    torch.set_num_threads(1)
+    model = node.task.build_model()
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    proba = predict_proba(model, node.features).astype(np.float64)
+    clipped = np.clip(proba, 1e-7, 1 - 1e-7)
+    y = node.labels
+    loss = float(-np.mean(y * np.log(clipped) + (1 - y) * np.log(1 - clipped))) if y.size \
+        else math.nan
+    figures = {"num-examples": float(y.size), "loss": loss,
+               **fm.summary(y, proba, k=settings.eval.k)}
+    return Evaluated(node, policy, figures, proba)
 
 
 @app.evaluate()
 @contained
-def evaluate(msg: Message, context: Context) -> Message:
-    settings = RunSettings.from_flat(context.run_config, source="run config (client)")
-    node = load_node_data(context.node_config, settings, split="test")
-    torch.set_num_threads(1)
-    model = node.task.build_model()
-    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-    scores = evaluate_model(model, node.features, node.labels, k=settings.eval.k)
-    metrics = {"num-examples": float(len(node.labels)), **scores}
-    return _reply(msg, node, metrics, None)
+def evaluate(msg: Message, context: Context) -> Outgoing:
+    refusal = _plain_allowed(_where(context).policy)
+    if refusal is not None:
+        raise FederationError(refusal)
+    e = evaluate_once(msg, context)
+    _keep(context, "evaluate", msg, e)
+    if not e.policy.share_local_metrics:
+        # Nothing per agency in the clear: the figures stay in local-metrics.jsonl.
+        return Outgoing(_reply(msg, e.node.agency, status="withheld",
+                               reason="evaluation figures stay at the agency ([sharing] "
+                                      "share_local_metrics = false)",
+                               metrics={"num-examples": 0.0}), e.figures)
+    return Outgoing(_reply(msg, e.node.agency, metrics=e.figures), e.figures)
 
 
-
-# --- secure aggregation (SecAgg+): the node's four stages, see clients/secagg.py -------------
+# --- secure aggregation (SecAgg+): the node's stages, see clients/secagg.py ------------------
 
 SECAGG_STATE = "secagg"
 
 
-def _agency_name(context: Context, settings: RunSettings) -> str:
-    return str(read_manifest(resolve_data_dir(context.node_config, settings))["agency"])
+@dataclass(frozen=True)
+class _Where:
+    settings: RunSettings
+    agency: str
+    state_dir: Path
+    policy: Policy
 
 
-def _secagg_reply(msg: Message, agency: str, values: dict[str, Any]) -> Message:
-    return Message(content=RecordDict({
-        SECAGG_STATE: ConfigRecord(values),
-        "agency": ConfigRecord({"agency": agency, "status": "ok", "reason": ""}),
-    }), reply_to=msg)
+def _where(context: Context) -> _Where:
+    settings = RunSettings.from_flat(context.run_config, source="run config (client)")
+    agency = str(read_manifest(resolve_data_dir(context.node_config, settings))["agency"])
+    state_dir = resolve_state_dir(context.node_config, settings, agency)
+    return _Where(settings, agency, state_dir, load_policy(state_dir))
 
 
-def _secagg_cfg(msg: Message) -> dict[str, Any]:
+def _session(context: Context, w: _Where) -> NodeSecAgg:
+    s = w.settings.secagg
+    identity = Identity(node_id=int(context.node_id), agency=w.agency, run_id=str(context.run_id),
+                        key=load_private_key(w.state_dir / receipts.NODE_KEY),
+                        roster=approved_roster(w.state_dir))
+    safety = Safety(fraction=s.threshold, degree=s.num_neighbours,
+                    quantization_bits=s.quantization_bits,
+                    min_threshold=w.policy.secure_min_threshold,
+                    min_agencies=int(w.policy.secure_min_agencies))
+    text = None
+    if SECAGG_STATE in context.state:
+        text = str(context.state.config_records[SECAGG_STATE]["json"])
+    return NodeSecAgg.load(identity, safety, text)
+
+
+def _save(context: Context, node: NodeSecAgg) -> None:
+    context.state[SECAGG_STATE] = ConfigRecord({"json": node.dump()})
+
+
+def _cfg(msg: Message) -> dict[str, Any]:
     return dict(msg.content.config_records[SECAGG_STATE])
 
 
-def _secagg_node(context: Context) -> secagg.NodeSecAgg:
-    if SECAGG_STATE not in context.state:
-        raise FederationError("secure aggregation: a stage arrived before set-up")
-    return secagg.load_state(dict(context.state.config_records[SECAGG_STATE]))
+def _sum_of(msg: Message) -> str:
+    return msg.metadata.message_type.split(".", 1)[0]
 
 
-def _secagg_save(context: Context, node: secagg.NodeSecAgg) -> None:
-    context.state[SECAGG_STATE] = ConfigRecord(secagg.dump_state(node))
+def _same_round(msg: Message, node: NodeSecAgg) -> None:
+    if _server_round(msg) != int(node.state.get("round", -1)):
+        raise FederationError("secure aggregation refused by this node: a stage of another "
+                              "round than the session it belongs to")
 
 
-@app.train("secagg_setup")
-@contained
-def secagg_setup(msg: Message, context: Context) -> Message:
-    settings = RunSettings.from_flat(context.run_config, source="run config (client)")
-    data = load_node_data(context.node_config, settings, split="train")  # validates first
-    node = secagg.NodeSecAgg(int(context.node_id))
-    values = node.setup(_secagg_cfg(msg))
-    values["num_examples"] = float(data.train_size)
-    _secagg_save(context, node)
-    return _secagg_reply(msg, data.agency, values)
+def _secagg_reply(msg: Message, agency: str, values: dict[str, Any], *,
+                  ledger: dict[str, Any] | None = None) -> Message:
+    return _reply(msg, agency, ledger=ledger, records={SECAGG_STATE: ConfigRecord(values)})
 
 
-@app.train("secagg_share")
-@contained
-def secagg_share(msg: Message, context: Context) -> Message:
-    settings = RunSettings.from_flat(context.run_config, source="run config (client)")
-    node = _secagg_node(context)
-    values = node.share(_secagg_cfg(msg))
-    _secagg_save(context, node)
-    return _secagg_reply(msg, _agency_name(context, settings), values)
+def secagg_setup(msg: Message, context: Context) -> Outgoing:
+    w = _where(context)
+    if _sum_of(msg) == "train":
+        load_node_data(context.node_config, w.settings, split="train")  # validates first
+    node = _session(context, w)
+    values = node.setup(_cfg(msg), server_round=_server_round(msg))
+    _save(context, node)
+    return Outgoing(_secagg_reply(msg, w.agency, values, ledger=_attest(w.state_dir)))
 
 
-@app.train("secagg_masked")
-@contained
-def secagg_masked(msg: Message, context: Context) -> Message:
-    node = _secagg_node(context)
-    cfg = _secagg_cfg(msg)
-    global_flat, _ = secagg_math.flatten(msg.content.array_records["arrays"])
-    replies: list[Message] = []
-
-    def trained() -> Any:
-        reply = train_core(msg, context)
-        replies.append(reply)
-        if "arrays" not in reply.content.array_records:
-            return None  # refused: this node drops out of the round's sum
-        return secagg_math.flatten(reply.content.array_records["arrays"])[0]
-
-    result = secagg.masked_reply(node, cfg, global_flat, trained)
-    _secagg_save(context, node)
-    reply = replies[0]
-    if result is None:
-        return reply
-    packed, clipped = result
-    metrics = MetricRecord(dict(reply.content.metric_records["metrics"]))
-    metrics["secagg_clipped"] = float(clipped)
-    return Message(content=RecordDict({
-        "metrics": metrics,
-        "agency": reply.content.config_records["agency"],
-        SECAGG_STATE: ArrayRecord({"masked": Array(np.frombuffer(packed, dtype=np.uint8))}),
-    }), reply_to=msg)
+def secagg_share(msg: Message, context: Context) -> Outgoing:
+    w = _where(context)
+    node = _session(context, w)
+    _same_round(msg, node)
+    values = node.share(_cfg(msg))
+    _save(context, node)
+    return Outgoing(_secagg_reply(msg, w.agency, values))
 
 
-@app.train("secagg_unmask")
-@contained
-def secagg_unmask(msg: Message, context: Context) -> Message:
-    settings = RunSettings.from_flat(context.run_config, source="run config (client)")
-    node = _secagg_node(context)
-    values = node.unmask(_secagg_cfg(msg))
-    _secagg_save(context, node)
-    return _secagg_reply(msg, _agency_name(context, settings), values)
+def _open_boxes(node: NodeSecAgg, cfg: dict[str, Any]) -> None:
+    """The first masked stage of a session delivers the share bundles; a later one (the
+    evaluation of a session set up in training) delivers none."""
+    if cfg:
+        node.receive_shares(cfg)
+    elif not node.state.get("received"):
+        raise FederationError("secure aggregation refused by this node: masking requested "
+                              "before any share bundles arrived")
+
+
+def _masked_reply(msg: Message, agency: str, packed: bytes, *, policy: Policy,
+                  figures: dict[str, float], ledger: dict[str, Any] | None) -> Message:
+    return _reply(msg, agency, ledger=ledger, shared=_shared(policy, figures),
+                  records={SECAGG_STATE: ArrayRecord(
+                      {"masked": Array(np.frombuffer(packed, dtype=np.uint8))})})
+
+
+def _weight(count: float, settings: RunSettings) -> tuple[float, float]:
+    """(capped count, weight): the node's own share of the mean, never the server's."""
+    capped = float(min(count, settings.secagg.max_weight))
+    return capped, capped / settings.secagg.max_weight
+
+
+def _masked_stage(msg: Message, context: Context) -> tuple[_Where, NodeSecAgg]:
+    """Every masked-input stage starts alike: this round's session, its bundles opened."""
+    w = _where(context)
+    node = _session(context, w)
+    _same_round(msg, node)
+    _open_boxes(node, _cfg(msg))
+    _save(context, node)
+    return w, node
+
+
+def secagg_masked_train(msg: Message, context: Context) -> Outgoing:
+    w, node = _masked_stage(msg, context)
+    t = train_once(msg, context)
+    if t.model is None:  # refused: this node drops out of the round's sum
+        _keep(context, "train", msg, t)
+        return Outgoing(_reply(msg, t.node.agency, status=t.status, reason=t.public_reason,
+                               ledger=_attest(t.node.state_dir),
+                               shared=_shared(t.policy, t.figures)), t.figures)
+    global_flat, _ = sa.flatten(msg.content.array_records["arrays"])
+    trained, _ = sa.flatten(ArrayRecord(t.model.state_dict()))
+    capped, weight = _weight(t.figures["num-examples"], w.settings)
+    layout = sa.train_layout(global_flat.size, w.settings.secagg.clip_range)
+    loss = t.figures["train_loss"] if math.isfinite(t.figures["train_loss"]) else 0.0
+    vector, clipped = layout.encode(
+        {"update": weight * (trained - global_flat), "loss": [weight * loss],
+         "examples": [capped], "rows_set_aside": [float(t.node.rows_set_aside)]},
+        qbits=w.settings.secagg.quantization_bits)
+    packed = node.mask("train", vector)
+    _save(context, node)
+    t.figures["secagg_clipped"] = float(clipped)  # clipping changes the sum: kept here
+    _keep(context, "train", msg, t)
+    return Outgoing(_masked_reply(msg, t.node.agency, packed, policy=t.policy,
+                                  figures=t.figures, ledger=_attest(t.node.state_dir)),
+                    t.figures)
+
+
+def secagg_masked_evaluate(msg: Message, context: Context) -> Outgoing:
+    w, node = _masked_stage(msg, context)
+    e = evaluate_once(msg, context)
+    _keep(context, "evaluate", msg, e)
+    capped, weight = _weight(e.figures["num-examples"], w.settings)
+    pos, neg = fm.histograms(e.node.labels, e.probabilities)
+    loss = e.figures["loss"] if math.isfinite(e.figures["loss"]) else 0.0
+    brier = e.figures["brier"] if math.isfinite(e.figures["brier"]) else 0.0
+    vector, _ = sa.eval_layout().encode(
+        {"positives": pos, "negatives": neg, "loss": [weight * loss],
+         "brier": [weight * brier], "examples": [capped]},
+        qbits=w.settings.secagg.quantization_bits)
+    packed = node.mask("evaluate", vector)
+    _save(context, node)
+    return Outgoing(_masked_reply(msg, e.node.agency, packed, policy=e.policy,
+                                  figures=e.figures, ledger=None), e.figures)
+
+
+def secagg_consistency(msg: Message, context: Context) -> Outgoing:
+    w = _where(context)
+    node = _session(context, w)
+    _same_round(msg, node)
+    values = node.consistency(_sum_of(msg), _cfg(msg))
+    _save(context, node)
+    return Outgoing(_secagg_reply(msg, w.agency, values))
+
+
+def secagg_unmask(msg: Message, context: Context) -> Outgoing:
+    w = _where(context)
+    node = _session(context, w)
+    _same_round(msg, node)
+    values = node.unmask(_sum_of(msg), _cfg(msg))
+    _save(context, node)
+    return Outgoing(_secagg_reply(msg, w.agency, values))
+
+
+def _register() -> None:
+    """Every stage under train.<stage> and evaluate.<stage>: an evaluation either continues
+    the round's session (masked input on) or, if training ran in the clear, opens its own."""
+    stages: dict[str, tuple[Handler, Handler]] = {
+        "secagg_setup": (secagg_setup, secagg_setup),
+        "secagg_share": (secagg_share, secagg_share),
+        "secagg_masked": (secagg_masked_train, secagg_masked_evaluate),
+        "secagg_consistency": (secagg_consistency, secagg_consistency),
+        "secagg_unmask": (secagg_unmask, secagg_unmask),
+    }
+    for stage, (on_train, on_eval) in stages.items():
+        app.train(stage)(contained(on_train))
+        app.evaluate(stage)(contained(on_eval))
+
+
+_register()

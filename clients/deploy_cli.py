@@ -4,6 +4,8 @@
         --ca-cert ca.crt --consortium-key signing.pub --max-epsilon 10 --delta 1e-5
     heroes agency serve --dir DIR [--insecure]
     heroes agency status --dir DIR [--json]
+    heroes agency approve TARGET --dir DIR [--yes]   a roster, a .fab, or a refused bundle's digest
+    heroes agency approvals --dir DIR [--json]       what this agency approved; checks the log
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,17 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="stretch: fit noise to the budget left; stop: refuse past it")
     p.add_argument("--allow-non-private", action="store_true",
                    help="accept runs with DP off (never spends budget, still logged)")
+    p.add_argument("--require-secure-aggregation", action="store_true",
+                   help="refuse every round that is not securely aggregated (the update and "
+                   "figures then never leave in the clear)")
+    p.add_argument("--secure-min-agencies", type=int, default=3,
+                   help="the smallest number of agencies in a secure sum this node joins")
+    p.add_argument("--secure-min-threshold", type=float, default=0.5,
+                   help="unmasking must need MORE than this share of the node's "
+                   "neighbourhood (0.5: strict majority; raise it against colluding agencies)")
+    p.add_argument("--share-local-metrics", action="store_true",
+                   help="send per-agency figures (loss, epsilon, evaluation) in the clear; "
+                   "off: only secure sums and statuses leave")
     p.add_argument("--allowed-task", action="append", default=None,
                    help="task this node agrees to train (repeatable; default: advert-risk)")
     p.add_argument("--dataset-id", default="", help="a stable name for the ledger's key")
@@ -62,12 +76,32 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--json", action="store_true")
     HANDLERS["status"] = _status
 
+    p = sub.add_parser("approve", help="approve a roster (the peers of secure aggregation) or "
+                       "an app bundle (the code the node runs), after showing what changed")
+    p.add_argument("target", metavar="TARGET",
+                   help="roster.json, an app bundle .fab, or the manifest digest of a bundle "
+                   "the node refused (kept in DIR/approvals/pending)")
+    p.add_argument("--dir", type=Path, required=True, help="the node's state folder")
+    p.add_argument("--yes", action="store_true",
+                   help="approve without asking (after showing everything); for scripts")
+    HANDLERS["approve"] = _approve
+
+    p = sub.add_parser("approvals", help="list what this agency approved and check the signed "
+                       "log (exit 1 when it is broken)")
+    p.add_argument("--dir", type=Path, required=True, help="the node's state folder")
+    p.add_argument("--json", action="store_true")
+    HANDLERS["approvals"] = _approvals
+
 
 def _init(args: argparse.Namespace) -> int:
     from clients import agency
 
     policy = Policy(max_epsilon=args.max_epsilon, delta=args.delta, accountant=args.accountant,
-                    allow_non_private=args.allow_non_private, on_budget=args.on_budget)
+                    allow_non_private=args.allow_non_private, on_budget=args.on_budget,
+                    secure_min_threshold=args.secure_min_threshold,
+                    secure_min_agencies=args.secure_min_agencies,
+                    require_secure_aggregation=args.require_secure_aggregation,
+                    share_local_metrics=args.share_local_metrics)
     home = agency.init(args.dir, name=args.name, data_dir=args.data_dir,
                        consortium=args.consortium, ca_cert=args.ca_cert,
                        consortium_key=args.consortium_key, policy=policy,
@@ -88,21 +122,35 @@ def _serve(args: argparse.Namespace) -> int:
     return agency.serve(args.dir, insecure=args.insecure)
 
 
+def _approve(args: argparse.Namespace) -> int:
+    from clients.approve import approve_target
+
+    return approve_target(args.dir, args.target, yes=args.yes, stdin=sys.stdin, out=sys.stdout)
+
+
+def _approvals(args: argparse.Namespace) -> int:
+    from clients.approve import list_approvals
+
+    return list_approvals(args.dir, as_json=args.json, out=sys.stdout)
+
+
 def _fmt(v: object) -> str:
     return "n/a" if not isinstance(v, float) or math.isnan(v) else f"{v:.3f}"
 
 
 def _status(args: argparse.Namespace) -> int:
     from clients import agency
+    from federation.ledger import json_safe
 
     s: dict[str, Any] = agency.status(args.dir)
-    if args.json:
-        print(json.dumps(s, indent=2, default=lambda v: None))
+    if args.json:  # strict JSON: an infinite epsilon (trained without DP) becomes null
+        print(json.dumps(json_safe(s), indent=2, default=lambda v: None, allow_nan=False))
         return 0
     print(f"agency {s['agency']} -> consortium {s['consortium']}")
     print(f"  processes: {s['processes']}")
     print(f"  health: {s['health']}; connection: {s['connection']}")
-    print(f"  runs only bundles signed by {s['consortium_key']}")
+    print(f"  runs only bundles signed by {s['consortium_key']} and approved here")
+    print(f"  {s['approvals']}")
     budget = s["budget"]
     for d in s["datasets"]:
         eps = d["epsilon"]
@@ -116,6 +164,16 @@ def _status(args: argparse.Namespace) -> int:
         if last:
             print(f"    last round: run {last['run']} round {last['round']} at {last['at']} "
                   f"({last['status']})")
-    if not s["datasets"]:
+    if s["ledger"] != "ok":
+        print(f"  privacy ledger {s['ledger']}")
+    elif not s["datasets"]:
         print("  no rounds trained yet: no privacy spent")
+    local = s["local"]
+    for kind in ("train", "evaluate"):
+        if kind in local:
+            e = local[kind]
+            shown = ", ".join(f"{k} {_fmt(float(v))}" for k, v in sorted(e["figures"].items()))
+            print(f"  last {kind} (run {e['run_id']} round {e['round']}, {e['status']}): {shown}")
+    print("  these figures stay at this agency" if not local["shared_with_consortium"] else
+          "  these figures are shared with the consortium ([sharing] share_local_metrics)")
     return 0

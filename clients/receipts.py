@@ -14,50 +14,41 @@ and head together, is not stopped by this; keep copies of the head elsewhere for
 No node key, no message: a node that cannot sign its receipts refuses to send (it raises
 DeploymentError, which Flower reports to the aggregator as the node's error), because a
 message that left without a receipt could not be accounted for afterwards.
+
+The chain, signature, head and checking mechanics are clients/signed_log.py's, shared with
+the agency's approvals log (clients/approvals.py); this module decides what a receipt holds.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
-import fcntl
 import hashlib
 import json
 import math
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from federation.errors import DeploymentError, SignatureError
-from federation.signing import (
-    PrivateKey,
-    PublicKey,
-    key_fingerprint,
-    load_private_key,
-    load_public_key,
-    sign,
-    verify,
-)
+from clients import signed_log
+from clients.signed_log import GENESIS, NODE_KEY, NODE_PUB, Problem, canonical
+from federation.errors import DeploymentError
+from federation.signing import PrivateKey, PublicKey, load_private_key
 
 RECEIPTS = "receipts.jsonl"
 HEAD = "receipts.head"
-NODE_KEY = "node.key"
-NODE_PUB = "node.key.pub"
-GENESIS = "0" * 64
 APP_BUNDLE_ENV = "HEROES_APP_BUNDLE_SHA256"  # set by clients/verified_clientapp.py
 
+__all__ = ["APP_BUNDLE_ENV", "GENESIS", "HEAD", "NODE_KEY", "NODE_PUB", "RECEIPTS", "Problem",
+           "Receipt", "append", "canonical", "entries", "payload_digest", "record_error",
+           "record_outgoing", "record_reply", "render_entries", "trusted_public_key",
+           "verify_log"]
 
-def canonical(obj: Any) -> bytes:
-    """The bytes that are hashed and signed: sorted keys, no spaces, floats by repr."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=True).encode("utf-8")
 
-
-def _entry_hash(entry: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical(entry)).hexdigest()
+def receipts_log(state_dir: Path) -> signed_log.SignedLog:
+    """The node's receipts as a signed log (the mechanics live in clients/signed_log.py)."""
+    return signed_log.SignedLog.in_dir(state_dir, RECEIPTS, HEAD, "receipt")
 
 
 # --- what a message carries -------------------------------------------------------------------
@@ -115,6 +106,20 @@ class Receipt:
     delta: float | None
     dp: dict[str, Any]
     app_bundle_sha256: str
+    # The privacy ledger's head (seq, hash) when the message left: binds every receipt to a
+    # point of the ledger, so a ledger rolled back behind its receipts shows.
+    ledger_head: dict[str, Any] | None = None
+
+
+def ledger_head(state_dir: Path) -> dict[str, Any] | None:
+    """The ledger's signed head copy (federation/ledger.py writes it), or None before any."""
+    from federation.ledger import HEAD_FILE
+
+    try:
+        head = json.loads((state_dir / HEAD_FILE).read_text(encoding="utf-8"))
+        return {"seq": int(head["seq"]), "hash": str(head["hash"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def node_key_path(state_dir: Path) -> Path:
@@ -132,46 +137,13 @@ def _load_signing_key(state_dir: Path) -> PrivateKey:
     return load_private_key(path)
 
 
-def _read_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        return []
-    return [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-
-
 def append(state_dir: Path, receipt: Receipt) -> dict[str, Any]:
     """Sign and append one receipt, then move the signed head; return the entry."""
     key = _load_signing_key(state_dir)
-    log_path = state_dir / RECEIPTS
-    fd = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "r+", encoding="utf-8") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # one writer at a time; released on close
-        return _append_locked(state_dir, handle, key, receipt)
-
-
-def _append_locked(state_dir: Path, handle: Any, key: PrivateKey,
-                   receipt: Receipt) -> dict[str, Any]:
-    handle.seek(0)
-    lines = [ln for ln in handle.read().splitlines() if ln.strip()]
-    prev = _entry_hash(json.loads(lines[-1])) if lines else GENESIS
-    body: dict[str, Any] = {
-        "seq": len(lines),
-        "prev": prev,
-        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **{k: getattr(receipt, k) for k in Receipt.__dataclass_fields__},
-        "key_fingerprint": key_fingerprint(key.public_key()),
-    }
-    body["epsilon"] = _plain(body["epsilon"]) if body["epsilon"] is not None else None
-    body["dp"] = {k: _plain(v) for k, v in body["dp"].items()}
-    entry = {**body, "signature": base64.b64encode(sign(key, canonical(body))).decode("ascii")}
-    handle.write(json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n")
-    handle.flush()
-    os.fsync(handle.fileno())
-    head = {"seq": entry["seq"], "hash": _entry_hash(entry)}
-    head["signature"] = base64.b64encode(sign(key, canonical(head))).decode("ascii")
-    tmp = state_dir / (HEAD + ".tmp")
-    tmp.write_text(json.dumps(head, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, state_dir / HEAD)
-    return entry
+    fields = {k: getattr(receipt, k) for k in Receipt.__dataclass_fields__}
+    fields["epsilon"] = _plain(fields["epsilon"]) if fields["epsilon"] is not None else None
+    fields["dp"] = {k: _plain(v) for k, v in fields["dp"].items()}
+    return signed_log.append(receipts_log(state_dir), key, fields, time_field="recorded_at")
 
 
 def record_reply(state_dir: Path, *, agency: str, run_id: str, server_round: int, task: str,
@@ -186,7 +158,7 @@ def record_reply(state_dir: Path, *, agency: str, run_id: str, server_round: int
         return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
     # a plain round's reply, or a secure round's masked update: both carry a trained model
-    trained = message in ("train", "secagg_masked") and status == "ok"
+    trained = message in ("train", "secagg_masked_train") and status == "ok"
     return append(state_dir, Receipt(
         agency=agency, run_id=run_id, round=server_round, task=task, message=message,
         status=status, payload_sha256=digest, payload_bytes=size,
@@ -196,39 +168,21 @@ def record_reply(state_dir: Path, *, agency: str, run_id: str, server_round: int
             "steps": num("steps"), "max_grad_norm": max_grad_norm if trained else None,
             "accountant": accountant},
         app_bundle_sha256=app_bundle_sha256 or os.environ.get(APP_BUNDLE_ENV) or "unknown",
+        ledger_head=ledger_head(state_dir),
     ))
 
 
 # --- checking ---------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Problem:
-    entry: int  # 1-based line number in receipts.jsonl (0: the log as a whole)
-    check: str
-    detail: str
-
-    def __str__(self) -> str:
-        where = f"entry {self.entry}" if self.entry else "log"
-        return f"{where}: {self.check}: {self.detail}"
-
-
 def trusted_public_key(state_dir: Path, public_key: Path | None = None) -> PublicKey:
     """The key receipts must verify with: given, else node.key.pub, else node.key's half."""
-    if public_key is not None:
-        return load_public_key(public_key)
-    if (state_dir / NODE_PUB).is_file():
-        return load_public_key(state_dir / NODE_PUB)
-    return _load_signing_key(state_dir).public_key()
+    if public_key is None and not (state_dir / NODE_PUB).is_file():
+        return _load_signing_key(state_dir).public_key()  # its message says how to make one
+    return signed_log.node_public_key(state_dir, public_key=public_key)
 
 
 def entries(state_dir: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    for number, line in enumerate(_read_lines(state_dir / RECEIPTS), start=1):
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            yield number, None, line
-            continue
-        yield number, entry if isinstance(entry, dict) else None, line
+    return signed_log.entries(receipts_log(state_dir))
 
 
 def verify_log(state_dir: Path, public_key: PublicKey) -> tuple[int, list[Problem]]:
@@ -237,64 +191,7 @@ def verify_log(state_dir: Path, public_key: PublicKey) -> tuple[int, list[Proble
     Returns (entries read, problems). Each problem names the entry (its line) and the check
     that failed; checking goes on past a break so that every damaged entry is listed.
     """
-    fingerprint = key_fingerprint(public_key)
-    problems: list[Problem] = []
-    prev_hash = GENESIS
-    count = 0
-    last: dict[str, Any] | None = None
-    for number, entry, _ in entries(state_dir):
-        count = number
-        if entry is None:
-            problems.append(Problem(number, "format", "not a JSON object"))
-            prev_hash = "unknown"
-            continue
-        body = {k: v for k, v in entry.items() if k != "signature"}
-        if entry.get("key_fingerprint") != fingerprint:
-            problems.append(Problem(number, "key", f"signed by {entry.get('key_fingerprint')}, "
-                                    f"not by the node key {fingerprint}"))
-        try:
-            signature = base64.b64decode(str(entry.get("signature", "")), validate=True)
-            verify(public_key, signature, canonical(body), what=f"receipt {number}")
-        except (SignatureError, binascii.Error, ValueError):
-            problems.append(Problem(number, "signature", "the signature does not match the "
-                                    "entry: a field was changed after signing"))
-        if entry.get("seq") != number - 1:
-            problems.append(Problem(number, "sequence", f"seq is {entry.get('seq')!r}, expected "
-                                    f"{number - 1}: an entry before it was deleted, or entries "
-                                    "were reordered or inserted"))
-        if prev_hash != "unknown" and entry.get("prev") != prev_hash:
-            problems.append(Problem(number, "chain", "prev does not match the hash of the entry "
-                                    "before it: that entry was changed, removed or moved"))
-        prev_hash = _entry_hash(entry)
-        last = entry
-    head_path = state_dir / HEAD
-    if not head_path.is_file():
-        if count:
-            problems.append(Problem(0, "head", f"{head_path} is missing"))
-        return count, problems
-    try:
-        head = json.loads(head_path.read_text(encoding="utf-8"))
-        head_sig = base64.b64decode(str(head.pop("signature")), validate=True)
-        verify(public_key, head_sig, canonical(head), what="receipts.head")
-    except (json.JSONDecodeError, KeyError, AttributeError, binascii.Error, ValueError,
-            SignatureError):
-        problems.append(Problem(0, "head", f"{head_path} is malformed or its signature does "
-                                "not verify"))
-        return count, problems
-    head_seq = head.get("seq")
-    if not isinstance(head_seq, int):
-        problems.append(Problem(0, "head", f"{head_path} has no sequence number"))
-    elif head_seq > count - 1:
-        problems.append(Problem(count + 1, "head", f"the signed head records {head_seq + 1} "
-                                f"entries, the log has {count}: entries {count + 1} to "
-                                f"{head_seq + 1} were cut off the end"))
-    elif head_seq < count - 1:
-        problems.append(Problem(head_seq + 2, "head", f"entries from {head_seq + 2} on are not "
-                                "covered by the signed head"))
-    elif last is not None and head.get("hash") != _entry_hash(last):
-        problems.append(Problem(count, "head", "the last entry differs from the one the signed "
-                                "head records"))
-    return count, problems
+    return signed_log.verify_log(receipts_log(state_dir), public_key)
 
 
 def render_entries(state_dir: Path) -> str:
@@ -321,8 +218,13 @@ def render_entries(state_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def record_outgoing(msg: Any, context: Any, reply: Any, kind: str) -> dict[str, Any]:
+def record_outgoing(msg: Any, context: Any, reply: Any, kind: str, *,
+                    figures: dict[str, float] | None = None) -> dict[str, Any]:
     """The ClientApp's hook: a receipt for ``reply`` before Flower sends it.
+
+    ``figures`` are the node's own numbers behind the reply (epsilon, delta, DP parameters);
+    they complete what the reply's metric records carry, since an agency's policy may keep
+    them out of the reply while its receipt must still record them.
 
     Raises DeploymentError when the node has no key to sign with, so the reply is not sent.
     """
@@ -336,6 +238,7 @@ def record_outgoing(msg: Any, context: Any, reply: Any, kind: str) -> dict[str, 
     metrics: dict[str, Any] = {}
     for record in content.metric_records.values():
         metrics.update(record)
+    metrics.update(figures or {})
     config = msg.content.config_records.get("config")
     server_round = int(config.get("server-round", 0)) if config is not None else 0
     return record_reply(
@@ -373,7 +276,8 @@ def record_error(msg: Any, context: Any, kind: str, error: BaseException) -> dic
             task=settings.task_name, message=kind, status="failed",
             payload_sha256=hashlib.sha256(text).hexdigest(), payload_bytes=len(text),
             epsilon=None, delta=None, dp={},
-            app_bundle_sha256=os.environ.get(APP_BUNDLE_ENV) or "unknown"))
+            app_bundle_sha256=os.environ.get(APP_BUNDLE_ENV) or "unknown",
+            ledger_head=ledger_head(state_dir)))
     except (HeroesError, OSError, KeyError, ValueError, AttributeError) as exc:
         logging.getLogger("heroes.client").warning(
             "no receipt for the error reply of %s: %s", kind, type(exc).__name__)

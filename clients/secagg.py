@@ -1,177 +1,391 @@
-"""The node's side of SecAgg+ (federation/secagg.py has the protocol and the maths).
+"""The node's side of SecAgg+ against a malicious aggregator (federation/secagg.py has the
+protocol, the maths and why each rule is there).
 
-Four messages per round (``train.secagg_setup``, ``train.secagg_share``,
-``train.secagg_masked``, ``train.secagg_unmask``); the node's secrets for the round (its two
-X25519 private keys, its self-mask seed, the shares it holds) live in ``context.state`` at the
-node and never leave it except as the protocol allows: a share of a neighbour's self-mask
-seed only if the server lists that neighbour as a survivor, a share of its mask key only if
-the server lists it as dropped, never both for the same node in one round.
+A session is one server round; it holds one secure sum per purpose (``train``, then
+``evaluate``) with independent secrets. The node takes nothing from the server on trust:
 
-The stage functions work on plain dicts so that tests can run the whole protocol in one
-process (tests/test_secagg.py); clients/client_app.py wraps them as Flower handlers.
+- peers: every relayed public key must carry a valid signature, bound to this session, by a
+  node key on the roster this agency approved; each agency appears once; the node finds its
+  own keys unchanged. A substituted key, a Sybil or a replayed key is refused.
+- parameters: the node derives the neighbour graph, its share threshold and the modulus
+  from the ids and its own run config, and refuses a threshold below its policy
+  (``[secure_aggregation] min_threshold``, never below a strict majority) or a sum of fewer
+  agencies than ``min_agencies``.
+- weights: there are none to take; the node's vector carries its own count-weighted update
+  and its count, the server divides the sums.
+- replays: a session is bound to the run id (the node's own), the round and a server nonce;
+  a node runs each sum at most once per round and only for a later round than the last.
+- unmasking: after the consistency round, and only with ``t`` valid signatures from its
+  neighbourhood over exactly the survivor set it signed; one kind of share per neighbour,
+  once per sum.
+
+Any refusal is a FederationError whose message names the rule and the numbers (never data):
+the node then drops out of the round, which the server may only abort.
+
+The stage methods work on plain dicts so that tests (and the malicious-aggregator harness in
+tests/test_secagg_malicious.py) run the protocol in one process; clients/client_app.py wraps
+them as Flower handlers and keeps the state in ``context.state`` between messages.
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable
+import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from federation import secagg as sa
-from federation.errors import FederationError
+from federation.errors import FederationError, SignatureError
+from federation.roster import Roster
+from federation.signing import PrivateKey, sign, verify
 
 
-def _ids(values: object) -> list[int]:
-    assert isinstance(values, list)
-    return [int(v) for v in values]
+@dataclass(frozen=True)
+class Identity:
+    """Who this node is in a session, and whom it accepts as peers."""
+
+    node_id: int
+    agency: str
+    run_id: str
+    key: PrivateKey  # the enrolled node key (signs keys and survivor sets)
+    roster: Roster  # the roster this agency approved
+
+
+@dataclass(frozen=True)
+class Safety:
+    """Parameters from the run config (server-chosen) and the floors the agency set."""
+
+    fraction: float  # secagg.threshold
+    degree: int  # secagg.num_neighbours
+    quantization_bits: int  # secagg.quantization_bits
+    min_threshold: float  # policy [secure_aggregation] min_threshold
+    min_agencies: int  # policy [secure_aggregation] min_agencies
+
+
+def _refuse(text: str) -> FederationError:
+    return FederationError(f"secure aggregation refused by this node: {text}")
+
+
+def _exact_keys(cfg: dict[str, Any], expected: set[str], stage: str) -> None:
+    if set(cfg) != expected:
+        extra, missing = sorted(set(cfg) - expected), sorted(expected - set(cfg))
+        raise _refuse(f"the {stage} message must hold exactly {sorted(expected)} (unexpected: "
+                      f"{extra}, missing: {missing}); a server cannot add parameters such as "
+                      "weights or thresholds, which the node derives itself")
+
+
+def _ints(values: object, what: str) -> list[int]:
+    if not isinstance(values, list):
+        raise _refuse(f"{what} is not a list")
+    try:
+        return [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise _refuse(f"{what} holds a value that is not a node id") from None
+
+
+def _bytes_list(values: object, what: str) -> list[bytes]:
+    if not isinstance(values, list) or not all(isinstance(v, bytes) for v in values):
+        raise _refuse(f"{what} must be a list of byte strings")
+    return [bytes(v) for v in values]
+
+
+def _b(text: str) -> bytes:
+    return bytes.fromhex(text)
 
 
 class NodeSecAgg:
-    """One node's state across the four stages of one round."""
+    """One node's state across the stages of a session (and the rounds it already ran)."""
 
-    def __init__(self, node_id: int) -> None:
-        self.node_id = node_id
-        self.state: dict[str, Any] = {}
+    def __init__(self, identity: Identity, safety: Safety,
+                 state: dict[str, Any] | None = None) -> None:
+        self.me = identity
+        self.safety = safety
+        self.state: dict[str, Any] = state if state is not None else {"last_round": {}}
 
-    # stage 1 ------------------------------------------------------------------------------
-    def setup(self, cfg: dict[str, Any]) -> dict[str, Any]:
+    # --- helpers --------------------------------------------------------------------------
+    @property
+    def session(self) -> bytes:
+        if "session" not in self.state:
+            raise _refuse("a secure-aggregation stage arrived before set-up")
+        return _b(self.state["session"])
+
+    def _sum_state(self, sum_name: str) -> dict[str, Any]:
+        sums = self.state.get("sums", {})
+        if sum_name not in sums:
+            raise _refuse(f"no secure sum {sum_name!r} was set up in this session")
+        return dict(sums[sum_name])
+
+    def _put_sum(self, sum_name: str, values: dict[str, Any]) -> None:
+        self.state["sums"][sum_name] = values
+
+    def _group(self) -> list[int]:
+        return [*self.state["neighbours"], self.me.node_id]
+
+    @property
+    def threshold(self) -> int:
+        return int(self.state["threshold"])
+
+    @property
+    def bits(self) -> int:
+        return sa.modulus_bits(self.safety.quantization_bits, len(self.state["ids"]))
+
+    # --- stage 1: set-up ---------------------------------------------------------------------
+    def setup(self, cfg: dict[str, Any], *, server_round: int) -> dict[str, Any]:
+        _exact_keys(cfg, {"nonce", "sums"}, "set-up")
+        nonce = cfg["nonce"]
+        if not isinstance(nonce, bytes) or len(nonce) < 16:
+            raise _refuse("the session nonce must be at least 16 bytes")
+        names = cfg["sums"]
+        if (not isinstance(names, list) or not names or len(set(names)) != len(names)
+                or not set(names) <= set(sa.SUMS)):
+            raise _refuse(f"sums must be distinct names from {list(sa.SUMS)}")
+        last: dict[str, int] = dict(self.state.get("last_round", {}))
+        for name in names:
+            if name in last and server_round <= last[name]:
+                raise _refuse(f"a {name} sum for round {server_round} after one for round "
+                              f"{last[name]}: a replayed or repeated round")
+            last[name] = server_round
+        session = sa.session_id(self.me.run_id, server_round, bytes(nonce))
         c_sk, c_pk = sa.new_keypair()
-        s_sk, s_pk = sa.new_keypair()
-        self.state = {"round_id": bytes(cfg["round_id"]), "c_sk": c_sk, "s_sk": s_sk,
-                      "b": secrets.token_bytes(32), "revealed": False}
-        return {"c_pk": c_pk, "s_pk": s_pk}
+        sums: dict[str, dict[str, Any]] = {}
+        s_pks: dict[str, bytes] = {}
+        for name in names:
+            s_seed, b_seed = sa.new_seed(), sa.new_seed()
+            s_pks[name] = sa.seed_keypair(s_seed)[1]
+            sums[name] = {"s": s_seed.hex(), "b": b_seed.hex(), "pk": s_pks[name].hex()}
+        signature = sign(self.me.key, sa.keys_message(session, self.me.node_id, self.me.agency,
+                                                      c_pk, s_pks))
+        self.state = {"last_round": last, "session": session.hex(), "round": server_round,
+                      "order": list(names), "c_sk": c_sk.hex(), "c_pk": c_pk.hex(),
+                      "sums": sums}
+        return {"agency": self.me.agency, "c_pk": c_pk, "s_pks": [s_pks[n] for n in names],
+                "signature": signature}
 
-    # stage 2 ------------------------------------------------------------------------------
+    # --- stage 2: shares ------------------------------------------------------------------------
+    def _verified_peers(self, cfg: dict[str, Any]) -> dict[int, dict[str, Any]]:
+        ids = _ints(cfg["ids"], "ids")
+        agencies = cfg["agencies"]
+        c_pks = _bytes_list(cfg["c_pks"], "c_pks")
+        s_pks = _bytes_list(cfg["s_pks"], "s_pks")
+        sigs = _bytes_list(cfg["signatures"], "signatures")
+        order: list[str] = self.state["order"]
+        if not (isinstance(agencies, list) and len(ids) == len(agencies) == len(c_pks)
+                == len(sigs) and len(s_pks) == len(ids) * len(order)):
+            raise _refuse("the relayed keys are not one entry per node")
+        if len(set(ids)) != len(ids) or len(set(agencies)) != len(agencies):
+            raise _refuse("a node id or an agency appears twice among the relayed keys")
+        peers: dict[int, dict[str, Any]] = {}
+        for i, node in enumerate(ids):
+            agency = str(agencies[i])
+            key = self.me.roster.key_of(agency)
+            if key is None:
+                raise _refuse(f"node {node} claims to be {agency!r}, which is not on the roster "
+                              f"this agency approved (version {self.me.roster.version}); a "
+                              "Sybil or an unapproved member")
+            mine = {n: s_pks[i * len(order) + k] for k, n in enumerate(order)}
+            try:
+                verify(key, sigs[i], sa.keys_message(self.session, node, agency, c_pks[i], mine),
+                       what=f"the secure-aggregation keys of {agency}")
+            except SignatureError:
+                raise _refuse(f"the keys relayed for {agency} (node {node}) are not signed by "
+                              "its rostered node key for this session: substituted or "
+                              "replayed keys") from None
+            peers[node] = {"agency": agency, "c_pk": c_pks[i], "s_pks": mine}
+        own = peers.get(self.me.node_id)
+        if (own is None or own["agency"] != self.me.agency
+                or own["c_pk"] != _b(self.state["c_pk"])
+                or any(own["s_pks"][n] != _b(self.state["sums"][n]["pk"]) for n in order)):
+            raise _refuse("this node's own keys are missing or changed in the relayed list")
+        return peers
+
     def share(self, cfg: dict[str, Any]) -> dict[str, Any]:
-        st = self.state
-        if bytes(cfg["round_id"]) != st.get("round_id"):
-            raise FederationError("secure aggregation: share request for another round")
-        nbrs = _ids(cfg["neighbours"])
-        xs = {int(n): int(x) for n, x in zip(_ids(cfg["ids"]), _ids(cfg["xs"]), strict=True)}
-        t = int(cfg["threshold"])
-        group = [*nbrs, self.node_id]
-        if t < 2 or t > len(group):
-            raise FederationError(f"secure aggregation: threshold {t} impossible for a "
-                                  f"neighbourhood of {len(group)}")
-        pts = [xs[n] for n in group]
-        sk_sh = sa.split(st["s_sk"], threshold=t, xs=pts)
-        b_sh = sa.split(st["b"], threshold=t, xs=pts)
-        c_pks = dict(zip(_ids(cfg["ids"]), cfg["c_pks"], strict=True))
-        s_pks = dict(zip(_ids(cfg["ids"]), cfg["s_pks"], strict=True))
-        st.update(neighbours=nbrs, xs=xs, threshold=t,
-                  s_pks={n: bytes(s_pks[n]) for n in nbrs},
-                  held={self.node_id: (sk_sh[xs[self.node_id]], b_sh[xs[self.node_id]])})
+        _exact_keys(cfg, {"ids", "agencies", "c_pks", "s_pks", "signatures"}, "share")
+        if "ids" in self.state:
+            raise _refuse("a second share request in one session")
+        peers = self._verified_peers(cfg)
+        ids = sorted(peers)
+        s = self.safety
+        if len(ids) < s.min_agencies:
+            raise _refuse(f"{len(ids)} agencies in the session, fewer than the "
+                          f"{s.min_agencies} this agency's policy requires in any secure sum "
+                          "([secure_aggregation] min_agencies)")
+        graph = sa.neighbours(ids, s.degree)
+        nbrs = graph[self.me.node_id]
+        g = len(nbrs) + 1
+        t = sa.share_threshold(g, s.fraction)
+        floor = sa.share_threshold(g, s.min_threshold)
+        if t < floor:
+            raise _refuse(f"share threshold {t} of a neighbourhood of {g} (secagg.threshold="
+                          f"{s.fraction:g}) is below this agency's floor of {floor} "
+                          f"([secure_aggregation] min_threshold={s.min_threshold:g}: more than "
+                          "that share of the neighbourhood must be needed to unmask)")
+        xs = {n: i + 1 for i, n in enumerate(ids)}
+        group = [*nbrs, self.me.node_id]
+        order: list[str] = self.state["order"]
+        shares: dict[int, list[int]] = {n: [] for n in group}
+        for name in order:
+            for secret in ("s", "b"):
+                split = sa.split(_b(self.state["sums"][name][secret]), threshold=t,
+                                 xs=[xs[n] for n in group])
+                for n in group:
+                    shares[n].append(split[xs[n]])
+        c_sk = _b(self.state["c_sk"])
         to, boxes = [], []
         for n in nbrs:
-            key = sa.agree(st["c_sk"], bytes(c_pks[n]), info=sa.SHARE_INFO,
-                           context=sa.pair_context(st["round_id"], self.node_id, n))
-            payload = sa.encode_shares(sk_sh[xs[n]], b_sh[xs[n]])
-            boxes.append(sa.seal(key, self.node_id, n, st["round_id"], payload))
+            key = sa.agree(c_sk, peers[n]["c_pk"], info=sa.SHARE_INFO,
+                           context=sa.pair_context(self.session, "share", self.me.node_id, n))
+            boxes.append(sa.seal(key, self.me.node_id, n, self.session,
+                                 sa.encode_shares(shares[n])))
             to.append(str(n))
-        st["c_pks"] = {n: bytes(c_pks[n]) for n in nbrs}
+        self.state.update(
+            ids=ids, neighbours=nbrs, threshold=t, xs={str(n): x for n, x in xs.items()},
+            agencies={str(n): p["agency"] for n, p in peers.items()},
+            c_pks={str(n): peers[n]["c_pk"].hex() for n in nbrs},
+            s_pks={str(n): {k: v.hex() for k, v in peers[n]["s_pks"].items()} for n in nbrs},
+            held={str(self.me.node_id): shares[self.me.node_id]})
         return {"to": to, "boxes": boxes}
 
-    # stage 3 ------------------------------------------------------------------------------
+    # --- stage 3: masked input -------------------------------------------------------------------
     def receive_shares(self, cfg: dict[str, Any]) -> None:
+        """Open the share bundles the server delivers (once per session)."""
+        _exact_keys(cfg, {"from", "boxes"}, "masked-input")
         st = self.state
-        for sender, box in zip(_ids(cfg["from"]), cfg["boxes"], strict=True):
+        if "ids" not in st:
+            raise _refuse("shares delivered before this node shared its own")
+        if st.get("received"):
+            raise _refuse("share bundles delivered twice in one session")
+        senders = _ints(cfg["from"], "from")
+        boxes = _bytes_list(cfg["boxes"], "boxes")
+        if len(senders) != len(boxes) or len(set(senders)) != len(senders):
+            raise _refuse("share bundles must come one per neighbour")
+        c_sk = _b(st["c_sk"])
+        count = 2 * len(st["order"])
+        for sender, box in zip(senders, boxes, strict=True):
             if sender not in st["neighbours"]:
-                raise FederationError(f"secure aggregation: a share from node {sender}, "
-                                      "which is not a neighbour")
-            key = sa.agree(st["c_sk"], st["c_pks"][sender], info=sa.SHARE_INFO,
-                           context=sa.pair_context(st["round_id"], sender, self.node_id))
-            st["held"][sender] = sa.decode_shares(
-                sa.open_sealed(key, sender, self.node_id, st["round_id"], bytes(box)))
+                raise _refuse(f"a share bundle from node {sender}, which is not a neighbour")
+            key = sa.agree(c_sk, _b(st["c_pks"][str(sender)]), info=sa.SHARE_INFO,
+                           context=sa.pair_context(self.session, "share", sender,
+                                                   self.me.node_id))
+            st["held"][str(sender)] = sa.decode_shares(
+                sa.open_sealed(key, sender, self.me.node_id, self.session, box), count)
+        st["received"] = True
+        partners = len(st["held"]) - 1
+        need = sa.min_sharers(len(st["neighbours"]) + 1, self.threshold)
+        if partners < need:
+            raise _refuse(f"shares arrived from {partners} neighbour(s); this node masks its "
+                          f"input only with at least {need} (neighbourhood "
+                          f"{len(st['neighbours']) + 1}, threshold {self.threshold})")
 
-    def mask(self, update: np.ndarray, cfg: dict[str, Any]) -> tuple[bytes, int]:
-        """The packed masked vector of ``weight * update``; and how many values were clipped."""
+    def mask(self, sum_name: str, vector: np.ndarray) -> bytes:
+        """The packed masked vector of ``vector`` (integers in [0, 2**qbits)), for one sum."""
         st = self.state
-        bits, qbits, clip = int(cfg["bits"]), int(cfg["qbits"]), float(cfg["clip"])
-        q, clipped = sa.quantize(float(cfg["weight"]) * update, clip=clip, qbits=qbits)
+        if not st.get("received"):
+            raise _refuse("masking before the share bundles arrived")
+        mine = self._sum_state(sum_name)
+        if mine.get("masked"):
+            raise _refuse(f"the {sum_name} input was already masked in this session")
+        bits = self.bits
         modulus = np.uint64((1 << bits) - 1)
-        y = (q + sa.mask_stream(st["b"], q.size, bits)) & modulus
-        for n in st["neighbours"]:
-            key = sa.agree(st["s_sk"], st["s_pks"][n], info=sa.MASK_INFO,
-                           context=sa.pair_context(st["round_id"], self.node_id, n))
-            m = sa.mask_stream(key, q.size, bits)
-            y = (y + m) & modulus if self.node_id < n else (y - m) & modulus
-        st["masked"] = True
-        return sa.pack(y, bits), clipped
+        v = np.asarray(vector, dtype=np.uint64)
+        context = self.session + sum_name.encode()
+        y = (v + sa.mask_stream(sa.self_mask_key(_b(mine["b"]), context),
+                                v.size, bits)) & modulus
+        s_sk, _ = sa.seed_keypair(_b(mine["s"]))
+        for key_n in st["held"]:
+            n = int(key_n)
+            if n == self.me.node_id:
+                continue
+            key = sa.agree(s_sk, _b(st["s_pks"][key_n][sum_name]), info=sa.MASK_INFO,
+                           context=sa.pair_context(self.session, sum_name, self.me.node_id, n))
+            m = sa.mask_stream(key, v.size, bits)
+            y = (y + m) & modulus if self.me.node_id < n else (y - m) & modulus
+        mine.update(masked=True, length=int(v.size))
+        self._put_sum(sum_name, mine)
+        return sa.pack(y, bits)
 
-    # stage 4 ------------------------------------------------------------------------------
-    def unmask(self, cfg: dict[str, Any]) -> dict[str, Any]:
-        st = self.state
-        survivors, dropped = set(_ids(cfg["survivors"])), set(_ids(cfg["dropped"]))
-        if survivors & dropped:
-            raise FederationError("secure aggregation: a node listed as both survivor and "
-                                  "dropped; refusing to reveal any share")
-        if self.node_id not in survivors or not st.get("masked"):
-            raise FederationError("secure aggregation: asked to unmask a round this node "
-                                  "did not submit to; refusing")
-        if st.get("revealed"):
-            raise FederationError("secure aggregation: shares of this round were already "
-                                  "revealed once; refusing a second request")
-        st["revealed"] = True
+    # --- stage 4: consistency -------------------------------------------------------------------
+    def consistency(self, sum_name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+        _exact_keys(cfg, {"survivors"}, "consistency")
+        mine = self._sum_state(sum_name)
+        if not mine.get("masked"):
+            raise _refuse(f"asked to confirm survivors of a {sum_name} sum this node did not "
+                          "submit to")
+        if "survivors" in mine:
+            raise _refuse(f"the {sum_name} survivors were already confirmed once")
+        survivors = sorted(set(_ints(cfg["survivors"], "survivors")))
+        known = set(self.state["ids"])
+        if not set(survivors) <= known or self.me.node_id not in survivors:
+            raise _refuse("the survivor set names nodes outside the session or leaves this "
+                          "node out")
+        if len(survivors) < self.safety.min_agencies:
+            raise _refuse(f"the {sum_name} sum would hold {len(survivors)} agencies, fewer than "
+                          f"the {self.safety.min_agencies} this agency's policy requires "
+                          "([secure_aggregation] min_agencies)")
+        in_group = len(set(survivors) & set(self._group()))
+        if in_group < self.threshold:
+            raise _refuse(f"only {in_group} survivors in this node's neighbourhood, fewer than "
+                          f"its threshold {self.threshold}")
+        mine["survivors"] = survivors
+        self._put_sum(sum_name, mine)
+        return {"signature": sign(self.me.key,
+                                  sa.survivors_message(self.session, sum_name, survivors))}
+
+    # --- stage 5: unmask ------------------------------------------------------------------------
+    def unmask(self, sum_name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+        _exact_keys(cfg, {"signers", "signatures"}, "unmask")
+        mine = self._sum_state(sum_name)
+        if "survivors" not in mine:
+            raise _refuse("asked to unmask before confirming the survivor set")
+        if mine.get("revealed"):
+            raise _refuse(f"shares of this {sum_name} sum were already revealed once; "
+                          "refusing a second request")
+        survivors: list[int] = mine["survivors"]
+        signers = _ints(cfg["signers"], "signers")
+        sigs = _bytes_list(cfg["signatures"], "signatures")
+        if len(signers) != len(sigs) or len(set(signers)) != len(signers):
+            raise _refuse("the consistency signatures must come one per signer")
+        allowed = set(survivors) & set(self._group())
+        message = sa.survivors_message(self.session, sum_name, survivors)
+        for node, sig in zip(signers, sigs, strict=True):
+            agency = self.state["agencies"].get(str(node))
+            if node not in allowed or agency is None:
+                raise _refuse(f"a consistency signature from node {node}, which is not a "
+                              "survivor of this node's neighbourhood")
+            key = self.me.roster.key_of(agency)
+            if key is None:
+                raise _refuse(f"{agency} is no longer on the approved roster")
+            try:
+                verify(key, sig, message, what=f"the survivor set signed by {agency}")
+            except SignatureError:
+                raise _refuse(f"the consistency signature of {agency} (node {node}) does not "
+                              "verify over the survivor set this node signed: a forged "
+                              "signature, or a server that told nodes different survivors"
+                              ) from None
+        if len(signers) < self.threshold:
+            raise _refuse(f"{len(signers)} valid consistency signature(s) over the survivor "
+                          f"set; {self.threshold} needed before revealing any share")
+        mine["revealed"] = True
+        self._put_sum(sum_name, mine)
+        k = self.state["order"].index(sum_name)
         ids, kinds, shares = [], [], []
-        for n, (sk_share, b_share) in st["held"].items():
-            if n in survivors:
-                ids.append(str(n))
+        for owner, held in self.state["held"].items():
+            if int(owner) in survivors:
                 kinds.append("b")
-                shares.append(b_share.to_bytes(66, "big"))
-            elif n in dropped:
-                ids.append(str(n))
-                kinds.append("sk")
-                shares.append(sk_share.to_bytes(66, "big"))
-        return {"ids": ids, "kinds": kinds, "shares": shares, "x": st["xs"][self.node_id]}
+                shares.append(int(held[2 * k + 1]).to_bytes(sa.SHARE_BYTES, "big"))
+            else:
+                kinds.append("s")
+                shares.append(int(held[2 * k]).to_bytes(sa.SHARE_BYTES, "big"))
+            ids.append(owner)
+        return {"ids": ids, "kinds": kinds, "shares": shares,
+                "x": int(self.state["xs"][str(self.me.node_id)])}
 
+    # --- persistence ---------------------------------------------------------------------------
+    def dump(self) -> str:
+        """The node's state as JSON text (kept in ``context.state`` at the node)."""
+        return json.dumps(self.state, sort_keys=True)
 
-def masked_reply(node: NodeSecAgg, cfg: dict[str, Any], global_flat: np.ndarray,
-                 trained_flat: Callable[[], np.ndarray | None]) -> tuple[bytes, int] | None:
-    """Receive the shares, train (``trained_flat``), mask the weighted update. None when the
-    node trained nothing (refused): it then drops out of this round's sum."""
-    node.receive_shares(cfg)
-    trained = trained_flat()
-    if trained is None:
-        return None
-    return node.mask(trained - global_flat, cfg)
+    @classmethod
+    def load(cls, identity: Identity, safety: Safety, text: str | None) -> NodeSecAgg:
+        return cls(identity, safety, json.loads(text) if text else None)
 
-
-def dump_state(node: NodeSecAgg) -> dict[str, Any]:
-    """The node's round state as ConfigRecord-ready values (kept in ``context.state``)."""
-    st = node.state
-    out: dict[str, Any] = {"node_id": str(node.node_id)}
-    for k in ("round_id", "c_sk", "s_sk", "b"):
-        if k in st:
-            out[k] = st[k]
-    out["revealed"] = bool(st.get("revealed", False))
-    out["masked"] = bool(st.get("masked", False))
-    if "neighbours" in st:
-        out["neighbours"] = [str(n) for n in st["neighbours"]]
-        out["threshold"] = int(st["threshold"])
-        out["xs_ids"] = [str(n) for n in st["xs"]]
-        out["xs"] = [int(x) for x in st["xs"].values()]
-        out["s_pks"] = [st["s_pks"][n] for n in st["neighbours"]]
-        out["c_pks"] = [st["c_pks"][n] for n in st["neighbours"]]
-        out["held_ids"] = [str(n) for n in st["held"]]
-        out["held"] = [sa.encode_shares(*v) for v in st["held"].values()]
-    return out
-
-
-def load_state(rec: dict[str, Any]) -> NodeSecAgg:
-    node = NodeSecAgg(int(rec["node_id"]))
-    st: dict[str, Any] = {k: bytes(rec[k]) for k in ("round_id", "c_sk", "s_sk", "b")
-                          if k in rec}
-    st["revealed"] = bool(rec.get("revealed", False))
-    st["masked"] = bool(rec.get("masked", False))
-    if "neighbours" in rec:
-        nbrs = _ids(rec["neighbours"])
-        st.update(neighbours=nbrs, threshold=int(rec["threshold"]),
-                  xs=dict(zip(_ids(rec["xs_ids"]), _ids(rec["xs"]), strict=True)),
-                  s_pks={n: bytes(v) for n, v in zip(nbrs, rec["s_pks"], strict=True)},
-                  c_pks={n: bytes(v) for n, v in zip(nbrs, rec["c_pks"], strict=True)},
-                  held={n: sa.decode_shares(bytes(v))
-                        for n, v in zip(_ids(rec["held_ids"]), rec["held"], strict=True)})
-    node.state = st
-    return node

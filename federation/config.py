@@ -243,7 +243,13 @@ class SecAggSettings(_Section):
     quantization_bits: int = 24  # levels per coordinate: 2**bits over [-clip_range, clip_range]
     clip_range: float = 4.0  # per-coordinate bound on a weighted update before quantisation
     num_neighbours: int = 0  # SecAgg+ graph degree; 0 = auto (all up to 10, then O(log n))
-    threshold: float = 0.5  # share of a node's neighbourhood (itself included) needed to unmask
+    # Shares needed to unmask a node: more than this fraction of its neighbourhood (itself
+    # included). 0.5 is a strict majority, the least that holds against a malicious server;
+    # each agency's policy sets its own floor ([secure_aggregation] min_threshold).
+    threshold: float = 0.5
+    # An agency's weight in the mean is min(its training examples, max_weight): the node masks
+    # (weight / max_weight) * update and its weight, and the server divides the two sums.
+    max_weight: int = 65536
 
     MODES: ClassVar[tuple[str, ...]] = ("auto", "on", "off")
 
@@ -256,8 +262,13 @@ class SecAggSettings(_Section):
         _positive(p, "secagg.clip_range", self.clip_range)
         if self.num_neighbours < 0:
             p.append(f"secagg.num_neighbours={self.num_neighbours} must be >= 0 (0: automatic)")
-        if not 0 < self.threshold < 1:
-            p.append(f"secagg.threshold={self.threshold} must be in (0, 1)")
+        if not 0.5 <= self.threshold < 1:
+            p.append(f"secagg.threshold={self.threshold} must be in [0.5, 1): below a strict "
+                     "majority of each neighbourhood a malicious server could collect both "
+                     "kinds of shares of one agency, and every node would refuse the round")
+        if not 1 <= self.max_weight < 2 ** min(self.quantization_bits, 48):
+            p.append(f"secagg.max_weight={self.max_weight} must be in [1, "
+                     f"2**secagg.quantization_bits)")
         return p
 
 
@@ -279,6 +290,9 @@ class RunPaths(_Section):
     output_dir: str = ""
     state_root: str = ""  # simulation only: one node state folder per agency under it
     resume_from: str = ""  # a killed run's output folder: continue from its last checkpoint
+    # The consortium's book of the last privacy-ledger head seen per agency (JSON file);
+    # empty: <output_dir>/ledger-heads.json. Deployments keep one per consortium.
+    ledger_heads: str = ""
 
 
 @dataclass(frozen=True)

@@ -110,3 +110,72 @@ def summary(y_true: ArrayLike, probabilities: ArrayLike, *, k: int) -> dict[str,
         f"recall_at_{k}": recall_at_k(y_true, probabilities, k),
         "brier": brier(y_true, probabilities),
     }
+
+
+# --- pooled metrics from summed score histograms (secure evaluation) ------------------------
+
+#: Score bins over the logit, [-LOGIT_RANGE, LOGIT_RANGE]: an agency's evaluation leaves it
+#: only as positive and negative counts per bin, inside a secure sum.
+SCORE_BINS = 128
+LOGIT_RANGE = 8.0
+
+
+def score_bins(probabilities: ArrayLike, *, bins: int = SCORE_BINS,
+               logit_range: float = LOGIT_RANGE) -> np.ndarray:
+    """The bin of each score on a fixed grid over the logit (out-of-range scores go to the
+    end bins); every agency uses the same grid, so histograms add up."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64).ravel(), 1e-12, 1 - 1e-12)
+    z = np.log(p) - np.log1p(-p)
+    idx = np.floor((z + logit_range) / (2 * logit_range) * bins)
+    return np.clip(idx, 0, bins - 1).astype(np.int64)
+
+
+def histograms(y_true: ArrayLike, probabilities: ArrayLike, *, bins: int = SCORE_BINS
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(positives, negatives) per score bin."""
+    y, p = _as_arrays(y_true, probabilities)
+    b = score_bins(p, bins=bins)
+    pos = np.bincount(b[y == 1], minlength=bins)
+    neg = np.bincount(b[y == 0], minlength=bins)
+    return pos.astype(np.int64), neg.astype(np.int64)
+
+
+def from_histograms(positives: ArrayLike, negatives: ArrayLike, *, k: int) -> dict[str, float]:
+    """Ranking metrics of the pooled scores from summed per-bin counts.
+
+    Scores in one bin count as tied, exactly as the exact metrics above treat ties: ROC-AUC
+    and PR-AUC equal ``roc_auc`` and ``pr_auc`` of the bin indices. Precision and recall at
+    k split the bin that straddles rank k in proportion (the expectation over tie orders).
+    """
+    pos = np.asarray(positives, dtype=np.float64).ravel()
+    neg = np.asarray(negatives, dtype=np.float64).ravel()
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    n_pos, n_neg = float(pos.sum()), float(neg.sum())
+    total = n_pos + n_neg
+    out: dict[str, float] = {}
+    if n_pos and n_neg:
+        below = np.concatenate(([0.0], np.cumsum(neg)[:-1]))
+        out["roc_auc"] = float(np.sum(pos * (below + 0.5 * neg)) / (n_pos * n_neg))
+    else:
+        out["roc_auc"] = math.nan
+    # best score first
+    pos_d, cnt_d = pos[::-1], (pos + neg)[::-1]
+    tp, seen = np.cumsum(pos_d), np.cumsum(cnt_d)
+    if n_pos:
+        has = pos_d > 0
+        out["pr_auc"] = float(np.sum((tp[has] / seen[has]) * (pos_d[has] / n_pos)))
+    else:
+        out["pr_auc"] = math.nan
+    kk = min(k, total)
+    hits, taken = 0.0, 0.0
+    for p_b, c_b in zip(pos_d, cnt_d, strict=True):
+        if taken >= kk:
+            break
+        take = min(c_b, kk - taken)
+        if c_b:
+            hits += p_b * take / c_b
+        taken += take
+    out[f"precision_at_{k}"] = hits / kk if kk else math.nan
+    out[f"recall_at_{k}"] = hits / n_pos if n_pos else math.nan
+    return out

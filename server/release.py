@@ -259,7 +259,9 @@ def render_card(card: dict[str, Any]) -> str:
                      f"{a['delta']} | {_fmt(a['noise_multiplier'])} | "
                      f"{_fmt(a['local_roc_auc'])} |")
     lines += ["", "Epsilon is each agency's cumulative value over every round of every run on "
-              "its dataset (its privacy ledger), per the unit above, at the agency's delta.", "",
+              "its dataset (its privacy ledger), per the unit above, at the agency's delta. "
+              "n/a: the agency keeps that figure (its policy does not share per-agency "
+              "figures with the consortium; its own ledger has it).", "",
               "## Metrics"]
     m = card["metrics"]
     if "pooled_test" in m:

@@ -1,82 +1,104 @@
-"""The server's side of SecAgg+ (federation/secagg.py has the protocol and the maths).
+"""The aggregator's side of SecAgg+ (federation/secagg.py has the protocol and the maths;
+clients/secagg.py the node, which enforces every safety rule: nothing here is trusted).
 
-``SecAggGrid`` wraps Flower's Grid for the strategy: when a round's training messages go to
-at least 3 agencies (``secagg.mode=auto``) or always (``on``), it runs the four SecAgg+
-stages with the sampled nodes instead of one plain train message, unmasks the sum, and hands
-the strategy one reply per agency that trained, each carrying the same (already weighted)
-average, so the strategy's weighted mean of them is that average and its per-agency
-bookkeeping (outcomes, quorum, progress, privacy numbers) works unchanged. What the server
-ever holds per agency is its public keys, encrypted shares addressed to others, and a masked
-vector that is uniformly random on its own.
+``SecAggGrid`` wraps Flower's Grid for the strategy. When a round's training messages go to
+at least 3 agencies (``secagg.mode=auto``) or always (``on``), it runs one session of five
+exchanges (set-up, shares, masked input, consistency, unmask) instead of one plain train
+message; the session also prepares an evaluation sum, so the round's evaluation takes three
+more exchanges (masked input, consistency, unmask) and the consortium learns only pooled
+figures: the summed update and count, loss and rows set aside, and summed score histograms
+from which it computes pooled ROC-AUC, PR-AUC, Brier, loss and precision/recall at k.
 
-Threat model: an honest-but-curious server, and fewer than ``t`` colluding agencies in any
-node's neighbourhood (``t`` = ``secagg.threshold`` of the neighbourhood, at least 2), learn
-nothing about one agency's update beyond the round's sum. A round survives dropouts as long
-as every survivor's and every dropped node's neighbourhood keeps ``t`` responsive members.
+The strategy then sees one reply per agency in the sum, all carrying the same result, so its
+per-agency bookkeeping (outcomes, quorum, progress) works unchanged; per-agency figures
+appear only where the agency's policy shares them (``shared``). What the server ever holds
+per agency: signed public keys, sealed shares addressed to others, masked vectors that are
+uniformly random on their own, signatures over survivor sets, and revealed shares of one
+kind per node.
+
+The agencies' ledger heads come with the set-up and masked-input replies; an agency whose
+head went backwards, or does not extend the one this consortium saw last, is left out of the
+round before it trains (server/ledger_heads.py), named as rejected.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.app.error import Error
 from flwr.serverapp import Grid
 
+from federation import metrics as fm
 from federation import secagg as sa
 from federation.config import RunSettings, SecAggSettings
 from federation.errors import FederationError
 
+if TYPE_CHECKING:
+    from server.ledger_heads import HeadBook
+
 log = logging.getLogger("heroes.secagg")
 
-STAGES = ("secagg_setup", "secagg_share", "secagg_masked", "secagg_unmask")
+STAGES = ("secagg_setup", "secagg_share", "secagg_masked", "secagg_consistency",
+          "secagg_unmask")
 RECORD = "secagg"
+SUM_RECORD = "secure_sum"  # the pooled result every strategy-facing reply carries
 
 
 @dataclass
-class ServerRound:
-    """One round of the protocol, independent of Flower (tests drive it directly)."""
+class ServerSession:
+    """One session of the protocol, independent of Flower (tests drive it directly)."""
 
     settings: SecAggSettings
-    round_id: bytes = field(default_factory=lambda: secrets.token_bytes(16))
-    keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
-    sizes: dict[int, float] = field(default_factory=dict)
+    sums: tuple[str, ...] = sa.SUMS
+    nonce: bytes = field(default_factory=lambda: secrets.token_bytes(16))
+    keys: dict[int, dict[str, Any]] = field(default_factory=dict)
+    ids: list[int] = field(default_factory=list)
     graph: dict[int, list[int]] = field(default_factory=dict)
     xs: dict[int, int] = field(default_factory=dict)
     thresholds: dict[int, int] = field(default_factory=dict)
     sharers: list[int] = field(default_factory=list)
-    weights: dict[int, float] = field(default_factory=dict)
-    bits: int = 0
+    survivors: dict[str, list[int]] = field(default_factory=dict)
+    # Binds every mask to the run: nodes compute it from their own run id, the server from
+    # the run it serves (``start``); nothing a node checks depends on the server's copy.
+    session_id: bytes = b""
+
+    def start(self, run_id: str, server_round: int) -> None:
+        self.session_id = sa.session_id(run_id, server_round, self.nonce)
+
+    @property
+    def bits(self) -> int:
+        return sa.modulus_bits(self.settings.quantization_bits, len(self.ids))
 
     def setup_config(self) -> dict[str, Any]:
-        return {"round_id": self.round_id}
+        return {"nonce": self.nonce, "sums": list(self.sums)}
 
-    def share_configs(self, replies: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    def share_config(self, replies: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        """One message for everyone: every node's signed keys (each node checks them all)."""
         for n, r in replies.items():
-            self.keys[n] = (bytes(r["c_pk"]), bytes(r["s_pk"]))
-            self.sizes[n] = float(r["num_examples"])
-        nodes = sorted(self.keys)
-        self.graph = sa.neighbours(nodes, self.settings.num_neighbours)
-        self.xs = {n: i + 1 for i, n in enumerate(nodes)}
-        out = {}
-        for n in nodes:
-            group = len(self.graph[n]) + 1
-            self.thresholds[n] = sa.share_threshold(group, self.settings.threshold)
-            out[n] = {"round_id": self.round_id, "neighbours": [str(m) for m in self.graph[n]],
-                      "ids": [str(m) for m in nodes], "xs": [self.xs[m] for m in nodes],
-                      "c_pks": [self.keys[m][0] for m in nodes],
-                      "s_pks": [self.keys[m][1] for m in nodes],
-                      "threshold": self.thresholds[n]}
-        return out
+            self.keys[n] = {"agency": str(r["agency"]), "c_pk": bytes(r["c_pk"]),
+                            "s_pks": [bytes(v) for v in r["s_pks"]],
+                            "signature": bytes(r["signature"])}
+        self.ids = sorted(self.keys)
+        self.graph = sa.neighbours(self.ids, self.settings.num_neighbours)
+        self.xs = {n: i + 1 for i, n in enumerate(self.ids)}
+        self.thresholds = {n: sa.share_threshold(len(self.graph[n]) + 1,
+                                                 self.settings.threshold) for n in self.ids}
+        return {"ids": [str(n) for n in self.ids],
+                "agencies": [self.keys[n]["agency"] for n in self.ids],
+                "c_pks": [self.keys[n]["c_pk"] for n in self.ids],
+                "s_pks": [pk for n in self.ids for pk in self.keys[n]["s_pks"]],
+                "signatures": [self.keys[n]["signature"] for n in self.ids]}
 
     def masked_configs(self, replies: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
-        """Deliver each node the boxes addressed to it; fix weights over those still in."""
+        """Deliver each node the sealed bundles addressed to it."""
         self.sharers = sorted(replies)
         inbox: dict[int, tuple[list[str], list[bytes]]] = {n: ([], []) for n in self.sharers}
         for sender, r in replies.items():
@@ -84,52 +106,57 @@ class ServerRound:
                 if int(to) in inbox:
                     inbox[int(to)][0].append(str(sender))
                     inbox[int(to)][1].append(bytes(box))
-        total = sum(self.sizes[n] for n in self.sharers)
-        self.weights = {n: self.sizes[n] / total for n in self.sharers}
-        self.bits = sa.modulus_bits(self.settings.quantization_bits, len(self.sharers))
-        return {n: {"from": inbox[n][0], "boxes": inbox[n][1], "weight": self.weights[n],
-                    "bits": self.bits, "qbits": self.settings.quantization_bits,
-                    "clip": self.settings.clip_range} for n in self.sharers}
+        return {n: {"from": inbox[n][0], "boxes": inbox[n][1]} for n in self.sharers}
 
-    def unmask_config(self, survivors: Sequence[int]) -> dict[str, Any]:
+    def consistency_config(self, sum_name: str, survivors: Iterable[int]) -> dict[str, Any]:
+        self.survivors[sum_name] = sorted(survivors)
+        return {"survivors": [str(n) for n in self.survivors[sum_name]]}
+
+    def unmask_configs(self, sum_name: str, signatures: dict[int, bytes]
+                       ) -> dict[int, dict[str, Any]]:
+        """Each signer gets the signatures of the survivors in its own neighbourhood."""
+        out = {}
+        for n in signatures:
+            group = {*self.graph[n], n}
+            mine = sorted(m for m in signatures if m in group)
+            out[n] = {"signers": [str(m) for m in mine],
+                      "signatures": [signatures[m] for m in mine]}
+        return out
+
+    def unmask(self, sum_name: str, masked: dict[int, bytes], length: int,
+               reveals: dict[int, dict[str, Any]]) -> np.ndarray:
+        """The integer sum (mod 2**bits) of the survivors' vectors."""
+        survivors = self.survivors[sum_name]
         dropped = [n for n in self.sharers if n not in set(survivors)]
-        return {"survivors": [str(n) for n in survivors], "dropped": [str(n) for n in dropped]}
-
-    def aggregate(self, masked: dict[int, bytes], length: int,
-                  unmask_replies: dict[int, dict[str, Any]]) -> np.ndarray:
-        """The weighted mean of the survivors' updates, from their masked vectors."""
-        survivors = sorted(masked)
-        dropped = [n for n in self.sharers if n not in masked]
-        modulus = np.uint64((1 << self.bits) - 1)
+        bits = self.bits
+        modulus = np.uint64((1 << bits) - 1)
         total = np.zeros(length, dtype=np.uint64)
         for n in survivors:
-            total = (total + sa.unpack(masked[n], self.bits, length)) & modulus
+            total = (total + sa.unpack(masked[n], bits, length)) & modulus
         b_shares: dict[int, dict[int, int]] = {n: {} for n in survivors}
-        sk_shares: dict[int, dict[int, int]] = {n: {} for n in dropped}
-        for r in unmask_replies.values():
+        s_shares: dict[int, dict[int, int]] = {n: {} for n in dropped}
+        for r in reveals.values():
             x = int(r["x"])
             for owner, kind, share in zip(r["ids"], r["kinds"], r["shares"], strict=True):
-                target = b_shares if kind == "b" else sk_shares
+                target = b_shares if kind == "b" else s_shares
                 if int(owner) in target:
                     target[int(owner)][x] = int.from_bytes(bytes(share), "big")
         for n in survivors:
             seed = sa.combine(b_shares[n], threshold=self.thresholds[n])
-            total = (total - sa.mask_stream(seed, length, self.bits)) & modulus
+            key = sa.self_mask_key(seed, self.session_id + sum_name.encode())
+            total = (total - sa.mask_stream(key, length, bits)) & modulus
         for j in dropped:
-            s_sk = sa.combine(sk_shares[j], threshold=self.thresholds[j])
+            s_sk, _ = sa.seed_keypair(sa.combine(s_shares[j], threshold=self.thresholds[j]))
+            k = self.sums.index(sum_name)
             for i in self.graph[j]:
-                if i not in masked:
+                if i not in survivors:
                     continue
-                key = sa.agree(s_sk, self.keys[i][1], info=sa.MASK_INFO,
-                               context=sa.pair_context(self.round_id, i, j))
-                m = sa.mask_stream(key, length, self.bits)
+                key = sa.agree(s_sk, self.keys[i]["s_pks"][k], info=sa.MASK_INFO,
+                               context=sa.pair_context(self.session_id, sum_name, i, j))
+                m = sa.mask_stream(key, length, bits)
                 # i added +m if i < j, else -m: take it back out
                 total = (total - m) & modulus if i < j else (total + m) & modulus
-        weighted_sum = sa.dequantize_sum(total, len(survivors),
-                                         clip=self.settings.clip_range,
-                                         qbits=self.settings.quantization_bits)
-        weight = sum(self.weights[n] for n in survivors)
-        return weighted_sum / weight
+        return total
 
 
 def active(settings: RunSettings, num_nodes: int) -> bool:
@@ -139,12 +166,19 @@ def active(settings: RunSettings, num_nodes: int) -> bool:
     return s.mode == "on" or num_nodes >= 3
 
 
-def _payload_bytes(values: dict[str, Any]) -> int:
-    """Bytes of keys, sealed shares and revealed shares in one protocol reply."""
+def _payload_bytes(msg: Message) -> int:
+    """Bytes a node uploaded in one reply: byte and string values, arrays, 8 per number (an
+    error reply: its reason)."""
+    if msg.has_error():
+        return len(str(msg.error.reason))
     total = 0
-    for v in values.values():
-        items = v if isinstance(v, list) else [v]
-        total += sum(len(x) if isinstance(x, bytes | str) else 8 for x in items)
+    for record in msg.content.values():
+        if isinstance(record, ArrayRecord):
+            total += sum(len(a.data) for a in record.values())
+            continue
+        for v in record.values():
+            items = v if isinstance(v, list) else [v]
+            total += sum(len(x) if isinstance(x, bytes | str) else 8 for x in items)
     return total
 
 
@@ -152,14 +186,24 @@ def _cfg(msg: Message) -> dict[str, Any]:
     return dict(msg.content.config_records[RECORD])
 
 
-class SecAggGrid:
-    """A Grid whose training round trips run SecAgg+; everything else passes through."""
+def _agency_of(msg: Message) -> str:
+    info = msg.content.config_records.get("agency")
+    return str(info["agency"]) if info is not None else f"node {msg.metadata.src_node_id}"
 
-    def __init__(self, grid: Grid, settings: RunSettings) -> None:
+
+class SecAggGrid:
+    """A Grid whose train and evaluate round trips run SecAgg+; the rest passes through."""
+
+    def __init__(self, grid: Grid, settings: RunSettings, heads: HeadBook | None = None
+                 ) -> None:
         self._grid = grid
         self.settings = settings
+        self.heads = heads
         self.rounds_masked = 0
+        self.evaluations_masked = 0
         self._round = 0
+        self._session: _Live | None = None
+        self.stage_seconds: dict[str, list[float]] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
@@ -167,103 +211,273 @@ class SecAggGrid:
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
         msgs = list(messages)
-        if not msgs or any(m.metadata.message_type != "train" for m in msgs) \
-                or not active(self.settings, len(msgs)):
+        kinds = {m.metadata.message_type for m in msgs}
+        if not msgs or len(kinds) != 1 or not active(self.settings, len(msgs)):
             return self._grid.send_and_receive(msgs, timeout=timeout)
-        return self._secure_round(msgs, timeout)
+        kind = kinds.pop()
+        if kind == "train":
+            return self._train(msgs, timeout)
+        if kind == "evaluate":
+            return self._evaluate(msgs, timeout)
+        return self._grid.send_and_receive(msgs, timeout=timeout)
 
-    def _stage(self, stage: str, configs: dict[int, dict[str, Any]],
+    # --- one exchange --------------------------------------------------------------------------
+    def _stage(self, kind: str, stage: str, configs: dict[int, dict[str, Any]],
                extra: dict[int, RecordDict] | None, timeout: float | None
                ) -> dict[int, Message]:
+        t0 = time.monotonic()
         out = []
         for n, cfg in configs.items():
             content = extra[n] if extra is not None else RecordDict(
-                {"config": ConfigRecord({"server-round": self._round})})  # for receipts
+                {"config": ConfigRecord({"server-round": self._round})})
             content[RECORD] = ConfigRecord(cfg)
-            out.append(Message(content=content, dst_node_id=n, message_type=f"train.{stage}"))
+            out.append(Message(content=content, dst_node_id=n, message_type=f"{kind}.{stage}"))
         replies = self._grid.send_and_receive(out, timeout=timeout)
-        return {m.metadata.src_node_id: m for m in replies}
+        got = {m.metadata.src_node_id: m for m in replies}
+        self.stage_seconds.setdefault(f"{kind}.{stage}", []).append(time.monotonic() - t0)
+        return got
 
-    def _secure_round(self, msgs: list[Message], timeout: float | None) -> list[Message]:
+    # --- training ---------------------------------------------------------------------------------
+    def _train(self, msgs: list[Message], timeout: float | None) -> list[Message]:
         t0 = time.monotonic()
         config = msgs[0].content.config_records.get("config")
         self._round = int(cast(int, config.get("server-round", 0))) if config else 0
-        srv = ServerRound(self.settings.secagg)
-        nodes = [m.metadata.dst_node_id for m in msgs]
-        final: dict[int, Message] = {}  # replies the strategy sees (failures included)
-
-        uploaded: dict[int, int] = {n: 0 for n in nodes}  # protocol payload bytes per node
-
-        def usable(stage: str, replies: dict[int, Message]) -> dict[int, dict[str, Any]]:
-            ok = {}
-            for n, m in replies.items():
-                if m.has_error() or RECORD not in m.content.config_records:
-                    final[n] = m  # the strategy names it failed/refused
-                    log.warning("secure aggregation %s: node %d dropped out", stage, n)
-                else:
-                    ok[n] = _cfg(m)
-                    uploaded[n] += _payload_bytes(ok[n])
-            return ok
-
-        r1 = usable("setup", self._stage(STAGES[0], {n: srv.setup_config() for n in nodes},
-                                         None, timeout))
+        live = _Live(self, msgs, "train", sa.SUMS, timeout)
+        self._session = live
+        if not live.open():
+            return live.results()
         by_node = {m.metadata.dst_node_id: m for m in msgs}
-
-        def abort(reason: str, still_in: Iterable[int]) -> list[Message]:
-            """Too few left to hide anyone: name everyone's outcome, let the quorum decide."""
-            log.warning("secure aggregation aborted: %s", reason)
-            for n in still_in:
-                final[n] = Message(Error(code=0, reason=f"secure aggregation aborted: {reason}"),
-                                   reply_to=by_node[n])
-            return [final[n] for n in nodes if n in final]
-
-        if len(r1) < 2:
-            return abort(f"only {len(r1)} agency(ies) completed set-up; at least 2 are needed "
-                         "to hide each one's update", r1)
-        r2 = usable("share", self._stage(STAGES[1], srv.share_configs(r1), None, timeout))
-        if len(r2) < 2:
-            return abort(f"only {len(r2)} agency(ies) shared their keys", r2)
-        masked_cfgs = srv.masked_configs(r2)
-        global_arrays = by_node[nodes[0]].content.array_records["arrays"]
-        flat, layout = sa.flatten(global_arrays)
+        flat, layout = sa.flatten(by_node[live.nodes[0]].content.array_records["arrays"])
         extra = {n: RecordDict({"arrays": by_node[n].content.array_records["arrays"],
                                 "config": by_node[n].content.config_records["config"]})
-                 for n in masked_cfgs}
-        r3_msgs = self._stage(STAGES[2], masked_cfgs, extra, timeout)
-        masked: dict[int, bytes] = {}
-        trained: dict[int, Message] = {}
-        for n, m in r3_msgs.items():
-            if (not m.has_error() and "secagg" in m.content.array_records):
-                masked[n] = m.content.array_records["secagg"]["masked"].numpy().tobytes()
-                trained[n] = m
-            else:
-                final[n] = m
-        if len(masked) < 2:
-            return abort(f"only {len(masked)} agency(ies) submitted a masked update; unmasking "
-                         "would reveal that agency's update", masked)
-        r4 = usable("unmask", self._stage(
-            STAGES[3], {n: srv.unmask_config(sorted(masked)) for n in masked}, None, timeout))
-        try:
-            mean_delta = srv.aggregate(masked, flat.size, r4)
-        except FederationError as exc:
-            return abort(str(exc), masked)
-        new_arrays = sa.unflatten(flat + mean_delta, layout)
-        for n, m in trained.items():
-            size = len(masked[n]) + uploaded[n]
-            del m.content["secagg"]
-            m.content["arrays"] = new_arrays
-            metrics = m.content.metric_records["metrics"]
-            metrics["secagg_bytes"] = float(size)
-            final[n] = m
+                 for n in live.pending}
+        length = sa.train_layout(flat.size, self.settings.secagg.clip_range).length
+        total = live.masked_sum(extra, length)
+        if total is None:
+            return live.results()
+        cap = float(self.settings.secagg.max_weight)
+        sums = sa.train_layout(flat.size, self.settings.secagg.clip_range).decode(
+            total, len(live.in_sum), qbits=self.settings.secagg.quantization_bits)
+        examples = float(sums["examples"][0])
+        if examples <= 0:
+            return live.abort("the agencies in the sum reported no training examples")
+        mean = cap * sums["update"] / examples
+        new_arrays = sa.unflatten(flat + mean, layout)
+        pooled = {"train_loss": float(cap * sums["loss"][0] / examples),
+                  "examples": examples,
+                  "rows_set_aside": float(sums["rows_set_aside"][0]),
+                  "agencies_in_sum": float(len(live.in_sum))}
+        live.finish(lambda n: RecordDict({"arrays": new_arrays}), pooled)
         self.rounds_masked += 1
         log.info("secure aggregation: %d of %d agencies in the sum, %d dropped, %d-bit "
-                 "modulus, %.2f s", len(masked), len(nodes), len(srv.sharers) - len(masked),
-                 srv.bits, time.monotonic() - t0)
-        return [final[n] for n in nodes if n in final]
+                 "modulus, %.2f s", len(live.in_sum), len(live.nodes),
+                 len(live.session.sharers) - len(live.in_sum), live.session.bits,
+                 time.monotonic() - t0)
+        return live.results()
+
+    # --- evaluation -------------------------------------------------------------------------------
+    def _evaluate(self, msgs: list[Message], timeout: float | None) -> list[Message]:
+        t0 = time.monotonic()
+        config = msgs[0].content.config_records.get("config")
+        self._round = int(cast(int, config.get("server-round", 0))) if config else 0
+        nodes = [m.metadata.dst_node_id for m in msgs]
+        prior = self._session
+        if prior is not None and prior.round == self._round and prior.sum_open("evaluate"):
+            # the keys were shared in training: only this round's sharers can take part
+            live = prior.continue_with(msgs, "evaluate", timeout)
+            if len(live.pending) < 2:
+                return live.abort("too few agencies shared keys in this round's training "
+                                  "to evaluate securely", nodes)
+        else:
+            live = _Live(self, msgs, "evaluate", ("evaluate",), timeout)
+            if not live.open():
+                return live.results()
+        by_node = {m.metadata.dst_node_id: m for m in msgs}
+        extra = {n: RecordDict({"arrays": by_node[n].content.array_records["arrays"],
+                                "config": by_node[n].content.config_records["config"]})
+                 for n in live.pending}
+        layout = sa.eval_layout()
+        total = live.masked_sum(extra, layout.length)
+        if total is None:
+            return live.results()
+        sums = layout.decode(total, len(live.in_sum),
+                             qbits=self.settings.secagg.quantization_bits)
+        examples = float(sums["examples"][0])
+        cap = float(self.settings.secagg.max_weight)
+        pooled = fm.from_histograms(sums["positives"], sums["negatives"],
+                                    k=self.settings.eval.k)
+        pooled["loss"] = float(cap * sums["loss"][0] / examples) if examples else math.nan
+        pooled["brier"] = float(cap * sums["brier"][0] / examples) if examples else math.nan
+        pooled["examples"] = examples
+        pooled["agencies_in_sum"] = float(len(live.in_sum))
+        live.finish(lambda n: RecordDict(), pooled)
+        self.evaluations_masked += 1
+        log.info("secure evaluation: %d of %d agencies in the sum, %.2f s", len(live.in_sum),
+                 len(nodes), time.monotonic() - t0)
+        return live.results()
 
 
-def as_grid(grid: Grid, settings: RunSettings) -> Grid:
+class _Live:
+    """One sum of a session in flight, with the per-agency outcomes the strategy will see."""
+
+    def __init__(self, grid: SecAggGrid, msgs: list[Message], kind: str,
+                 sums: tuple[str, ...], timeout: float | None) -> None:
+        self.grid = grid
+        self.kind = kind
+        self.sum_name = kind
+        self.timeout = timeout
+        self.round = grid._round
+        self.session = ServerSession(grid.settings.secagg, sums=sums)
+        self.by_node = {m.metadata.dst_node_id: m for m in msgs}
+        self.nodes = [m.metadata.dst_node_id for m in msgs]
+        self.final: dict[int, Message] = {}
+        self.uploaded: dict[int, int] = {n: 0 for n in self.nodes}
+        self.agency: dict[int, str] = {}
+        self.shared: dict[int, ConfigRecord] = {}
+        self.pending: list[int] = []
+        self.in_sum: list[int] = []
+        self.used: set[str] = set()
+
+    # --- bookkeeping ----------------------------------------------------------------------
+    def _accepted(self, stage: str, n: int, m: Message, *, carries: str) -> bool:
+        """Count what node n uploaded; False (and its outcome noted) unless its reply carries
+        the stage's record (``carries``: config or array) and a ledger head the consortium
+        accepts."""
+        self.uploaded[n] = self.uploaded.get(n, 0) + _payload_bytes(m)
+        present = not m.has_error() and RECORD in (
+            m.content.config_records if carries == "config" else m.content.array_records)
+        if not present:
+            self.final[n] = m  # failed, or refused (its budget): the strategy names it
+            log.warning("secure aggregation %s: node %d dropped out", stage, n)
+            return False
+        self.agency[n] = _agency_of(m)
+        if "shared" in m.content.config_records:
+            self.shared[n] = m.content.config_records["shared"]
+        reason = self._head_problem(n, m)
+        if reason is not None:
+            self.final[n] = self._rejected(n, reason)
+            return False
+        return True
+
+    def _usable(self, stage: str, replies: dict[int, Message]) -> dict[int, dict[str, Any]]:
+        return {n: _cfg(m) for n, m in replies.items()
+                if self._accepted(stage, n, m, carries="config")}
+
+    def _head_problem(self, n: int, m: Message) -> str | None:
+        heads = self.grid.heads
+        if heads is None or "ledger" not in m.content.config_records:
+            return None
+        attestation = dict(m.content.config_records["ledger"])
+        reason = heads.check(self.agency[n], attestation)
+        if reason is None:
+            heads.accept(self.agency[n], attestation, run=str(self.by_node[n].metadata.run_id))
+        return reason
+
+    def _rejected(self, n: int, reason: str) -> Message:
+        log.warning("secure aggregation: %s rejected: %s", self.agency.get(n, n), reason)
+        return Message(content=RecordDict({"agency": ConfigRecord(
+            {"agency": self.agency.get(n, f"node {n}"), "status": "rejected",
+             "reason": reason})}), reply_to=self.by_node[n])
+
+    def abort(self, reason: str, still_in: Iterable[int] | None = None) -> list[Message]:
+        """Too few left to hide anyone: name everyone's outcome, let the quorum decide."""
+        log.warning("secure aggregation aborted: %s", reason)
+        for n in (self.pending if still_in is None else still_in):
+            if n not in self.final:
+                self.final[n] = Message(Error(code=0, reason=f"secure aggregation aborted: "
+                                                               f"{reason}"),
+                                        reply_to=self.by_node[n])
+        return self.results()
+
+    def results(self) -> list[Message]:
+        return [self.final[n] for n in self.nodes if n in self.final]
+
+    def sum_open(self, name: str) -> bool:
+        return name in self.session.sums and name not in self.used
+
+    # --- set-up and shares ------------------------------------------------------------------
+    def open(self) -> bool:
+        s = self.session
+        r1 = self._usable("setup", self.grid._stage(
+            self.kind, STAGES[0], {n: s.setup_config() for n in self.nodes}, None,
+            self.timeout))
+        if len(r1) < 2:
+            self.abort(f"only {len(r1)} agency(ies) completed set-up; at least 2 are needed "
+                       "to hide each one's update", r1)
+            return False
+        share_cfg = s.share_config(r1)
+        s.start(str(self.by_node[self.nodes[0]].metadata.run_id), self.round)
+        r2 = self._usable("share", self.grid._stage(
+            self.kind, STAGES[1], {n: share_cfg for n in r1}, None, self.timeout))
+        if len(r2) < 2:
+            self.abort(f"only {len(r2)} agency(ies) shared their keys", r2)
+            return False
+        self.boxes = s.masked_configs(r2)
+        self.pending = list(s.sharers)
+        return True
+
+    def continue_with(self, msgs: list[Message], kind: str, timeout: float | None) -> _Live:
+        """The evaluation sum of a session whose keys were shared in training."""
+        live = _Live(self.grid, msgs, kind, self.session.sums, timeout)
+        live.session = self.session
+        live.agency = dict(self.agency)
+        sharers = set(self.session.sharers)
+        live.pending = [n for n in live.nodes if n in sharers]
+        for n in live.nodes:
+            if n not in sharers:
+                live.final[n] = Message(Error(code=0, reason="secure evaluation: this agency "
+                                              "did not share keys in this round's session"),
+                                        reply_to=live.by_node[n])
+        live.boxes = {}
+        self.used.add(kind)
+        live.used = self.used
+        return live
+
+    # --- masked input, consistency, unmask --------------------------------------------------
+    boxes: dict[int, dict[str, Any]]
+
+    def masked_sum(self, extra: dict[int, RecordDict], length: int) -> np.ndarray | None:
+        s, name = self.session, self.sum_name
+        self.used.add(name)
+        configs = {n: self.boxes.get(n, {}) for n in self.pending}
+        replies = self.grid._stage(self.kind, STAGES[2], configs, extra, self.timeout)
+        masked = {n: m.content.array_records[RECORD]["masked"].numpy().tobytes()
+                  for n, m in replies.items()
+                  if self._accepted("masked input", n, m, carries="array")}
+        if len(masked) < 2:
+            self.abort(f"only {len(masked)} agency(ies) submitted a masked input; unmasking "
+                       "would reveal that agency's values", masked)
+            return None
+        r4 = self._usable("consistency", self.grid._stage(
+            self.kind, STAGES[3], {n: s.consistency_config(name, masked) for n in masked},
+            None, self.timeout))
+        signatures = {n: bytes(c["signature"]) for n, c in r4.items()}
+        r5 = self._usable("unmask", self.grid._stage(
+            self.kind, STAGES[4], s.unmask_configs(name, signatures), None, self.timeout))
+        try:
+            total = s.unmask(name, masked, length, r5)
+        except FederationError as exc:
+            self.abort(str(exc), masked)
+            return None
+        self.in_sum = sorted(masked)
+        return total
+
+    def finish(self, content: Any, pooled: dict[str, float]) -> None:
+        """One strategy-facing reply per agency in the sum, all with the same result."""
+        for n in self.in_sum:
+            rec = content(n)
+            rec["metrics"] = MetricRecord({"num-examples": 1.0, SUM_RECORD: 1.0,
+                                           **{k: float(v) for k, v in pooled.items()}})
+            rec["agency"] = ConfigRecord({"agency": self.agency.get(n, f"node {n}"),
+                                          "status": "ok", "reason": ""})
+            rec["observed"] = ConfigRecord({"bytes_sent": float(self.uploaded.get(n, 0))})
+            if n in self.shared:
+                rec["shared"] = self.shared[n]
+            self.final[n] = Message(content=rec, reply_to=self.by_node[n])
+
+
+def as_grid(grid: Grid, settings: RunSettings, heads: HeadBook | None = None) -> Grid:
     """The grid the strategy should use: SecAgg+ unless switched off."""
     if settings.secagg.mode == "off" or settings.strategy.aggregation != "mean":
         return grid
-    return cast(Grid, SecAggGrid(grid, settings))
+    return cast(Grid, SecAggGrid(grid, settings, heads))

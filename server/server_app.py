@@ -22,6 +22,7 @@ from federation.config import RunSettings
 from federation.tasks import get_task
 from server import secagg
 from server.checkpoint import ContinuedStrategy, load_checkpoint, restore, write_checkpoint
+from server.ledger_heads import HeadBook
 from server.strategy import RunLog, build_strategy
 
 log = logging.getLogger("heroes.server")
@@ -60,7 +61,10 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(settings.train.seed)
     model = get_task(settings.task_name, settings.task_params).build_model()
     run_log = RunLog()
-    strategy = build_strategy(settings, run_log)
+    # The last privacy-ledger head seen per agency: a node whose ledger went backwards, or
+    # was swapped, is refused by name (server/ledger_heads.py).
+    heads = HeadBook(Path(settings.paths.ledger_heads or out / "ledger-heads.json"))
+    strategy = build_strategy(settings, run_log, heads)
     initial, done = ArrayRecord(model.state_dict()), 0
     if settings.paths.resume_from:  # server/checkpoint.py: continue a killed run
         resume = load_checkpoint(Path(settings.paths.resume_from), settings)
@@ -78,7 +82,7 @@ def main(grid: Grid, context: Context) -> None:
     start = time.monotonic()
     try:
         result = (ContinuedStrategy(strategy, done) if done else strategy).start(
-            grid=secagg.as_grid(grid, settings),  # SecAgg+ rounds unless switched off
+            grid=secagg.as_grid(grid, settings, heads),  # SecAgg+ unless switched off
             initial_arrays=initial,
             num_rounds=settings.strategy.num_rounds - done,
             timeout=settings.strategy.round_timeout,
@@ -86,7 +90,8 @@ def main(grid: Grid, context: Context) -> None:
             evaluate_fn=checkpoint,
         )
     finally:
-        # Whatever happened, keep what the rounds so far showed.
+        # Whatever happened, keep what the rounds so far showed, and the heads seen.
+        heads.save()
         wall = time.monotonic() - start
         (out / "partial").mkdir(parents=True, exist_ok=True)
         (out / "partial" / "metrics.json").write_text(

@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -36,7 +36,12 @@ from server.robust import (
     update_norm,
 )
 
+if TYPE_CHECKING:
+    from server.ledger_heads import HeadBook
+
 log = logging.getLogger("heroes.server")
+
+SUM_KEY = "secure_sum"  # marks a secure round's pooled result (server/secagg.py)
 
 
 @dataclass
@@ -70,6 +75,10 @@ class RunLog:
         return self.rounds.setdefault(n, RoundRecord(round=n))
 
     def outcomes(self, sampled: list[int], replies: list[Message]) -> list[NodeOutcome]:
+        """Per-agency outcomes of one round trip, with the figures the consortium really
+        saw of each agency: what its policy shared (``shared``), what a plain round shows in
+        the clear (the example count), and the bytes it uploaded. A secure round's pooled
+        result is the same in every reply and is not an agency's figure."""
         out: list[NodeOutcome] = []
         replied = set()
         for msg in replies:
@@ -84,17 +93,21 @@ class RunLog:
                 self.agency_of[nid] = str(info["agency"])
                 status = str(info.get("status", "ok"))
                 reason = str(info.get("reason", ""))
-            metrics = {
-                k: _scalar(v, k)
-                for rec in msg.content.metric_records.values()
-                for k, v in rec.items()
-            }
-            # What the node uploaded: its model arrays (serialised), for the benchmarks.
-            metrics["bytes_sent"] = float(sum(
-                len(arr.data) for rec in msg.content.array_records.values()
-                for arr in rec.values()))
-            if "secagg_bytes" in metrics:  # a secure round: what the node really uploaded
-                metrics["bytes_sent"] = metrics["secagg_bytes"]
+            metrics: dict[str, float] = {}
+            if "shared" in msg.content.config_records:
+                metrics.update({k: _scalar(v, k) for k, v
+                                in msg.content.config_records["shared"].items()})
+            plain = msg.content.metric_records.get("metrics")
+            if plain is not None and SUM_KEY not in plain and "num-examples" in plain:
+                metrics["num-examples"] = _scalar(plain["num-examples"], "num-examples")
+            if "observed" in msg.content.config_records:  # a secure round: all it uploaded
+                metrics["bytes_sent"] = _scalar(
+                    msg.content.config_records["observed"]["bytes_sent"], "bytes_sent")
+                metrics["secure_sum"] = 1.0
+            else:  # what the node uploaded: its model arrays (serialised)
+                metrics["bytes_sent"] = float(sum(
+                    len(arr.data) for rec in msg.content.array_records.values()
+                    for arr in rec.values()))
             out.append(NodeOutcome(nid, self.name(nid), status, reason, metrics=metrics))
         for nid in sampled:
             if nid not in replied:
@@ -147,27 +160,61 @@ def _weights(records: list[RecordDict], key: str) -> list[tuple[MetricRecord, fl
     return out
 
 
+def _secure(records: list[RecordDict]) -> MetricRecord | None:
+    """A secure round's pooled result (every reply carries the same), or None."""
+    if records and all(SUM_KEY in next(iter(r.metric_records.values())) for r in records):
+        first = next(iter(records[0].metric_records.values()))
+        return first
+    return None
+
+
+def _shared_values(records: list[RecordDict], key: str) -> list[float]:
+    vals = []
+    for rec in records:
+        shared = rec.config_records.get("shared")
+        if shared is not None and key in shared:
+            vals.append(_scalar(shared[key], key))
+    return vals
+
+
 def aggregate_train_metrics(records: list[RecordDict], key: str) -> MetricRecord:
-    """Example-weighted loss; epsilon as the largest agency's cumulative value."""
+    """The round's training figures as the consortium may know them: in a secure round the
+    pooled loss and example count from the secure sum; in a plain round the example count
+    (visible) and, where agencies share them, the weighted loss. Epsilon only from agencies
+    whose policy shares it (the largest such cumulative value)."""
+    secure = _secure(records)
+    eps = [v for v in _shared_values(records, "epsilon")]
+    deltas = _shared_values(records, "delta")
+    out: dict[str, float] = {
+        "max_epsilon": max(eps) if eps else math.nan,
+        "delta": max(deltas) if deltas else math.nan,
+        "agencies": float(len(records)),
+        "epsilon_shared_by": float(len(eps)),
+    }
+    if secure is not None:
+        out.update(train_loss=_scalar(secure["train_loss"], "train_loss"),
+                   examples=_scalar(secure["examples"], "examples"),
+                   rows_set_aside=_scalar(secure["rows_set_aside"], "rows_set_aside"),
+                   secure_sum=1.0)
+        return MetricRecord(dict(out.items()))
     pairs = _weights(records, key)
-    total = sum(w for _, w in pairs) or 1.0
-    loss = [(_scalar(m["train_loss"], "train_loss"), w) for m, w in pairs]
-    finite = [(v, w) for v, w in loss if math.isfinite(v)]
-    fw = sum(w for _, w in finite) or 1.0
-    return MetricRecord(
-        {
-            "train_loss": sum(v * w for v, w in finite) / fw if finite else math.nan,
-            "max_epsilon": max(_scalar(m["epsilon"], "epsilon") for m, _ in pairs),
-            "delta": max(_scalar(m["delta"], "delta") for m, _ in pairs),
-            "examples": total,
-            "agencies": len(pairs),
-        }
-    )
+    out["examples"] = sum(w for _, w in pairs)
+    losses = [(v, w) for rec, (_, w) in zip(records, pairs, strict=True)
+              for v in _shared_values([rec], "train_loss") if math.isfinite(v)]
+    fw = sum(w for _, w in losses)
+    out["train_loss"] = sum(v * w for v, w in losses) / fw if losses and fw else math.nan
+    return MetricRecord(dict(out.items()))
 
 
 def aggregate_evaluate_metrics(records: list[RecordDict], key: str) -> MetricRecord:
-    """Example-weighted mean of each metric over the agencies where it is defined,
-    plus the worst agency's ROC-AUC; an undefined metric is skipped, not zero-filled."""
+    """A secure round: the pooled metrics from the summed histograms, as they are. A plain
+    round (only agencies that share their figures reach here): the example-weighted mean of
+    each metric over the agencies where it is defined, plus the worst agency's ROC-AUC; an
+    undefined metric is skipped, not zero-filled."""
+    secure = _secure(records)
+    if secure is not None:
+        pooled = {k: _scalar(v, k) for k, v in secure.items() if k not in (key, SUM_KEY)}
+        return MetricRecord(dict({**pooled, "secure_sum": 1.0}.items()))
     pairs = _weights(records, key)
     out: dict[str, float] = {}
     names = [k for k in pairs[0][0] if k != key] if pairs else []
@@ -176,7 +223,8 @@ def aggregate_evaluate_metrics(records: list[RecordDict], key: str) -> MetricRec
         finite = [(v, w) for v, w in vals if math.isfinite(v)]
         wsum = sum(w for _, w in finite)
         out[name] = sum(v * w for v, w in finite) / wsum if finite and wsum else math.nan
-    aucs = [v for m, _ in pairs if math.isfinite(v := _scalar(m["roc_auc"], "roc_auc"))]
+    aucs = [v for m, _ in pairs if "roc_auc" in m
+            and math.isfinite(v := _scalar(m["roc_auc"], "roc_auc"))]
     out["worst_roc_auc"] = min(aucs) if aucs else math.nan
     out["agencies_with_roc_auc"] = float(len(aucs))
     return MetricRecord(dict(out))
@@ -193,8 +241,11 @@ class _Accountable:
     # only ever holds masked values, turns it off.
     validate_updates: bool = True
 
+    heads: HeadBook | None = None
+
     def _setup(self, run_log: RunLog, quorum: int, num_rounds: int,
-               max_norm_ratio: float = 0.0) -> None:
+               max_norm_ratio: float = 0.0, heads: HeadBook | None = None) -> None:
+        self.heads = heads
         self.run_log = run_log
         self.quorum = quorum
         self.num_rounds = num_rounds
@@ -226,6 +277,7 @@ class _Accountable:
         record = self.run_log.round(server_round)
         record.train = self.run_log.outcomes(self._sampled.get((server_round, "train"), []),
                                              replies)
+        self._check_heads(replies, record.train)
         if self.validate_updates:
             self._validate(server_round, replies, record.train)
         ok = [o for o in record.train if o.status == "ok"]
@@ -252,6 +304,25 @@ class _Accountable:
         if metrics is not None:
             record.train_aggregate = {k: float(v) for k, v in metrics.items()}
         return arrays, metrics
+
+    def _check_heads(self, replies: list[Message], outcomes: list[NodeOutcome]) -> None:
+        """Reject a plain round's reply whose privacy-ledger head went backwards or does not
+        extend the last one this consortium saw (secure rounds check it in server/secagg.py,
+        before the agency trains); keep the book on disk after every round."""
+        if self.heads is None:
+            return
+        by_node = {m.metadata.src_node_id: m for m in replies if not m.has_error()}
+        for o in outcomes:
+            m = by_node.get(o.node_id)
+            if o.status != "ok" or m is None or "ledger" not in m.content.config_records:
+                continue
+            attestation = dict(m.content.config_records["ledger"])
+            reason = self.heads.check(o.agency, attestation)
+            if reason is None:
+                self.heads.accept(o.agency, attestation, run=str(m.metadata.run_id))
+            else:
+                o.status, o.reason = "rejected", reason
+        self.heads.save()
 
     def _validate(self, server_round: int, replies: list[Message],
                   outcomes: list[NodeOutcome]) -> None:
@@ -303,21 +374,32 @@ class _Accountable:
         t, e = r.train_aggregate, r.evaluate_aggregate
         ok = sum(o.status == "ok" for o in r.train)
         rejected = [o.agency for o in r.train if o.status == "rejected"]
-        worst = min(
-            (o for o in r.evaluate if o.status == "ok"
-             and math.isfinite(o.metrics.get("roc_auc", math.nan))),
-            key=lambda o: o.metrics["roc_auc"], default=None,
-        )
+        secure = bool(t.get("secure_sum")) or bool(e.get("secure_sum"))
+        shared = int(t.get("epsilon_shared_by", 0) or 0)
+        eps = (f"max epsilon {t.get('max_epsilon', math.nan):.3f} (delta "
+               f"{t.get('delta', math.nan):.0e}, cumulative per advert record over all runs; "
+               f"shared by {shared} of {ok} agencies)" if shared else
+               "epsilon: kept by each agency (none shares it)")
+        if e.get("secure_sum"):
+            ev = (f"pooled eval ROC-AUC {e.get('roc_auc', math.nan):.3f}, PR-AUC "
+                  f"{e.get('pr_auc', math.nan):.3f} (secure sum of "
+                  f"{int(e.get('agencies_in_sum', 0))})")
+        else:
+            worst = min(
+                (o for o in r.evaluate if o.status == "ok"
+                 and math.isfinite(o.metrics.get("roc_auc", math.nan))),
+                key=lambda o: o.metrics["roc_auc"], default=None,
+            )
+            ev = (f"eval ROC-AUC {e.get('roc_auc', math.nan):.3f} (worst "
+                  f"{worst.agency if worst else '-'} "
+                  f"{worst.metrics['roc_auc'] if worst else math.nan:.3f}), PR-AUC "
+                  f"{e.get('pr_auc', math.nan):.3f}" if e else "eval: no agency shares figures")
         log.info(
-            "round %d/%d: %d/%d agencies trained%s, train loss %.4f, max epsilon %.3f "
-            "(delta %.0e, cumulative per advert record over all runs) | "
-            "eval ROC-AUC %.3f (worst %s %.3f), PR-AUC %.3f",
+            "round %d/%d: %d/%d agencies trained%s%s, train loss %.4f, %s | %s",
             r.round, self.num_rounds, ok, len(r.train),
+            " (secure sum)" if secure else "",
             f" ({len(rejected)} rejected: {', '.join(rejected)})" if rejected else "",
-            t.get("train_loss", math.nan),
-            t.get("max_epsilon", math.nan), t.get("delta", math.nan), e.get("roc_auc", math.nan),
-            worst.agency if worst else "-",
-            worst.metrics["roc_auc"] if worst else math.nan, e.get("pr_auc", math.nan),
+            t.get("train_loss", math.nan), eps, ev,
         )
 
 
@@ -367,7 +449,8 @@ class AccountableFedAdam(_Accountable, FedAdam, _RobustAggregation):
     pass
 
 
-def build_strategy(settings: RunSettings, run_log: RunLog) -> FedAvg:
+def build_strategy(settings: RunSettings, run_log: RunLog, heads: HeadBook | None = None
+                   ) -> FedAvg:
     s = settings.strategy
     common: dict[str, Any] = {
         "fraction_train": s.fraction_train,
@@ -386,7 +469,7 @@ def build_strategy(settings: RunSettings, run_log: RunLog) -> FedAvg:
     else:
         strategy = AccountableFedAvg(**common)
     assert isinstance(strategy, _Accountable) and isinstance(strategy, _RobustAggregation)
-    strategy._setup(run_log, s.quorum, s.num_rounds, s.max_norm_ratio)
+    strategy._setup(run_log, s.quorum, s.num_rounds, s.max_norm_ratio, heads)
     strategy.aggregation = s.aggregation
     strategy.trim_fraction = s.trim_fraction
     strategy.krum_byzantine = s.krum_byzantine

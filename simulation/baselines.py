@@ -166,7 +166,14 @@ def run_baselines(cfg: DictConfig, out_dir: Path, *, flat: dict[str, Scalar],
                   settings: RunSettings, manifest: FederationManifest,
                   agencies: list[AgencyData], t0: float) -> dict[str, Any]:
     """Run the four arms and write ``metrics.json`` with the comparison."""
-    from simulation.run import _agency_table, _write_text, privacy_summary, render
+    from simulation.run import (
+        CONSORTIUM_SEES,
+        _agency_table,
+        _write_text,
+        local_rounds,
+        privacy_summary,
+        render,
+    )
 
     problems = []
     if not settings.privacy.enabled:
@@ -229,6 +236,8 @@ def run_baselines(cfg: DictConfig, out_dir: Path, *, flat: dict[str, Scalar],
         "global": arms["federated_dp"]["pooled"],
         "agencies": table,
         "rounds": rounds["federated_dp"],
+        "agency_rounds": local_rounds(dp_state, names),
+        "consortium_sees": CONSORTIUM_SEES,
         "centralised_baseline": arms["centralised_non_private"]["pooled"],
         "baselines": {"arms": arms, "gain": gain},
     }

@@ -248,7 +248,7 @@ def run_sections(summary: Mapping[str, Any], title: str) -> list[str]:
     if rounds:
         xs = [r["round"] for r in rounds]
         curves: list[dict[str, Any]] = [
-            {"name": "train loss (mean over agencies)",
+            {"name": "train loss (pooled over agencies)",
              "points": [(x, r.get("train_aggregate", {}).get("train_loss"), None, None)
                         for x, r in zip(xs, rounds, strict=True)]},
             {"name": "evaluation loss", "points": [
@@ -259,17 +259,24 @@ def run_sections(summary: Mapping[str, Any], title: str) -> list[str]:
             {"name": "ROC-AUC (agencies' test splits)", "points": [
                 (x, r.get("evaluate_aggregate", {}).get("roc_auc"), None, None)
                 for x, r in zip(xs, rounds, strict=True)]},
-            {"name": "worst agency ROC-AUC", "dashed": True, "points": [
-                (x, r.get("evaluate_aggregate", {}).get("worst_roc_auc"), None, None)
-                for x, r in zip(xs, rounds, strict=True)]},
         ]
+        local = summary.get("agency_rounds", {})
+        worst = []
+        for x in xs:  # from each agency's own record: a consortium never sees these
+            vals = [e["figures"].get("roc_auc") for entries in local.values() for e in entries
+                    if e["kind"] == "evaluate" and e["round"] == x and e["status"] == "ok"]
+            vals = [v for v in vals if v is not None and math.isfinite(v)]
+            worst.append((x, min(vals) if vals else None, None, None))
+        if any(p[1] is not None for p in worst):
+            aucs.append({"name": "worst agency ROC-AUC (agency-local)", "dashed": True,
+                         "points": worst})
         eps_series: list[dict[str, Any]] = []
         for a in summary.get("agencies", []):
-            pts = [(r["round"], o["metrics"].get("epsilon"), None, None)
-                   for r in rounds for o in r.get("train", [])
-                   if o["agency"] == a["agency"] and o["status"] == "ok"
-                   and o["metrics"].get("epsilon") is not None
-                   and math.isfinite(o["metrics"]["epsilon"])]
+            pts = [(e["round"], e["figures"].get("epsilon"), None, None)
+                   for e in local.get(a["agency"], [])
+                   if e["kind"] == "train" and e["status"] == "ok"
+                   and e["figures"].get("epsilon") is not None
+                   and math.isfinite(e["figures"]["epsilon"])]
             if pts:
                 eps_series.append({"name": f"{a['agency']} (delta {a['delta']:g})",
                                    "points": pts})

@@ -26,6 +26,7 @@ import tomli_w
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from clients import local_metrics
 from federation import metrics
 from federation.config import RunSettings, Scalar
 from federation.data import AgencyData, load_agency
@@ -37,6 +38,7 @@ from federation.tasks import Task, get_task
 from federation.text import SparseRows
 from federation.training import predict_proba, train_local
 from simulation.generator import FederationManifest, generate_federation, preset_from_mapping
+from simulation.sweep import secure_rounds
 
 log = logging.getLogger("heroes.simulate")
 
@@ -107,6 +109,7 @@ def write_policies(cfg: DictConfig, agencies: list[str], state_root: Path) -> No
     if unknown:
         raise ConfigError([f"agency_policy.per_agency names unknown agencies {unknown}; "
                            f"the federation has {agencies}"], source="simulation config")
+    keys: list[tuple[str, Path]] = []
     for agency in agencies:
         fields = dict(base)
         override = per_agency.get(agency)
@@ -120,9 +123,30 @@ def write_policies(cfg: DictConfig, agencies: list[str], state_root: Path) -> No
             raise ConfigError([f"agency_policy for {agency}: {exc}"],
                               source="simulation config") from None
         write_policy(state_root / agency, policy)
-        if not (state_root / agency / "node.key").exists():  # signs the egress receipts
+        if not (state_root / agency / "node.key").exists():  # signs ledger, receipts, keys
             make_node_key(state_root / agency / "node.key", state_root / agency / "node.key.pub",
                           comment=f"heroes-fl simulated node {agency}")
+        keys.append((agency, state_root / agency / "node.key.pub"))
+    approve_simulated_roster(state_root, keys)
+
+
+def approve_simulated_roster(state_root: Path, keys: list[tuple[str, Path]]) -> None:
+    """The roster of every simulated agency, approved by each one automatically (a deployed
+    agency checks the fingerprints out of band and runs `heroes agency approve`)."""
+    from clients.approvals import auto_approve_roster
+    from federation.roster import Member, Roster
+    from federation.signing import key_fingerprint, load_public_key
+
+    members = tuple(Member(agency=a, public_key=p.read_text(encoding="utf-8").strip(),
+                           fingerprint=key_fingerprint(load_public_key(p))) for a, p in keys)
+    roster = Roster(version=1, issued_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    consortium="simulation", members=members)
+    for agency, _ in keys:
+        auto_approve_roster(state_root / agency, roster)
+    print(f"simulation: each of the {len(keys)} agencies approved the roster of all simulated "
+          "agencies automatically (a deployed agency reviews it: `heroes agency approve`); no "
+          "app bundle travels in a simulation, so the nodes run this source tree as it is",
+          flush=True)
 
 
 def _write_app_dir(app_dir: Path, flat: Mapping[str, Scalar]) -> None:
@@ -300,6 +324,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         summary["agencies"] = _agency_table(fed_metrics, agencies, manifest.oracle_per_agency,
                                             state_root)
         summary["rounds"] = fed_metrics
+        summary["agency_rounds"] = local_rounds(state_root, [a.agency for a in agencies])
+        summary["consortium_sees"] = CONSORTIUM_SEES
         if audit is not None:
             summary["audit"] = audit.evaluate(model, summary["agencies"])
     if cfg.mode == "centralised" or bool(cfg.baseline):
@@ -324,37 +350,47 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 def _agency_table(rounds: list[dict[str, Any]], agencies: list[AgencyData],
                   oracle: Mapping[str, float], state_root: Path) -> list[dict[str, Any]]:
+    """One row per agency. The figures come from each agency's OWN state folder (its local
+    record and ledger), which a simulation can read because it owns every agency; a
+    consortium sees only what ``consortium_sees`` says. Outcomes the server decided (failed,
+    missing, rejected) come from the server's round log."""
     rows = []
     for a in agencies:
+        state = state_root / a.agency
+        local = local_metrics.read(state)
+        trained = [e for e in local if e["kind"] == "train" and e["status"] == "ok"]
+        evaluated = [e for e in local if e["kind"] == "evaluate" and e["status"] == "ok"]
+        refused = [e for e in local if e["kind"] == "train" and e["status"] == "refused"]
+
         def mine(kind: str, agency: str = a.agency) -> list[dict[str, Any]]:
             return [o | {"round": r["round"]} for r in rounds for o in r[kind]
                     if o["agency"] == agency]
-        trained = [o for o in mine("train") if o["status"] == "ok"]
-        evaluated = [o for o in mine("evaluate") if o["status"] == "ok"]
-        refused = [o for o in mine("train") if o["status"] == "refused"]
+        accepted = [o for o in mine("train") if o["status"] == "ok"]
         failed = [o for o in mine("train") if o["status"] in ("failed", "missing")]
         rejected = [o for o in mine("train") if o["status"] == "rejected"]
         ledger_eps = None
-        ledger_file = state_root / a.agency
-        if (ledger_file / "privacy-ledger.sqlite").exists():
-            policy = load_policy(ledger_file)
-            with Ledger.open(ledger_file, create=False) as ledger:
-                ledger_eps = max((ledger.spent(ds, delta=policy.delta,
-                                               accountant=policy.accountant)
-                                  for ds in ledger.datasets()), default=None)
-        last = trained[-1]["metrics"] if trained else {}
+        shares = False
+        if (state / "policy.toml").exists():
+            policy = load_policy(state)
+            shares = policy.share_local_metrics
+            if (state / "privacy-ledger.sqlite").exists():
+                with Ledger.open(state, create=False) as ledger:
+                    ledger_eps = max((ledger.spent(ds, delta=policy.delta,
+                                                   accountant=policy.accountant)
+                                      for ds in ledger.datasets()), default=None)
+        last = trained[-1]["figures"] if trained else {}
         rows.append({
             "agency": a.agency,
             "train_examples": len(a.train),
             "test_examples": len(a.test),
-            "rounds_trained": len(trained),
+            "rounds_trained": len(accepted),
             "epsilon": last.get("epsilon"),
             "delta": last.get("delta"),
             "run_epsilon": last.get("run_epsilon"),
             "ledger_epsilon": ledger_eps,
             "budget_remaining": last.get("budget_remaining"),
             "noise_multiplier": last.get("noise_multiplier"),
-            "local_roc_auc": evaluated[-1]["metrics"]["roc_auc"] if evaluated else None,
+            "local_roc_auc": evaluated[-1]["figures"].get("roc_auc") if evaluated else None,
             "local_oracle_roc_auc": _finite_or_none(oracle.get(a.agency)),
             "rows_set_aside": a.train.rejected_total + a.test.rejected_total,
             "failed_rounds": len(failed),
@@ -363,8 +399,23 @@ def _agency_table(rounds: list[dict[str, Any]], agencies: list[AgencyData],
                          f"; last: {rejected[-1]['reason']}" if rejected else None),
             "stopped": (f"refused from round {refused[0]['round']}: {refused[0]['reason']}"
                         if refused else None),
+            "shared_with_consortium": shares,
         })
     return rows
+
+
+def local_rounds(state_root: Path, agencies: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Each agency's own per-round record (clients/local_metrics.py), for plots and tables."""
+    return {a: local_metrics.read(state_root / a) for a in agencies}
+
+
+CONSORTIUM_SEES = (
+    "who took part in each round and each agency's status (ok, refused, failed, rejected), "
+    "message sizes and timing; the secure sums (summed update and example count, pooled "
+    "training loss and rows set aside, pooled evaluation metrics from summed score "
+    "histograms); per-agency figures only from agencies whose policy sets [sharing] "
+    "share_local_metrics = true. The per-agency table is read from each agency's own state "
+    "folder, which a simulation owns")
 
 
 def _finite_or_none(v: float | None) -> float | None:
@@ -404,10 +455,15 @@ def render(summary: Mapping[str, Any]) -> str:
                          f"agency's delta ({p['accountant']} accountant); this run's target "
                          f"was {p['target_epsilon']} at delta={p['target_delta']:g}")
         rounds = summary.get("rounds", [])
-        masked = sum(1 for r in rounds if any("secagg_bytes" in (o.get("metrics") or {})
-                                              for o in r["train"]))
+        masked = secure_rounds(rounds)
         lines.append(f"secure aggregation (SecAgg+): {masked} of {len(rounds)} rounds; in those "
-                     "the server saw only the sum of the agencies' updates")
+                     "the server saw only sums: the agencies' summed update and count, pooled "
+                     "loss and pooled evaluation")
+        sharing = [r["agency"] for r in summary["agencies"] if r.get("shared_with_consortium")]
+        lines.append("the figures per agency above are read from each agency's own state "
+                     "folder (the simulator owns them); a consortium sees them only where the "
+                     "agency's policy shares them: "
+                     + (", ".join(sharing) if sharing else "none here"))
         lines.append("")
     oracle = summary["oracle_roc_auc"]
     lines.append(f"{'pooled test split':<30}{'ROC-AUC':>9}{'PR-AUC':>8}{'Brier':>8}"

@@ -127,11 +127,15 @@ def run_row(run: Path) -> dict[str, Any]:
         "audit_epsilon_lower_bound": _finite(audit.get("epsilon_lower_bound")),
         "audit_claimed_epsilon": _finite(audit.get("claimed_epsilon")),
         "wall_seconds": _finite(summary.get("wall_seconds")),
-        "secagg_rounds": sum(
-            any("secagg_bytes" in o.get("metrics", {}) for o in r.get("train", []))
-            for r in summary.get("rounds", [])),
+        "secagg_rounds": secure_rounds(summary.get("rounds", [])),
     })
     return row
+
+
+def secure_rounds(rounds: Sequence[Mapping[str, Any]]) -> int:
+    """Rounds whose training the server saw only as a secure sum."""
+    return sum(1 for r in rounds if any((o.get("metrics") or {}).get("secure_sum")
+                                        for o in r.get("train", [])))
 
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE

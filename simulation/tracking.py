@@ -35,25 +35,40 @@ def write_tensorboard(summary: Mapping[str, Any], log_dir: Path) -> Path:
             f"DP {'on' if p.get('enabled') else 'OFF'}; target epsilon {p.get('target_epsilon')} "
             f"at delta {p.get('target_delta')} per {p.get('unit')}; epsilon tags are "
             "cumulative over every round of every run (the ledger)"))
+        # Per-agency figures come from each agency's own record (the simulator owns them);
+        # a consortium's round log holds only pooled sums and statuses.
+        local = summary.get("agency_rounds", {})
+
+        def agency_values(kind: str, name: str, step: int) -> dict[str, float]:
+            out = {}
+            for agency, entries in local.items():
+                for e in entries:
+                    v = e["figures"].get(name)
+                    if (e["kind"] == kind and e["round"] == step and e["status"] == "ok"
+                            and _ok(v)):
+                        out[agency] = float(v)
+            return out
+
         for r in summary.get("rounds", []):
             step = int(r["round"])
             tr, ev = r.get("train_aggregate", {}), r.get("evaluate_aggregate", {})
-            for tag, value in (("train/loss", tr.get("train_loss")),
-                               (f"privacy/max_epsilon_delta_{delta}", tr.get("max_epsilon")),
+            eps = agency_values("train", "epsilon", step)
+            aucs = agency_values("evaluate", "roc_auc", step)
+            scalars: tuple[tuple[str, Any], ...] = (
+                               ("train/loss", tr.get("train_loss")),
+                               (f"privacy/max_epsilon_delta_{delta}",
+                                max(eps.values()) if eps else None),
                                ("eval/loss", ev.get("loss")), ("eval/roc_auc", ev.get("roc_auc")),
-                               ("eval/worst_agency_roc_auc", ev.get("worst_roc_auc")),
-                               ("round/wall_seconds", r.get("wall_seconds"))):
+                               ("eval/worst_agency_roc_auc",
+                                min(aucs.values()) if aucs else None),
+                               ("round/wall_seconds", r.get("wall_seconds")))
+            for tag, value in scalars:
                 if _ok(value):
                     writer.add_scalar(tag, float(value), step)
-            for o in r.get("train", []):
-                eps = o.get("metrics", {}).get("epsilon")
-                if o.get("status") == "ok" and _ok(eps):
-                    writer.add_scalar(f"privacy/epsilon_delta_{delta}/{o['agency']}",
-                                      float(eps), step)
-            for o in r.get("evaluate", []):
-                auc = o.get("metrics", {}).get("roc_auc")
-                if o.get("status") == "ok" and _ok(auc):
-                    writer.add_scalar(f"agency_roc_auc/{o['agency']}", float(auc), step)
+            for agency, value in eps.items():
+                writer.add_scalar(f"privacy/epsilon_delta_{delta}/{agency}", value, step)
+            for agency, value in aucs.items():
+                writer.add_scalar(f"agency_roc_auc/{agency}", value, step)
         final = {"final/pooled_roc_auc": summary.get("global", {}).get("roc_auc"),
                  "final/pooled_pr_auc": summary.get("global", {}).get("pr_auc"),
                  "final/oracle_roc_auc": summary.get("oracle_roc_auc"),

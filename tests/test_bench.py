@@ -17,7 +17,7 @@ def test_bench_quick_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "simulation.cli", "bench", "--quick", "--skip", "scale",
-         "--skip", "rounds", "--skip", "secagg", "--out", str(out)],
+         "--skip", "rounds", "--skip", "secagg", "--skip", "trust", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
         env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
     )

@@ -167,6 +167,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             dep.start(agency, ["agency", "serve", "--dir", str(dep.state(agency))])
         for agency in dep.agencies:
             wait_for(lambda a=agency: "running" in dep.output(a), 60, f"node {agency}")
+        # every agency approves the consortium's signed roster (its peers under secure
+        # aggregation); bundles are approved in the tests, after one is refused unapproved
+        r = heroes("consortium", "roster", "--dir", str(cons))
+        assert r.returncode == 0, r.stdout + r.stderr
+        for agency in dep.agencies:
+            r = heroes("agency", "approve", str(cons / "roster.json"), "--dir",
+                       str(dep.state(agency)), "--yes")
+            assert r.returncode == 0, r.stdout + r.stderr
         yield dep
     finally:
         for name in list(dep.procs):
@@ -246,11 +254,59 @@ def test_bundle_signed_by_another_key_is_refused_by_every_node(deployment: Deplo
         assert "REFUSED app bundle" in log
 
 
+def approve_bundle(deployment: Deployment) -> None:
+    """Every agency approves the bundle `heroes consortium train` will submit, as a person
+    would: from the .fab that `heroes consortium bundle` writes."""
+    from clients.approvals import is_bundle_approved
+    from federation.appsign import manifest_digest
+
+    fab = deployment.tmp / "review" / "app.fab"
+    r = heroes("consortium", "bundle", "--dir", str(deployment.cons), "--out", str(fab))
+    assert r.returncode == 0, r.stdout + r.stderr
+    digest = manifest_digest(fab.read_bytes())
+    for agency in deployment.agencies:
+        if not is_bundle_approved(deployment.state(agency), digest):
+            r = heroes("agency", "approve", str(fab), "--dir", str(deployment.state(agency)),
+                       "--yes")
+            assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_signed_bundle_runs_only_once_every_agency_approved_it(deployment: Deployment) -> None:
+    """Signed by the consortium but not approved: every node refuses it, keeps it for review
+    and spends nothing; each agency then approves it by the digest the refusal names."""
+    from flwr.cli.build import build_fab_from_disk
+
+    from federation.appsign import manifest_digest
+
+    fab = build_fab_from_disk(ROOT)
+    digest = manifest_digest(fab)
+    signature = sign_bundle(load_private_key(deployment.cons / "signing.key"), fab)
+    e = {**env(), "FLWR_HOME": str(deployment.cons / "flwr-home")}
+    proc = subprocess.run(
+        [str(BIN / "flwr"), "run", str(ROOT), "consortium", "--stream", "--run-config",
+         f'{RUN_CONFIG} paths.output_dir="{deployment.tmp / "unapproved"}" '
+         f'app.signature="{signature}"'],
+        env=e, capture_output=True, text=True, timeout=300, check=False)
+    text = proc.stdout + proc.stderr
+    assert "node refused the app bundle" in text and "has not approved it" in text
+    assert f"heroes agency approve {digest[:16]}" in text
+    assert text.count("failed in training") == 3
+    for agency in deployment.agencies:
+        state = deployment.state(agency)
+        assert ledger_rows(state) == 0
+        assert (state / "approvals" / "pending" / f"{digest}.fab").is_file()
+        assert "REFUSED bundle kept for review" in (state / "logs" / "superexec.log").read_text()
+        r = heroes("agency", "approve", digest[:16], "--dir", str(state), "--yes")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert not (state / "approvals" / "pending" / f"{digest}.fab").exists()
+
+
 def test_signed_dp_run_survives_an_aggregator_kill_and_every_ledger_shows_the_spend(
         deployment: Deployment) -> None:
     """A signed 3-round DP run; the aggregator (SuperLink and `serve`) is SIGKILLed after
     round 1's checkpoint, restarted, and `train --resume` finishes the run: three rounds,
     a continuous history, every agency's ledger shows the spend."""
+    approve_bundle(deployment)  # done by the test before, unless this one runs alone
     out = deployment.tmp / "run1"
     cfg = RUN_CONFIG.replace("strategy.num_rounds=2", "strategy.num_rounds=3")
     train = deployment.start("train", ["consortium", "train", "--dir", str(deployment.cons),
@@ -273,9 +329,20 @@ def test_signed_dp_run_survives_an_aggregator_kill_and_every_ledger_shows_the_sp
     assert [rd["round"] for rd in rounds] == [1, 2, 3]
     assert all(o["status"] == "ok" for rd in rounds for o in rd["train"])
     assert len(rounds[-1]["train"]) == 3
-    # three agencies: every round was securely aggregated, across real SuperNodes
-    assert all("secagg_bytes" in o["metrics"] for rd in rounds for o in rd["train"])
+    # three agencies: every round was securely aggregated across real SuperNodes, training
+    # and evaluation, and the consortium's record holds no agency's own figure
+    for rd in rounds:
+        for o in rd["train"] + rd["evaluate"]:
+            assert o["status"] == "ok" and o["metrics"]["secure_sum"] == 1.0
+            assert not {"epsilon", "train_loss", "roc_auc", "num-examples"} & set(o["metrics"])
+        assert rd["train_aggregate"]["secure_sum"] == 1.0
+        assert rd["evaluate_aggregate"]["secure_sum"] == 1.0
+        assert 0.0 <= rd["evaluate_aggregate"]["roc_auc"] <= 1.0
+        assert rd["evaluate_aggregate"]["agencies_in_sum"] == 3
     assert (out / "model.pt").is_file()
+    from federation.appsign import manifest_digest
+    assert manifest_digest((out / "app.fab").read_bytes()) == json.loads(
+        (out / "app-bundle.json").read_text())["manifest_sha256"]
     eps = {}
     for agency in deployment.agencies:
         # 3 rounds, plus round 2 again if the agency had trained it before the kill
@@ -287,8 +354,17 @@ def test_signed_dp_run_survives_an_aggregator_kill_and_every_ledger_shows_the_sp
         eps[agency] = s["datasets"][0]["epsilon"]["rdp"]
         assert 0 < eps[agency] < 10
         assert s["datasets"][0]["remaining"] == pytest.approx(10 - eps[agency])
-    final = {o["agency"]: o["metrics"]["epsilon"] for o in rounds[-1]["train"]}
-    assert final == pytest.approx(eps)  # the server's last numbers are the ledgers' totals
+    # the agencies keep their own figures: each one's last local record is its ledger total
+    from clients import local_metrics
+    for agency in deployment.agencies:
+        local = [e for e in local_metrics.read(deployment.state(agency))
+                 if e["kind"] == "train" and e["status"] == "ok"]
+        assert local[-1]["figures"]["epsilon"] == pytest.approx(eps[agency])
+    # the consortium kept every agency's last ledger head, and it is that ledger's head
+    heads = json.loads((deployment.cons / "ledger-heads.json").read_text())["agencies"]
+    for agency in deployment.agencies:
+        with Ledger.open(deployment.state(agency), create=False) as ledger:
+            assert (heads[agency]["seq"], heads[agency]["hash"]) == ledger.head()
 
 
 def test_canaries_never_reach_the_consortium(deployment: Deployment) -> None:

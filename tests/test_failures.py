@@ -16,6 +16,7 @@ import pytest
 from federation.ledger import Policy, write_policy
 from federation.pki import make_node_key
 from simulation.generator import generate_federation, load_preset
+from simulation.run import approve_simulated_roster
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,9 +38,15 @@ def run_with_broken_agency(tmp_path: Path, quorum: int) -> tuple[subprocess.Comp
     with (ROOT / "pyproject.toml").open("rb") as fh:
         flat = dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
     for agency in manifest.agencies:
-        write_policy(tmp_path / "state" / agency, Policy(max_epsilon=10.0, delta=1e-4))
+        # sums of two: the round goes on securely without the broken agency
+        write_policy(tmp_path / "state" / agency,
+                     Policy(max_epsilon=10.0, delta=1e-4, secure_min_agencies=2))
         make_node_key(tmp_path / "state" / agency / "node.key",  # signs egress receipts
                       tmp_path / "state" / agency / "node.key.pub", comment=agency)
+    # secure aggregation (three agencies): each node takes part only with the agencies on
+    # a roster it approved; these nodes approve the roster of all three
+    approve_simulated_roster(tmp_path / "state", [
+        (a, tmp_path / "state" / a / "node.key.pub") for a in manifest.agencies])
     flat.update({"paths.data_root": str(tmp_path / "data"),
                  "paths.state_root": str(tmp_path / "state"),
                  "paths.output_dir": str(tmp_path / "server"),

@@ -15,6 +15,7 @@ import pytest
 from federation.ledger import Ledger, Policy, write_policy
 from federation.pki import make_node_key
 from simulation.generator import generate_federation, load_preset
+from simulation.run import approve_simulated_roster
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -34,6 +35,10 @@ def test_flwr_run_against_a_local_simulation_superlink(tmp_path: Path) -> None:
         write_policy(tmp_path / "state" / agency, Policy(max_epsilon=10.0, delta=1e-4))
         make_node_key(tmp_path / "state" / agency / "node.key",  # signs egress receipts
                       tmp_path / "state" / agency / "node.key.pub", comment=agency)
+    # secure aggregation (three agencies): each node takes part only with the agencies on
+    # a roster it approved; these nodes approve the roster of all three
+    approve_simulated_roster(tmp_path / "state", [
+        (a, tmp_path / "state" / a / "node.key.pub") for a in manifest.agencies])
     port = free_port()
     home = tmp_path / "flwr-home"
     home.mkdir()

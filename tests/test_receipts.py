@@ -194,16 +194,24 @@ def test_simulated_nodes_sign_a_receipt_for_every_message(tmp_path: Path) -> Non
         entries = [json.loads(x) for x in (state / RECEIPTS).read_text().splitlines()]
         sent = [(r["round"], o["status"]) for r in summary["rounds"] for o in r["train"]
                 if o["agency"] == agency["agency"]]
-        # three agencies: secure aggregation, so the update leaves in the masked stage,
-        # and the key, share and unmask messages of every round get receipts too
-        trains = [e for e in entries if e["message"] in ("train", "secagg_masked")]
+        # three agencies: secure aggregation, so the update leaves in the masked stage, and
+        # the key, share, consistency and unmask messages of every round get receipts too
+        # (consistency and unmask twice: the training sum and the evaluation sum)
+        trains = [e for e in entries if e["message"] in ("train", "secagg_masked_train")]
         assert [(e["round"], e["status"]) for e in trains] == sent
-        for stage in ("secagg_setup", "secagg_share", "secagg_unmask"):
-            assert [e["round"] for e in entries if e["message"] == stage] == [
-                r for r, _ in sent]
-        assert len([e for e in entries if e["message"] == "evaluate"]) == len(summary["rounds"])
+        rounds = [r for r, _ in sent]
+        for stage in ("secagg_setup", "secagg_share"):
+            assert [e["round"] for e in entries if e["message"] == stage] == rounds
+        for stage in ("secagg_consistency", "secagg_unmask"):
+            assert sorted(e["round"] for e in entries if e["message"] == stage) == sorted(
+                rounds * 2)
+        evals = [e for e in entries if e["message"] == "secagg_masked_evaluate"]
+        assert len(evals) == len(summary["rounds"])
         assert trains[-1]["epsilon"] == pytest.approx(agency["epsilon"])
         assert trains[-1]["delta"] == agency["delta"]
+        # every receipt names the ledger head it left at, and the heads only move forward
+        heads = [e["ledger_head"]["seq"] for e in entries if e["ledger_head"]]
+        assert heads and heads == sorted(heads) and heads[-1] > 1
 
 
 def test_an_error_reply_gets_a_receipt_too(tmp_path: Path) -> None:

@@ -335,14 +335,22 @@ def test_baselines_four_arms_on_identical_splits(tmp_path: Path) -> None:
                 g["federated_dp_roc_auc"] - g["alone_dp_roc_auc"])
         assert g["gain_pooled_test"] == pytest.approx(
             g["federated_dp_pooled_roc_auc"] - g["alone_dp_pooled_roc_auc"])
-    # The federated arms ran the real simulation, one with DP and one without.
-    dp = json.loads((out / "arms/federated_dp/server/metrics.json").read_text())["rounds"]
-    plain = json.loads(
-        (out / "arms/federated_non_private/server/metrics.json").read_text())["rounds"]
-    assert all(o["metrics"]["noise_multiplier"] > 0 for r in dp for o in r["train"]
-               if o["status"] == "ok")
-    assert all(o["metrics"]["noise_multiplier"] == 0 for r in plain for o in r["train"]
-               if o["status"] == "ok")
+    # The federated arms ran the real simulation, one with DP and one without (as each
+    # agency recorded it; the non-private arm's ledgers now say epsilon infinite).
+    from clients import local_metrics
+    from federation.ledger import Ledger
+
+    for arm, private in (("federated_dp", True), ("federated_non_private", False)):
+        states = sorted((out / "arms" / arm / "agency_state").iterdir())
+        assert len(states) == 3
+        for state in states:
+            trained = [e for e in local_metrics.read(state)
+                       if e["kind"] == "train" and e["status"] == "ok"]
+            assert len(trained) == 2
+            assert all((e["figures"]["noise_multiplier"] > 0) == private for e in trained)
+            with Ledger.open(state, create=False) as ledger:
+                (item,) = ledger.report(None)
+            assert math.isfinite(item["epsilon"]["rdp"]) == private
     assert "gain from federating" in proc.stdout
     # Optional tracking: the same numbers as TensorBoard scalars in the run folder.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -352,7 +360,7 @@ def test_baselines_four_arms_on_identical_splits(tmp_path: Path) -> None:
     delta = f"{summary['privacy']['target_delta']:g}"
     eps = events.Scalars(f"privacy/max_epsilon_delta_{delta}")
     assert [e.step for e in eps] == [1, 2]
-    assert eps[-1].value == pytest.approx(summary["rounds"][-1]["train_aggregate"]["max_epsilon"])
+    assert eps[-1].value == pytest.approx(max(a["epsilon"] for a in summary["agencies"]))
     auc = events.Scalars("final/pooled_roc_auc")[0].value
     assert auc == pytest.approx(summary["global"]["roc_auc"], abs=1e-6)
     assert len([t for t in events.Tags()["scalars"] if t.startswith("baselines/gain_")]) == 6

@@ -44,13 +44,18 @@ def test_three_agencies_two_rounds(tmp_path: Path) -> None:
     losses = [r["train_aggregate"]["train_loss"] for r in rounds]
     eval_losses = [r["evaluate_aggregate"]["loss"] for r in rounds]
     assert all(loss < 0.9 * math.log(2) for loss in losses + eval_losses), (losses, eval_losses)
-    # Epsilon is cumulative: it grows every round and ends at or below the target.
+    # Epsilon is cumulative: it grows every round and ends at or below the target. It is
+    # the agency's own figure (its local record): the consortium never received it.
     target = summary["privacy"]["target_epsilon"]
     for name in agencies:
-        eps = [o["metrics"]["epsilon"] for r in rounds for o in r["train"]
-               if o["agency"] == name]
+        local = [e for e in summary["agency_rounds"][name] if e["kind"] == "train"]
+        eps = [e["figures"]["epsilon"] for e in local]
         assert 0 < eps[0] < eps[1] <= target
         assert eps[1] > 0.95 * target  # the whole budget was planned for the run
+        assert all(e["figures"]["secagg_clipped"] == 0 for e in local)
+    for r in rounds:
+        for o in r["train"] + r["evaluate"]:
+            assert not {"epsilon", "train_loss", "roc_auc", "num-examples"} & set(o["metrics"])
     # Beats chance on the pooled test split: by three standard errors of the null AUC.
     n_pos = sum(c["test_positive"] for c in json.loads(
         (out / "data" / "federation.json").read_text())["counts"].values())
@@ -58,12 +63,15 @@ def test_three_agencies_two_rounds(tmp_path: Path) -> None:
     null_se = math.sqrt((n_pos + n_neg + 1) / (12 * n_pos * n_neg))
     assert summary["global"]["roc_auc"] > 0.5 + 3 * null_se
     assert 0.5 < summary["oracle_roc_auc"] <= 1.0
-    # Three agencies: secure aggregation was on (secagg.mode=auto) in every round, and the
-    # server saw masked, bit-packed uploads (26-bit modulus: under the float32 size).
+    # Three agencies: secure aggregation was on (secagg.mode=auto) in every round, for
+    # training and evaluation, and the server saw masked, bit-packed uploads.
     for r in rounds:
-        for o in r["train"]:
-            assert 0 < o["metrics"]["secagg_bytes"] == o["metrics"]["bytes_sent"]
-            assert o["metrics"]["secagg_clipped"] == 0
+        for o in r["train"] + r["evaluate"]:
+            assert o["metrics"]["secure_sum"] == 1.0 and o["metrics"]["bytes_sent"] > 0
+        assert r["train_aggregate"]["secure_sum"] == 1.0
+        assert r["evaluate_aggregate"]["secure_sum"] == 1.0
+        assert r["evaluate_aggregate"]["examples"] == sum(
+            a["test_examples"] for a in summary["agencies"])
     assert "centralised_baseline" in summary
     # The outputs a researcher expects.
     for name in ("model.pt", "metrics.json", "config.yaml", "run_config.json",
@@ -159,7 +167,10 @@ def test_small_agency_exhausts_its_budget_mid_run(tmp_path: Path) -> None:
     budget = (after1 + after2) / 2
 
     out = tmp_path / "run"
+    # Every agency accepts sums of two here (its policy's [secure_aggregation]
+    # min_agencies), so the other two carry on securely once the third stops.
     proc = heroes(["experiment=quick", "strategy.num_rounds=3",
+                   "agency_policy.secure_min_agencies=2",
                    f"+agency_policy.per_agency={{{small}: {{max_epsilon: {budget:.6f}, "
                    "on_budget: stop}}"], out)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -177,6 +188,7 @@ def test_small_agency_exhausts_its_budget_mid_run(tmp_path: Path) -> None:
     # Secure aggregation was on, and the agency that dropped out after sharing its keys in
     # rounds 2 and 3 did not stop the others' rounds from being unmasked.
     for r in summary["rounds"][1:]:
-        assert all("secagg_bytes" in o["metrics"] for o in r["train"] if o["status"] == "ok")
+        assert all(o["metrics"]["secure_sum"] for o in r["train"] if o["status"] == "ok")
+        assert r["train_aggregate"]["agencies"] == 2
     assert item["epsilon"]["rdp"] == pytest.approx(after1, rel=1e-6)
     assert item["epsilon"]["rdp"] <= budget
