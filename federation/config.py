@@ -175,6 +175,9 @@ class StrategySettings(_Section):
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     min_nodes: int = 2
+    # Nodes that must be connected before a round is sampled; 0 means min_nodes. A simulation
+    # sets it to its number of agencies (its virtual nodes register while the server starts).
+    min_available: int = 0
     quorum: int = 2
     proximal_mu: float = 0.0
     server_learning_rate: float = 0.1
@@ -204,6 +207,8 @@ class StrategySettings(_Section):
                 p.append(f"strategy.{key}={v} must be in (0, 1]")
         if self.min_nodes < 1:
             p.append(f"strategy.min_nodes={self.min_nodes} must be >= 1")
+        if self.min_available < 0:
+            p.append(f"strategy.min_available={self.min_available} must be >= 0 (0: min_nodes)")
         if not self.quorum >= 1:
             p.append(f"strategy.quorum={self.quorum} must be >= 1")
         if self.quorum > self.min_nodes:

@@ -457,7 +457,7 @@ def build_strategy(settings: RunSettings, run_log: RunLog, heads: HeadBook | Non
         "fraction_evaluate": s.fraction_evaluate,
         "min_train_nodes": s.min_nodes,
         "min_evaluate_nodes": s.min_nodes,
-        "min_available_nodes": s.min_nodes,
+        "min_available_nodes": max(s.min_nodes, s.min_available),
         "train_metrics_aggr_fn": aggregate_train_metrics,
         "evaluate_metrics_aggr_fn": aggregate_evaluate_metrics,
     }

@@ -269,6 +269,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     preset_data = OmegaConf.to_container(cfg.federation, resolve=True)
     assert isinstance(preset_data, dict)
     preset = preset_from_mapping({str(k): v for k, v in preset_data.items()})
+    if not flat.get("strategy.min_available"):
+        # every simulated agency exists from the start; their virtual nodes register while
+        # the server starts, so a round waits for all of them rather than sampling early
+        flat["strategy.min_available"] = len(preset.agencies)
+        settings = RunSettings.from_flat(flat)
     print(f"generating {len(preset.agencies)} synthetic agencies ({preset.name}, "
           f"seed {cfg.seed}) into {data_root}", flush=True)
     manifest = generate_federation(preset, data_root, seed=int(cfg.seed),

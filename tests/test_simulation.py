@@ -28,7 +28,9 @@ def heroes(args: list[str], out: Path, timeout: float = 600) -> subprocess.Compl
 @pytest.mark.slow
 def test_three_agencies_two_rounds(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = heroes(["experiment=quick", "baseline=true"], out)
+    # epsilon 8: this test checks that the pipeline learns; at epsilon 3 two rounds of these
+    # small agencies gave pooled ROC-AUC from 0.54 to 0.71 between runs (DP noise is unseeded)
+    proc = heroes(["experiment=quick", "baseline=true", "privacy=eps8"], out)
     assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
     summary = json.loads((out / "metrics.json").read_text())
     rounds = summary["rounds"]
