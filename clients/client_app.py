@@ -146,9 +146,18 @@ def _server_round(msg: Message) -> int:
 
 
 def _attest(state_dir: Path) -> dict[str, Any]:
-    """This node's signed ledger head, for the consortium's rollback check."""
+    """This node's signed ledger head and the heads it reported before, for the consortium's
+    rollback check (sent once per round: with the set-up, or with a plain round's reply)."""
     with Ledger.open(state_dir) as ledger:
         return ledger.attest()
+
+
+def _head(state_dir: Path) -> dict[str, Any]:
+    """The ledger head alone, for a secure round's masked input: the server checks that it
+    is not behind the one attested at set-up; the next set-up's attestation covers it."""
+    with Ledger.open(state_dir) as ledger:
+        seq, entry_hash = ledger.head()
+    return {"seq": seq, "hash": entry_hash}
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -520,7 +529,7 @@ def secagg_masked_train(msg: Message, context: Context) -> Outgoing:
     t.figures["secagg_clipped"] = float(clipped)  # clipping changes the sum: kept here
     _keep(context, "train", msg, t)
     return Outgoing(_masked_reply(msg, t.node.agency, packed, policy=t.policy,
-                                  figures=t.figures, ledger=_attest(t.node.state_dir)),
+                                  figures=t.figures, ledger=_head(t.node.state_dir)),
                     t.figures)
 
 
@@ -551,13 +560,30 @@ def secagg_consistency(msg: Message, context: Context) -> Outgoing:
     return Outgoing(_secagg_reply(msg, w.agency, values))
 
 
+NEXT_STATE = "secagg_next"
+
+
 def secagg_unmask(msg: Message, context: Context) -> Outgoing:
+    """Reveal this sum's shares; if the message carries the next round's set-up (the last
+    exchange of a round does), open that session too: one round trip less per round."""
     w = _where(context)
     node = _session(context, w)
     _same_round(msg, node)
     values = node.unmask(_sum_of(msg), _cfg(msg))
     _save(context, node)
-    return Outgoing(_secagg_reply(msg, w.agency, values))
+    if NEXT_STATE not in msg.content.config_records:
+        return Outgoing(_secagg_reply(msg, w.agency, values))
+    nxt = dict(msg.content.config_records[NEXT_STATE])
+    server_round = int(cast(int, nxt.pop("server_round", -1)))
+    if server_round != _server_round(msg) + 1:
+        raise FederationError("secure aggregation refused by this node: a set-up for a round "
+                              "other than the next one")
+    load_node_data(context.node_config, w.settings, split="train")  # validates first
+    following = _session(context, w)
+    next_values = following.setup(nxt, server_round=server_round)
+    _save(context, following)
+    return Outgoing(_reply(msg, w.agency, ledger=_attest(w.state_dir), records={
+        SECAGG_STATE: ConfigRecord(values), NEXT_STATE: ConfigRecord(next_values)}))
 
 
 def _register() -> None:

@@ -49,6 +49,7 @@ log = logging.getLogger("heroes.secagg")
 STAGES = ("secagg_setup", "secagg_share", "secagg_masked", "secagg_consistency",
           "secagg_unmask")
 RECORD = "secagg"
+NEXT_RECORD = "secagg_next"  # the next round's set-up, riding on this round's last exchange
 SUM_RECORD = "secure_sum"  # the pooled result every strategy-facing reply carries
 
 
@@ -203,10 +204,29 @@ class SecAggGrid:
         self.evaluations_masked = 0
         self._round = 0
         self._session: _Live | None = None
+        # The next round's session, set up during this round's last exchange (a round trip
+        # saved per round): its round, the session, and each node's signed keys.
+        self._prepared: tuple[int, ServerSession, dict[int, dict[str, Any]]] | None = None
         self.stage_seconds: dict[str, list[float]] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
+
+    def _next_setup(self, sum_name: str) -> dict[str, Any] | None:
+        """The set-up of round r + 1 to send with round r's last exchange, the evaluation's
+        unmask (every round evaluates: strategy.fraction_evaluate > 0), or None in the last
+        round. A round whose evaluation was not secure sets up at its own start."""
+        if sum_name != "evaluate" or self._round >= self.settings.strategy.num_rounds:
+            return None
+        session = ServerSession(self.settings.secagg, sums=sa.SUMS)
+        self._prepared = (self._round + 1, session, {})
+        return {**session.setup_config(), "server_round": self._round + 1}
+
+    def _take_prepared(self) -> tuple[ServerSession, dict[int, dict[str, Any]]] | None:
+        prepared, self._prepared = self._prepared, None
+        if prepared is None or prepared[0] != self._round:
+            return None
+        return prepared[1], prepared[2]
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
@@ -222,19 +242,38 @@ class SecAggGrid:
         return self._grid.send_and_receive(msgs, timeout=timeout)
 
     # --- one exchange --------------------------------------------------------------------------
+    def _exchange(self, msgs: list[Message], timeout: float | None) -> list[Message]:
+        """Push, then pull the replies until all are in or the timeout passes. Flower's own
+        loop sleeps a fixed 0.1 s (simulation) or 3 s (deployment) between pulls; a session
+        has up to eight short exchanges, so this one backs off from 2 ms to 50 ms instead."""
+        pending = set(self._grid.push_messages(msgs))
+        end = time.monotonic() + (timeout if timeout is not None else math.inf)
+        got: list[Message] = []
+        wait = 0.002
+        while pending and time.monotonic() < end:
+            replies = list(self._grid.pull_messages(pending))
+            got += replies
+            pending -= {m.metadata.reply_to_message_id for m in replies}
+            if pending:
+                time.sleep(max(0.0, min(wait, end - time.monotonic())))
+                wait = min(wait * 2, 0.05)
+        return got
+
     def _stage(self, kind: str, stage: str, configs: dict[int, dict[str, Any]],
-               extra: dict[int, RecordDict] | None, timeout: float | None
-               ) -> dict[int, Message]:
+               extra: dict[int, RecordDict] | None, timeout: float | None,
+               attach: dict[str, Any] | None = None) -> dict[int, Message]:
         t0 = time.monotonic()
         out = []
         for n, cfg in configs.items():
             content = extra[n] if extra is not None else RecordDict(
                 {"config": ConfigRecord({"server-round": self._round})})
             content[RECORD] = ConfigRecord(cfg)
+            if attach is not None:
+                content[NEXT_RECORD] = ConfigRecord(attach)
             out.append(Message(content=content, dst_node_id=n, message_type=f"{kind}.{stage}"))
-        replies = self._grid.send_and_receive(out, timeout=timeout)
-        got = {m.metadata.src_node_id: m for m in replies}
+        got = {m.metadata.src_node_id: m for m in self._exchange(out, timeout)}
         self.stage_seconds.setdefault(f"{kind}.{stage}", []).append(time.monotonic() - t0)
+        log.debug("secure aggregation: %s.%s took %.2f s", kind, stage, time.monotonic() - t0)
         return got
 
     # --- training ---------------------------------------------------------------------------------
@@ -244,7 +283,7 @@ class SecAggGrid:
         self._round = int(cast(int, config.get("server-round", 0))) if config else 0
         live = _Live(self, msgs, "train", sa.SUMS, timeout)
         self._session = live
-        if not live.open():
+        if not live.open(self._take_prepared()):
             return live.results()
         by_node = {m.metadata.dst_node_id: m for m in msgs}
         flat, layout = sa.flatten(by_node[live.nodes[0]].content.array_records["arrays"])
@@ -368,9 +407,21 @@ class _Live:
         if heads is None or "ledger" not in m.content.config_records:
             return None
         attestation = dict(m.content.config_records["ledger"])
-        reason = heads.check(self.agency[n], attestation)
+        agency = self.agency[n]
+        if "signature" not in attestation:
+            # the masked input carries only the head after training: it may not be behind
+            # the signed head accepted at set-up (the next set-up proves it extends)
+            seen = heads.entries().get(agency, {}).get("seq")
+            seq = attestation.get("seq")
+            if not isinstance(seq, int) or isinstance(seq, bool) or (
+                    isinstance(seen, int) and seq < seen):
+                return (f"agency {agency}: its ledger head went backwards during the round "
+                        f"(seq {seq!r} after {seen!r} at set-up); its privacy ledger was rolled "
+                        "back or replaced")
+            return None
+        reason = heads.check(agency, attestation)
         if reason is None:
-            heads.accept(self.agency[n], attestation, run=str(self.by_node[n].metadata.run_id))
+            heads.accept(agency, attestation, run=str(self.by_node[n].metadata.run_id))
         return reason
 
     def _rejected(self, n: int, reason: str) -> Message:
@@ -396,11 +447,21 @@ class _Live:
         return name in self.session.sums and name not in self.used
 
     # --- set-up and shares ------------------------------------------------------------------
-    def open(self) -> bool:
+    def open(self, prepared: tuple[ServerSession, dict[int, dict[str, Any]]] | None = None
+             ) -> bool:
+        """Set-up (unless the nodes already sent this round's keys with the last exchange of
+        the previous round) and shares."""
+        if prepared is not None:
+            self.session, ready = prepared
+            r1 = {n: cfg for n, cfg in ready.items() if n in self.by_node}
+        else:
+            r1 = {}
         s = self.session
-        r1 = self._usable("setup", self.grid._stage(
-            self.kind, STAGES[0], {n: s.setup_config() for n in self.nodes}, None,
-            self.timeout))
+        missing = [n for n in self.nodes if n not in r1]
+        if missing:  # the same session: late-comers set up with the same nonce
+            r1.update(self._usable("setup", self.grid._stage(
+                self.kind, STAGES[0], {n: s.setup_config() for n in missing}, None,
+                self.timeout)))
         if len(r1) < 2:
             self.abort(f"only {len(r1)} agency(ies) completed set-up; at least 2 are needed "
                        "to hide each one's update", r1)
@@ -452,8 +513,16 @@ class _Live:
             self.kind, STAGES[3], {n: s.consistency_config(name, masked) for n in masked},
             None, self.timeout))
         signatures = {n: bytes(c["signature"]) for n, c in r4.items()}
-        r5 = self._usable("unmask", self.grid._stage(
-            self.kind, STAGES[4], s.unmask_configs(name, signatures), None, self.timeout))
+        attach = self.grid._next_setup(name)
+        replies = self.grid._stage(self.kind, STAGES[4], s.unmask_configs(name, signatures),
+                                   None, self.timeout, attach=attach)
+        r5 = self._usable("unmask", replies)
+        if attach is not None and self.grid._prepared is not None:
+            ready = self.grid._prepared[2]
+            for n in r5:  # a node whose head was refused above is not in r5
+                m = replies[n]
+                if NEXT_RECORD in m.content.config_records:
+                    ready[n] = dict(m.content.config_records[NEXT_RECORD])
         try:
             total = s.unmask(name, masked, length, r5)
         except FederationError as exc:
