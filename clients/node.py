@@ -14,15 +14,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from federation.config import RunSettings
-from federation.data import load_agency
+from federation.config import RunPaths, RunSettings
 from federation.errors import ConfigError, DataError, TaskError
-from federation.ledger import fingerprint_file
-from federation.tasks import Task, get_task
-from federation.text import FEATURES_VERSION, SparseRows
+
+if TYPE_CHECKING:  # the task registry and the ledger import torch: loaded where used
+    from federation.tasks import Task
+    from federation.text import SparseRows
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,12 @@ class NodeData:
     rows_set_aside: int
 
 
-def resolve_data_dir(node_config: Mapping[str, object], settings: RunSettings) -> Path:
+def resolve_data_dir(node_config: Mapping[str, object], paths: RunPaths) -> Path:
     if "data_dir" in node_config:
         return Path(str(node_config["data_dir"]))
     if "partition-id" in node_config:
-        root = Path(settings.paths.data_root)
-        if not settings.paths.data_root:
+        root = Path(paths.data_root)
+        if not paths.data_root:
             raise ConfigError(
                 ["paths.data_root is empty; a simulated node needs the federation folder"],
                 source="run config (client)",
@@ -70,13 +71,13 @@ def resolve_data_dir(node_config: Mapping[str, object], settings: RunSettings) -
     )
 
 
-def resolve_state_dir(node_config: Mapping[str, object], settings: RunSettings,
+def resolve_state_dir(node_config: Mapping[str, object], paths: RunPaths,
                       agency: str) -> Path:
     """Where the node keeps its privacy ledger and policy."""
     if "state_dir" in node_config:
         return Path(str(node_config["state_dir"]))
-    if "partition-id" in node_config and settings.paths.state_root:
-        return Path(settings.paths.state_root) / agency
+    if "partition-id" in node_config and paths.state_root:
+        return Path(paths.state_root) / agency
     raise ConfigError(
         ["node config has no state_dir (where the privacy ledger and policy live); start "
          "the node with --node-config 'state_dir=\"/var/lib/heroes\"'"],
@@ -109,6 +110,8 @@ def cached_features(task: Task, export_sha256: str, texts: list[str], cache_dir:
     featuriser version, so a changed export or setting can never be served stale features.
     The cache is derived data that stays at the node; deleting it is always safe.
     """
+    from federation.text import FEATURES_VERSION, SparseRows
+
     params = json.dumps([task.name, task.params.to_flat(), FEATURES_VERSION, export_sha256],
                         sort_keys=True)
     key = hashlib.sha256(params.encode()).hexdigest()[:32]
@@ -130,15 +133,19 @@ def load_node_data(
     node_config: Mapping[str, object], settings: RunSettings, *, split: str
 ) -> NodeData:
     """Validate the agency's whole export, then featurise the requested split."""
+    from federation.data import load_agency
+    from federation.ledger import fingerprint_file
+    from federation.tasks import get_task
+
     check_task_allowed(node_config, settings.task_name)
-    data = load_agency(resolve_data_dir(node_config, settings))
+    data = load_agency(resolve_data_dir(node_config, settings.paths))
     task = get_task(settings.task_name, settings.task_params)
     fingerprint = fingerprint_file(data.train.path)
     dataset = str(node_config.get("dataset_id") or f"{data.agency}/{fingerprint[:16]}")
     table = data.train if split == "train" else data.test
     table_sha256 = fingerprint if split == "train" else fingerprint_file(table.path)
     rows = task.rows(table)
-    state_dir = resolve_state_dir(node_config, settings, data.agency)
+    state_dir = resolve_state_dir(node_config, settings.paths, data.agency)
     return NodeData(
         agency=data.agency,
         dataset=dataset,

@@ -229,9 +229,9 @@ def record_outgoing(msg: Any, context: Any, reply: Any, kind: str, *,
     Raises DeploymentError when the node has no key to sign with, so the reply is not sent.
     """
     from clients.node import resolve_state_dir
-    from federation.config import RunSettings
+    from federation.config import NodeView
 
-    settings = RunSettings.from_flat(context.run_config, source="run config (client)")
+    settings = NodeView.from_flat(context.run_config, source="run config (client)")
     content = reply.content
     info = content.config_records["agency"]
     agency = str(info["agency"])
@@ -242,7 +242,7 @@ def record_outgoing(msg: Any, context: Any, reply: Any, kind: str, *,
     config = msg.content.config_records.get("config")
     server_round = int(config.get("server-round", 0)) if config is not None else 0
     return record_reply(
-        resolve_state_dir(context.node_config, settings, agency), agency=agency,
+        resolve_state_dir(context.node_config, settings.paths, agency), agency=agency,
         run_id=str(context.run_id), server_round=server_round, task=settings.task_name,
         message=kind, content=content, status=str(info.get("status", "ok")), metrics=metrics,
         max_grad_norm=settings.privacy.max_grad_norm if settings.privacy.enabled else None,
@@ -260,14 +260,15 @@ def record_error(msg: Any, context: Any, kind: str, error: BaseException) -> dic
     import logging
 
     from clients.node import resolve_data_dir, resolve_state_dir
-    from federation.config import RunSettings
+    from federation.config import NodeView
     from federation.data import read_manifest
     from federation.errors import HeroesError
 
     try:
-        settings = RunSettings.from_flat(context.run_config, source="run config (client)")
-        agency = str(read_manifest(resolve_data_dir(context.node_config, settings))["agency"])
-        state_dir = resolve_state_dir(context.node_config, settings, agency)
+        settings = NodeView.from_flat(context.run_config, source="run config (client)")
+        agency = str(read_manifest(resolve_data_dir(context.node_config, settings.paths))[
+            "agency"])
+        state_dir = resolve_state_dir(context.node_config, settings.paths, agency)
         text = f"{type(error).__name__}: {error}".encode()
         config = msg.content.config_records.get("config")
         server_round = int(config.get("server-round", 0)) if config is not None else 0

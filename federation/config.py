@@ -387,3 +387,33 @@ class RunSettings:
                         self.app, self.secagg):
             out.update(section.to_flat())
         return out
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """The few run settings a node's light steps need (the secure-aggregation stages that
+    only sign, share or reveal; receipts), parsed without the task registry, whose models
+    import torch: seconds per message for a node that starts a process for each one. Every
+    step that trains, evaluates or sets up parses the whole RunSettings first."""
+
+    task_name: str
+    paths: RunPaths
+    privacy: PrivacySettings
+    secagg: SecAggSettings
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, object], *, source: str = "run config") -> NodeView:
+        problems: list[str] = []
+        grouped: dict[str, dict[str, object]] = {}
+        for key, value in flat.items():
+            prefix, _, name = key.partition(".")
+            grouped.setdefault(prefix, {})[name] = value
+        parsed = {section.prefix: section.parse(dict(grouped.get(section.prefix, {})), problems)
+                  for section in (RunPaths, PrivacySettings, SecAggSettings)}
+        task_name = grouped.get("task", {}).get("name")
+        if not isinstance(task_name, str):
+            problems.append("task.name is required, e.g. task.name=advert-risk")
+        if problems:
+            raise ConfigError(problems, source=source)
+        return cls(task_name=str(task_name), paths=parsed["paths"],
+                   privacy=parsed["privacy"], secagg=parsed["secagg"])

@@ -49,19 +49,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from federation.config import PrivacySettings
 from federation.errors import DeploymentError, HeroesError, LedgerError, SignatureError
 from federation.policy import POLICY_FILE, Policy, load_policy, write_policy
-from federation.privacy import (
-    ACCOUNTANTS,
-    PRV_MAX_GRID_POINTS,
-    HistoryEntry,
-    NoisePlan,
-    epsilon_spent,
-    prv_grid_points,
-    trained_without_dp,
-)
 from federation.signing import (
     PrivateKey,
     PublicKey,
@@ -71,6 +63,27 @@ from federation.signing import (
     sign,
     verify,
 )
+
+if TYPE_CHECKING:
+    from federation.privacy import HistoryEntry, NoisePlan
+
+# The accountants (federation/privacy.py) import Opacus and torch: seconds a node's light
+# stages and the ledger's own integrity checks never need. They are imported on first use.
+ACCOUNTANTS = PrivacySettings.ACCOUNTANTS
+
+
+def epsilon_spent(history: Sequence[HistoryEntry], *, delta: float, accountant: str) -> float:
+    """federation.privacy.epsilon_spent, imported when first needed."""
+    from federation.privacy import epsilon_spent as spent
+
+    return spent(history, delta=delta, accountant=accountant)
+
+
+def trained_without_dp(history: Sequence[HistoryEntry]) -> bool:
+    from federation.privacy import trained_without_dp as without
+
+    return without(history)
+
 
 LEDGER_FILE = "privacy-ledger.sqlite"
 HEAD_FILE = "ledger.head"
@@ -205,6 +218,8 @@ def both_epsilons(history: Sequence[HistoryEntry], delta: float) -> dict[str, fl
         return {name: math.inf for name in ACCOUNTANTS}
     out: dict[str, float] = {}
     for name in ACCOUNTANTS:
+        from federation.privacy import PRV_MAX_GRID_POINTS, prv_grid_points
+
         if name == "prv" and prv_grid_points(history, delta=delta) > PRV_MAX_GRID_POINTS:
             out[name] = math.nan  # epsilon far past any budget; PRV would take minutes
             continue

@@ -26,8 +26,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from federation.config import PrivacySettings
 from federation.errors import LedgerError, PolicyError
-from federation.privacy import ACCOUNTANTS
 
 POLICY_FILE = "policy.toml"
 
@@ -188,8 +188,9 @@ def _range_problems(values: Mapping[str, Any], name: Callable[[str], str]) -> li
         if not 0 < v < 1:
             out.append(f"{name('delta')}={v} must be in (0, 1), e.g. 1e-5 (well below 1 "
                        "over the number of training records)")
-    if "accountant" in values and values["accountant"] not in ACCOUNTANTS:
-        out.append(f"{name('accountant')} must be one of {sorted(ACCOUNTANTS)}")
+    accountants = PrivacySettings.ACCOUNTANTS
+    if "accountant" in values and values["accountant"] not in accountants:
+        out.append(f"{name('accountant')} must be one of {sorted(accountants)}")
     if "on_budget" in values and values["on_budget"] not in ("stretch", "stop"):
         out.append(f"{name('on_budget')} must be 'stretch' or 'stop'")
     if "secure_min_threshold" in values:

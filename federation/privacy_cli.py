@@ -20,21 +20,19 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from federation.config import PrivacySettings
 from federation.errors import PrivacyConfigError
-from federation.privacy import (
-    ACCOUNTANTS,
-    PRV_MAX_GRID_POINTS,
-    HistoryEntry,
-    effective_batch_size,
-    epsilon_spent,
-    plan_noise,
-    prv_grid_points,
-    validate_targets,
-)
+
+if TYPE_CHECKING:
+    from federation.privacy import HistoryEntry
+
+# federation.privacy brings in Opacus and torch (seconds): every `heroes` command builds this
+# parser, so the accountants are imported only by the commands that compute.
+ACCOUNTANTS = PrivacySettings.ACCOUNTANTS
 
 UNIT = "one advert record in one agency's training export"
 EXIT_BAD_INPUT = 2
@@ -70,6 +68,8 @@ def account(history: Sequence[HistoryEntry], *, delta: float, accountant: str) -
     the number of steps; in extreme regimes it exhausts memory, runs for minutes or
     returns infinity. Those cases come back as epsilon=None with the reason.
     """
+    from federation.privacy import PRV_MAX_GRID_POINTS, epsilon_spent, prv_grid_points
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if accountant == "prv":
@@ -234,6 +234,8 @@ class _PlanInputs:
 
 
 def _plan_inputs(args: argparse.Namespace) -> _PlanInputs:
+    from federation.privacy import validate_targets
+
     check = _Checker()
     records = check.count("--records", args.records, fix="Count the agency's training rows.")
     batch = check.count("--batch-size", args.batch_size, fix="The consortium uses 128.")
@@ -307,6 +309,8 @@ def _run_epsilon(args: argparse.Namespace) -> int:
 
 
 def _run_plan(args: argparse.Namespace) -> int:
+    from federation.privacy import effective_batch_size, plan_noise
+
     inputs = _plan_inputs(args)
     try:
         # The calibration probes sigmas far from the answer (20, 40, ...); edge-of-grid
