@@ -28,8 +28,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import secrets
-import shutil
 import signal
 import socket
 import ssl
@@ -42,13 +42,30 @@ from pathlib import Path
 from typing import Any
 
 from clients import approvals
-from federation.errors import DataError, DeploymentError, HeroesError
+from federation.errors import ConfigError, DataError, DeploymentError, HeroesError, Rule
+from federation.files import loose_mode, open_private, private_dir, write_atomic
 from federation.ledger import Ledger, LedgerError, Policy, load_policy, write_policy
 from federation.pki import check_certificate, make_node_key, parse_address
+from federation.policy import SECTIONS as POLICY_SECTIONS
+from federation.policy import toml_type
+from federation.roster import NAME_RULE
 from federation.signing import key_fingerprint, load_public_key
 
 BIN = Path(sys.executable).parent
 DEFAULT_TASKS = ("advert-risk",)
+NODE_SECTION = "node"
+_TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_STRING, _INTEGER, _TASKS = "a string", "a whole number", "an array of task names"
+#: [node] key -> (kind, required, example for the fix)
+NODE_KEYS: dict[str, tuple[str, bool, str]] = {
+    "name": (_STRING, True, 'name = "eu-police-north"'),
+    "data_dir": (_STRING, True, 'data_dir = "/srv/heroes/export"'),
+    "consortium": (_STRING, True, 'consortium = "fl.consortium.example:9092"'),
+    "allowed_tasks": (_TASKS, False, 'allowed_tasks = ["advert-risk"]'),
+    "runtime_port": (_INTEGER, False, "runtime_port = 9094"),
+    "health_port": (_INTEGER, False, "health_port = 9098"),
+    "dataset_id": (_STRING, False, 'dataset_id = "eu-police-north/adverts-2026"'),
+}
 
 
 @dataclass(frozen=True)
@@ -99,21 +116,103 @@ class AgencyHome:
         return self.root / "logs"
 
     def node(self) -> NodeSettings:
+        """The [node] section of policy.toml, read strictly (see ``parse_node``)."""
         if not self.policy_path.is_file():
             raise DeploymentError(
                 f"{self.root} is not an agency node folder (no policy.toml). Fix: run "
                 f"`heroes agency init --dir {self.root} ...` first, or pass the right --dir")
-        data = tomllib.loads(self.policy_path.read_text(encoding="utf-8"))
-        if "node" not in data:
-            raise DeploymentError(f"{self.policy_path} has no [node] section; it was not made "
-                                  "by `heroes agency init`")
-        n = data["node"]
-        return NodeSettings(name=str(n["name"]), data_dir=Path(n["data_dir"]),
-                            consortium=str(n["consortium"]),
-                            allowed_tasks=tuple(n.get("allowed_tasks", DEFAULT_TASKS)),
-                            runtime_port=int(n.get("runtime_port", 9094)),
-                            health_port=int(n.get("health_port", 9098)),
-                            dataset_id=str(n.get("dataset_id", "")))
+        source = f"{self.policy_path} (the node's settings)"
+        try:
+            data = tomllib.loads(self.policy_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"cannot be read ({type(exc).__name__}). Fix: the node's user "
+                               "must be able to read it, and it must be UTF-8 text"],
+                              source=source) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"is not valid TOML ({exc}). Fix: correct the syntax there"],
+                              source=source) from None
+        except RecursionError:
+            raise ConfigError(["is not usable TOML (values nested too deeply). Fix: write "
+                               "[node] as `heroes agency init` does"], source=source) from None
+        return parse_node(data, source=source)
+
+
+def parse_node(data: dict[str, Any], *, source: str) -> NodeSettings:
+    """The node's own settings from the parsed policy.toml, strictly: strings are strings,
+    ports are whole numbers (a boolean is not a number), unknown keys and sections are
+    errors naming them and the allowed ones, and every problem is listed at once. Messages
+    name keys and types, never a value read from the file."""
+    problems: list[str] = []
+    known = (*POLICY_SECTIONS, NODE_SECTION)
+    for key in sorted(k for k in data if k not in known):
+        kind = "section" if isinstance(data[key], dict) else "key outside any section"
+        problems.append(f"{kind} {key!r} is not known; sections allowed: "
+                        f"{[f'[{k}]' for k in known]}. Fix: correct its spelling or remove it")
+    n = data.get(NODE_SECTION)
+    if not isinstance(n, dict):
+        problems.append(
+            (f"[{NODE_SECTION}] must be a section, not {toml_type(n)}" if n is not None else
+             f"has no [{NODE_SECTION}] section; it was not made by `heroes agency init`")
+            + f". Fix: add [{NODE_SECTION}] with " + ", ".join(
+                f"`{ex}`" for k, (_, req, ex) in NODE_KEYS.items() if req))
+        raise ConfigError(problems, source=source)
+    for key in sorted(set(n) - set(NODE_KEYS)):
+        problems.append(f"[{NODE_SECTION}] {key!r} is not a known key; allowed: "
+                        f"{sorted(NODE_KEYS)}. Fix: correct its spelling or remove it")
+    for key, (kind, required, example) in NODE_KEYS.items():
+        if key not in n:
+            if required:
+                problems.append(f"[{NODE_SECTION}] {key} is missing. Fix: add e.g. `{example}`")
+            continue
+        problem = _node_value_problem(key, kind, n[key])
+        if problem:
+            problems.append(f"[{NODE_SECTION}] {key} {problem}. Fix: e.g. `{example}`")
+    ports = [n.get(k) for k in ("runtime_port", "health_port")]
+    if ports[0] is not None and ports[0] == ports[1] and isinstance(ports[0], int):
+        problems.append(f"[{NODE_SECTION}] runtime_port and health_port are both {ports[0]}; "
+                        "two services cannot share a port. Fix: give them different ports")
+    if problems:
+        raise ConfigError(problems, source=source)
+    return NodeSettings(name=n["name"], data_dir=Path(n["data_dir"]),
+                        consortium=n["consortium"],
+                        allowed_tasks=tuple(n.get("allowed_tasks", DEFAULT_TASKS)),
+                        runtime_port=n.get("runtime_port", 9094),
+                        health_port=n.get("health_port", 9098),
+                        dataset_id=n.get("dataset_id", ""))
+
+
+def _node_value_problem(key: str, kind: str, value: object) -> str | None:
+    """What is wrong with one [node] value, without showing it."""
+    if kind == _INTEGER:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be a whole number (without quotes), not {toml_type(value)}"
+        if not 1 <= value <= 65535:
+            return f"={value} is not a port; it must be in 1-65535"
+        return None
+    if kind == _TASKS:
+        if not isinstance(value, list) or not value:
+            return f"must be a non-empty array of task names, not {toml_type(value)}"
+        bad = [i for i, t in enumerate(value) if not isinstance(t, str)
+               or not _TASK_NAME.match(t)]
+        if bad:
+            return (f"entries {bad} (counting from 0) are not task names (lower-case letters, "
+                    "digits, '-', '_' or '.', at most 64)")
+        return None
+    if not isinstance(value, str):
+        return f"must be a string (in quotes), not {toml_type(value)}"
+    if key == "name" and not NAME_RULE.match(value):
+        return ("is not an agency name: 2-63 lower-case letters, digits and '-', starting "
+                "with a letter or digit (the name the consortium enrolled)")
+    if key in ("data_dir", "consortium") and not value.strip():
+        return "is empty"
+    if key == "consortium":
+        try:
+            parse_address(value, what="consortium address")
+        except (DeploymentError, ValueError):  # ValueError: digits int() refuses, e.g. "²"
+            return "is not an address of the form HOST:PORT"
+    if any(ord(c) < 32 for c in value):
+        return "holds a control character"
+    return None
 
 
 def _toml_str(v: object) -> str:
@@ -130,11 +229,18 @@ def init(root: Path, *, name: str, data_dir: Path, consortium: str, ca_cert: Pat
             f"{root} already holds a node (policy.toml or node.key exists); refusing to "
             "overwrite its key and ledger. Use another --dir")
     parse_address(consortium, what="consortium address")
+    node: dict[str, Any] = {"name": name, "data_dir": str(data_dir.resolve()),
+                            "consortium": consortium, "allowed_tasks": list(allowed_tasks),
+                            "runtime_port": runtime_port, "health_port": health_port}
+    if dataset_id:
+        node["dataset_id"] = dataset_id
+    parse_node({NODE_SECTION: node}, source="the node settings given")  # before writing
     check_certificate(ca_cert, what="consortium CA certificate")
     load_public_key(consortium_key)  # refuse a missing or malformed key before writing
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ca_cert, home.ca_cert)
-    shutil.copyfile(consortium_key, home.consortium_key)
+    private_dir(root)  # 0700 when this makes it; an existing folder keeps its mode
+    # copies 0600 like everything the node keeps: nobody else may swap the CA or the key
+    write_atomic(home.ca_cert, ca_cert.read_bytes())
+    write_atomic(home.consortium_key, consortium_key.read_bytes())
     write_policy(root, policy)
     with home.policy_path.open("a", encoding="utf-8") as f:
         f.write("\n[node]\n"
@@ -146,10 +252,10 @@ def init(root: Path, *, name: str, data_dir: Path, consortium: str, ca_cert: Pat
                 f"health_port = {health_port}\n"
                 + (f"dataset_id = {_toml_str(dataset_id)}\n" if dataset_id else ""))
     make_node_key(home.node_key, home.node_pub, comment=f"heroes-fl node {name}")
-    fd = os.open(home.secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = open_private(home.secret, os.O_WRONLY | os.O_EXCL)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
-    home.logs.mkdir(exist_ok=True)
+    private_dir(home.logs)
     return home
 
 
@@ -160,8 +266,9 @@ def validate_data(home: AgencyHome, node: NodeSettings) -> str:
     from federation.quarantine import write_quarantine_report
 
     if not node.data_dir.is_dir():
-        raise DataError("the data folder does not exist", path=node.data_dir,
-                        fix=f"put the export there, or correct data_dir in {home.policy_path}")
+        raise DataError(Rule("the data folder does not exist", "put the export there, or "
+                             "correct data_dir in the node's policy.toml ([node])"),
+                        file=node.data_dir)
     data = load_agency(node.data_dir)
     summary = (f"export of {data.agency}: {len(data.train)} training and {len(data.test)} test "
                f"rows usable, {data.train.rejected_total + data.test.rejected_total} set aside")
@@ -240,7 +347,7 @@ class Node:
 
     def start(self) -> None:
         s = self.settings
-        self.home.logs.mkdir(exist_ok=True)
+        private_dir(self.home.logs)  # ClientApp output: the agency's alone
         link = [str(BIN / "flower-supernode"), "--superlink", s.consortium,
                 "--node-config", node_config(self.home, s),
                 "--isolation", "process", "--host", "127.0.0.1", "--port", str(s.runtime_port),
@@ -255,7 +362,8 @@ class Node:
                  "--runtime-api-address", f"127.0.0.1:{s.runtime_port}", "--insecure",
                  "--superexec-auth-secret-file", str(self.home.secret)]
         for name, cmd in (("supernode", link), ("superexec", execu)):
-            with (self.home.logs / f"{name}.log").open("ab") as out:
+            log_fd = open_private(self.home.logs / f"{name}.log", os.O_WRONLY | os.O_APPEND)
+            with os.fdopen(log_fd, "ab") as out:
                 self.procs[name] = subprocess.Popen(
                     cmd, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
                     cwd=self.home.root, start_new_session=True)
@@ -268,9 +376,7 @@ class Node:
                   "pids": {k: p.pid for k, p in self.procs.items()},
                   "health": f"127.0.0.1:{s.health_port}",
                   "updated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-        tmp = self.home.status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status, indent=2), encoding="utf-8")
-        tmp.replace(self.home.status_path)
+        write_atomic(self.home.status_path, json.dumps(status, indent=2).encode("utf-8"))
 
     def exited(self) -> tuple[str, int] | None:
         for name, p in self.procs.items():
@@ -434,7 +540,46 @@ def status(root: Path) -> dict[str, Any]:
         state["approvals"] = approvals.describe(root)
     except HeroesError as exc:  # a broken log: the node refuses everything until it is fixed
         state["approvals"] = f"BROKEN: {exc}"
+    state["permissions"] = loose_permissions(root)
     return state
+
+
+#: Files in the state folder that are public by nature (what the node sends, what it was
+#: sent): others may read them, never change them. Flower's own folder of installed
+#: bundles is Flower's, with the modes Flower sets.
+PUBLIC_FILES = frozenset({"node.key.pub", "consortium-ca.crt", "consortium-signing.pub",
+                          "roster.json", "roster.json.sig"})
+NOT_OURS = frozenset({"flwr-home"})
+MAX_PERMISSION_WARNINGS = 20
+
+
+def loose_permissions(root: Path) -> list[str]:
+    """A warning, with its fix, for the state folder and every file and folder in it that
+    others than the node's user can read (key, ledger and head, receipts, approvals,
+    consultations, local figures, feature caches, logs, ...): a node makes them 0600 and
+    0700 at birth (federation/files.py), so a looser mode was set by someone later, or
+    the file was copied in. Never changes a mode itself."""
+    out: list[str] = []
+    found = loose_mode(root)
+    if found:
+        out.append(found)
+    count = 0
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        if here == root:
+            dirs[:] = sorted(d for d in dirs if d not in NOT_OURS)
+        else:
+            dirs.sort()
+        for name in [*dirs, *sorted(files)]:
+            found = loose_mode(here / name, public=here == root and name in PUBLIC_FILES)
+            if found:
+                count += 1
+                if count <= MAX_PERMISSION_WARNINGS:
+                    out.append(found)
+    if count > MAX_PERMISSION_WARNINGS:
+        out.append(f"... and {count - MAX_PERMISSION_WARNINGS} more under {root}. Fix: "
+                   f"chmod -R go-rwx {root}")
+    return out
 
 
 def _last_local(root: Path, policy: Policy | None) -> dict[str, Any]:

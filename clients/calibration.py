@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from federation.errors import DataError
+from federation.errors import DataError, Rule
+from federation.files import write_atomic
 
 CALIBRATION_DIR = "calibration"
 
@@ -91,10 +91,7 @@ def path_for(state_dir: Path, model_version: str) -> Path:
 
 def save(state_dir: Path, model_version: str, cal: Calibration) -> Path:
     path = path_for(state_dir, model_version)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(cal), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(asdict(cal), indent=2) + "\n").encode("utf-8"))  # 0600
     return path
 
 
@@ -106,11 +103,13 @@ def load(state_dir: Path, model_version: str) -> Calibration:
     try:
         cal = Calibration(**json.loads(path.read_text(encoding="utf-8")))
     except (TypeError, ValueError) as exc:
-        raise DataError(f"unreadable calibration ({type(exc).__name__})", path=path,
-                        fix="delete it and fit again with --calibrate-with") from None
+        raise DataError(Rule("unreadable calibration ({kind})",
+                             "delete it and fit again with --calibrate-with",
+                             ("TypeError", "ValueError", "JSONDecodeError")),
+                        file=path, kind=type(exc).__name__) from None
     if not (math.isfinite(cal.a) and math.isfinite(cal.b)):
-        raise DataError("calibration parameters are not finite", path=path,
-                        fix="delete it and fit again with --calibrate-with")
+        raise DataError(Rule("calibration parameters are not finite",
+                             "delete it and fit again with --calibrate-with"), file=path)
     return cal
 
 

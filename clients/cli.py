@@ -3,6 +3,7 @@
     heroes agency ledger --state-dir DIR [--json]   privacy spent and left, per dataset
     heroes agency check --data-dir DIR [--report-dir DIR]
                                                     validate the export; quarantine report
+                                                    (exit 0 usable, 2 not: the rule and fix)
     heroes agency init|serve|status --dir DIR       a deployed node (clients/deploy_cli.py)
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 from clients import deploy_cli, lifecycle_cli
 from federation.data import load_agency
-from federation.errors import DataError
+from federation.errors import HeroesError
 from federation.ledger import Ledger, LedgerError, json_safe
 from federation.policy import Policy, load_policy
 from federation.quarantine import render_summary, write_quarantine_report
@@ -84,13 +85,18 @@ def render_ledger(report: list[dict[str, Any]], policy: Policy | None) -> str:
 
 
 def check_data(args: argparse.Namespace) -> int:
-    """``heroes agency check``: 0 when the export is usable, 2 (with the reason) when not."""
+    """``heroes agency check``: 0 when the export is usable, 2 (with the rule broken and its
+    fix, never a value from the files) when it is not.
+
+    The export is read exactly as the node reads it before every round (federation/data.py,
+    within the limits of federation/limits.py), so an export that passes here trains.
+    """
     try:
         data = load_agency(args.data_dir)
         report = None
         if args.report_dir is not None:
             report = write_quarantine_report(data, args.report_dir)
-    except DataError as exc:
+    except HeroesError as exc:
         print(f"heroes agency check: {exc}", file=sys.stderr)
         return 2
     print(render_summary(data))

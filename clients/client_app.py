@@ -19,9 +19,11 @@ noise plan and accountant history, the secure-aggregation session); the epsilon 
 keeps is its dataset's cumulative value from the privacy ledger, over every round of every
 run, non-private rounds included (as infinity).
 
-Errors leave the node too (Flower returns them to the aggregator), so only heroes-fl's own
-errors, which name files, rows and rules but never content, are passed on as they are; any
-other exception is replaced by its type name, with the details kept in the node's own log.
+Errors leave the node too (Flower returns them to the aggregator), so ``contained`` lets out
+only what ``outgoing_error`` allows: a DataError (content-free by construction), a
+FederationError or a TaskError as they are; any other error, heroes-fl's own included, as
+its type name and a fixed sentence. The details (message, causes, traceback) go to the
+node's own ``logs/node-errors.log`` in its state folder.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
+import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,7 +59,18 @@ from federation import metrics as fm
 from federation import secagg as sa
 from federation.config import NodeView, RunSettings
 from federation.data import read_manifest
-from federation.errors import FederationError, HeroesError, PrivacyConfigError
+from federation.errors import (
+    ConfigError,
+    DataError,
+    DeploymentError,
+    FederationError,
+    HeroesError,
+    LedgerError,
+    PrivacyConfigError,
+    SignatureError,
+    TaskError,
+)
+from federation.files import open_private, private_dir
 from federation.ledger import (
     BudgetExceeded,
     Ledger,
@@ -100,9 +116,82 @@ class NodeFailure(HeroesError):
     """A node failed for a reason whose details stay at the node."""
 
 
+#: The errors whose message leaves the node as it is. A DataError is content-free by
+#: construction (federation/errors.py); a FederationError (a round or secure-aggregation
+#: refusal) and a TaskError (a task unknown or not allowed) are composed from the run
+#: configuration and protocol messages the aggregator itself sent. Every other error goes
+#: out as its type name and the fixed sentence below; its details stay in the node's own log.
+FORWARDED: tuple[type[HeroesError], ...] = (DataError, FederationError, TaskError)
+WITHHELD: tuple[tuple[type[BaseException], str], ...] = (  # most specific first
+    (PrivacyConfigError, "the run's privacy settings cannot be met at this agency"),
+    (ConfigError, "a setting this node needs is missing or unusable"),
+    (BudgetExceeded, "the agency's privacy budget does not allow it"),
+    (LedgerError, "the agency's privacy ledger or policy is unusable, so the node does not "
+                  "train"),
+    (SignatureError, "a signature at this node did not verify"),
+    (DeploymentError, "the node's keys, approvals or roster do not allow it"),
+)
+#: The node's own record of every error it replied with: type, message and traceback.
+#: In ``<state_dir>/logs/``; it never leaves the machine.
+NODE_ERROR_LOG = "node-errors.log"
+
+
+def outgoing_error(handler: str, exc: BaseException) -> HeroesError:
+    """What an error reply may carry, as a fresh exception (no traceback, no cause): a
+    forwarded kind's own message, else the type name and a fixed sentence."""
+    if isinstance(exc, DataError):
+        return DataError(exc.problems, file=exc.file, row=exc.row)
+    if isinstance(exc, FORWARDED):
+        try:
+            return type(exc)(str(exc))
+        except TypeError:  # a subclass with another signature: its base class carries it
+            return next(k for k in FORWARDED if isinstance(exc, k))(str(exc))
+    what = next((text for kind, text in WITHHELD if isinstance(exc, kind)), "it failed")
+    return NodeFailure(f"{handler} failed at the node with {type(exc).__name__}: {what}; the "
+                       "details are in the node's own log and were not sent")
+
+
+def _state_dir_of(context: Context) -> Path | None:
+    """Where this node keeps its state, for its error log; None when it cannot tell."""
+    try:
+        config = context.node_config
+        if "state_dir" in config:
+            return Path(str(config["state_dir"]))
+        paths = NodeView.from_flat(context.run_config, source="run config (client)").paths
+        if "partition-id" not in config or not paths.state_root:
+            return None
+        data_dir = resolve_data_dir(config, paths)
+        try:
+            agency = str(read_manifest(data_dir)["agency"])
+        except HeroesError:  # a simulated agency's folder is named after it
+            agency = data_dir.name
+        return resolve_state_dir(config, paths, agency)
+    except Exception:  # the node's configuration itself is what failed
+        return None
+
+
+def keep_details(context: Context, handler: str, exc: BaseException) -> Path | None:
+    """Append the whole error (message, chained causes, traceback) to the node's own
+    NODE_ERROR_LOG; return its path, or None when it could not be written."""
+    state_dir = _state_dir_of(context)
+    if state_dir is None:
+        return None
+    path = state_dir / "logs" / NODE_ERROR_LOG
+    entry = (f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} run "
+             f"{context.run_id} {handler}\n" + "".join(traceback.format_exception(exc)))
+    try:
+        private_dir(path.parent)
+        fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+        with os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace") as handle:
+            handle.write(entry)
+    except OSError:
+        return None
+    return path
+
+
 def contained(fn: Handler) -> Callable[[Message, Context], Message]:
-    """Pass heroes-fl errors on; replace any other exception by a content-free one; sign a
-    receipt for every reply before it leaves (no key: not sent)."""
+    """Sign a receipt for every reply before it leaves (no key: not sent); turn any error
+    into what an error reply may carry (outgoing_error), keeping the details at the node."""
 
     @functools.wraps(fn)
     def wrapper(msg: Message, context: Context) -> Message:
@@ -110,17 +199,16 @@ def contained(fn: Handler) -> Callable[[Message, Context], Message]:
             out = fn(msg, context)
             receipts.record_outgoing(msg, context, out.reply, fn.__name__, figures=out.figures)
             return out.reply
-        except HeroesError as exc:
-            receipts.record_error(msg, context, fn.__name__, exc)  # best effort, never raises
-            raise
         except Exception as exc:
-            log.exception("%s failed at this node", fn.__name__)  # stays at the agency
-            failure = NodeFailure(
-                f"{fn.__name__} failed at the node with {type(exc).__name__}; the details "
-                "are in the node's own log and were not sent"
-            )
-            receipts.record_error(msg, context, fn.__name__, failure)
-            raise failure from None
+            sent = outgoing_error(fn.__name__, exc)
+            kept = keep_details(context, fn.__name__, exc)
+            if kept is not None:
+                log.error("%s failed at this node (%s); details in %s", fn.__name__,
+                          type(exc).__name__, kept)
+            else:  # the process's own log (a deployed node's logs/, at the agency)
+                log.error("%s failed at this node", fn.__name__, exc_info=exc)
+            receipts.record_error(msg, context, fn.__name__, sent)  # best effort, never raises
+            raise sent from None
 
     return wrapper
 

@@ -147,6 +147,8 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(json_safe(s), indent=2, default=lambda v: None, allow_nan=False))
         return 0
     print(f"agency {s['agency']} -> consortium {s['consortium']}")
+    for warning in s["permissions"]:  # first: a key or ledger others can read matters most
+        print(f"  WARNING: {warning}")
     print(f"  processes: {s['processes']}")
     print(f"  health: {s['health']}; connection: {s['connection']}")
     print(f"  runs only bundles signed by {s['consortium_key']} and approved here")

@@ -19,17 +19,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from federation.files import open_private, private_dir
+
 LOCAL_METRICS = "local-metrics.jsonl"
 
 
 def record(state_dir: Path, *, run_id: str, server_round: int, kind: str, status: str,
            reason: str, figures: Mapping[str, float]) -> None:
     """Append one entry (fsynced: a crash never loses a figure the node already sent)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir)
     entry = {"run_id": run_id, "round": server_round, "kind": kind, "status": status,
              "reason": reason, "figures": {k: float(v) for k, v in figures.items()},
              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    fd = os.open(state_dir / LOCAL_METRICS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = open_private(state_dir / LOCAL_METRICS, os.O_WRONLY | os.O_APPEND)  # 0600 at birth
     with os.fdopen(fd, "a", encoding="utf-8") as f:
         f.write(json.dumps(entry, sort_keys=True) + "\n")
         f.flush()

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from federation.config import RunPaths, RunSettings
-from federation.errors import ConfigError, DataError, TaskError
+from federation.errors import ConfigError, DataError, Rule, TaskError
+from federation.files import open_private, private_dir
 
 if TYPE_CHECKING:  # the task registry and the ledger import torch: loaded where used
     from federation.tasks import Task
@@ -52,10 +53,8 @@ def resolve_data_dir(node_config: Mapping[str, object], paths: RunPaths) -> Path
             )
         index = root / "federation.json"
         if not index.is_file():
-            raise DataError(
-                "federation.json not found", path=index,
-                fix="generate the federation first (heroes simulate does this)",
-            )
+            raise DataError(Rule("federation.json not found in paths.data_root",
+                                 "generate the federation first (heroes simulate does this)"))
         agencies = json.loads(index.read_text(encoding="utf-8"))["agencies"]
         pid = int(str(node_config["partition-id"]))
         if not 0 <= pid < len(agencies):
@@ -121,10 +120,14 @@ def cached_features(task: Task, export_sha256: str, texts: list[str], cache_dir:
             return SparseRows(indptr=z["indptr"], indices=z["indices"], values=z["values"],
                               width=int(z["width"]))
     features = task.featurize(texts)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(cache_dir)  # derived from the agency's adverts: 0700, files 0600 from birth
     tmp = cache_dir / f".{key}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, indptr=features.indptr, indices=features.indices, values=features.values,
-             width=np.int64(features.width))
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as handle:
+        np.savez(handle, indptr=features.indptr, indices=features.indices,
+                 values=features.values, width=np.int64(features.width))
+        handle.flush()
+        os.fsync(handle.fileno())
     tmp.replace(target)
     return features
 

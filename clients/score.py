@@ -1,11 +1,13 @@
 """``heroes agency score``: score new adverts with a released model, with reasons, and log it.
 
-Order of work: verify the bundle's signature against the consortium's public key (an
-unsigned, tampered or foreign bundle is refused before anything is read), read the adverts
-(CSV, JSONL or Parquet; columns ``advert_id`` and ``text``), score them, explain each score,
-write the results, and append the consultation to the node's log (who, when, which file and
-its SHA-256, the stated purpose, the model version, how many adverts): the Law Enforcement
-Directive asks for a record of who consulted what, when and why.
+Order of work: check the results path (never the input, through any link, never the log,
+never an existing file), verify the bundle's signature against the consortium's public key
+(an unsigned, tampered or foreign bundle is refused before anything is read), read the
+adverts (CSV, JSONL or Parquet; columns ``advert_id`` and ``text``), score them, explain each
+score, append the consultation to the node's log (who, when, which file and its SHA-256, the
+stated purpose, the model version, how many adverts), and only then write the results,
+atomically: the Law Enforcement Directive asks for a record of who consulted what, when and
+why, so results without a log entry must not exist.
 
 Explanations are exact for the linear model (``task.hidden=0``, the default): the logit is
 ``bias + sum_b w_b x_b`` over hashed buckets, and each bucket's value is a signed sum of the
@@ -20,18 +22,21 @@ A score is a lead for a trained person to assess, never a decision about anyone.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import getpass
 import hashlib
 import io
 import json
 import math
 import os
+import stat
 import time
 import unicodedata
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,8 +48,9 @@ from torch import nn
 from clients import calibration
 from clients.calibration import NONE, Calibration
 from federation.bundle import VerifiedBundle, verify_bundle
-from federation.data import load_agency
-from federation.errors import DataError, TaskError
+from federation.data import DUPLICATE_ID, clean_id, clean_text, load_agency, read_records
+from federation.errors import ConfigError, DataError, DeploymentError, Rule, TaskError
+from federation.files import open_private, private_dir, write_atomic
 from federation.indicators import BY_NAME, categorize
 from federation.signing import file_sha256, load_public_key
 
@@ -69,82 +75,39 @@ class Adverts:
     set_aside: Counter[str] = field(default_factory=Counter)
 
 
-def _decode(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"byte {exc.start} is not valid UTF-8", path=path,
-                        fix="re-export the file as UTF-8") from None
-
-
-def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as exc:  # pyarrow raises several unrelated types for a bad file
-            raise DataError(f"not a readable Parquet file ({type(exc).__name__})", path=path,
-                            fix="export the adverts as Parquet, CSV or JSONL") from None
-        _check_columns(path, list(table.column_names))
-        for i, rec in enumerate(table.select(["advert_id", "text"]).to_pylist(), start=1):
-            yield i, rec
-        return
-    text = _decode(path)
-    if suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        _check_columns(path, list(reader.fieldnames or []))
-        for rec in reader:
-            yield reader.line_num, dict(rec)
-        return
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"line {lineno} is not valid JSON ({exc.msg})", path=path,
-                            row=lineno, fix="write one JSON object per line") from None
-        if not isinstance(rec, dict):
-            raise DataError(f"line {lineno} is a JSON {type(rec).__name__}, not an object",
-                            path=path, row=lineno, fix="write one JSON object per line")
-        yield lineno, rec
-
-
-def _check_columns(path: Path, columns: list[str]) -> None:
-    missing = [c for c in ("advert_id", "text") if c not in columns]
-    if missing:
-        raise DataError(f"missing column(s) {missing}; found {columns}", path=path,
-                        fix="export at least the columns advert_id and text")
+#: What scoring reads: the export reader's limits and text normalisation
+#: (federation/data.py, federation/limits.py), with only these two columns required.
+SCORE_COLUMNS = ("advert_id", "text")
+INPUT_NOT_FOUND = Rule("file not found", "pass the adverts file with --input")
+INPUT_NOT_A_FILE = Rule("not a regular file (a folder, device or pipe)",
+                        "pass the adverts file with --input")
+NO_ADVERTS = Rule("no adverts to score (set aside: {counts})",
+                  "export adverts with an advert_id and a text")
 
 
 def read_adverts(path: Path) -> Adverts:
-    """Adverts to score; rows without text or id, or with a repeated id, are set aside."""
+    """Adverts to score, read exactly as ``heroes agency check`` reads an export (the same
+    limits, the same text normalisation); rows without a usable text or id, or with a
+    repeated id, are set aside by reason."""
+    if not path.exists():
+        raise DataError(INPUT_NOT_FOUND, file=path.name)
     if not path.is_file():
-        raise DataError("file not found", path=path, fix="pass the adverts file with --input")
-    if path.suffix.lower() not in INPUT_FORMATS:
-        raise DataError(f"unsupported file type {path.suffix!r}; supported: "
-                        f"{list(INPUT_FORMATS)}", path=path, fix="export as CSV, JSONL or Parquet")
+        raise DataError(INPUT_NOT_A_FILE, file=path.name)
     out = Adverts()
     seen: set[str] = set()
-    for row, rec in _records(path):
-        text, advert_id = rec.get("text"), str(rec.get("advert_id") or "").strip()
-        if not isinstance(text, str) or not text.strip():
-            out.set_aside["empty text"] += 1
-        elif not advert_id:
-            out.set_aside["missing advert_id"] += 1
-        elif advert_id in seen:
-            out.set_aside["duplicate advert_id"] += 1
-        else:
-            seen.add(advert_id)
-            out.ids.append(advert_id)
-            out.texts.append(text)
-            out.rows.append(row)
+    for record, line, rec in read_records(path, name=path.name, required=SCORE_COLUMNS):
+        text, text_reason = clean_text(rec.get("text"))
+        advert_id, id_reason = clean_id(rec.get("advert_id"))
+        reason = text_reason or id_reason or (DUPLICATE_ID if advert_id in seen else None)
+        if reason is not None:
+            out.set_aside[reason] += 1
+            continue
+        seen.add(advert_id)
+        out.ids.append(advert_id)
+        out.texts.append(text)
+        out.rows.append(record if line is None else line)
     if not out.texts:
-        raise DataError(f"no adverts to score (set aside: {dict(out.set_aside) or 'none'})",
-                        path=path, fix="export adverts with an advert_id and a text")
+        raise DataError(NO_ADVERTS, file=path.name, counts=dict(out.set_aside))
     return out
 
 
@@ -375,52 +338,118 @@ def _check_features(featurizer: HashingFeaturizer, text: str, row: np.ndarray,
             "reasons that do not match the score")
 
 
-def _write_results(out: Path, scored: list[ScoredAdvert], *, model_version: str,
-                   threshold: float, calibration: str) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="") as handle:
-        if out.suffix.lower() == ".csv":
-            writer = csv.writer(handle)
-            writer.writerow(["advert_id", "row", "score", "probability", "calibration",
-                             "threshold", "above_threshold", "model_version", "top_phrases"])
-            for s in scored:
-                reasons = "; ".join(f"{p.text} [{p.category} {p.contribution:+.3f}]"
-                                    for p in s.phrases)
-                writer.writerow([s.advert_id, s.row, f"{s.score:.6f}", f"{s.probability:.6f}",
-                                 calibration, threshold, s.above_threshold, model_version,
-                                 reasons])
-        else:
-            for s in scored:
-                handle.write(json.dumps({
-                    "advert_id": s.advert_id, "row": s.row, "score": round(s.score, 6),
-                    "probability": round(s.probability, 6), "calibration": calibration,
-                    "threshold": threshold,
-                    "above_threshold": s.above_threshold, "model_version": model_version,
-                    "top_phrases": [p.to_json() for p in s.phrases],
-                }, ensure_ascii=False) + "\n")
-    tmp.replace(out)
+def _render_results(out: Path, scored: list[ScoredAdvert], *, model_version: str,
+                    threshold: float, calibration: str) -> bytes:
+    """The results file's bytes (CSV for ``.csv``, else JSONL), made in memory before the
+    consultation is logged, so that nothing but the write itself can fail after it."""
+    handle = io.StringIO(newline="")
+    if out.suffix.lower() == ".csv":
+        writer = csv.writer(handle)
+        writer.writerow(["advert_id", "row", "score", "probability", "calibration",
+                         "threshold", "above_threshold", "model_version", "top_phrases"])
+        for s in scored:
+            reasons = "; ".join(f"{p.text} [{p.category} {p.contribution:+.3f}]"
+                                for p in s.phrases)
+            writer.writerow([s.advert_id, s.row, f"{s.score:.6f}", f"{s.probability:.6f}",
+                             calibration, threshold, s.above_threshold, model_version,
+                             reasons])
+    else:
+        for s in scored:
+            handle.write(json.dumps({
+                "advert_id": s.advert_id, "row": s.row, "score": round(s.score, 6),
+                "probability": round(s.probability, 6), "calibration": calibration,
+                "threshold": threshold,
+                "above_threshold": s.above_threshold, "model_version": model_version,
+                "top_phrases": [p.to_json() for p in s.phrases],
+            }, ensure_ascii=False) + "\n")
+    return handle.getvalue().encode("utf-8")
+
+
+def check_output(out: Path, *, input_path: Path, state_dir: Path) -> None:
+    """Refuse, before anything is read or logged, a results path that would lose data: the
+    input itself (same path, a symbolic or hard link to it: same device and inode), the
+    consultation log, or any file that already exists (an earlier consultation's results
+    that its log entry points at). Also refuse a folder that cannot take the file.
+    A ConfigError (the --out option), exit 2."""
+    source = "heroes agency score --out"
+    fix = "Fix: choose a new file name for --out (results are never written over a file)"
+    if os.path.lexists(out):
+        try:
+            same = out.exists() and input_path.exists() and os.path.samefile(out, input_path)
+        except OSError:
+            same = False
+        if same:
+            raise ConfigError([f"{out} is the input file itself (the same file, or a link to "
+                               "it): writing the results there would destroy the adverts. "
+                               + fix], source=source)
+        what = "a folder" if out.is_dir() else "a link" if out.is_symlink() else "a file"
+        raise ConfigError([f"{out} is {what} that already exists; refusing to replace it. "
+                           + fix], source=source)
+    if _same_place(out, state_dir / CONSULTATION_LOG):
+        raise ConfigError([f"{out} is the consultation log. " + fix], source=source)
+    parent = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError([f"{out.parent} cannot be written by this user. Fix: give a --out "
+                           "in a folder you can write to"], source=source)
+
+
+def _same_place(a: Path, b: Path) -> bool:
+    """Whether two paths (either may not exist yet) name the same file."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def log_consultation(state_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
-    """Append one consultation to the node's log, chained to the previous entry's hash."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    """Append one consultation to the node's log (0600, in a 0700 folder when this makes
+    them), chained to the previous entry's hash, under a lock so that two analysts scoring
+    at once cannot fork the chain. Raises DeploymentError when the log cannot take the
+    entry; the log is then as it was (a partly written line is cut off again)."""
     path = state_dir / CONSULTATION_LOG
-    prev = "0" * 64
-    if path.is_file():
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        if lines:
-            prev = hashlib.sha256(lines[-1].encode("utf-8")).hexdigest()
-    record = {"seq": 0, **entry, "prev_sha256": prev}
-    if path.is_file():
-        record["seq"] = sum(1 for ln in path.read_text(encoding="utf-8").splitlines()
-                            if ln.strip())
-    line = json.dumps(record, sort_keys=True, ensure_ascii=False)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    fix = (f"make {path} a regular file the node's user can append to, in a folder it can "
+           "write, then score again; no results file was written")
+
+    def refused(what: str, exc: BaseException | None = None) -> DeploymentError:
+        why = "" if exc is None else f" ({getattr(exc, 'strerror', None) or type(exc).__name__})"
+        return DeploymentError(f"{path}: {what}{why}. Fix: {fix}")
+
+    try:
+        private_dir(state_dir)
+        fd = open_private(path, os.O_RDWR | os.O_APPEND)
+    except OSError as exc:
+        raise refused("the consultation log cannot be opened", exc) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise refused("the consultation log is not a regular file")
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor is closed
+        size = os.fstat(fd).st_size
+        raw = b""
+        while len(raw) < size:
+            chunk = os.pread(fd, size - len(raw), len(raw))
+            if not chunk:
+                break
+            raw += chunk
+        text = raw.decode("utf-8")
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        prev = hashlib.sha256(lines[-1].encode("utf-8")).hexdigest() if lines else "0" * 64
+        record = {"seq": len(lines), **entry, "prev_sha256": prev}
+        data = (json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):  # no torn line for the next entry to chain to
+                os.ftruncate(fd, size)
+            raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise refused("the consultation could not be logged", exc) from None
+    finally:
+        os.close(fd)
     return record
 
 
@@ -437,30 +466,40 @@ class ScoreReport:
 def score_file(*, model: Path, input_path: Path, consortium_key: Path, purpose: str,
                state_dir: Path, analyst: str | None = None, threshold: float = 0.5,
                out: Path | None = None, calibrate_with: Path | None = None) -> ScoreReport:
-    """Verify, read, score, explain, write, log: ``heroes agency score`` without the printing."""
+    """Verify, read, score, explain, log, write: ``heroes agency score`` without the printing.
+
+    Nothing is lost whatever fails: the results path is checked first (never the input,
+    the log or any existing file); the consultation is logged before the results are
+    written, so results without a log entry cannot exist; the results appear whole or not
+    at all (written beside, then linked into place)."""
     if not purpose.strip():
-        raise DataError("the purpose of this consultation is empty", fix="state it with "
-                        "--purpose, e.g. --purpose 'case 2026/114: review of seized adverts'")
-    if not 0.0 <= threshold <= 1.0:
-        raise DataError(f"--threshold {threshold} is not a probability",
-                        fix="pass a value between 0 and 1, e.g. --threshold 0.5")
+        raise ConfigError(["the purpose of this consultation is empty. Fix: state it with "
+                           "--purpose, e.g. --purpose 'case 2026/114: review of seized "
+                           "adverts'"], source="heroes agency score --purpose")
+    if not 0.0 <= threshold <= 1.0:  # also refuses NaN
+        raise ConfigError([f"--threshold {threshold} is not a probability. Fix: pass a value "
+                           "between 0 and 1, e.g. --threshold 0.5"],
+                          source="heroes agency score --threshold")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = out if out is not None else state_dir / "scores" / f"{input_path.stem}-{stamp}.jsonl"
+    check_output(target, input_path=input_path, state_dir=state_dir)
     bundle = verify_bundle(load_public_key(consortium_key), model)
     adverts = read_adverts(input_path)
+    input_sha256 = file_sha256(input_path)  # the bytes that were read, before any output
     if calibrate_with is not None:
         calibration.save(state_dir, bundle.model_version, fit_calibration(bundle, calibrate_with))
     cal = calibration.load(state_dir, bundle.model_version)
     scored = score_texts(bundle, adverts.texts, adverts.ids, adverts.rows, threshold=threshold,
                          calibration=cal)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = out if out is not None else state_dir / "scores" / f"{input_path.stem}-{stamp}.jsonl"
-    _write_results(target, scored, model_version=bundle.model_version, threshold=threshold,
-                   calibration=cal.method)
+    results = _render_results(target, scored, model_version=bundle.model_version,
+                              threshold=threshold, calibration=cal.method)
+    check_output(target, input_path=input_path, state_dir=state_dir)  # still free?
     entry = log_consultation(state_dir, {
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "analyst": analyst or getpass.getuser(),
         "purpose": purpose.strip(),
         "input": str(input_path.resolve()),
-        "input_sha256": file_sha256(input_path),
+        "input_sha256": input_sha256,
         "model_version": bundle.model_version,
         "bundle_signed_by": bundle.signer,
         "adverts_scored": len(scored),
@@ -470,6 +509,14 @@ def score_file(*, model: Path, input_path: Path, consortium_key: Path, purpose: 
         "calibration": cal.describe(),
         "output": str(target.resolve()),
     })
+    try:
+        write_atomic(target, results, overwrite=False)
+    except OSError as exc:
+        raise DeploymentError(
+            f"{target}: the results could not be written "
+            f"({exc.strerror or type(exc).__name__}); the consultation is logged as entry "
+            f"{entry['seq']} of {state_dir / CONSULTATION_LOG}. Fix: free space or choose "
+            "another --out, and score again (that is logged as a new consultation)") from None
     return ScoreReport(bundle, scored, dict(adverts.set_aside), target, entry, cal)
 
 
@@ -485,9 +532,9 @@ def fit_calibration(bundle: VerifiedBundle, data_dir: Path) -> Calibration:
             logits.append(model(torch.from_numpy(dense)).numpy().astype(np.float64))
     labels = np.asarray(data.train.positive, dtype=np.float64)
     if labels.sum() == 0 or labels.sum() == labels.size:
-        raise DataError("the training split has only one class; calibration needs both",
-                        path=data.train.path, fix="calibrate on an export with positives "
-                        "and negatives")
+        raise DataError(Rule("the training split has only one class; calibration needs both",
+                             "calibrate on an export with positives and negatives"),
+                        file=data.train.name)
     return calibration.fitted(np.concatenate(logits), labels,
                               source=f"{data.agency} training split ({len(texts):,} adverts, "
                               f"{int(labels.sum())} positive)")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from federation.errors import SignatureError
+from federation.files import open_private, private_dir
 from federation.signing import (
     PrivateKey,
     PublicKey,
@@ -119,8 +120,8 @@ def append(log: SignedLog, key: PrivateKey, fields: dict[str, Any], *,
     gets the current UTC time, taken under the lock so that times never go backwards along
     the chain. Returns the entry as written.
     """
-    log.path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(log.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    private_dir(log.path.parent)  # 0700 when this makes it; the log itself 0600
+    fd = open_private(log.path, os.O_RDWR | os.O_APPEND)
     with os.fdopen(fd, "r+", encoding="utf-8") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # one writer at a time; released on close
         return _append_locked(log, handle, key, fields, time_field)
@@ -143,7 +144,8 @@ def _append_locked(log: SignedLog, handle: IO[str], key: PrivateKey, fields: dic
     head = {"seq": entry["seq"], "hash": entry_hash(entry)}
     head["signature"] = base64.b64encode(sign(key, canonical(head))).decode("ascii")
     tmp = log.head.with_name(log.head.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as out:
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8") as out:
         out.write(json.dumps(head, sort_keys=True) + "\n")
         out.flush()
         os.fsync(out.fileno())

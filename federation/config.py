@@ -21,6 +21,21 @@ from federation.errors import ConfigError, PrivacyConfigError
 
 Scalar = bool | int | float | str
 
+#: Upper limits on sizes, for a consortium's run config as much as a simulation's: a node
+#: plans, allocates and loops by these numbers, and a run config is the aggregator's word.
+MAX_ROUNDS = 1000
+MAX_LOCAL_EPOCHS = 100
+MAX_BATCH_SIZE = 65536
+MAX_NODES = 10_000  # min_nodes, quorum, min_available, krum_byzantine, num_neighbours
+MAX_ROUND_TIMEOUT = 86_400.0  # seconds: a day
+MAX_EVAL_K = 1_000_000
+
+
+def _shown(raw: object) -> str:
+    """A run-config value in a message, cut short to keep the message one line."""
+    text = repr(raw)
+    return text if len(text) <= 40 else text[:37] + "..."
+
 
 def _coerce(key: str, raw: object, kind: str, problems: list[str]) -> Any:
     if kind == "bool":
@@ -28,13 +43,13 @@ def _coerce(key: str, raw: object, kind: str, problems: list[str]) -> Any:
             return raw
         if isinstance(raw, str) and raw.lower() in ("true", "false"):
             return raw.lower() == "true"
-        problems.append(f"{key}={raw!r} must be true or false")
+        problems.append(f"{key}={_shown(raw)} must be true or false")
     elif kind == "int":
         if isinstance(raw, int) and not isinstance(raw, bool):
             return raw
         if isinstance(raw, float) and raw.is_integer():
             return int(raw)
-        problems.append(f"{key}={raw!r} must be a whole number")
+        problems.append(f"{key}={_shown(raw)} must be a whole number")
     elif kind in ("float", "float | None"):
         if isinstance(raw, int | float) and not isinstance(raw, bool):
             return float(raw)
@@ -43,11 +58,11 @@ def _coerce(key: str, raw: object, kind: str, problems: list[str]) -> Any:
                 return float(raw)
             except ValueError:
                 pass
-        problems.append(f"{key}={raw!r} must be a number")
+        problems.append(f"{key}={_shown(raw)} must be a number")
     elif kind == "str":
         if isinstance(raw, str):
             return raw
-        problems.append(f"{key}={raw!r} must be a string")
+        problems.append(f"{key}={_shown(raw)} must be a string")
     else:  # pragma: no cover - a programming error in a settings class
         raise TypeError(f"unsupported settings field type {kind} for {key}")
     return None
@@ -101,6 +116,16 @@ def _positive(problems: list[str], key: str, value: float, fix: str = "") -> Non
         problems.append(f"{key}={value} must be > 0{fix}")
 
 
+def _at_most(problems: list[str], key: str, value: float, limit: float) -> None:
+    if value > limit:
+        problems.append(f"{key}={value} is above the limit of {limit:g}")
+
+
+def _finite_non_negative(problems: list[str], key: str, value: float, what: str) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        problems.append(f"{key}={value} must be a finite number >= 0 ({what})")
+
+
 @dataclass(frozen=True)
 class TrainSettings(_Section):
     """Local training at each agency."""
@@ -116,11 +141,15 @@ class TrainSettings(_Section):
         p: list[str] = []
         if self.local_epochs < 1:
             p.append(f"train.local_epochs={self.local_epochs} must be >= 1")
+        _at_most(p, "train.local_epochs", self.local_epochs, MAX_LOCAL_EPOCHS)
         if self.batch_size < 1:
             p.append(f"train.batch_size={self.batch_size} must be >= 1")
+        _at_most(p, "train.batch_size", self.batch_size, MAX_BATCH_SIZE)
         _positive(p, "train.learning_rate", self.learning_rate)
         if not 0 <= self.momentum < 1:
             p.append(f"train.momentum={self.momentum} must be in [0, 1)")
+        if not 0 <= self.seed < 2 ** 63:
+            p.append(f"train.seed={self.seed} must be in [0, 2**63)")
         return p
 
 
@@ -201,6 +230,9 @@ class StrategySettings(_Section):
             p.append(f"strategy.name={self.name!r} is unknown; use one of {list(self.NAMES)}")
         if self.num_rounds < 1:
             p.append(f"strategy.num_rounds={self.num_rounds} must be >= 1")
+        _at_most(p, "strategy.num_rounds", self.num_rounds, MAX_ROUNDS)
+        for key in ("min_nodes", "min_available", "quorum", "krum_byzantine"):
+            _at_most(p, f"strategy.{key}", getattr(self, key), MAX_NODES)
         for key in ("fraction_train", "fraction_evaluate"):
             v = getattr(self, key)
             if not 0 < v <= 1:
@@ -216,12 +248,12 @@ class StrategySettings(_Section):
                 f"strategy.quorum={self.quorum} exceeds strategy.min_nodes={self.min_nodes}; "
                 "a round could never reach it. Lower the quorum or raise min_nodes"
             )
-        if self.proximal_mu < 0:
-            p.append(f"strategy.proximal_mu={self.proximal_mu} must be >= 0")
+        _finite_non_negative(p, "strategy.proximal_mu", self.proximal_mu, "FedProx's mu")
         if self.name == "fedprox" and self.proximal_mu == 0:
             p.append("strategy.proximal_mu must be > 0 with strategy.name=fedprox")
         _positive(p, "strategy.server_learning_rate", self.server_learning_rate)
         _positive(p, "strategy.round_timeout", self.round_timeout)
+        _at_most(p, "strategy.round_timeout", self.round_timeout, MAX_ROUND_TIMEOUT)
         if self.aggregation not in self.AGGREGATIONS:
             p.append(f"strategy.aggregation={self.aggregation!r} is unknown; use one of "
                      f"{list(self.AGGREGATIONS)}")
@@ -229,8 +261,7 @@ class StrategySettings(_Section):
             p.append(f"strategy.trim_fraction={self.trim_fraction} must be in [0, 0.5)")
         if self.krum_byzantine < 0:
             p.append(f"strategy.krum_byzantine={self.krum_byzantine} must be >= 0")
-        if self.max_norm_ratio < 0:
-            p.append(f"strategy.max_norm_ratio={self.max_norm_ratio} must be >= 0 (0: off)")
+        _finite_non_negative(p, "strategy.max_norm_ratio", self.max_norm_ratio, "0: off")
         return p
 
 
@@ -267,6 +298,7 @@ class SecAggSettings(_Section):
         _positive(p, "secagg.clip_range", self.clip_range)
         if self.num_neighbours < 0:
             p.append(f"secagg.num_neighbours={self.num_neighbours} must be >= 0 (0: automatic)")
+        _at_most(p, "secagg.num_neighbours", self.num_neighbours, MAX_NODES)
         if not 0.5 <= self.threshold < 1:
             p.append(f"secagg.threshold={self.threshold} must be in [0.5, 1): below a strict "
                      "majority of each neighbourhood a malicious server could collect both "
@@ -283,7 +315,9 @@ class EvalSettings(_Section):
     k: int = 50
 
     def check(self) -> list[str]:
-        return [] if self.k >= 1 else [f"eval.k={self.k} must be >= 1"]
+        p = [] if self.k >= 1 else [f"eval.k={self.k} must be >= 1"]
+        _at_most(p, "eval.k", self.k, MAX_EVAL_K)
+        return p
 
 
 @dataclass(frozen=True)
@@ -335,10 +369,10 @@ class RunSettings:
         problems: list[str] = []
         grouped: dict[str, dict[str, object]] = {}
         for key, value in flat.items():
-            prefix, _, name = key.partition(".")
+            prefix, _, name = str(key).partition(".")
             if not name:
                 problems.append(
-                    f"{key!r} is not a known setting; settings are written section.name, "
+                    f"{_shown(key)} is not a known setting; settings are written section.name, "
                     "e.g. privacy.target_epsilon"
                 )
                 continue

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from federation.config import PrivacySettings
 from federation.errors import DeploymentError, HeroesError, LedgerError, SignatureError
+from federation.files import open_private, private_dir
 from federation.policy import POLICY_FILE, Policy, load_policy, write_policy
 from federation.signing import (
     PrivateKey,
@@ -256,7 +257,8 @@ def _fsync_dir(directory: Path) -> None:
 def _atomic_write(path: Path, text: str) -> None:
     """Write a small file so that a reader (or a crash) sees the old one or the new one."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    tmp.unlink(missing_ok=True)  # a crash's leftover keeps its own mode; start afresh
+    fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)  # 0600 from birth
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
@@ -271,7 +273,7 @@ def _locked(state_dir: Path) -> Iterator[None]:
     together (commit + head write, creation, head repair, reporting a head): with the
     commit and the head write under one lock, no writer can leave a head behind another's
     newer entry."""
-    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_private(state_dir / LOCK_FILE, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor is closed
         yield
@@ -364,7 +366,7 @@ class Ledger:
             if not create:
                 raise LedgerError(f"{path}: no privacy ledger here. Fix: check --state-dir")
             keys = _load_keys(state_dir, need_private=True, ledger=path)
-            state_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(state_dir)
             with _locked(state_dir):
                 if not path.exists():
                     cls._create(state_dir, keys)
@@ -419,6 +421,9 @@ class Ledger:
         new = state_dir / (LEDGER_FILE + ".new")
         for stale in (new, new.with_name(new.name + "-journal")):
             stale.unlink(missing_ok=True)  # a creation that died before its head
+        # SQLite would create the file 0644 (less the umask); an empty file is a valid empty
+        # database, and SQLite gives its journals the database file's own mode
+        os.close(open_private(new, os.O_RDWR))
         conn = cls._connect(new, mode="rwc")
         try:
             conn.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
@@ -798,7 +803,7 @@ class Ledger:
             if not reported or reported[-1] != (seq, entry_hash):
                 line_text = json.dumps({"seq": seq, "hash": entry_hash,
                                         "reported_at": _now()}, sort_keys=True) + "\n"
-                fd = os.open(reported_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                fd = open_private(reported_path, os.O_WRONLY | os.O_APPEND)
                 with os.fdopen(fd, "a", encoding="utf-8") as handle:
                     handle.write(line_text)
                     handle.flush()

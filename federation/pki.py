@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from federation.errors import DeploymentError
+from federation.files import write_atomic
 
 CA_YEARS = 5
 SERVER_DAYS = 365
@@ -35,7 +36,7 @@ SERVER_DAYS = 365
 def parse_address(text: str, *, what: str) -> tuple[str, int]:
     """``HOST:PORT`` (IPv6 hosts may be bracketed) as (host, port), or a DeploymentError."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise DeploymentError(f"{what} {text!r} is not HOST:PORT (e.g. fl.consortium.example:"
                               "9092 or 127.0.0.1:9092)")
     return host.strip("[]"), int(port)
@@ -195,7 +196,8 @@ def make_node_key(private_path: Path, public_path: Path, *, comment: str) -> str
         serialization.NoEncryption()))
     line = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                          serialization.PublicFormat.OpenSSH).decode()
-    public_path.write_text(f"{line} {comment}\n", encoding="utf-8")
+    # 0600 like every file of the node (public, but nobody else should be able to swap it)
+    write_atomic(public_path, f"{line} {comment}\n".encode())
     return line
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from federation.config import PrivacySettings
 from federation.errors import LedgerError, PolicyError
+from federation.files import open_private, private_dir
 
 POLICY_FILE = "policy.toml"
 
@@ -141,7 +142,7 @@ class Policy:
         return None
 
 
-def _toml_type(value: object) -> str:
+def toml_type(value: object) -> str:
     """The TOML name of a value's type, for messages that must not show the value."""
     if isinstance(value, bool):
         return "a boolean"
@@ -161,13 +162,13 @@ def _toml_type(value: object) -> str:
 def _type_problem(value: object, kind: str) -> str | None:
     if kind == _BOOLEAN and not isinstance(value, bool):
         return (f"must be a boolean (true or false, without quotes), not "
-                f"{_toml_type(value)}")
+                f"{toml_type(value)}")
     if kind == _NUMBER and (isinstance(value, bool) or not isinstance(value, int | float)):
-        return f"must be a number, not {_toml_type(value)}"
+        return f"must be a number, not {toml_type(value)}"
     if kind == _INTEGER and (isinstance(value, bool) or not isinstance(value, int)):
-        return f"must be a whole number, not {_toml_type(value)}"
+        return f"must be a whole number, not {toml_type(value)}"
     if kind == _STRING and not isinstance(value, str):
-        return f"must be a string (in quotes), not {_toml_type(value)}"
+        return f"must be a string (in quotes), not {toml_type(value)}"
     return None
 
 
@@ -229,6 +230,10 @@ def load_policy(state_dir: Path) -> Policy:
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError([f"is not valid TOML ({exc}). Fix: correct the syntax there; a "
                            f"valid policy looks like\n{EXAMPLE}"], source=str(path)) from None
+    except RecursionError:  # arrays or inline tables nested thousands deep
+        raise PolicyError(["is not a usable TOML file (values nested too deeply). Fix: "
+                           f"write it as a valid policy looks, e.g.\n{EXAMPLE}"],
+                          source=str(path)) from None
     problems: list[str] = []
     values: dict[str, Any] = {}
     for key, value in data.items():
@@ -236,7 +241,7 @@ def load_policy(state_dir: Path) -> Policy:
             continue  # a section; ours are checked below, others are not ours to check
         if key in SECTIONS:
             problems.append(f"{key} must be a section ([{key}] on a line of its own), not "
-                            f"{_toml_type(value)}")
+                            f"{toml_type(value)}")
         else:
             problems.append(f"{key!r} is outside any section. Fix: move it under "
                             "[privacy_budget], [secure_aggregation] or [sharing]")
@@ -291,9 +296,10 @@ def write_policy(state_dir: Path, policy: Policy) -> Path:
     import tomli_w
 
     path = Path(state_dir) / POLICY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)  # the node's state folder: 0700 when this makes it
     tmp = path.with_name(POLICY_FILE + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8") as handle:
         handle.write(tomli_w.dumps(policy_document(policy)))
         handle.flush()
         os.fsync(handle.fileno())
@@ -302,4 +308,5 @@ def write_policy(state_dir: Path, policy: Policy) -> Path:
 
 
 __all__ = ["EXAMPLE", "POLICY_FILE", "SECTIONS", "SECURE_THRESHOLD_FLOOR", "LedgerError",
-           "Policy", "PolicyError", "load_policy", "policy_document", "write_policy"]
+           "Policy", "PolicyError", "load_policy", "policy_document", "toml_type",
+           "write_policy"]

@@ -1,9 +1,10 @@
 """The quarantine report: which rows of an agency's export were set aside, and why.
 
 Written before a node trains (``heroes agency check``, ``heroes agency serve``) so the
-agency's IT team or data protection officer can fix the export. It names files, record
-and line numbers (see ``federation.data`` for the convention), reasons and counts, plus
-the label distribution of the usable rows. It never holds row content: no advert text,
+agency's IT team or data protection officer can fix the export. It names files (as the
+manifest names them, relative to the data folder), record and line numbers (see
+``federation.data`` for the convention), reasons and counts, plus the label distribution
+of the usable rows. It never holds row content: no advert text,
 advert ids, categories, sites or phone numbers, so it can be shared as it is.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from federation.data import AdvertTable, AgencyData
-from federation.errors import DataError
+from federation.errors import DataError, Rule
 from federation.files import write_atomic
 
 REPORT_FORMAT = "heroes-quarantine-report/1"
@@ -30,15 +31,20 @@ ROW_NUMBERS = (
 #: Rows listed one by one in the text report and the command's output (the JSON has all).
 TEXT_ROWS = 20
 
+CANNOT_WRITE = Rule(
+    "cannot write the quarantine report ({kind})",
+    "give a report folder this user can create and write to",
+    kinds=("PermissionError", "FileExistsError", "NotADirectoryError", "IsADirectoryError",
+           "FileNotFoundError", "OSError"))
+
 
 def _splits(data: AgencyData) -> list[tuple[str, AdvertTable]]:
     return [("train", data.train), ("test", data.test)]
 
 
-def _file_name(data: AgencyData, table: AdvertTable) -> str:
-    if data.data_dir is not None and table.path.is_relative_to(data.data_dir):
-        return table.path.relative_to(data.data_dir).as_posix()
-    return str(table.path)
+def _file_name(table: AdvertTable) -> str:
+    """The file as the manifest names it (relative to the data folder)."""
+    return table.name or table.path.name
 
 
 def label_counts(data: AgencyData, table: AdvertTable) -> dict[str, int]:
@@ -61,7 +67,7 @@ def quarantine_report(data: AgencyData) -> dict[str, Any]:
             rows.append(entry)
         files.append({
             "split": split,
-            "file": _file_name(data, table),
+            "file": _file_name(table),
             "format": table.format,
             "records": len(table) + table.rejected_total,
             "usable": len(table),
@@ -133,8 +139,5 @@ def write_quarantine_report(data: AgencyData, out_dir: Path) -> Path:
         path = out_dir / REPORT_JSON
         write_atomic(path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     except OSError as exc:
-        raise DataError(
-            f"cannot write the quarantine report ({type(exc).__name__}: {exc.strerror})",
-            path=out_dir, fix="give a report folder this user can create and write to",
-        ) from None
+        raise DataError(CANNOT_WRITE, file=out_dir, kind=type(exc).__name__) from None
     return path

@@ -25,6 +25,35 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 #: Columns the synthetic generator also writes; optional in a real export.
 OPTIONAL_COLUMNS: tuple[str, ...] = ("phone", "synthetic")
 
+#: The export file types, by suffix.
+SUFFIXES: tuple[str, ...] = (".csv", ".jsonl", ".parquet")
+
+#: Every column name an error may show. Any other header cell or JSON key is the agency's
+#: own (it may be content: a headerless CSV's "header" is its first advert), so errors show
+#: it only as "an unexpected column (N characters)".
+KNOWN_COLUMNS: frozenset[str] = frozenset(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
+
+#: The keys of manifest.json that mean something (others are allowed and ignored; errors
+#: show them only by their length). The generator writes the optional ones.
+MANIFEST_REQUIRED: tuple[str, ...] = ("agency", "label_scheme", "train", "test")
+MANIFEST_OPTIONAL: tuple[str, ...] = ("display_name", "format", "schema_version", "synthetic")
+MANIFEST_KEYS: frozenset[str] = frozenset(MANIFEST_REQUIRED + MANIFEST_OPTIONAL)
+
+# Why a row is set aside: the keys of AdvertTable.rejected and of the quarantine report.
+EMPTY_TEXT = "empty text"
+TEXT_NOT_STRING = "text not a string"
+TEXT_NOT_UNICODE = "text not usable Unicode"  # a lone surrogate, or a run of > 30 combining marks
+TEXT_TOO_LONG = "text too long"  # over federation.limits.MAX_TEXT_CHARS
+MISSING_LABEL = "missing label"
+MISSING_ID = "missing advert_id"
+ID_UNUSABLE = "advert_id unusable"  # not text or a number, too long, or not usable Unicode
+CATEGORY_UNUSABLE = "category unusable"  # the same rules as advert_id
+DUPLICATE_ID = "duplicate advert_id"
+SET_ASIDE_REASONS: tuple[str, ...] = (
+    EMPTY_TEXT, TEXT_NOT_STRING, TEXT_NOT_UNICODE, TEXT_TOO_LONG, MISSING_LABEL, MISSING_ID,
+    ID_UNUSABLE, CATEGORY_UNUSABLE, DUPLICATE_ID,
+)
+
 LANGUAGES: tuple[str, ...] = ("en", "es-ES", "es-419", "pt-PT", "pt-BR")
 CATEGORIES: tuple[str, ...] = ("escort", "job", "housing", "travel")
 

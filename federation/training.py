@@ -10,6 +10,13 @@ DP noise and Poisson sampling draw from fresh OS randomness, not a configured se
 that anyone could regenerate from a known seed would protect nothing. With
 ``privacy.secure_mode`` every random bit comes from a ChaCha20 keystream instead of torch's
 Mersenne Twister (see federation.secure_random).
+
+Audit hook: ``train_local(..., observer=...)`` lets an auditor inside the agency see each
+DP-SGD step as the agency itself does (the sum of clipped record gradients, then the noisy
+sum) and add canary gradients to that sum before the noise (federation.audit's Dirac
+canaries), on the model's coordinates and on audit-only ones that the DP optimiser treats
+as parameters (``observe_steps``). It is used only on a side copy of a round that is
+thrown away; without an observer nothing changes.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -112,6 +120,69 @@ def lean_accumulate(optimizer: torch.optim.Optimizer) -> None:
     optimizer.accumulate = accumulate  # type: ignore[attr-defined]  # instance override
 
 
+class StepObserver(Protocol):
+    """An auditor's view of every DP-SGD step of one ``train_local`` call (audit only).
+
+    Both step methods get the optimiser's parameters: ``model.parameters()`` in order,
+    then the observer's ``audit_parameters()``."""
+
+    def audit_parameters(self) -> Sequence[nn.Parameter]:
+        """Audit-only tensors the DP optimiser treats as parameters of the model: no record
+        touches them (their record gradients are exactly 0) and they get the same noise
+        as every model coordinate (see ``observe_steps``); ``[]`` for none."""
+
+    def before_noise(self, params: Sequence[torch.Tensor]) -> None:
+        """``p.summed_grad`` holds this step's sum of clipped record gradients; the
+        observer may add to it in place (a canary record's gradient, norm <= C)."""
+
+    def after_noise(self, params: Sequence[torch.Tensor]) -> None:
+        """``p.grad`` holds this step's noisy sum, before it is scaled and applied."""
+
+
+def observe_steps(optimizer: torch.optim.Optimizer, observer: StepObserver) -> None:
+    """Wrap the DP optimiser's ``add_noise`` (Opacus calls it once per step, after
+    clipping and accumulating, before scaling) so that ``observer`` sees both sides of
+    it. Wraps whatever ``add_noise`` is in place, so secure-mode noise is observed too.
+
+    The observer's ``audit_parameters()`` join the DP optimiser as a second parameter
+    group, after the model's, so Opacus handles them as it handles every parameter: they
+    count in each record's gradient norm (with a zero gradient: before every step they get
+    a zero ``grad_sample`` row per record for the per-sample clipping, and a zero
+    ``grad`` for the fused path), and its own ``add_noise`` gives them noise of the same
+    ``noise_multiplier * max_grad_norm`` from the same generator in the same step (a noise
+    multiplier of 0 leaves them without noise too)."""
+    extra = list(observer.audit_parameters())
+    if extra:
+        first = optimizer.params[0]  # type: ignore[attr-defined]  # DPOptimizer's attribute
+        optimizer.original_optimizer.add_param_group(  # type: ignore[attr-defined]
+            {"params": extra})
+        for p in extra:
+            p.summed_grad = None  # type: ignore[attr-defined]  # as DPOptimizer.__init__ does
+        pre_step = optimizer.pre_step  # type: ignore[attr-defined]  # DPOptimizer's method
+
+        def zero_record_gradients() -> bool:
+            samples = getattr(first, "grad_sample", None)  # per-sample path only
+            rows = (None if samples is None else len(samples)
+                    if isinstance(samples, torch.Tensor) else sum(len(g) for g in samples))
+            for p in extra:
+                p.grad = torch.zeros_like(p)
+                if rows is not None:
+                    p.grad_sample = torch.zeros(  # type: ignore[attr-defined]  # Opacus'
+                        (rows, *p.shape), dtype=p.dtype)
+            return bool(pre_step())
+
+        optimizer.pre_step = zero_record_gradients  # type: ignore[attr-defined]
+    add_noise = optimizer.add_noise  # type: ignore[attr-defined]  # DPOptimizer's method
+    params = optimizer.params  # type: ignore[attr-defined]  # DPOptimizer's attribute
+
+    def observed() -> None:
+        observer.before_noise(params)
+        add_noise()
+        observer.after_noise(params)
+
+    optimizer.add_noise = observed  # type: ignore[attr-defined]  # instance override
+
+
 def _fresh_generator() -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
@@ -129,6 +200,7 @@ def train_local(
     history: Sequence[HistoryEntry] = (),
     proximal_mu: float = 0.0,
     clipping: str = "auto",
+    observer: StepObserver | None = None,
 ) -> LocalResult:
     """One round of local training; ``model`` is updated in place.
 
@@ -136,7 +208,13 @@ def train_local(
     hooks; ``fused`` computes each record's gradient norm in closed form for a logistic
     regression model (see ``fused_clip_factors``) and takes one backward pass of the
     clipped loss, inside Opacus' ghost-clipping optimizer (its noise, scaling, Poisson
-    sampling and accountant); ``auto`` is ``fused`` where it applies, else ``hooks``."""
+    sampling and accountant); ``auto`` is ``fused`` where it applies, else ``hooks``.
+
+    ``observer`` (DP only, audits only): sees every step's clipped sum and noisy sum and
+    may add canary gradients to the clipped sum (see ``StepObserver``). Call it only on a
+    side copy of the model that never leaves the agency."""
+    if observer is not None and plan is None:
+        raise ValueError("an audit observer needs DP training (a noise plan)")
     dataset = SparseDataset(features, labels)
     if plan is not None:
         expected = train.local_epochs * steps_per_epoch(len(dataset), train.batch_size)
@@ -197,6 +275,8 @@ def train_local(
             )
         if privacy.secure_mode:
             use_secure_noise(optimizer)
+        if observer is not None:
+            observe_steps(optimizer, observer)
     net.train()
     losses: list[float] = []
     steps = 0

@@ -13,18 +13,26 @@
                            (`heroes consortium roster`, federation/roster.py)
       flwr-home/           Flower's own configuration for the private connection
       state.db             the SuperLink's database (runs, logs, node registrations)
-      logs/                superlink.log, gateway.log
+      gateway/             nginx.conf (written at every `serve`) and nginx.pid
+      logs/                superlink.log, gateway.log (requests), gateway-error.log
       runs/<time>/         what each `heroes consortium train` produced (app.fab: the
                            bundle it submitted)
 
+Everything in it is its owner's alone: folders 0700 and files 0600 from birth (explicit
+modes, and umask 077 for what the SuperLink, its ServerApp and nginx create: state.db,
+ledger-heads.json, run outputs, logs). ``serve`` names anything looser it finds, with the
+chmod that fixes it.
+
 Processes (``heroes consortium serve``): the SuperLink listens on 127.0.0.1 only, with TLS,
-node authentication and the database; the Fleet gateway (server/fleet_gateway.py) listens on
-the public address and passes SuperNode traffic only. ``enroll``, ``revoke`` and ``train``
-talk to the private address, so they run on the aggregator's own machine.
+node authentication and the database; the Fleet gateway (nginx, configured and supervised
+by server/fleet_gateway.py) listens on the public address and passes SuperNode traffic
+only. ``enroll``, ``revoke`` and ``train`` talk to the private address, so they run on the
+aggregator's own machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -33,16 +41,18 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from federation.errors import DeploymentError
-from federation.files import write_atomic
+from federation.errors import ConfigError, DeploymentError
+from federation.files import open_private, private_dir, write_atomic
 from federation.pki import (
     check_certificate,
     load_node_public_key,
@@ -69,6 +79,7 @@ from federation.signing import (
     load_private_key,
     load_public_key,
 )
+from server.fleet_gateway import GatewayLimits
 from server.ledger_heads import HEADS_FILE
 
 log = logging.getLogger("heroes.consortium")
@@ -76,6 +87,133 @@ log = logging.getLogger("heroes.consortium")
 CONNECTION = "consortium"
 BIN = Path(sys.executable).parent
 APP_ROOT = Path(__file__).resolve().parents[1]
+#: What the consortium's processes may create: owner only (folders 0700, files 0600).
+UMASK = 0o077
+
+
+@contextlib.contextmanager
+def owner_only() -> Iterator[None]:
+    """Files and folders made meanwhile, by us or a library, are their owner's alone; the
+    previous umask comes back afterwards (the umask is per process)."""
+    previous = os.umask(UMASK)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+# --- consortium.toml: every key known, every type checked ---------------------------------
+
+#: key: (type, required); ports are checked for range too
+CONSORTIUM_KEYS: dict[str, tuple[type, bool]] = {
+    "public_address": (str, True), "private_port": (int, True), "health_port": (int, True),
+    "bind_host": (str, False), "created": (str, False)}
+#: key: (type, lowest, highest); `nginx` names another nginx binary
+GATEWAY_KEYS: dict[str, tuple[type, int, int]] = {
+    "max_body_mib": (int, 1, 4096), "max_connections": (int, 1, 16384),
+    "max_connections_per_source": (int, 1, 16384), "nginx": (str, 0, 0)}
+TABLES = ("consortium", "gateway")
+
+
+@dataclass(frozen=True)
+class ConsortiumSettings:
+    public_host: str
+    public_port: int
+    private_port: int
+    health_port: int
+    bind_host: str
+    limits: GatewayLimits
+    nginx: str | None
+
+
+def _kind(value: object) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            dict: "a table", list: "an array"}.get(type(value), type(value).__name__)
+
+
+def _typed(table: str, key: str, value: object, want: type, problems: list[str]) -> bool:
+    # bool is an int in Python, not in TOML: `private_port = true` is refused
+    if type(value) is not want:
+        problems.append(f"[{table}] {key} is {_kind(value)}; it must be "
+                        f"{_kind(want())}. Fix: write it as "
+                        + ("a whole number without quotes, e.g. 9093" if want is int
+                           else 'a quoted string, e.g. "fl.example:9092"'))
+        return False
+    return True
+
+
+def parse_settings(data: dict[str, Any], *, source: str) -> ConsortiumSettings:
+    """The settings in a parsed consortium.toml, or one ConfigError listing every problem."""
+    problems: list[str] = []
+    for table in data:
+        if table not in TABLES:
+            problems.append(f"unknown table [{table}]; allowed: "
+                            f"{', '.join(f'[{t}]' for t in TABLES)}. Fix: remove it, or "
+                            "correct its name")
+    cons = data.get("consortium")
+    gate = data.get("gateway", {})
+    if not isinstance(cons, dict):
+        raise ConfigError([*problems, "no [consortium] table. Fix: this file is written by "
+                          "`heroes consortium init`; restore it from your backup"],
+                          source=source)
+    if not isinstance(gate, dict):
+        problems.append("gateway must be a table ([gateway]). Fix: write it as a section")
+        gate = {}
+    for table, given, known in (("consortium", cons, CONSORTIUM_KEYS),
+                                ("gateway", gate, GATEWAY_KEYS)):
+        for key in given:
+            if key not in known:
+                problems.append(f"[{table}] unknown key {key!r}; allowed: "
+                                f"{', '.join(sorted(known))}. Fix: remove it or correct "
+                                "its spelling")
+    for key, (want, required) in CONSORTIUM_KEYS.items():
+        if key not in cons:
+            if required:
+                problems.append(f"[consortium] {key} is missing. Fix: add it (`heroes "
+                                "consortium init` writes it)")
+            continue
+        _typed("consortium", key, cons[key], want, problems)
+    ports: dict[str, int] = {}
+    host, public_port = "", 0
+    if isinstance(cons.get("public_address"), str):
+        try:
+            host, public_port = parse_address(cons["public_address"], what="public_address")
+            ports["the public port"] = public_port
+        except DeploymentError as exc:
+            problems.append(f"[consortium] {exc}")
+    for key in ("private_port", "health_port"):
+        value = cons.get(key)
+        if type(value) is int:
+            if not 1 <= value <= 65535:
+                problems.append(f"[consortium] {key} = {value} is not a port (1-65535). "
+                                "Fix: pick a free port in that range")
+            else:
+                ports[key] = value
+    if len(set(ports.values())) < len(ports):
+        problems.append(f"[consortium] {', '.join(f'{k} {v}' for k, v in ports.items())}: "
+                        "the public, private and health ports must all differ. Fix: give "
+                        "each its own port")
+    limits: dict[str, int] = {}
+    for key, (want, low, high) in GATEWAY_KEYS.items():
+        if key in gate and _typed("gateway", key, gate[key], want, problems) and want is int:
+            if not low <= gate[key] <= high:
+                problems.append(f"[gateway] {key} = {gate[key]} is outside {low}-{high}. "
+                                "Fix: pick a value in that range")
+            else:
+                limits[key] = gate[key]
+    lim = GatewayLimits(**limits)
+    if lim.max_connections_per_source > lim.max_connections:
+        problems.append(f"[gateway] max_connections_per_source "
+                        f"({lim.max_connections_per_source}) is above max_connections "
+                        f"({lim.max_connections}). Fix: lower it, or raise max_connections")
+    if problems:
+        raise ConfigError(problems, source=source)
+    bind = cons.get("bind_host", host)
+    nginx = gate.get("nginx")
+    return ConsortiumSettings(public_host=host, public_port=public_port,
+                              private_port=cons["private_port"],
+                              health_port=cons["health_port"], bind_host=bind, limits=lim,
+                              nginx=nginx)
 
 
 @dataclass(frozen=True)
@@ -126,19 +264,32 @@ class ConsortiumHome:
     def config_path(self) -> Path:
         return self.root / "consortium.toml"
 
-    def config(self) -> dict[str, Any]:
+    def settings(self) -> ConsortiumSettings:
+        """consortium.toml, checked: unknown keys, wrong types and bad ports are errors."""
         if not self.config_path.is_file():
             raise DeploymentError(
                 f"{self.root} is not a consortium folder (no consortium.toml). Fix: run "
                 f"`heroes consortium init --dir {self.root} --public-address HOST:PORT` first, "
                 "or pass the right --dir")
+        source = str(self.config_path)
+        try:
+            with self.config_path.open("rb") as f:
+                data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"not valid TOML ({exc}). Fix: correct the file (it is "
+                               "written by `heroes consortium init`)"], source=source) from None
+        return parse_settings(data, source=source)
+
+    def config(self) -> dict[str, Any]:
+        """The [consortium] table, after checking the whole file."""
+        self.settings()
         with self.config_path.open("rb") as f:
             section: dict[str, Any] = tomllib.load(f)["consortium"]
         return section
 
     @property
     def private_address(self) -> str:
-        return f"127.0.0.1:{int(self.config()['private_port'])}"
+        return f"127.0.0.1:{self.settings().private_port}"
 
     def registry(self) -> dict[str, Any]:
         if not self.registry_path.is_file():
@@ -147,9 +298,7 @@ class ConsortiumHome:
         return data
 
     def save_registry(self, data: dict[str, Any]) -> None:
-        tmp = self.registry_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-        tmp.replace(self.registry_path)
+        write_atomic(self.registry_path, json.dumps(data, indent=2).encode())
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "FLWR_HOME": str(self.flwr_home),
@@ -158,11 +307,11 @@ class ConsortiumHome:
 
 
 def _write_flwr_connection(home: ConsortiumHome, private_port: int) -> None:
-    home.flwr_home.mkdir(parents=True, exist_ok=True)
-    (home.flwr_home / "config.toml").write_text(
+    private_dir(home.flwr_home)
+    write_atomic(home.flwr_home / "config.toml", (
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
         f'address = "127.0.0.1:{private_port}"\n'
-        f'root-certificates = "{home.ca_cert.resolve()}"\n', encoding="utf-8")
+        f'root-certificates = "{home.ca_cert.resolve()}"\n').encode())
 
 
 def init(root: Path, *, public_address: str, private_port: int, health_port: int,
@@ -178,42 +327,46 @@ def init(root: Path, *, public_address: str, private_port: int, health_port: int
     if private_port == port:
         raise DeploymentError(f"--private-port {private_port} equals the public port; the "
                               "SuperLink's own port must differ from the agency-facing one")
-    root.mkdir(parents=True, exist_ok=True)
-    home.tls.mkdir(exist_ok=True)
-    make_ca(home.ca_cert, home.ca_key)
-    make_server_cert(home.server_cert, home.server_key, ca_cert=home.ca_cert,
-                     ca_key=home.ca_key, hosts=[host, *extra_hosts, "localhost", "127.0.0.1"])
-    generate_signing_key(home.signing_key, home.signing_pub)
-    home.config_path.write_text(
-        "[consortium]\n"
-        f'public_address = "{host}:{port}"\n'
-        f"private_port = {private_port}\n"
-        f"health_port = {health_port}\n"
-        f'created = "{dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}"\n',
-        encoding="utf-8")
-    _write_flwr_connection(home, private_port)
-    home.save_registry({"agencies": {}})
-    (root / "logs").mkdir(exist_ok=True)
-    (root / "runs").mkdir(exist_ok=True)
+    text = ("[consortium]\n"
+            f"public_address = {json.dumps(f'{host}:{port}')}\n"
+            f"private_port = {private_port}\n"
+            f"health_port = {health_port}\n"
+            f'created = "{dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}"\n')
+    parse_settings(tomllib.loads(text), source="--public-address, --private-port and "
+                   "--health-port")
+    with owner_only():
+        private_dir(root)
+        os.chmod(root, 0o700)  # a folder made for the consortium beforehand becomes its own
+        for folder in (home.tls, root / "logs", root / "runs"):
+            private_dir(folder)
+        make_ca(home.ca_cert, home.ca_key)
+        make_server_cert(home.server_cert, home.server_key, ca_cert=home.ca_cert,
+                         ca_key=home.ca_key,
+                         hosts=[host, *extra_hosts, "localhost", "127.0.0.1"])
+        generate_signing_key(home.signing_key, home.signing_pub)
+        write_atomic(home.config_path, text.encode())
+        _write_flwr_connection(home, private_port)
+        home.save_registry({"agencies": {}})
     return home
 
 
 def renew_server_cert(root: Path, *, extra_hosts: list[str]) -> None:
     home = ConsortiumHome(root)
-    cfg = home.config()
-    host, _ = parse_address(cfg["public_address"], what="public_address")
+    host = home.settings().public_host
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     for path in (home.server_cert, home.server_key):
         if path.exists():
             path.replace(path.with_name(f"{path.name}.{stamp}.old"))
-    make_server_cert(home.server_cert, home.server_key, ca_cert=home.ca_cert, ca_key=home.ca_key,
-                     hosts=[host, *extra_hosts, "localhost", "127.0.0.1"])
+    with owner_only():
+        make_server_cert(home.server_cert, home.server_key, ca_cert=home.ca_cert,
+                         ca_key=home.ca_key, hosts=[host, *extra_hosts, "localhost",
+                                                    "127.0.0.1"])
 
 
 def _flwr(home: ConsortiumHome, *args: str, timeout: float = 60
           ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(BIN / "flwr"), *args], env=home.env(), capture_output=True,
-                          text=True, timeout=timeout, check=False)
+                          text=True, timeout=timeout, check=False, umask=UMASK)
 
 
 def _require_link(home: ConsortiumHome) -> None:
@@ -360,7 +513,8 @@ def make_roster(root: Path, out: Path | None = None) -> tuple[Roster, RosterDiff
     home = ConsortiumHome(root)
     roster, changes = build_roster(root)
     key, _ = _signing_pair(home)
-    write_roster(home.roster_path, roster, key)
+    with owner_only():  # roster.json.sig too
+        write_roster(home.roster_path, roster, key)
     written = [home.roster_path, home.roster_path.with_name(ROSTER_FILE + ".sig")]
     if out is not None and out.resolve() != home.roster_path.resolve():
         for source, target in ((written[0], out), (written[1], out.with_name(out.name + ".sig"))):
@@ -387,36 +541,57 @@ def build_bundle(root: Path, app: Path) -> tuple[bytes, str, str]:
 
 
 def check_tls(home: ConsortiumHome) -> str:
-    cfg = home.config()
-    host, _ = parse_address(cfg["public_address"], what="public_address")
+    host = home.settings().public_host
     check_certificate(home.ca_cert, what="consortium CA certificate")
     status = check_certificate(home.server_cert, what="SuperLink certificate", host=host,
                                ca=home.ca_cert)
     return f"TLS certificate for {', '.join(status.hosts)}, {status.days_left:.0f} days left"
 
 
+def loose_modes(home: ConsortiumHome) -> list[str]:
+    """What in the consortium folder other users of this machine could read (a folder made
+    before modes were set at birth), each with the chmod that fixes it."""
+    found = []
+    paths = [home.root, home.tls, home.ca_key, home.server_key, home.signing_key,
+             home.root / "state.db", home.root / HEADS_FILE, home.registry_path,
+             home.root / "logs", *sorted((home.root / "logs").glob("*")), home.root / "runs"]
+    for path in paths:
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            want = "700" if stat.S_ISDIR(st.st_mode) else "600"
+            found.append(f"{path} is mode {stat.S_IMODE(st.st_mode):04o}, open to other users "
+                         f"of this machine. Fix: chmod {want} {path}")
+    return found
+
+
 class Aggregator:
     """The SuperLink (private) plus the Fleet gateway (public), started and stopped together."""
 
     def __init__(self, root: Path) -> None:
-        from server.fleet_gateway import FleetGateway, GatewayConfig
+        from server.fleet_gateway import NGINX_CANDIDATES, FleetGateway, GatewayConfig, find_nginx
 
         self.home = ConsortiumHome(root)
-        cfg = self.home.config()
+        settings = self.home.settings()
         self.tls_note = check_tls(self.home)
-        self.public = parse_address(cfg["public_address"], what="public_address")
-        self.private_port = int(cfg["private_port"])
-        self.health_port = int(cfg["health_port"])
-        self.bind_host = str(cfg.get("bind_host", self.public[0]))
+        self.public = (settings.public_host, settings.public_port)
+        self.private_port = settings.private_port
+        self.health_port = settings.health_port
+        self.bind_host = settings.bind_host
+        # before anything starts: no nginx is exit 2 with the fix, not a half-up aggregator
+        nginx = find_nginx((settings.nginx,) if settings.nginx else NGINX_CANDIDATES)
         self.gateway = FleetGateway(GatewayConfig(
-            listen_host=self.bind_host, listen_port=self.public[1], upstream_host="127.0.0.1",
-            upstream_port=self.private_port, certfile=self.home.server_cert,
-            keyfile=self.home.server_key, ca_certfile=self.home.ca_cert))
+            listen_host=self.bind_host, listen_port=self.public[1],
+            upstream_port=self.private_port, certfile=self.home.server_cert.resolve(),
+            keyfile=self.home.server_key.resolve(), ca_certfile=self.home.ca_cert.resolve(),
+            state_dir=(self.home.root / "gateway").resolve(),
+            log_dir=(self.home.root / "logs").resolve(), limits=settings.limits), nginx)
         self.link: subprocess.Popen[bytes] | None = None
 
     def start(self, *, timeout: float = 90) -> None:
-        logs = self.home.root / "logs"
-        logs.mkdir(exist_ok=True)
+        logs = private_dir(self.home.root / "logs")
         cmd = [str(BIN / "flower-superlink"),
                "--ssl-ca-certfile", str(self.home.ca_cert),
                "--ssl-certfile", str(self.home.server_cert),
@@ -426,10 +601,13 @@ class Aggregator:
                "--disable-runtime-dependency-installation",
                "--host", "127.0.0.1", "--port", str(self.private_port),
                "--health-server-address", f"127.0.0.1:{self.health_port}"]
-        with (logs / "superlink.log").open("ab") as out:  # the child keeps its own copy
+        out = open_private(logs / "superlink.log", os.O_WRONLY | os.O_APPEND)
+        try:  # the child keeps its own copy; umask 077: state.db and what its apps write
             self.link = subprocess.Popen(cmd, env=self.home.env(), stdout=out,
                                          stderr=subprocess.STDOUT, cwd=self.home.root,
-                                         start_new_session=True)
+                                         start_new_session=True, umask=UMASK)
+        finally:
+            os.close(out)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.link.poll() is not None:
@@ -447,11 +625,9 @@ class Aggregator:
                                   f"{self.private_port} within {timeout:.0f} s")
         try:
             self.gateway.start()
-        except OSError as exc:
+        except DeploymentError:
             self.stop()
-            raise DeploymentError(
-                f"cannot listen on the agency-facing address {self.bind_host}:{self.public[1]}"
-                f" ({exc.strerror}); is another process using it?") from None
+            raise
 
     def stop(self) -> None:
         self.gateway.stop()
@@ -467,8 +643,7 @@ class Aggregator:
 def serve(root: Path) -> int:
     agg = Aggregator(root)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
-                        handlers=[logging.FileHandler(agg.home.root / "logs" / "gateway.log"),
-                                  logging.StreamHandler(sys.stderr)])
+                        handlers=[logging.StreamHandler(sys.stderr)])
     stop = {"now": False}
 
     def _stop(signum: int, _frame: object) -> None:
@@ -476,28 +651,40 @@ def serve(root: Path) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    agg.start()
-    assert agg.link is not None
-    (agg.home.root / "aggregator.json").write_text(json.dumps(
-        {"pid": os.getpid(), "superlink_pid": agg.link.pid,
-         "public": f"{agg.public[0]}:{agg.public[1]}", "private": agg.home.private_address},
-        indent=2), encoding="utf-8")
-    print(f"aggregator up: agencies connect to {agg.public[0]}:{agg.public[1]} (Fleet API only,"
-          f" TLS); the SuperLink itself listens on 127.0.0.1:{agg.private_port} (Control and "
-          f"Runtime APIs, private); health: grpc 127.0.0.1:{agg.health_port}; {agg.tls_note}",
-          flush=True)
+    for line in loose_modes(agg.home):
+        print(f"WARNING: {line}", file=sys.stderr, flush=True)
+    logs = agg.home.root / "logs"
+    with owner_only():
+        agg.start()
+        assert agg.link is not None and agg.gateway.proc is not None
+        write_atomic(agg.home.root / "aggregator.json", json.dumps(
+            {"pid": os.getpid(), "superlink_pid": agg.link.pid,
+             "gateway_pid": agg.gateway.proc.pid,
+             "public": f"{agg.public[0]}:{agg.public[1]}",
+             "private": agg.home.private_address}, indent=2).encode())
+    lim = agg.gateway.config.limits
+    print(f"aggregator up: agencies connect to {agg.public[0]}:{agg.public[1]} (nginx: Fleet "
+          f"API only, TLS; bodies up to {lim.max_body_mib} MiB, {lim.max_connections} "
+          f"connections, {lim.max_connections_per_source} per source address); the SuperLink "
+          f"itself listens on 127.0.0.1:{agg.private_port} (Control and Runtime APIs, "
+          f"private); health: grpc 127.0.0.1:{agg.health_port}; {agg.tls_note}; logs in "
+          f"{logs}", flush=True)
     try:
         while not stop["now"]:
             assert agg.link is not None
             if agg.link.poll() is not None:
                 print(f"the SuperLink exited with status {agg.link.returncode}; see "
-                      f"{agg.home.root / 'logs' / 'superlink.log'}", file=sys.stderr)
+                      f"{logs / 'superlink.log'}", file=sys.stderr)
+                return 1
+            if agg.gateway.poll() is not None:
+                print(f"the gateway (nginx) exited with status {agg.gateway.poll()}; see "
+                      f"{agg.gateway.error_log}", file=sys.stderr)
                 return 1
             time.sleep(0.5)
     finally:
         agg.stop()
-        print(f"aggregator stopped (gateway forwarded {agg.gateway.forwarded} request(s), "
-              f"refused {agg.gateway.refused})", flush=True)
+        print(f"aggregator stopped; the gateway's requests are in {agg.gateway.access_log}",
+              flush=True)
     return 0
 
 
@@ -511,6 +698,13 @@ def train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
     With ``resume`` (a previous run folder of this command), the same settings are submitted
     again with ``paths.resume_from`` at that run's checkpoints: the aggregator continues
     after the last completed round and ends with the planned number of rounds."""
+    with owner_only():  # the run folder and everything in it: owner only
+        return _train(root, app=app, overrides=overrides, out=out, timeout=timeout,
+                      resume=resume)
+
+
+def _train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
+           timeout: float, resume: Path | None) -> Path:
     home = ConsortiumHome(root)
     home.config()
     _require_link(home)
@@ -526,8 +720,7 @@ def train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
         out = resume
     fab, signature, digest = build_bundle(root, app)
     run_dir = out or home.root / "runs" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    run_dir = run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = private_dir(run_dir.resolve())
     if resume is None:
         (run_dir / "train.json").write_text(json.dumps({"overrides": overrides}, indent=2),
                                             encoding="utf-8")

@@ -1,11 +1,31 @@
-"""Empirical privacy audit: canary adverts, a membership-inference test, an epsilon floor.
+"""Empirical privacy audit: an epsilon lower bound beside each audited agency's claim.
 
-``heroes simulate audit.enabled=true`` crafts ``audit.canaries`` canary adverts, plants a
-random half of them (chosen with the run's seed) in one agency's training export before
-the federation starts, and keeps the other half out. After the run it scores every
-canary with the final global model and asks, for every threshold, how well "score above
-the threshold" tells planted from held-out canaries. DP at (epsilon, delta) for one record
-implies TPR <= e^epsilon * FPR + delta for any such test, so
+Two modes (``audit.mode``), both off unless ``audit.enabled=true``:
+
+``whitebox`` (the default mode): the audited agency (``audit.agency``: null = the largest,
+an agency id, or ``all``) runs, inside each of its DP rounds, a side copy of its own
+training with Dirac gradient canaries (federation.audit: Nasr et al. 2023, one canary per
+coordinate of the model's parameter vector, half of them members, each entering the
+clipped sum with the record sampling rate) and scores them on every step's noisy update,
+as only the agency itself can see them. After the run the one-run theorem of Steinke, Nasr
+and Jagielski (2023) turns the guesses into an epsilon lower bound at ``audit.confidence``
+(split evenly over the audited agencies), set beside the epsilon the agency claims for
+this run at the run's delta. The side copy is thrown away: nothing of it reaches the
+federation, and only the bound and the claim leave the agency's state folder (into the
+summary). It catches a run without noise that claims epsilon 3 (bound about 7 with the
+default 2^12 buckets); a claim of 8 is caught only with a model of about 2^15 coordinates
+(``task.num_buckets=32768``): at delta 1e-5 one run can never certify more than about 8.2.
+An honest run's bound stays below its claim with probability at least the confidence (in
+practice far below: about 0.1, 0.4 and 1.0 for claims of 1, 3 and 8).
+
+``blackbox``: canary adverts planted in one agency's training export and a
+membership-inference test on the final global model (what anyone holding the model could
+run). ``heroes simulate audit.enabled=true audit.mode=blackbox`` crafts ``audit.canaries``
+canary adverts, plants a random half of them (chosen with the run's seed) in one agency's
+training export before the federation starts, and keeps the other half out. After the run
+it scores every canary with the final global model and asks, for every threshold, how well
+"score above the threshold" tells planted from held-out canaries. DP at (epsilon, delta)
+for one record implies TPR <= e^epsilon * FPR + delta for any such test, so
 
     epsilon >= log((TPR_low - delta) / FPR_high)
 
@@ -14,12 +34,11 @@ Nasr et al. 2021). The reported lower bound is the largest over all thresholds, 
 confidence level split (Bonferroni) over every threshold tried and over the two bounds, so
 picking the best threshold after seeing the scores does not inflate it.
 
-Honest limits: with about a hundred canaries per side and one run the bound is loose (at
-most about 2.4 at 95% even with perfect separation), so it can catch a gross failure such
-as training without noise while claiming a small epsilon, never prove a claim right. The
-canaries share one run, so the trials are not independent draws of the DP game; Steinke,
-Nasr and Jagielski (2023) show random per-canary inclusion, as here, gives bounds of this
-kind from one run, but their exact analysis is not what is computed.
+Honest limits of the black-box mode: with about a hundred canaries per side and one run
+the bound is loose (at most about 2.4 at 95% even with perfect separation), so it cannot
+fail a run at the default budget (epsilon 3): a run without any noise scored 1.95. It
+catches only a claim below about 2; use the white-box mode to audit a claim. The canaries
+share one run, so the trials are not independent draws of the DP game.
 
 Canaries are built to be as detectable as the threat model allows (the auditor knows
 everything but which canaries were planted, as DP assumes): each is one CJK ideograph that
@@ -51,6 +70,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from federation.audit import MAX_GRADIENT_CANARIES
 from federation.config import RunSettings
 from federation.data import load_agency
 from federation.errors import ConfigError
@@ -122,6 +142,220 @@ def _append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
+UNIT = "one advert record in one agency's training export"
+MODES = ("whitebox", "blackbox")
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """The ``audit:`` section, validated (every problem listed at once)."""
+
+    mode: str
+    agencies: tuple[str, ...]
+    confidence: float
+    broken: bool
+    canaries: int
+    gradient_canaries: int | str | None  # "auto", None (one per model coordinate) or a count
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, manifest: FederationManifest,
+                    settings: RunSettings) -> AuditSettings:
+        problems = []
+        mode = str(cfg.mode)
+        if mode not in MODES:
+            problems.append(f"audit.mode={mode!r} must be one of {list(MODES)}")
+        n = int(cfg.canaries)
+        if mode == "blackbox" and (n < 4 or n % 2):
+            problems.append(f"audit.canaries={n} must be an even number >= 4 (half are "
+                            "planted)")
+        g = cfg.gradient_canaries
+        if g != "auto" and g is not None and (isinstance(g, bool) or not isinstance(g, int)
+                                              or not 8 <= g <= MAX_GRADIENT_CANARIES):
+            problems.append(f"audit.gradient_canaries={g!r} must be auto (the number that "
+                            "certifies the most), null (one per model coordinate) or a "
+                            f"whole number in [8, {MAX_GRADIENT_CANARIES}]")
+        confidence = float(cfg.confidence)
+        if not 0.5 <= confidence < 1:
+            problems.append(f"audit.confidence={confidence} must be in [0.5, 1), e.g. 0.95")
+        broken = cfg.break_noise_for_testing
+        if not isinstance(broken, bool):
+            problems.append(f"audit.break_noise_for_testing={broken!r} must be true or false")
+        if broken and not settings.privacy.enabled:
+            problems.append("audit.break_noise_for_testing=true needs privacy.enabled=true "
+                            "(it removes the noise a DP run claims)")
+        names = list(manifest.agencies)
+        if cfg.agency is None:
+            agencies = [max(names, key=lambda a: (manifest.counts[a]["train"], a))]
+        elif str(cfg.agency) == "all" and mode == "whitebox":
+            agencies = names
+        else:
+            agencies = [str(cfg.agency)]
+            if agencies[0] not in names:
+                problems.append(f"audit.agency={cfg.agency!r} is not in the federation "
+                                f"{names}" + (" (all: whitebox mode only)"
+                                              if str(cfg.agency) == "all" else ""))
+        if problems:
+            raise ConfigError(problems, source="audit settings")
+        return cls(mode=mode, agencies=tuple(agencies), confidence=confidence,
+                   broken=bool(broken), canaries=n, gradient_canaries=g)
+
+
+def prepare_audit(cfg: DictConfig, manifest: FederationManifest, settings: RunSettings,
+                  audit_dir: Path, *, state_root: Path, seed: int) -> Audit | WhiteboxAudit:
+    """Before the federation starts: plant canary adverts (blackbox) or draw each audited
+    agency's gradient canaries into its own state folder (whitebox)."""
+    a = AuditSettings.from_config(cfg, manifest, settings)
+    if a.broken:
+        print(BROKEN_WARNING, file=sys.stderr, flush=True)
+        print(BROKEN_WARNING, flush=True)
+    if a.mode == "blackbox":
+        return plant_canaries(a, manifest, settings, audit_dir, seed=seed)
+    if not settings.privacy.enabled:
+        print(f"audit (white-box): {NO_CLAIM}", flush=True)
+        return WhiteboxAudit(audit=a, state_root=state_root, settings=settings, seed=seed)
+    return draw_gradient_canaries(a, settings, state_root, seed=seed)
+
+
+INCONCLUSIVE = ("AUDIT INCONCLUSIVE: every guess was right, so the bound sits at the most "
+                "this design can certify, below the claim; the run may leak far more. With "
+                "audit.gradient_canaries=auto that is about the most one run can certify at "
+                "this delta and confidence, so one run cannot test a claim this large")
+NO_CLAIM = ("no DP claimed (privacy.enabled=false): there are no DP-SGD steps to observe and "
+            "no claim to test; audit.mode=blackbox measures what a non-private run leaks")
+
+
+# --------------------------------------------------------------------------- white-box
+
+def _claimed(row: Mapping[str, Any] | None, settings: RunSettings) -> dict[str, Any]:
+    """What the agency claims for this run: its run epsilon at the run's delta (the
+    mechanism the audit observed), with its ledger epsilon beside it."""
+    row = row or {}
+    return {"claimed_epsilon": row.get("run_epsilon"),
+            "claimed_delta": settings.privacy.target_delta,
+            "ledger_epsilon": row.get("epsilon"), "ledger_delta": row.get("delta"),
+            "unit": UNIT}
+
+
+@dataclass(frozen=True)
+class WhiteboxAudit:
+    audit: AuditSettings
+    state_root: Path
+    settings: RunSettings
+    seed: int
+
+    @property
+    def per_agency_confidence(self) -> float:
+        """The confidence of each agency's bound: ``audit.confidence`` for the whole family
+        of audited agencies (Bonferroni)."""
+        return 1.0 - (1.0 - self.audit.confidence) / len(self.audit.agencies)
+
+    def client_app(self) -> Any:
+        """The simulation's audited ClientApp: it finds the canary design in the audited
+        agencies' state folders (and, test only, removes the noise)."""
+        from simulation._audit_broken_client import AuditClientApp
+
+        return AuditClientApp(noiseless=self.audit.broken)
+
+    def evaluate(self, model: nn.Module, agency_table: list[dict[str, Any]]
+                 ) -> dict[str, Any]:
+        """Each audited agency's bound beside its claim (``model`` is not used: the
+        white-box audit looked at the steps, not at the final model)."""
+        from federation.audit import DESIGN_FILE, SCORES_FILE, Design, load_scores, one_run_audit
+        from simulation._audit_broken_client import AUDIT_DIR
+
+        rows = []
+        for agency in self.audit.agencies:
+            folder = self.state_root / agency / AUDIT_DIR
+            row = _claimed(next((r for r in agency_table if r["agency"] == agency), None),
+                           self.settings)
+            row["agency"] = agency
+            if not self.settings.privacy.enabled:
+                rows.append({**row, "claimed_epsilon": math.inf, "claimed_delta": None,
+                             "epsilon_lower_bound": None, "caught": False,
+                             "status": NO_CLAIM})
+                continue
+            if not (folder / SCORES_FILE).is_file() or row["claimed_epsilon"] is None:
+                rows.append({**row, "epsilon_lower_bound": None, "caught": False,
+                             "status": "not audited: the agency trained no DP round"})
+                continue
+            design = Design.load(folder / DESIGN_FILE)
+            scores = load_scores(folder / SCORES_FILE)
+            result = one_run_audit(scores["score"], design.members,
+                                   delta=float(row["claimed_delta"]),
+                                   confidence=self.per_agency_confidence,
+                                   sample_rate=scores["sample_rate"],
+                                   steps=scores["planned_steps"], tiebreak_seed=design.seed)
+            rows.append({**row, **result, "steps_observed": scores["steps"],
+                         "planned_steps": scores["planned_steps"],
+                         "rounds_observed": scores["rounds"],
+                         "sample_rate": scores["sample_rate"],
+                         "claimed_noise_multiplier": scores["noise_multiplier"],
+                         "status": "audited",
+                         "caught": bool(result["epsilon_lower_bound"]
+                                        > float(row["claimed_epsilon"])),
+                         # every guess right: the bound is at the ceiling of this design
+                         # and says nothing about how far past it the run leaks
+                         "saturated": bool(result["guesses"] > 0
+                                           and result["correct"] == result["guesses"])})
+        audited = [r for r in rows if r["epsilon_lower_bound"] is not None]
+        # the sweep's columns: the audited agency closest to (or furthest past) its claim
+        top = max(audited, key=lambda r: r["epsilon_lower_bound"] - r["claimed_epsilon"],
+                  default=rows[0])
+        return {
+            "mode": "whitebox",
+            "agency": top["agency"],
+            "epsilon_lower_bound": top["epsilon_lower_bound"],
+            "claimed_epsilon": top["claimed_epsilon"],
+            "claimed_delta": top["claimed_delta"],
+            "caught": any(r["caught"] for r in rows),
+            "inconclusive": any(r.get("saturated") and not r["caught"] for r in rows),
+            "confidence": self.audit.confidence,
+            "per_agency_confidence": self.per_agency_confidence,
+            "unit": UNIT,
+            "claim": ("each audited agency's epsilon for this run (all its DP rounds), per "
+                      "advert record, at the run's delta"),
+            "break_noise_for_testing": self.audit.broken,
+            "agencies": rows,
+            "method": WHITEBOX_METHOD,
+        }
+
+
+WHITEBOX_METHOD = (
+    "white-box Dirac gradient canaries (Nasr et al. 2023) in a side copy of each DP round of "
+    "the audited agency, one per coordinate of the model's parameter vector, each a member "
+    "with probability 1/2 and then sampled like a record; score: the log-likelihood ratio of "
+    "membership summed over every step's noisy update; guesses: the k highest 'member', the k "
+    "lowest 'non-member' (none if the plan leaves a member unsampled), k = m/2 - 2 sqrt(m) "
+    "fixed before the run; bound: the largest "
+    "epsilon the one-run (epsilon, delta) test of Steinke, Nasr and Jagielski (2023) rejects")
+
+
+def draw_gradient_canaries(a: AuditSettings, settings: RunSettings, state_root: Path, *,
+                           seed: int) -> WhiteboxAudit:
+    """One canary design per audited agency, in that agency's own state folder."""
+    from federation.audit import DESIGN_FILE, Design, canary_count
+    from simulation._audit_broken_client import AUDIT_DIR
+
+    task = get_task(settings.task_name, settings.task_params)
+    num_params = sum(p.numel() for p in task.build_model().parameters())
+    audit = WhiteboxAudit(audit=a, state_root=state_root, settings=settings, seed=seed)
+    m = canary_count(a.gradient_canaries, num_params=num_params,
+                     delta=settings.privacy.target_delta,
+                     confidence=audit.per_agency_confidence)
+    for i, agency in enumerate(a.agencies):
+        agency_seed = int(np.random.SeedSequence([seed, 12, i]).generate_state(1)[0])
+        design = Design.draw(num_params=num_params, canaries=m, seed=agency_seed)
+        design.save(state_root / agency / AUDIT_DIR / DESIGN_FILE)
+        print(f"audit (white-box): {design.coordinates.size} Dirac gradient canaries "
+              f"({int(design.members.sum())} members; "
+              f"{design.coordinates.size - design.audit_coordinates} on model coordinates, "
+              f"{design.audit_coordinates} on audit-only ones) in a side copy of {agency}'s "
+              "DP rounds", flush=True)
+    return audit
+
+
+# --------------------------------------------------------------------------- black-box
+
 @dataclass(frozen=True)
 class Audit:
     agency: str
@@ -136,9 +370,9 @@ class Audit:
         """The ClientApp for the simulation: the node's own, or the test-only broken one."""
         if not self.broken:
             return None
-        from simulation._audit_broken_client import app
+        from simulation._audit_broken_client import AuditClientApp
 
-        return app
+        return AuditClientApp(noiseless=True)
 
     def scores(self, model: nn.Module) -> np.ndarray:
         torch.manual_seed(self.settings.train.seed)  # the ServerApp's initial model
@@ -160,9 +394,11 @@ class Audit:
         from federation import metrics
 
         result.update({
+            "mode": "blackbox",
             "agency": self.agency,
             "claimed_epsilon": claimed,
             "claimed_delta": delta,
+            "unit": UNIT,
             "claim": ("cumulative epsilon of the planting agency's dataset (its ledger), per "
                       "advert record, at its delta" if private else "no DP (epsilon infinite)"),
             "membership_roc_auc": metrics.roc_auc(self.planted.astype(float), s),
@@ -171,39 +407,21 @@ class Audit:
             "break_noise_for_testing": self.broken,
             "caught": bool(result["epsilon_lower_bound"] > claimed),
         })
+        result["agencies"] = [{k: result[k] for k in (
+            "agency", "claimed_epsilon", "claimed_delta", "unit", "epsilon_lower_bound",
+            "confidence", "caught")} | {"status": "audited"}]
         return result
 
 
-def plant_canaries(cfg: DictConfig, manifest: FederationManifest, settings: RunSettings,
+def plant_canaries(a: AuditSettings, manifest: FederationManifest, settings: RunSettings,
                    audit_dir: Path, *, seed: int) -> Audit:
     """Craft canaries, plant a random half in the chosen agency's training export."""
-    problems = []
-    n = int(cfg.canaries)
-    if n < 4 or n % 2:
-        problems.append(f"audit.canaries={n} must be an even number >= 4 (half are planted)")
-    confidence = float(cfg.confidence)
-    if not 0.5 <= confidence < 1:
-        problems.append(f"audit.confidence={confidence} must be in [0.5, 1), e.g. 0.95")
-    broken = cfg.break_noise_for_testing
-    if not isinstance(broken, bool):
-        problems.append(f"audit.break_noise_for_testing={broken!r} must be true or false")
-    if broken and not settings.privacy.enabled:
-        problems.append("audit.break_noise_for_testing=true needs privacy.enabled=true "
-                        "(it removes the noise a DP run claims)")
-    agency = cfg.agency if cfg.agency is not None else max(
-        manifest.agencies, key=lambda a: (manifest.counts[a]["train"], a))
-    if agency not in manifest.agencies:
-        problems.append(f"audit.agency={agency!r} is not in the federation "
-                        f"{list(manifest.agencies)}")
-    if problems:
-        raise ConfigError(problems, source="audit settings")
-    if broken:
-        print(BROKEN_WARNING, file=sys.stderr, flush=True)
-        print(BROKEN_WARNING, flush=True)
+    n = a.canaries
+    agency = a.agencies[0]
     task = get_task(settings.task_name, settings.task_params)
     texts: list[str] = []
-    for a in manifest.agencies:
-        data = load_agency(manifest.root / "agencies" / a)
+    for name in manifest.agencies:
+        data = load_agency(manifest.root / "agencies" / name)
         texts.extend(data.train.texts)
     canaries = craft_canaries(task, texts, n, seed)
     planted = np.zeros(n, dtype=bool)
@@ -211,8 +429,7 @@ def plant_canaries(cfg: DictConfig, manifest: FederationManifest, settings: RunS
     agency_dir = manifest.root / "agencies" / str(agency)
     man = json.loads((agency_dir / "manifest.json").read_text(encoding="utf-8"))
     train_path = agency_dir / man["train"]
-    data = load_agency(agency_dir)
-    first = data.train
+    first = load_agency(agency_dir).train
     label = _positive_label(man["label_scheme"])
     template = _first_row(train_path)
     rows = [{
@@ -228,10 +445,11 @@ def plant_canaries(cfg: DictConfig, manifest: FederationManifest, settings: RunS
     (audit_dir / "canaries.jsonl").write_text("".join(
         json.dumps({"canary": i, "text": c, "planted": bool(p)}, ensure_ascii=False) + "\n"
         for i, (c, p) in enumerate(zip(canaries, planted, strict=True))), encoding="utf-8")
-    print(f"audit: {int(planted.sum())} canary adverts planted in {agency}'s training export "
-          f"({len(first)} adverts), {int((~planted).sum())} held out", flush=True)
+    print(f"audit (black-box): {int(planted.sum())} canary adverts planted in {agency}'s "
+          f"training export ({len(first)} adverts), {int((~planted).sum())} held out",
+          flush=True)
     return Audit(agency=str(agency), texts=tuple(canaries), planted=planted,
-                 confidence=confidence, broken=bool(broken), task=task, settings=settings)
+                 confidence=a.confidence, broken=a.broken, task=task, settings=settings)
 
 
 def _first_row(path: Path) -> dict[str, Any]:
@@ -279,22 +497,51 @@ def epsilon_lower_bound(members: np.ndarray, non_members: np.ndarray, *, delta: 
     return best
 
 
+def _claim_text(claimed: float | None, delta: float | None) -> str:
+    if claimed is None:
+        return "none (trained no DP round)"
+    if math.isinf(claimed):
+        return "no DP (epsilon infinite)"
+    return f"{claimed:.2f} at delta {delta:g}"
+
+
 def render(audit: Mapping[str, Any]) -> str:
-    claimed = audit["claimed_epsilon"]
-    claim = ("no DP" if claimed is None or math.isinf(claimed)
-             else f"{claimed:.2f} (delta {audit['claimed_delta']:g})")
-    lines = [f"privacy audit ({audit['agency']}: {audit['planted']} canaries planted, "
-             f"{audit['held_out']} held out; membership ROC-AUC "
-             f"{audit['membership_roc_auc']:.3f}): empirical epsilon lower bound "
-             f"{audit['epsilon_lower_bound']:.2f} at {audit['confidence']:.0%} confidence, "
-             f"claimed epsilon {claim}"]
+    """The audit's lines in the end-of-run printout."""
+    if audit.get("mode") == "whitebox":
+        lines = ["privacy audit (white-box: Dirac gradient canaries in a side copy of each "
+                 f"audited agency's DP rounds, one-run bound; per {audit['unit']}):"]
+        for r in audit["agencies"]:
+            if r["epsilon_lower_bound"] is None:
+                lines.append(f"  {r['agency']}: {r['status']}")
+                continue
+            verdict = ("AUDIT FAILED: the lower bound exceeds the claim" if r["caught"]
+                       else INCONCLUSIVE if r["saturated"] else "not contradicted")
+            lines.append(
+                f"  {r['agency']}: empirical epsilon lower bound {r['epsilon_lower_bound']:.2f} "
+                f"({r['confidence']:.1%} confidence, {r['correct']}/{r['guesses']} guesses "
+                f"right, {r['canaries']} canaries; at most {r['best_possible_bound']:.2f} "
+                f"here) vs claimed epsilon {_claim_text(r['claimed_epsilon'], r['claimed_delta'])}"
+                f" for this run: {verdict}")
+        if not audit["caught"] and not audit["inconclusive"] and any(
+                r["epsilon_lower_bound"] is not None for r in audit["agencies"]):
+            lines.append("audit passed: a lower bound, not an estimate (an honest run's bound "
+                         "is far below its claim)")
+    else:
+        claimed = audit["claimed_epsilon"]
+        lines = [f"privacy audit (black-box, {audit['agency']}: {audit['planted']} canaries "
+                 f"planted, {audit['held_out']} held out; membership ROC-AUC "
+                 f"{audit['membership_roc_auc']:.3f}): empirical epsilon lower bound "
+                 f"{audit['epsilon_lower_bound']:.2f} at {audit['confidence']:.0%} confidence, "
+                 f"claimed epsilon {_claim_text(claimed, audit['claimed_delta'])} per "
+                 f"{audit.get('unit', UNIT)}"]
+        if not audit["caught"]:
+            lines.append(
+                "no DP claimed: the bound shows what this non-private run leaks"
+                if claimed is None or math.isinf(claimed) else
+                "audit passed (a loose test: one run and few canaries cannot prove the claim, "
+                "nor fail one above about 2; audit.mode=whitebox can)")
     if audit["caught"]:
         lines.append("AUDIT FAILED: the lower bound exceeds the claimed epsilon")
-    elif claimed is None or math.isinf(claimed):
-        lines.append("no DP claimed: the bound shows what this non-private run leaks")
-    else:
-        lines.append("audit passed (a loose test: one run and few canaries cannot prove the "
-                     "claim, only catch gross failures)")
     if audit["break_noise_for_testing"]:
         lines.append(BROKEN_WARNING)
     return "\n".join(lines)

@@ -24,9 +24,18 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _simulate(overrides: list[str]) -> int:
+    """Run Hydra's app with our run as its task. Exit status 2, with the message and no
+    traceback, for every configuration error: ours (HeroesError), Hydra's own (an override
+    that does not parse, a key or option that does not exist, a group that does not
+    compose) and OmegaConf's (an interpolation that does not resolve). Anything else is a
+    bug and keeps its traceback (status 1)."""
+    import os
+
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
     from omegaconf import DictConfig
+    from omegaconf.errors import OmegaConfBaseException
 
     from simulation.run import run
 
@@ -39,13 +48,30 @@ def _simulate(overrides: list[str]) -> int:
         except HeroesError as exc:
             print(f"heroes simulate: {exc}", file=sys.stderr)
             status["code"] = 2
+        except OmegaConfBaseException as exc:
+            print(f"heroes simulate: configuration error: {exc}", file=sys.stderr)
+            status["code"] = 2
 
-    saved = sys.argv
+    saved, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = ["heroes simulate", *overrides]
+    # Hydra prints its own errors and exits 1 unless HYDRA_FULL_ERROR=1, which makes it
+    # raise them instead: they are caught below and reported as configuration errors.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _main()
+    except (HydraException, OmegaConfBaseException) as exc:
+        cause = exc.__cause__
+        extra = f"\n{cause}" if isinstance(cause, OmegaConfBaseException) else ""
+        print(f"heroes simulate: configuration error: {exc}{extra}\n"
+              "Fix: check the override's spelling (`heroes simulate --help` lists the groups; "
+              "`heroes simulate --cfg job` prints the composed configuration)", file=sys.stderr)
+        return 2
     finally:
         sys.argv = saved
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
     return status["code"]
 
 

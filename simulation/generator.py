@@ -38,7 +38,7 @@ from typing import Any, ClassVar, TypeGuard
 import numpy as np
 import yaml
 
-from federation.errors import ConfigError, DataError
+from federation.errors import ConfigError, DataError, Rule
 from federation.metrics import roc_auc
 from federation.schema import CATEGORIES, LABEL_SCHEMES, LANGUAGES, SCHEMA_VERSION
 from simulation import _phrases as ph
@@ -849,28 +849,27 @@ def _split(preset: FederationPreset, n_ent: int, agency: np.ndarray, entity: np.
 def _check_out_dir(out_dir: Path, preset: FederationPreset, seed: int) -> None:
     """Refuse a non-empty directory unless it is this preset's and seed's earlier output."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise DataError("is a file, not a directory.", path=out_dir,
-                        fix="give a new or empty directory as out_dir.")
+        raise DataError(Rule("is a file, not a directory.",
+                             "give a new or empty directory as out_dir."), file=out_dir)
     if not out_dir.exists() or not any(out_dir.iterdir()):
         return
     marker = out_dir / MARKER_FILE
     if not marker.is_file():
-        raise DataError("is not empty and is not a generator output; the generator never "
-                        "deletes or overwrites files it did not write.", path=out_dir,
-                        fix="give a new or empty directory as out_dir.")
+        raise DataError(Rule("is not empty and is not a generator output; the generator never "
+                             "deletes or overwrites files it did not write.",
+                             "give a new or empty directory as out_dir."), file=out_dir)
     try:
         info = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise DataError(f"has an unreadable generator marker ({MARKER_FILE}).", path=out_dir,
-                        fix="give a new or empty directory as out_dir.") from exc
+        raise DataError(Rule("has an unreadable generator marker (.heroes-generator.json).",
+                             "give a new or empty directory as out_dir."), file=out_dir) from exc
     same = (info.get("generator") == GENERATOR_NAME and info.get("preset") == preset.name
             and info.get("seed") == seed
             and info.get("agencies") == [a.agency_id for a in preset.agencies])
     if not same:
-        raise DataError(f"holds generator output for preset {info.get('preset')!r} seed "
-                        f"{info.get('seed')!r}, not preset {preset.name!r} seed {seed}.",
-                        path=out_dir, fix="give a new or empty directory as out_dir, or remove "
-                        "the old output yourself.")
+        raise DataError(Rule("holds generator output of another preset or seed.",
+                             "give a new or empty directory as out_dir, or remove the old "
+                             "output yourself."), file=out_dir)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -364,27 +364,70 @@ def _baseline_sections(summary: Mapping[str, Any]) -> list[str]:
 
 
 def _audit_section(audit: Mapping[str, Any]) -> str:
-    claimed = audit.get("claimed_epsilon")
-    claim = ("no DP" if claimed is None or (isinstance(claimed, float) and math.isinf(claimed))
-             else f"{claimed:.2f} at delta {audit['claimed_delta']:g}")
-    verdict = ("<span class='bad'>FAILED: the lower bound exceeds the claim</span>"
-               if audit.get("caught") else "<span class='ok'>not contradicted</span>")
+    """The privacy audit: per audited agency, the empirical lower bound beside the claim,
+    each epsilon with its delta and the unit of privacy."""
     warn = ("<p class='bad'>This run trained WITHOUT noise on purpose "
             "(audit.break_noise_for_testing): its privacy claims are false.</p>"
             if audit.get("break_noise_for_testing") else "")
-    bars = bar_chart("Privacy audit: epsilon", ["empirical lower bound", "claimed"],
-                     [("epsilon", [audit["epsilon_lower_bound"],
-                                   claimed if claimed is not None and math.isfinite(claimed)
-                                   else None])], y_label="epsilon", width=360, height=260)
-    return ("<h3>Privacy audit (canaries)</h3>" + warn
-            + f"<p>{audit['planted']} canary adverts planted in {_e(audit['agency'])}'s "
-            f"training export, {audit['held_out']} held out. Membership ROC-AUC "
-            f"{_num(audit['membership_roc_auc'])}. Empirical epsilon lower bound "
-            f"<b>{_num(audit['epsilon_lower_bound'], 2)}</b> at "
-            f"{audit['confidence']:.0%} confidence; claimed epsilon {claim}: {verdict}.</p>"
-            + bars + "<p class='note'>One run and a few hundred canaries give a loose bound "
-            "(at most about 2.4 here even with perfect separation): it catches gross failures, "
-            "it cannot prove a claim. Method: " + _e(audit.get("method", "")) + ".</p>")
+    unit = audit.get("unit", "one advert record in one agency's training export")
+    rows = []
+    for r in audit.get("agencies") or [audit]:
+        claimed = r.get("claimed_epsilon")
+        finite = isinstance(claimed, int | float) and math.isfinite(claimed)
+        rows.append({
+            **r,
+            "claim": ("none (trained no DP round)" if claimed is None else
+                      f"{claimed:.2f} at delta {r['claimed_delta']:g}" if finite else "no DP"),
+            "bound": (None if r.get("epsilon_lower_bound") is None else
+                      f"{r['epsilon_lower_bound']:.2f} at delta {r['claimed_delta'] or 0:g} "
+                      f"({r['confidence']:.1%} confidence)"),
+            "ceiling": (f"{r['best_possible_bound']:.2f}" if "best_possible_bound" in r
+                        else None),
+            "verdict": (r.get("status") if r.get("epsilon_lower_bound") is None else
+                        "FAILED: the lower bound exceeds the claim" if r.get("caught")
+                        else "INCONCLUSIVE: every guess right, at the ceiling below the "
+                        "claim" if r.get("saturated") else "not contradicted"),
+            "guessed": (f"{r['correct']} of {r['guesses']} ({r['canaries']} canaries)"
+                        if "guesses" in r else None),
+        })
+    verdict = ("<span class='bad'>FAILED: a lower bound exceeds its claim</span>"
+               if audit.get("caught") else
+               "<span class='bad'>INCONCLUSIVE: every guess right, the bound at its ceiling "
+               "below the claim (audit with more model coordinates)</span>"
+               if audit.get("inconclusive") else "<span class='ok'>not contradicted</span>")
+    bars = bar_chart("Privacy audit: epsilon per audited agency (per advert record)",
+                     [r["agency"] for r in rows],
+                     [("empirical lower bound", [r.get("epsilon_lower_bound") for r in rows]),
+                      ("claimed", [r["claimed_epsilon"] if isinstance(r.get("claimed_epsilon"),
+                                                                      int | float) else None
+                                   for r in rows])],
+                     y_label="epsilon", width=max(360, 120 * len(rows) + 120), height=260)
+    columns = [("agency", "audited agency"),
+               ("bound", "empirical epsilon lower bound, per advert record"),
+               ("claim", "claimed epsilon, per advert record"), ("verdict", "verdict")]
+    if audit.get("mode") == "whitebox":
+        head = ("<h3>Privacy audit (white-box, Dirac gradient canaries)</h3>" + warn
+                + f"<p>Each audited agency trained a side copy of its DP rounds with gradient "
+                f"canaries, which it alone sees and which never reach the federation; the "
+                f"claim is its epsilon for this run at the run's delta, per {_e(unit)}. "
+                f"Overall: {verdict}.</p>")
+        columns[2:2] = [("guessed", "right guesses"),
+                        ("ceiling", "at most (every guess right)")]
+        note = ("<p class='note'>A lower bound, not an estimate: an honest run's bound is far "
+                "below its claim. One run can certify at most the 'at most' column (about 7 "
+                "with the default model's 4,097 coordinates, never more than about 8.2 at "
+                "delta 1e-5), so a run without noise that claims more is not caught. Method: "
+                + _e(audit.get("method", "")) + ".</p>")
+    else:
+        head = ("<h3>Privacy audit (black-box canaries)</h3>" + warn
+                + f"<p>{audit['planted']} canary adverts planted in {_e(audit['agency'])}'s "
+                f"training export, {audit['held_out']} held out. Membership ROC-AUC "
+                f"{_num(audit['membership_roc_auc'])}; claim per {_e(unit)}: {verdict}.</p>")
+        note = ("<p class='note'>One run and a few hundred canaries give a loose bound "
+                "(at most about 2.4 here even with perfect separation): it cannot fail a run "
+                "at the default budget (audit.mode=whitebox can). Method: "
+                + _e(audit.get("method", "")) + ".</p>")
+    return head + table(rows, columns) + bars + note
 
 
 def sweep_sections(root: Path) -> tuple[list[str], list[dict[str, Any]]]:

@@ -1,20 +1,25 @@
 """``heroes simulate``: generate a synthetic federation and run it in Flower's simulation engine.
 
-Order of work, so that bad input fails before anything trains: compose and validate the
-configuration, generate the agencies' exports, read and validate every export (and every
-agency's privacy targets against its size), then start the Flower simulation (Ray).
+Order of work, so that bad input fails before anything trains: compose the configuration
+and check everything that needs no data (simulation/preflight.py: every key and type, the
+limits, the federation against the strategy, the agencies' own policies against the run),
+generate the agencies' exports, read and validate every export (and every agency's privacy
+targets against its size), then start the Flower simulation (Ray).
 Afterwards the final model is scored on the pooled entity-disjoint test split next to the
 generator's oracle and, unless switched off, a centralised non-private baseline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,23 +36,17 @@ from federation import metrics
 from federation.config import RunSettings, Scalar
 from federation.data import AgencyData, load_agency
 from federation.errors import ConfigError
-from federation.ledger import Ledger, Policy, load_policy, write_policy
+from federation.ledger import Ledger, load_policy, write_policy
 from federation.pki import make_node_key
 from federation.privacy import validate_targets
 from federation.tasks import Task, get_task
 from federation.text import SparseRows
 from federation.training import predict_proba, train_local
-from simulation.generator import FederationManifest, generate_federation, preset_from_mapping
+from simulation import preflight
+from simulation.generator import FederationManifest, generate_federation
 from simulation.sweep import secure_rounds
 
 log = logging.getLogger("heroes.simulate")
-
-RUN_SECTIONS = ("task", "train", "privacy", "strategy", "eval", "secagg")
-TOP_LEVEL = {
-    "seed", "mode", "baseline", "test_fraction", "simulation", "federation", "experiment",
-    "agency_policy", "audit", "paths", "tracking",
-    *RUN_SECTIONS,
-}
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -55,31 +54,6 @@ def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
-
-
-def flat_run_config(cfg: DictConfig, *, data_root: Path, output_dir: Path,
-                    state_root: Path) -> dict[str, Scalar]:
-    """The Flower run config for this simulation, validated by RunSettings.from_flat."""
-    unknown = sorted(set(map(str, cfg.keys())) - TOP_LEVEL - {"hydra"})
-    if unknown:
-        raise ConfigError(
-            [f"top-level key {k!r} is not a known setting; known: {sorted(TOP_LEVEL)}"
-             for k in unknown],
-            source="simulation config",
-        )
-    flat: dict[str, Scalar] = {}
-    for section in RUN_SECTIONS:
-        node = OmegaConf.to_container(cfg[section], resolve=True)
-        assert isinstance(node, dict)
-        for key, value in node.items():
-            if value is not None:
-                flat[f"{section}.{key!s}"] = value
-    flat["paths.data_root"] = str(data_root)
-    flat["paths.output_dir"] = str(output_dir)
-    flat["paths.state_root"] = str(state_root)
-    flat["paths.resume_from"] = str(OmegaConf.select(cfg, "paths.resume_from", default="") or "")
-    RunSettings.from_flat(flat, source="simulation config")
-    return flat
 
 
 def _validate_agencies(manifest: FederationManifest, settings: RunSettings
@@ -98,31 +72,17 @@ def write_policies(cfg: DictConfig, agencies: list[str], state_root: Path) -> No
     """Each simulated agency's own policy file, as its node would find it.
 
     ``agency_policy.per_agency`` maps an agency id to a budget, or to a mapping of policy
-    fields (max_epsilon, delta, accountant, allow_non_private, on_budget).
+    fields (max_epsilon, delta, accountant, allow_non_private, on_budget, ...); read as
+    strictly as a node reads its policy.toml (simulation/preflight.py).
     """
     whole = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(whole, dict)
-    base: dict[str, Any] = {str(k): v for k, v in whole.items() if k != "per_agency"}
-    per_agency = OmegaConf.to_container(cfg.per_agency, resolve=True) or {}
-    assert isinstance(per_agency, dict)
-    unknown = sorted(set(map(str, per_agency)) - set(agencies))
-    if unknown:
-        raise ConfigError([f"agency_policy.per_agency names unknown agencies {unknown}; "
-                           f"the federation has {agencies}"], source="simulation config")
+    problems: list[str] = []
+    policies = preflight.agency_policies(whole, agencies, problems)
+    if problems:
+        raise ConfigError(problems, source="simulation config")
     keys: list[tuple[str, Path]] = []
     for agency in agencies:
-        fields = dict(base)
-        override = per_agency.get(agency)
-        if isinstance(override, dict):
-            fields.update(override)
-        elif override is not None:
-            fields["max_epsilon"] = float(override)
-        try:
-            policy = Policy(**fields)
-        except TypeError as exc:
-            raise ConfigError([f"agency_policy for {agency}: {exc}"],
-                              source="simulation config") from None
-        write_policy(state_root / agency, policy)
+        write_policy(state_root / agency, policies[agency])  # a 0700 folder, a 0600 file
         if not (state_root / agency / "node.key").exists():  # signs ledger, receipts, keys
             make_node_key(state_root / agency / "node.key", state_root / agency / "node.key.pub",
                           comment=f"heroes-fl simulated node {agency}")
@@ -168,16 +128,19 @@ def run_flower_simulation(flat: Mapping[str, Scalar], *, num_nodes: int, client_
                           verbose: bool, client_app: Any = None) -> None:
     """Run our ServerApp and ClientApp in Flower's simulation engine (Ray backend).
 
-    ``client_app`` replaces the node's ClientApp (only the audit's test-only broken mode).
+    ``client_app`` replaces the node's ClientApp (only the audit: its white-box side copy,
+    its test-only broken mode; simulation/_audit_broken_client.py).
     """
     from flwr.app import Context, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.simulation.run_simulation import _run_simulation
 
     from clients.client_app import app as node_app
-    from server.server_app import app as server_app
 
     client_app = node_app if client_app is None else client_app
+    server_done, finished = threading.Event(), threading.Event()
+    threading.Thread(target=_stop_stragglers, args=(server_done, finished, STRAGGLER_GRACE_S),
+                     name="heroes-straggler-watch", daemon=True).start()
 
     logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.WARNING)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -188,21 +151,95 @@ def run_flower_simulation(flat: Mapping[str, Scalar], *, num_nodes: int, client_
                           state=RecordDict(), run_config=dict(flat))
         from flwr.supercore.telemetry import EventType
 
-        _run_simulation(
-            num_supernodes=num_nodes,
-            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-            client_app=client_app,
-            server_app=server_app,
-            backend_name="ray",
-            backend_config={
-                "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
-                "init_args": {"include_dashboard": False, "log_to_driver": verbose},
-            },
-            server_app_context=context,
-            app_dir=tmp,
-            is_app=True,  # makes Flower read the run config from app_dir for every node
-            verbose_logging=verbose,
-        )
+        try:
+            _run_simulation(
+                num_supernodes=num_nodes,
+                exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                client_app=client_app,
+                server_app=_watched_server_app(server_done),
+                backend_name="ray",
+                backend_config={
+                    "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
+                    "init_args": {"include_dashboard": False, "log_to_driver": verbose},
+                },
+                server_app_context=context,
+                app_dir=tmp,
+                is_app=True,  # makes Flower read the run config from app_dir for every node
+                verbose_logging=verbose,
+            )
+        finally:
+            finished.set()
+            server_done.set()  # the watch ends too
+
+
+#: Seconds the ClientApp calls still in flight get once the ServerApp has ended.
+STRAGGLER_GRACE_S = 10.0
+
+
+def _watched_server_app(done: threading.Event) -> Any:
+    """Our ServerApp (server/server_app.py), telling ``done`` when it has ended."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+
+    from server.server_app import main as server_main
+
+    app = ServerApp()
+
+    @app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        try:
+            server_main(grid, context)
+        finally:
+            done.set()
+
+    return app
+
+
+def _stop_stragglers(server_done: threading.Event, finished: threading.Event,
+                     grace: float) -> None:
+    """Never hang on a node that does not answer. The ServerApp waits at most
+    strategy.round_timeout per exchange and, below the quorum, ends the run with a
+    QuorumError; but Flower's simulation engine then waits for every ClientApp call still
+    in flight before it stops Ray, so one node stuck in its ClientApp would keep the run
+    alive forever. Once the ServerApp has ended, the engine gets ``grace`` seconds to stop;
+    then this run's Ray worker processes are killed (by PID, found among this process's
+    descendants), the stuck calls fail, and the run ends with the ServerApp's own error (or
+    result). Workers on a Ray cluster joined with RAY_ADDRESS are not ours to kill."""
+    server_done.wait()
+    if finished.wait(grace):
+        return
+    stuck = _ray_workers_of(os.getpid())
+    log.warning("the simulation engine has not stopped %.0f s after the ServerApp ended (a "
+                "ClientApp call is still running: a node that never answered); stopping this "
+                "run's %d Ray worker processes so that the run ends", grace, len(stuck))
+    for pid in stuck:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _ray_workers_of(root: int) -> list[int]:
+    """The Ray worker processes (their title starts with ``ray::``) descending from process
+    ``root``: the ones this run's own Ray instance started. Read from /proc (Linux); none
+    elsewhere. Ray's own services (raylet, GCS) are left to Ray's shutdown."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat_line = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat_line.rpartition(")")[2].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if title.startswith(b"ray::"):
+            found.append(pid)
+    return found
 
 
 @dataclass(frozen=True)
@@ -260,20 +297,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     data_root = out_dir / "data"
     server_out = out_dir / "server"
     state_root = out_dir / "agency_state"
-    flat = flat_run_config(cfg, data_root=data_root, output_dir=server_out,
-                           state_root=state_root)
-    settings = RunSettings.from_flat(flat)
-    if cfg.mode not in ("federated", "centralised", "baselines"):
-        raise ConfigError([f"mode={cfg.mode!r} must be 'federated', 'centralised' or "
-                           "'baselines'"])
-    preset_data = OmegaConf.to_container(cfg.federation, resolve=True)
-    assert isinstance(preset_data, dict)
-    preset = preset_from_mapping({str(k): v for k, v in preset_data.items()})
-    if not flat.get("strategy.min_available"):
-        # every simulated agency exists from the start; their virtual nodes register while
-        # the server starts, so a round waits for all of them rather than sampling early
-        flat["strategy.min_available"] = len(preset.agencies)
-        settings = RunSettings.from_flat(flat)
+    # every check that needs no data, before any is generated (simulation/preflight.py)
+    checked = preflight.check(cfg, data_root=data_root, output_dir=server_out,
+                              state_root=state_root)
+    flat, settings, preset = checked.flat, checked.settings, checked.preset
     print(f"generating {len(preset.agencies)} synthetic agencies ({preset.name}, "
           f"seed {cfg.seed}) into {data_root}", flush=True)
     manifest = generate_federation(preset, data_root, seed=int(cfg.seed),
@@ -282,10 +309,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if bool(cfg.audit.enabled):
         if cfg.mode != "federated":
             raise ConfigError([f"audit.enabled=true needs mode=federated (got {cfg.mode})"])
-        from simulation.audit import plant_canaries
+        from simulation.audit import prepare_audit
 
-        audit = plant_canaries(cfg.audit, manifest, settings, out_dir / "audit",
-                               seed=int(cfg.seed))
+        audit = prepare_audit(cfg.audit, manifest, settings, out_dir / "audit",
+                              state_root=state_root, seed=int(cfg.seed))
     elif bool(cfg.audit.break_noise_for_testing):
         raise ConfigError(["audit.break_noise_for_testing=true needs audit.enabled=true"])
     agencies = _validate_agencies(manifest, settings)

@@ -1,14 +1,16 @@
 """Deployment pieces without Flower processes: certificates, node keys, signed bundles, the
-Fleet-only gateway in front of a real TLS HTTP server, and the agency's pre-flight errors."""
+consortium folder's modes and its strict consortium.toml, and the agency's pre-flight errors.
+The Fleet gateway (nginx) has its own tests in tests/test_gateway.py."""
 
 from __future__ import annotations
 
 import datetime as dt
 import http.server
 import io
-import json
+import os
 import socket
 import ssl
+import stat
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from clients import agency
 from federation.appsign import bundle_manifest, sign_bundle, verify_bundle
-from federation.errors import DataError, DeploymentError, SignatureError
+from federation.errors import ConfigError, DataError, DeploymentError, SignatureError
 from federation.ledger import Policy
 from federation.pki import (
     check_certificate,
@@ -30,7 +32,6 @@ from federation.pki import (
     make_server_cert,
 )
 from federation.signing import generate_signing_key, load_private_key, load_public_key
-from server.fleet_gateway import FleetGateway, GatewayConfig, allowed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,83 +151,34 @@ def test_bundle_signature_roundtrip_and_every_tamper_is_refused(fab: bytes, tmp_
         bundle_manifest(b"PK-but-not-really")
 
 
-# --- the Fleet-only gateway ------------------------------------------------------------------
+# --- a TLS server with the consortium's certificate ----------------------------------------
 
-class _Echo(http.server.BaseHTTPRequestHandler):
+class _Ok(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length", 0)))
-        reply = json.dumps({"path": self.path, "len": len(body),
-                            "sha": __import__("hashlib").sha256(body).hexdigest()}).encode()
         self.send_response(200)
-        self.send_header("content-length", str(len(reply)))
+        self.send_header("content-length", "0")
         self.end_headers()
-        self.wfile.write(reply)
 
     def log_message(self, *args: object) -> None:
         pass
 
 
 @pytest.fixture
-def gateway(pki: dict[str, Path]) -> Iterator[tuple[str, int, FleetGateway]]:
-    up_port = free_port()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", up_port), _Echo)
+def tls_server(pki: dict[str, Path]) -> Iterator[tuple[str, int]]:
+    """What an agency's pre-flight reaches: any TLS server presenting the SuperLink's
+    certificate (the real gateway is nginx, tested in tests/test_gateway.py)."""
+    port = free_port()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Ok)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(pki["cert"]), str(pki["key"]))
     httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
-    port = free_port()
-    gw = FleetGateway(GatewayConfig(listen_host="127.0.0.1", listen_port=port,
-                                    upstream_host="127.0.0.1", upstream_port=up_port,
-                                    certfile=pki["cert"], keyfile=pki["key"],
-                                    ca_certfile=pki["ca"]))
-    gw.start()
     try:
-        yield "127.0.0.1", port, gw
+        yield "127.0.0.1", port
     finally:
-        gw.stop()
         httpd.shutdown()
         httpd.server_close()
-
-
-def _request(host: str, port: int, ca: Path, raw: bytes) -> bytes:
-    ctx = ssl.create_default_context(cafile=str(ca))
-    with socket.create_connection((host, port), timeout=10) as s, \
-            ctx.wrap_socket(s, server_hostname=host) as tls:
-        tls.sendall(raw)
-        chunks = []
-        while data := tls.recv(65536):
-            chunks.append(data)
-    return b"".join(chunks)
-
-
-def test_gateway_passes_fleet_routes_only(gateway: tuple[str, int, FleetGateway],
-                                          pki: dict[str, Path]) -> None:
-    host, port, gw = gateway
-    body = bytes(range(256)) * 4000
-    reply = _request(host, port, pki["ca"],
-                     b"POST /v1/fleet/push-messages HTTP/1.1\r\nhost: x\r\ncontent-length: "
-                     + str(len(body)).encode() + b"\r\nconnection: keep-alive\r\n\r\n" + body)
-    assert reply.startswith(b"HTTP/1.0 200") or reply.startswith(b"HTTP/1.1 200")
-    echoed = json.loads(reply.split(b"\r\n\r\n", 1)[1])
-    assert echoed["path"] == "/v1/fleet/push-messages" and echoed["len"] == len(body)
-    assert echoed["sha"] == __import__("hashlib").sha256(body).hexdigest()
-    for line in (b"POST /v1/control/start-run", b"POST /v1/control/register-node",
-                 b"POST /v1/fleet/register-node", b"GET /v1/fleet/pull-messages",
-                 b"POST /v1/runtime/pull-messages", b"POST /docs",
-                 b"POST /v1/fleet/../control/start-run"):
-        reply = _request(host, port, pki["ca"],
-                         line + b" HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
-        assert reply.startswith(b"HTTP/1.1 403"), line
-        assert b"Fleet API" in reply
-    # a second request pipelined behind an allowed one never reaches the upstream
-    two = (b"POST /v1/fleet/get-run HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
-           b"POST /v1/control/start-run HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
-    reply = _request(host, port, pki["ca"], two)
-    assert reply.count(b"HTTP/1.") == 1 and b"/v1/fleet/get-run" in reply
-    assert gw.refused == 7 and gw.forwarded == 2
-    assert allowed("POST", "/v1/fleet/pull-messages?x=1")
-    assert not allowed("POST", "/v1/fleetx/pull-messages")
 
 
 # --- the agency's pre-flight --------------------------------------------------------------
@@ -241,8 +193,8 @@ def _agency(tmp_path: Path, pki: dict[str, Path], consortium: str, data: Path) -
 
 
 def test_agency_errors_say_what_is_wrong_and_what_to_do(
-        tmp_path: Path, pki: dict[str, Path], gateway: tuple[str, int, FleetGateway]) -> None:
-    host, port, _ = gateway
+        tmp_path: Path, pki: dict[str, Path], tls_server: tuple[str, int]) -> None:
+    host, port = tls_server
     home = agency.AgencyHome(_agency(tmp_path, pki, f"{host}:{port}", tmp_path / "no-data"))
     node = home.node()
     assert (home.node_key.stat().st_mode & 0o077) == 0
@@ -308,3 +260,128 @@ def test_consortium_commands_refuse_with_a_fix(tmp_path: Path) -> None:
     deploy.renew_server_cert(cons, extra_hosts=["fl.example"])
     assert (cons / "tls" / "superlink.crt").read_bytes() != old
     assert "fl.example" in check_certificate(cons / "tls" / "superlink.crt", what="c").hosts
+
+
+# --- the consortium folder: owner only from birth, a strict consortium.toml -----------------
+
+def _modes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)) or ".": stat.S_IMODE(p.stat().st_mode)
+            for p in [root, *root.rglob("*")]}
+
+
+def test_consortium_folder_is_owner_only_from_birth(tmp_path: Path) -> None:
+    from server import deploy
+
+    made = tmp_path / "made-by-the-admin"
+    made.mkdir(mode=0o755)
+    os.chmod(made, 0o755)
+    previous = os.umask(0o022)  # a usual umask: modes must not depend on it
+    try:
+        deploy.init(made, public_address="127.0.0.1:9", private_port=free_port(),
+                    health_port=free_port(), extra_hosts=[])
+        assert os.umask(0o022) == 0o022  # init gave the umask back
+    finally:
+        os.umask(previous)
+    modes = _modes(made)
+    assert {"tls", "logs", "runs", "flwr-home", "consortium.toml", "registry.json",
+            "signing.key", "tls/ca.key", "tls/superlink.key"} <= set(modes)
+    loose = {name: f"{mode:04o}" for name, mode in modes.items()
+             if mode != (0o700 if (made / name).is_dir() else 0o600)}
+    assert not loose, loose
+    home = deploy.ConsortiumHome(made)
+    assert deploy.loose_modes(home) == []
+    os.chmod(home.signing_key, 0o644)
+    (made / "state.db").write_bytes(b"")
+    os.chmod(made / "state.db", 0o644)
+    os.chmod(made / "logs", 0o755)
+    found = deploy.loose_modes(home)
+    assert len(found) == 3
+    assert any(f.startswith(f"{home.signing_key} is mode 0644, open to other users") and
+               f.endswith(f"Fix: chmod 600 {home.signing_key}") for f in found)
+    assert any(f"Fix: chmod 600 {made / 'state.db'}" in f for f in found)
+    assert any(f"Fix: chmod 700 {made / 'logs'}" in f for f in found)
+
+
+@pytest.fixture
+def cons(tmp_path: Path) -> Path:
+    from server import deploy
+
+    root = tmp_path / "cons"
+    deploy.init(root, public_address="127.0.0.1:9092", private_port=9093, health_port=9097,
+                extra_hosts=[])
+    return root
+
+
+def _with_toml(root: Path, text: str) -> None:
+    (root / "consortium.toml").write_text(text)
+
+
+def test_consortium_toml_is_strict_and_lists_every_problem(cons: Path) -> None:
+    from server import deploy
+
+    home = deploy.ConsortiumHome(cons)
+    settings = home.settings()
+    assert (settings.public_host, settings.public_port, settings.private_port,
+            settings.health_port, settings.bind_host) == ("127.0.0.1", 9092, 9093, 9097,
+                                                          "127.0.0.1")
+    assert settings.limits == deploy.GatewayLimits() and settings.nginx is None
+    original = (cons / "consortium.toml").read_text()
+    _with_toml(cons, original + "bind_host = \"0.0.0.0\"\n\n[gateway]\nmax_body_mib = 16\n"
+               "max_connections = 100\nmax_connections_per_source = 10\n")
+    settings = home.settings()
+    assert settings.bind_host == "0.0.0.0"
+    assert settings.limits == deploy.GatewayLimits(max_body_mib=16, max_connections=100,
+                                                   max_connections_per_source=10)
+    _with_toml(cons, '[consortium]\npublic_address = "127.0.0.1:9092"\nprivate_port = "9093"\n'
+               "health_port = true\nprivat_port = 1\n\n[gatway]\nx = 1\n\n[gateway]\n"
+               "max_body_mib = 0\nmax_connections = 4\nmax_connections_per_source = 5\n"
+               "timeout = 3\n")
+    with pytest.raises(ConfigError) as err:
+        home.settings()
+    text = str(err.value)
+    assert f"{cons / 'consortium.toml'} has 7 problem(s)" in text
+    for part in ("unknown table [gatway]; allowed: [consortium], [gateway]",
+                 "[consortium] unknown key 'privat_port'; allowed: bind_host, created, "
+                 "health_port, private_port, public_address. Fix:",
+                 "[gateway] unknown key 'timeout'; allowed: max_body_mib, max_connections, "
+                 "max_connections_per_source, nginx",
+                 "[consortium] private_port is a string; it must be an integer. Fix: write it "
+                 "as a whole number without quotes",
+                 "[consortium] health_port is a boolean; it must be an integer",
+                 "[gateway] max_body_mib = 0 is outside 1-4096",
+                 "max_connections_per_source (5) is above max_connections (4)"):
+        assert part in text, part
+    _with_toml(cons, '[consortium]\npublic_address = "nowhere"\nprivate_port = 70000\n'
+               "health_port = 9092\n")
+    with pytest.raises(ConfigError) as err:
+        home.settings()
+    assert "public_address 'nowhere' is not HOST:PORT" in str(err.value)
+    assert "private_port = 70000 is not a port (1-65535)" in str(err.value)
+    _with_toml(cons, '[consortium]\npublic_address = "h:9092"\nprivate_port = 9092\n'
+               "health_port = 9097\n")
+    with pytest.raises(ConfigError, match="must all differ"):
+        home.settings()
+    _with_toml(cons, "[consortium\npublic_address = 1\n")
+    with pytest.raises(ConfigError, match=r"not valid TOML \(.*line 1"):
+        home.settings()
+    with pytest.raises(ConfigError, match="health_port = 0 is not a port"):
+        deploy.init(cons.parent / "other", public_address="127.0.0.1:9092", private_port=9093,
+                    health_port=0, extra_hosts=[])
+    assert not (cons.parent / "other").exists()  # refused before anything was made
+
+
+def test_serve_exits_2_with_the_fix_for_a_bad_toml_and_for_a_missing_nginx(
+        cons: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from simulation.cli import main
+
+    original = (cons / "consortium.toml").read_text()
+    _with_toml(cons, original + "private_prot = 9\n")
+    assert main(["consortium", "serve", "--dir", str(cons)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'private_prot'" in err and "Traceback" not in err
+    _with_toml(cons, original + '\n[gateway]\nnginx = "/nonexistent/sbin/nginx"\n')
+    assert main(["consortium", "serve", "--dir", str(cons)]) == 2
+    err = capsys.readouterr().err
+    assert "needs nginx, and none was found" in err
+    assert "apt-get install -y nginx libnginx-mod-stream" in err
+    assert not (cons / "aggregator.json").exists()  # nothing was started

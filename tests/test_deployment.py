@@ -1,5 +1,5 @@
 """The real deployment on loopback: `heroes consortium serve` (a TLS SuperLink on a private
-port behind the Fleet-only gateway), three `heroes agency serve` nodes with enrolled keys,
+port behind the Fleet-only nginx gateway), three `heroes agency serve` nodes with enrolled keys,
 signed app bundles, and everything that must be refused. Real processes, real certificates,
 127.0.0.1 only; every process is stopped by its PID at the end."""
 
@@ -14,6 +14,7 @@ import signal
 import socket
 import sqlite3
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -132,6 +133,10 @@ class Deployment:
             pids.append(int(json.loads(agg.read_text())["superlink_pid"]))
         return pids
 
+    def gateway_pid(self) -> int:
+        """nginx's master; it leads its own process group (its workers)."""
+        return int(json.loads((self.cons / "aggregator.json").read_text())["gateway_pid"])
+
 
 def wait_for(predicate: object, timeout: float, what: str) -> None:
     assert callable(predicate)
@@ -182,6 +187,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         for pid in dep.child_pids():  # belt and braces: nothing may outlive the test
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        if (cons / "aggregator.json").is_file():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(dep.gateway_pid(), signal.SIGKILL)
 
 
 def ledger_rows(state: Path) -> int:
@@ -305,7 +313,21 @@ def test_signed_dp_run_survives_an_aggregator_kill_and_every_ledger_shows_the_sp
         deployment: Deployment) -> None:
     """A signed 2-round DP run; the aggregator (SuperLink and `serve`) is SIGKILLed after
     round 1's checkpoint, restarted, and `train --resume` finishes the run: two rounds,
-    a continuous history, every agency's ledger shows the spend."""
+    a continuous history, every agency's ledger shows the spend. The resumed run completes
+    while the public address is under attack (tests/test_gateway.py): 200 slow clients,
+    20 bodies of 100 MiB and garbage, from other loopback source addresses than the nodes'."""
+    from server.fleet_gateway import DEFAULT_MAX_CONNECTIONS_PER_SOURCE, process_tree
+    from tests.test_gateway import (
+        GARBAGE_ANSWERS,
+        GARBAGE_LOGGED,
+        GARBAGE_SOURCE,
+        MIB,
+        SLOW_SOURCES,
+        attack,
+        refusals,
+        statuses_from,
+    )
+
     approve_bundle(deployment)  # done by the test before, unless this one runs alone
     out = deployment.tmp / "run1"
     train = deployment.start("train", ["consortium", "train", "--dir", str(deployment.cons),
@@ -321,9 +343,28 @@ def test_signed_dp_run_survives_an_aggregator_kill_and_every_ledger_shows_the_sp
     deployment.start("consortium", ["consortium", "serve", "--dir", str(deployment.cons)])
     wait_for(lambda: deployment.output("consortium").count("aggregator up") >= 1, 90,
              "the restarted aggregator")
-    r = heroes("consortium", "train", "--dir", str(deployment.cons), "--resume", str(out),
-               timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    resumed = deployment.start("resume", ["consortium", "train", "--dir",
+                                          str(deployment.cons), "--resume", str(out)])
+    host, port = deployment.public.rsplit(":", 1)
+    gateway = deployment.gateway_pid()
+    report = attack(host, int(port), deployment.cons / "tls" / "ca.crt",
+                    gateway_pids=lambda: process_tree(gateway))
+    assert resumed.wait(timeout=900) == 0, deployment.output("resume")[-3000:]
+    deployment.procs.pop("resume")
+    # the gateway held: memory, idle connections, bodies, garbage, per-source caps
+    print(report.summary())
+    assert report.rss_peak - report.rss_before <= 64 * MIB, report.summary()
+    assert report.slow_left_open == 0, report.summary()  # the timeouts closed every one
+    assert {b.status for b in report.bodies} == {413}, report.summary()
+    assert report.garbage == GARBAGE_ANSWERS, report.summary()
+    logs = deployment.cons / "logs"
+    wait_for(lambda: sorted(statuses_from(logs / "gateway.log", GARBAGE_SOURCE))
+             == GARBAGE_LOGGED, 60, "the malformed requests in the gateway's log")
+    refused = refusals(logs / "gateway-error.log", "fleet_per_source")
+    each = report.slow_opened // len(SLOW_SOURCES)
+    for source in SLOW_SOURCES:  # 50 each against a cap of 32: only the excess is refused
+        assert 1 <= refused.get(source, 0) <= each - DEFAULT_MAX_CONNECTIONS_PER_SOURCE, refused
+    assert "127.0.0.1" not in refused  # the nodes were never throttled
     rounds = json.loads((out / "metrics.json").read_text())["rounds"]
     assert [rd["round"] for rd in rounds] == [1, 2]
     assert all(o["status"] == "ok" for rd in rounds for o in rd["train"])
@@ -367,6 +408,24 @@ def test_signed_dp_run_survives_an_aggregator_kill_and_every_ledger_shows_the_sp
             seq, _ = ledger.head()
             assert heads[agency]["seq"] < seq
             assert ledger.hash_at(heads[agency]["seq"]) == heads[agency]["hash"]
+
+
+def test_consortium_files_are_owner_only(deployment: Deployment) -> None:
+    """After serve, enrolments, rosters and runs: nothing in the consortium folder is open
+    to other users, including what the SuperLink, its ServerApp and nginx created."""
+    cons = deployment.cons
+    for name in ("state.db", "ledger-heads.json", "logs/superlink.log", "logs/gateway.log",
+                 "logs/gateway-error.log", "gateway/nginx.conf", "registry.json",
+                 "tls/superlink.key", "signing.key", "aggregator.json"):
+        assert stat.S_IMODE((cons / name).stat().st_mode) == 0o600, name
+    for name in (".", "tls", "logs", "runs", "flwr-home", "gateway"):
+        assert stat.S_IMODE((cons / name).stat().st_mode) == 0o700, name
+    opened = [f"{p} {stat.S_IMODE(p.stat().st_mode):04o}" for p in [cons, *cons.rglob("*")]
+              if not p.is_symlink() and p.stat().st_mode & 0o077]
+    assert not opened, opened
+    out = deployment.tmp / "run1"  # a run folder outside the consortium folder too
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    assert stat.S_IMODE((out / "server" / "metrics.json").stat().st_mode) == 0o600
 
 
 def test_canaries_never_reach_the_consortium(deployment: Deployment) -> None:

@@ -224,6 +224,7 @@ def test_an_error_reply_gets_a_receipt_too(tmp_path: Path) -> None:
     from flwr.app import Context, Message
 
     from clients.client_app import contained
+    from federation.data import FILE_NOT_FOUND
     from federation.errors import DataError
 
     with (ROOT / "pyproject.toml").open("rb") as fh:
@@ -241,7 +242,7 @@ def test_an_error_reply_gets_a_receipt_too(tmp_path: Path) -> None:
 
     @contained
     def train(msg: Message, context: Context) -> Message:
-        raise DataError("file not found", path=data / "t.csv")
+        raise DataError(FILE_NOT_FOUND, file="t.csv")
 
     with pytest.raises(DataError) as err:
         train(cast(Message, _Msg()), context)

@@ -1,4 +1,5 @@
-"""Research tooling: sweeps, baselines, the privacy audit and the HTML report.
+"""Research tooling: sweeps, baselines, the black-box privacy audit and the HTML report
+(the white-box audit: tests/test_audit.py).
 
 Fast tests pin the statistics (t-intervals, Clopper-Pearson, the audit bound) to reference
 values and check the skew knob and the canaries. The slow tests run the real command:
@@ -144,8 +145,10 @@ def test_baselines_need_dp_and_a_policy_that_allows_the_non_private_arm(tmp_path
     proc = heroes(["simulate", *TINY, "mode=baselines", "privacy=off",
                    "agency_policy.allow_non_private=false", f"hydra.run.dir={tmp_path}"])
     assert proc.returncode == 2
-    assert "set privacy.enabled=true" in proc.stderr
-    assert "set agency_policy.allow_non_private=true" in proc.stderr
+    # refused before any data: the agencies' own policies forbid the non-private run
+    assert "allow_non_private is false" in proc.stderr
+    assert "privacy.enabled=false" in proc.stderr
+    assert "agency_policy.allow_non_private=true" in proc.stderr
     assert not (tmp_path / "arms").exists()  # stopped before anything trained
 
 
@@ -248,7 +251,8 @@ def test_sweep_table_audit_and_report(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     proc = heroes(["simulate", "-m", *TINY, "privacy.target_epsilon=1,8",
                    "secagg.mode=on,off", "federation.skew=0.5", "seed=0,1",
-                   "audit.enabled=true", f"hydra.sweep.dir={sweep_dir}"], timeout=1500)
+                   "audit.enabled=true", "audit.mode=blackbox",
+                   f"hydra.sweep.dir={sweep_dir}"], timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
     table = heroes(["sweep-table", str(sweep_dir)])
     assert table.returncode == 0, table.stderr[-3000:]
@@ -286,7 +290,8 @@ def test_sweep_table_audit_and_report(tmp_path: Path) -> None:
     # The deliberately broken run (no noise, claiming epsilon 1) is caught.
     broken_dir = tmp_path / "broken"
     broken = heroes(["simulate", *TINY, "privacy.target_epsilon=1", "audit.enabled=true",
-                     "audit.break_noise_for_testing=true", f"hydra.run.dir={broken_dir}"])
+                     "audit.mode=blackbox", "audit.break_noise_for_testing=true",
+                     f"hydra.run.dir={broken_dir}"])
     assert broken.returncode == 0, broken.stderr[-4000:]
     assert "WARNING: audit.break_noise_for_testing=true" in broken.stderr
     assert "AUDIT FAILED" in broken.stdout

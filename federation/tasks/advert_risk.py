@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from federation import limits
 from federation.data import AdvertTable
 from federation.tasks import Task, TaskParams, register_task
 from federation.text import HashingFeaturizer, SparseRows
@@ -34,10 +35,17 @@ class AdvertRiskParams(TaskParams):
         n = self.num_buckets
         if n < 16 or n & (n - 1):
             p.append(f"task.num_buckets={n} must be a power of two >= 16, e.g. 4096")
-        if self.hidden < 0:
-            p.append(f"task.hidden={self.hidden} must be >= 0 (0 means a linear model)")
-        if self.word_ngrams < 1:
-            p.append(f"task.word_ngrams={self.word_ngrams} must be >= 1")
+        elif n > limits.MAX_BUCKETS:
+            p.append(f"task.num_buckets={n} is above the limit of {limits.MAX_BUCKETS} (2**18), "
+                     "e.g. 4096")
+        if not 0 <= self.hidden <= limits.MAX_HIDDEN:
+            p.append(f"task.hidden={self.hidden} must be 0 to {limits.MAX_HIDDEN} "
+                     "(0 means a linear model)")
+        if not 1 <= self.word_ngrams <= limits.MAX_WORD_NGRAMS:
+            p.append(f"task.word_ngrams={self.word_ngrams} must be 1 to "
+                     f"{limits.MAX_WORD_NGRAMS}")
+        if self.char_max > limits.MAX_CHAR_NGRAM:
+            p.append(f"task.char_max={self.char_max} must be at most {limits.MAX_CHAR_NGRAM}")
         if self.char_max != 0 and not 1 <= self.char_min <= self.char_max:
             p.append(
                 f"task.char_min={self.char_min}, task.char_max={self.char_max} must satisfy "
