@@ -3,26 +3,38 @@
 What is computed. ``m`` canaries, each a *gradient* canary in the sense of Nasr et al.,
 "Tight Auditing of Differentially Private Machine Learning" (USENIX Security 2023): a
 record whose gradient is the Dirac vector ``C * e_j``, norm exactly the clipping norm
-``C``, on its own coordinate ``j`` of the model's flattened parameter vector. Each canary
-is independently a member with probability 1/2 (seeded, ``design``). At every DP-SGD step
+``C``, on its own coordinate ``j`` of the side copy's parameter vector. Each canary is
+independently a member with probability 1/2 (seeded, ``Design``). At every DP-SGD step
 each member enters the sum of clipped gradients with the step's Poisson sampling rate
-``q``, exactly as a real record does, before Opacus adds the noise; non-members never do.
-So a canary is a worst-case record under the accountant's own assumptions (add/remove one
+``q``, exactly as a real record does, as Opacus' clipping leaves a gradient of norm ``C``
+(``DiracCanaries.clipped_value``), before Opacus adds the noise; non-members never do. So
+a canary is a worst-case record under the accountant's own assumptions (add/remove one
 record, sensitivity ``C``, Poisson rate ``q``), and the run's claimed (epsilon, delta)
 covers it.
 
+Where the canaries sit. One run certifies the most with tens of thousands of canaries
+(``optimal_canaries``: 58,300 at delta 1e-5), fourteen times the default model's 4,097
+coordinates. So by default (``audit.gradient_canaries=auto``) the side copy carries, beside
+every model coordinate, audit-only coordinates: one extra parameter tensor that no record's
+loss touches (every record's gradient there is exactly 0, so no record's norm or clipping
+changes) and that the DP optimiser holds as a parameter of its own
+(federation.training.observe_steps): Opacus' ``add_noise`` gives it the noise it gives
+every model coordinate, in the same step, from the same generator, with the same noise
+multiplier (none when the test-only switch removes the noise). One canary per audit-only
+coordinate.
+
 The auditor is the agency itself, white-box: it sees every step's noisy sum before the
 optimiser step (federation.training's ``observer`` hook) and the clipped sum of its own
-records, which it subtracts, so canary ``i`` observes ``x_t = (noisy_t[j] - clean_t[j]) / C``
-= ``Bernoulli(q)`` (member) or ``0`` (non-member), plus ``N(0, sigma^2)`` noise. Its score
-is the log-likelihood ratio of "member" summed over steps,
-``sum_t log(1 - q + q * exp((x_t - 1/2) / sigma^2))`` with the claimed ``sigma`` and ``q``:
-the most powerful test of one canary under the claimed mechanism (Neyman-Pearson), and a
-function of what the agency sees only. The guesses: "member" for the ``k`` highest scores,
-"non-member" for the ``k`` lowest (none when the plan leaves members that are never
-sampled), abstain on the rest, with ``k`` fixed before the run from public quantities
-(``guess_counts``: ``m``, the sampling rate, the planned steps), so no choice made after
-seeing the scores inflates the bound.
+records, which it subtracts (0 on the audit-only coordinates), so canary ``i`` observes
+``x_t = (noisy_t[j] - clean_t[j]) / C`` = ``Bernoulli(q)`` (member) or ``0`` (non-member),
+plus ``N(0, sigma^2)`` noise. Its score is the log-likelihood ratio of "member" summed over
+steps, ``sum_t log(1 - q + q * exp((x_t - 1/2) / sigma^2))`` with the claimed ``sigma``
+and ``q``: the most powerful test of one canary under the claimed mechanism
+(Neyman-Pearson), and a function of what the agency sees only. The guesses: "member" for
+the ``k`` highest scores, "non-member" for the ``k`` lowest (none when the plan leaves
+members that are never sampled), abstain on the rest, with ``k`` fixed before the run from
+public quantities (``guess_counts``: ``m``, the sampling rate, the planned steps), so no
+choice made after seeing the scores inflates the bound.
 
 Steinke, Nasr and Jagielski, "Privacy Auditing with One (1) Training Run" (NeurIPS 2023),
 bound the number of correct guesses in one run of any (epsilon, delta)-DP algorithm: at
@@ -33,15 +45,19 @@ that this test rejects at the stated confidence: with probability at least the c
 an honest (epsilon, delta)-DP run gives a bound at or below its epsilon.
 
 Honest limits. It is a lower bound, never an estimate: an honest run's bound is far below
-its claim (one run, thresholded guesses; about 0.1, 0.4 and 1.0 for claims of 1, 3 and 8).
-With every guess right it certifies at most 7.0 at delta 1e-5 and 95% with the default
-model's 4,097 coordinates (6.4 with member guesses only), and whatever ``m`` is,
-never more than about 8.2 (near m = 30,000, where the ``2 m delta`` term takes over). So a
-run without noise claiming epsilon 8 is caught only with a model of ~2^15 coordinates
-(``task.num_buckets=32768``) and at most a couple of wrong guesses. The audit tests the
-mechanism the agency's code runs (clipping, sampling rate, noise, accounting), on a side
-copy of its training: it cannot see a fault that only the real copy had, nor anything
-outside the agency (aggregation, secure sums).
+its claim (one run, thresholded guesses; about 0.2, 0.5 and 1.0 for claims of 1, 3 and 8).
+The ``2 m delta`` term caps what one run can certify, whatever it leaks: at delta 1e-5 and
+95%, 8.22 at best (28,700 canaries, every guess right); the default 58,300 certify 8.17
+with every guess right, 8.02 with three wrong (7.97 with four), and 7.48 when the plan's
+few steps leave tens of members never sampled and only "member" guesses are made. So a
+run without noise claiming 8 is caught unless it loses four guesses or more to members
+that Poisson sampling never picked (``m/2 (1 - q)^T`` expected: 1.2 with the default
+plan's 710 steps at rate 1/71, so about 4% of such runs are missed; 0.1 in the tests'
+plan); a claim above about 8.2 cannot be tested by one run at delta 1e-5 (the report says
+INCONCLUSIVE when every guess was right). The audit
+tests the mechanism the agency's code runs (clipping, sampling rate, noise, accounting),
+on a side copy of its training: it cannot see a fault that only the real copy had, nor
+anything outside the agency (aggregation, secure sums).
 """
 
 from __future__ import annotations
@@ -69,7 +85,15 @@ SCORES_FILE = "whitebox-scores.npz"
 def one_run_p_value(*, m: int, r: int, v: int, epsilon: float, delta: float) -> float:
     """Probability of ``v`` or more correct guesses out of ``r`` (``m`` canaries) if the
     algorithm is (epsilon, delta)-DP: Steinke, Nasr and Jagielski's reference computation
-    (their ``p_value_DP_audit``), its loop over ``i`` written as one cumulative sum."""
+    (their ``p_value_DP_audit``), its loop over ``i`` written as one cumulative sum.
+
+    ``alpha``, the largest mean of the binomial's ``i`` probabilities just below ``v``,
+    needs only part of them: none but the first when ``v - 1`` is at or below the mode
+    (the terms then only shrink, and so does their mean), and none more than 60 standard
+    deviations (plus 60) below the mode otherwise (they add less than 1e-80 to sums of at
+    least a third, which no mean past them can turn into a larger one). The same value as
+    the reference in double precision, at a fraction of the cost with tens of thousands of
+    canaries."""
     from scipy import stats
 
     if not 0 <= v <= r <= m:
@@ -79,10 +103,14 @@ def one_run_p_value(*, m: int, r: int, v: int, epsilon: float, delta: float) -> 
     q = 1.0 / (1.0 + math.exp(-epsilon))  # accuracy of epsilon-DP randomised response
     beta = float(stats.binom.sf(v - 1, r, q))  # P[Binomial(r, q) >= v]
     alpha = 0.0
-    if v > 0:
+    mode = math.floor((r + 1) * q)
+    if 0 < v <= mode + 1:
+        alpha = float(stats.binom.pmf(v - 1, r, q))
+    elif v > 0:
         # alpha = max over i in 1..v of P[v > Binomial(r, q) >= v - i] / i
-        tail = np.cumsum(stats.binom.pmf(np.arange(v - 1, -1, -1), r, q))
-        alpha = float(np.max(tail / np.arange(1, v + 1)))
+        low = max(0, int(mode - 60 * math.sqrt(r * q * (1 - q)) - 60))
+        tail = np.cumsum(stats.binom.pmf(np.arange(v - 1, low - 1, -1), r, q))
+        alpha = float(np.max(tail / np.arange(1, v - low + 1)))
     return min(1.0, beta + alpha * delta * 2 * m)
 
 
@@ -105,18 +133,33 @@ def one_run_epsilon_lower_bound(*, m: int, r: int, v: int, delta: float,
     return low
 
 
-def guess_counts(m: int, *, sample_rate: float, steps: int) -> tuple[int, int]:
+def guess_counts(m: int, *, sample_rate: float, steps: int, delta: float,
+                 confidence: float) -> tuple[int, int]:
     """How many "member" and "non-member" guesses, fixed before the run from public
-    quantities only (``m``, the plan's sampling rate and planned steps), never from scores.
+    quantities only (``m``, the plan's sampling rate and planned steps, the claimed delta,
+    the confidence), never from scores.
 
     ``k = m/2 - 2 sqrt(m)``: four standard deviations below the expected number of members
     (and of non-members), so that a run that leaks everything can have every guess right.
-    A member that Poisson sampling never picks scores like a non-member; when at least one
-    such member is expected (``m/2 (1 - q)^T >= 1``, few steps) the non-member guesses
-    would be wrong that often, so only "member" guesses are made."""
+    A member that Poisson sampling never picks scores like a non-member, so a run that
+    leaks everything still loses about ``u = m/2 (1 - q)^T`` non-member guesses. Both kinds
+    of guesses are made (``k`` each) unless "member" guesses alone would certify more for
+    such a run (with a plan of few steps, when ``u`` runs into the tens): the bound at
+    ``2k - ceil(u)`` right of ``2k`` against ``k'`` of ``k'``, where ``k' = m/2 - u -
+    2 sqrt(m)`` is as far below the expected number of members ever sampled."""
     k = max(1, int(m / 2 - 2 * math.sqrt(m)))
     never_sampled = m / 2 * (1.0 - sample_rate) ** steps
-    return k, (k if never_sampled < 1 else 0)
+    if never_sampled < 1:
+        return k, k
+    k_members = max(1, int(m / 2 - never_sampled - 2 * math.sqrt(m)))
+    lost = math.ceil(never_sampled)
+    if lost >= k:
+        return k_members, 0
+    both = one_run_epsilon_lower_bound(m=m, r=2 * k, v=2 * k - lost, delta=delta,
+                                       confidence=confidence)
+    members_only = one_run_epsilon_lower_bound(m=m, r=k_members, v=k_members, delta=delta,
+                                               confidence=confidence)
+    return (k, k) if both >= members_only else (k_members, 0)
 
 
 #: The most Dirac canaries one design holds (an audit-only tensor of ~1M floats at most).
@@ -132,19 +175,21 @@ def _all_but_spare_bound(m: int, *, delta: float, confidence: float, spare: int)
 
 
 @functools.lru_cache(maxsize=32)
-def optimal_canaries(*, delta: float, confidence: float, spare: int = 1) -> int:
+def optimal_canaries(*, delta: float, confidence: float, spare: int = 2) -> int:
     """How many Dirac canaries let one run certify the most at (``delta``, ``confidence``)
     when all but ``spare`` guesses are right (``audit.gradient_canaries=auto``).
 
     More canaries mean more guesses but a larger ``2 m delta`` term in the theorem, so the
-    bound of a run that leaks everything peaks at some ``m`` (about ``0.4 / delta``). With
-    every guess right the peak is flat (8.22 at 28,700 canaries at delta 1e-5 and 95%, 8.20
-    at 42,400), but one wrong guess costs 0.13 at 28,700 and 0.07 at 42,400; and a run
-    that leaks everything still loses a guess to each member that Poisson sampling never
-    picks (``m/2 (1 - q)^T``: about 0.8 with the default plan). So the default spares one
-    guess: 42,400 at delta 1e-5 and 95%. A function of public quantities only, fixed before
-    the run. Found by a bounded scalar search over ``log m`` (scipy), at most
-    ``MAX_GRADIENT_CANARIES`` (the peak moves past it only below delta 4e-7)."""
+    bound of a run that leaks everything peaks at some ``m``. With every guess right the
+    peak is flat (at delta 1e-5 and 95%: 8.22 at 28,700 canaries, 8.17 at 58,300), but each
+    wrong guess costs more with fewer canaries (three cost 0.37 at 28,700, 0.15 at 58,300),
+    and a run that leaks everything still loses a guess to each member that Poisson
+    sampling never picks (about ``m/2 (1 - q)^T``: 1.2 with the default plan at 58,300). So
+    the default spares two guesses: 58,300 at delta 1e-5 and 95% (about ``0.58 / delta``),
+    which certify 8.17, 8.12, 8.07, 8.02 and 7.97 with 0 to 4 guesses wrong. A function of
+    public quantities only, fixed before the run. Found by a bounded scalar search over
+    ``log m`` (scipy), at most ``MAX_GRADIENT_CANARIES`` (the peak moves past it only below
+    delta 6e-7)."""
     from scipy.optimize import minimize_scalar
 
     if not 0 < delta < 1:
@@ -155,12 +200,12 @@ def optimal_canaries(*, delta: float, confidence: float, spare: int = 1) -> int:
         return MAX_GRADIENT_CANARIES
 
     def loss(log_m: float) -> float:
-        return -_all_but_spare_bound(int(round(math.exp(log_m))), delta=delta,
+        return -_all_but_spare_bound(round(math.exp(log_m)), delta=delta,
                                      confidence=confidence, spare=spare)
 
     best = minimize_scalar(loss, bounds=(low, high), method="bounded",
                            options={"xatol": 0.02})
-    return int(round(math.exp(float(best.x))))
+    return round(math.exp(float(best.x)))
 
 
 def canary_count(setting: int | str | None, *, num_params: int, delta: float,
@@ -187,7 +232,8 @@ def one_run_audit(scores: np.ndarray, members: np.ndarray, *, delta: float,
     m = int(scores.size)
     if members.shape != scores.shape:
         raise ValueError(f"{members.size} membership bits for {m} scores")
-    k_in, k_out = guess_counts(m, sample_rate=sample_rate, steps=steps)
+    k_in, k_out = guess_counts(m, sample_rate=sample_rate, steps=steps, delta=delta,
+                               confidence=confidence)
     tiebreak = np.random.default_rng([tiebreak_seed, 11]).permutation(m)
     order = np.lexsort((tiebreak, scores))  # ascending score; ties in a fixed random order
     right_members = int(members[order[m - k_in:]].sum())

@@ -4,19 +4,24 @@ Two modes (``audit.mode``), both off unless ``audit.enabled=true``:
 
 ``whitebox`` (the default mode): the audited agency (``audit.agency``: null = the largest,
 an agency id, or ``all``) runs, inside each of its DP rounds, a side copy of its own
-training with Dirac gradient canaries (federation.audit: Nasr et al. 2023, one canary per
-coordinate of the model's parameter vector, half of them members, each entering the
-clipped sum with the record sampling rate) and scores them on every step's noisy update,
-as only the agency itself can see them. After the run the one-run theorem of Steinke, Nasr
-and Jagielski (2023) turns the guesses into an epsilon lower bound at ``audit.confidence``
+training with Dirac gradient canaries (federation.audit: Nasr et al. 2023, half of them
+members, each entering the clipped sum with the record sampling rate) and scores them on
+every step's noisy update, as only the agency itself can see them. By default
+(``audit.gradient_canaries=auto``) there are as many canaries as let one run certify the
+most at the run's delta (58,300 at delta 1e-5): one on every model coordinate and the rest
+on audit-only coordinates of the side copy, which no record touches and which the DP
+optimiser noises like the model's. After the run the one-run theorem of Steinke, Nasr and
+Jagielski (2023) turns the guesses into an epsilon lower bound at ``audit.confidence``
 (split evenly over the audited agencies), set beside the epsilon the agency claims for
 this run at the run's delta. The side copy is thrown away: nothing of it reaches the
 federation, and only the bound and the claim leave the agency's state folder (into the
-summary). It catches a run without noise that claims epsilon 3 (bound about 7 with the
-default 2^12 buckets); a claim of 8 is caught only with a model of about 2^15 coordinates
-(``task.num_buckets=32768``): at delta 1e-5 one run can never certify more than about 8.2.
-An honest run's bound stays below its claim with probability at least the confidence (in
-practice far below: about 0.1, 0.4 and 1.0 for claims of 1, 3 and 8).
+summary). It catches a run without noise that claims epsilon 3 or 8 (bound 8.17 at delta
+1e-5 with every guess right, 8.02 with three wrong; with the default plan about one such
+run in 25 claiming 8 loses four guesses to members never sampled and is missed); one run
+never certifies more than about 8.2 at delta 1e-5, so a larger claim cannot be tested
+(reported INCONCLUSIVE). An honest run's bound stays below its claim with probability at
+least the confidence (in practice far below: about 0.2, 0.5 and 1.0 for claims of 1, 3
+and 8).
 
 ``blackbox``: canary adverts planted in one agency's training export and a
 membership-inference test on the final global model (what anyone holding the model could
@@ -216,10 +221,21 @@ def prepare_audit(cfg: DictConfig, manifest: FederationManifest, settings: RunSe
     return draw_gradient_canaries(a, settings, state_root, seed=seed)
 
 
-INCONCLUSIVE = ("AUDIT INCONCLUSIVE: every guess was right, so the bound sits at the most "
-                "this design can certify, below the claim; the run may leak far more. With "
-                "audit.gradient_canaries=auto that is about the most one run can certify at "
-                "this delta and confidence, so one run cannot test a claim this large")
+INCONCLUSIVE = ("AUDIT INCONCLUSIVE: the claim is at or above the most this design can "
+                "certify (the 'at most' figure), so no run, however much it leaks, could "
+                "contradict it")
+
+
+def _ceiling_note(row: Mapping[str, Any]) -> str:
+    """Why the design certifies no more, and what (if anything) would."""
+    if row["non_member_guesses"] == 0:
+        return ("only 'member' guesses were made (the plan's few steps leave members that "
+                "Poisson sampling never picks); more steps per run certify more")
+    if row["canaries"] < row["auto_canaries"]:
+        return (f"{row['canaries']} canaries; audit.gradient_canaries=auto "
+                f"({row['auto_canaries']}) certifies more")
+    return ("that is about the most one run can certify at this delta and confidence "
+            "(the 2 m delta term of the one-run theorem), so one run cannot test this claim")
 NO_CLAIM = ("no DP claimed (privacy.enabled=false): there are no DP-SGD steps to observe and "
             "no claim to test; audit.mode=blackbox measures what a non-private run leaks")
 
@@ -260,7 +276,14 @@ class WhiteboxAudit:
                  ) -> dict[str, Any]:
         """Each audited agency's bound beside its claim (``model`` is not used: the
         white-box audit looked at the steps, not at the final model)."""
-        from federation.audit import DESIGN_FILE, SCORES_FILE, Design, load_scores, one_run_audit
+        from federation.audit import (
+            DESIGN_FILE,
+            SCORES_FILE,
+            Design,
+            load_scores,
+            one_run_audit,
+            optimal_canaries,
+        )
         from simulation._audit_broken_client import AUDIT_DIR
 
         rows = []
@@ -285,6 +308,8 @@ class WhiteboxAudit:
                                    confidence=self.per_agency_confidence,
                                    sample_rate=scores["sample_rate"],
                                    steps=scores["planned_steps"], tiebreak_seed=design.seed)
+            result["auto_canaries"] = optimal_canaries(delta=float(row["claimed_delta"]),
+                                                       confidence=self.per_agency_confidence)
             rows.append({**row, **result, "steps_observed": scores["steps"],
                          "planned_steps": scores["planned_steps"],
                          "rounds_observed": scores["rounds"],
@@ -296,7 +321,12 @@ class WhiteboxAudit:
                          # every guess right: the bound is at the ceiling of this design
                          # and says nothing about how far past it the run leaks
                          "saturated": bool(result["guesses"] > 0
-                                           and result["correct"] == result["guesses"])})
+                                           and result["correct"] == result["guesses"]),
+                         # a claim at or above that ceiling: no run could contradict it
+                         "untestable": bool(result["best_possible_bound"]
+                                            <= float(row["claimed_epsilon"]))})
+            if rows[-1]["untestable"]:
+                rows[-1]["ceiling_note"] = _ceiling_note(rows[-1])
         audited = [r for r in rows if r["epsilon_lower_bound"] is not None]
         # the sweep's columns: the audited agency closest to (or furthest past) its claim
         top = max(audited, key=lambda r: r["epsilon_lower_bound"] - r["claimed_epsilon"],
@@ -308,7 +338,7 @@ class WhiteboxAudit:
             "claimed_epsilon": top["claimed_epsilon"],
             "claimed_delta": top["claimed_delta"],
             "caught": any(r["caught"] for r in rows),
-            "inconclusive": any(r.get("saturated") and not r["caught"] for r in rows),
+            "inconclusive": any(r.get("untestable") and not r["caught"] for r in rows),
             "confidence": self.audit.confidence,
             "per_agency_confidence": self.per_agency_confidence,
             "unit": UNIT,
@@ -322,11 +352,13 @@ class WhiteboxAudit:
 
 WHITEBOX_METHOD = (
     "white-box Dirac gradient canaries (Nasr et al. 2023) in a side copy of each DP round of "
-    "the audited agency, one per coordinate of the model's parameter vector, each a member "
-    "with probability 1/2 and then sampled like a record; score: the log-likelihood ratio of "
+    "the audited agency, on the model's coordinates and on audit-only coordinates that the DP "
+    "optimiser noises like the model's, each a member with probability 1/2 and then sampled "
+    "like a record; score: the log-likelihood ratio of "
     "membership summed over every step's noisy update; guesses: the k highest 'member', the k "
-    "lowest 'non-member' (none if the plan leaves a member unsampled), k = m/2 - 2 sqrt(m) "
-    "fixed before the run; bound: the largest "
+    "lowest 'non-member', k = m/2 - 2 sqrt(m) fixed before the run (only 'member' guesses "
+    "when the plan leaves so many members never sampled that they alone certify more); "
+    "bound: the largest "
     "epsilon the one-run (epsilon, delta) test of Steinke, Nasr and Jagielski (2023) rejects")
 
 
@@ -339,8 +371,11 @@ def draw_gradient_canaries(a: AuditSettings, settings: RunSettings, state_root: 
     task = get_task(settings.task_name, settings.task_params)
     num_params = sum(p.numel() for p in task.build_model().parameters())
     audit = WhiteboxAudit(audit=a, state_root=state_root, settings=settings, seed=seed)
-    m = canary_count(a.gradient_canaries, num_params=num_params,
-                     delta=settings.privacy.target_delta,
+    delta = settings.privacy.target_delta
+    if delta is None:
+        raise ConfigError(["audit.mode=whitebox tests a claim at the run's delta: set "
+                           "privacy.target_delta (e.g. 1e-5)"], source="audit settings")
+    m = canary_count(a.gradient_canaries, num_params=num_params, delta=delta,
                      confidence=audit.per_agency_confidence)
     for i, agency in enumerate(a.agencies):
         agency_seed = int(np.random.SeedSequence([seed, 12, i]).generate_state(1)[0])
@@ -515,7 +550,8 @@ def render(audit: Mapping[str, Any]) -> str:
                 lines.append(f"  {r['agency']}: {r['status']}")
                 continue
             verdict = ("AUDIT FAILED: the lower bound exceeds the claim" if r["caught"]
-                       else INCONCLUSIVE if r["saturated"] else "not contradicted")
+                       else f"{INCONCLUSIVE}; {r['ceiling_note']}" if r["untestable"]
+                       else "not contradicted")
             lines.append(
                 f"  {r['agency']}: empirical epsilon lower bound {r['epsilon_lower_bound']:.2f} "
                 f"({r['confidence']:.1%} confidence, {r['correct']}/{r['guesses']} guesses "

@@ -385,15 +385,16 @@ def _audit_section(audit: Mapping[str, Any]) -> str:
                         else None),
             "verdict": (r.get("status") if r.get("epsilon_lower_bound") is None else
                         "FAILED: the lower bound exceeds the claim" if r.get("caught")
-                        else "INCONCLUSIVE: every guess right, at the ceiling below the "
-                        "claim" if r.get("saturated") else "not contradicted"),
+                        else "INCONCLUSIVE: the claim is at or above the most this design "
+                        f"can certify ({r.get('ceiling_note', '')})" if r.get("untestable")
+                        else "not contradicted"),
             "guessed": (f"{r['correct']} of {r['guesses']} ({r['canaries']} canaries)"
                         if "guesses" in r else None),
         })
     verdict = ("<span class='bad'>FAILED: a lower bound exceeds its claim</span>"
                if audit.get("caught") else
-               "<span class='bad'>INCONCLUSIVE: every guess right, the bound at its ceiling "
-               "below the claim (audit with more model coordinates)</span>"
+               "<span class='bad'>INCONCLUSIVE: a claim at or above the most the design can "
+               "certify, which no run could contradict</span>"
                if audit.get("inconclusive") else "<span class='ok'>not contradicted</span>")
     bars = bar_chart("Privacy audit: epsilon per audited agency (per advert record)",
                      [r["agency"] for r in rows],
@@ -414,9 +415,11 @@ def _audit_section(audit: Mapping[str, Any]) -> str:
         columns[2:2] = [("guessed", "right guesses"),
                         ("ceiling", "at most (every guess right)")]
         note = ("<p class='note'>A lower bound, not an estimate: an honest run's bound is far "
-                "below its claim. One run can certify at most the 'at most' column (about 7 "
-                "with the default model's 4,097 coordinates, never more than about 8.2 at "
-                "delta 1e-5), so a run without noise that claims more is not caught. Method: "
+                "below its claim. One run can certify at most the 'at most' column: with the "
+                "default number of canaries (audit.gradient_canaries=auto, 58,300 at delta "
+                "1e-5) about 8.2 at delta 1e-5, the most the one-run theorem allows whatever "
+                "the run leaks (about 7.5 when the plan's few steps allow only 'member' "
+                "guesses), so a claim above that cannot be tested by one run. Method: "
                 + _e(audit.get("method", "")) + ".</p>")
     else:
         head = ("<h3>Privacy audit (black-box canaries)</h3>" + warn

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 
@@ -77,7 +76,10 @@ def _paper_p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
 @pytest.mark.parametrize(("m", "r", "v", "eps", "delta"), [
     (1000, 1000, 1000, 5.0, 1e-5), (1000, 600, 600, 4.0, 1e-5), (1000, 200, 150, 1.0, 1e-5),
     (4097, 3840, 3839, 6.5, 1e-5), (100, 100, 70, 0.5, 0.0), (500, 40, 0, 2.0, 1e-5),
-    (8193, 7830, 7828, 7.5, 1e-5)])
+    (8193, 7830, 7828, 7.5, 1e-5),
+    # below the mode (alpha is the first term) and far above it (the sum is cut 60 sd
+    # below the mode)
+    (4097, 3840, 2000, 0.3, 1e-5), (4097, 3840, 3500, 1.0, 1e-3), (2000, 1900, 1890, 9.0, 1e-5)])
 def test_p_value_is_the_papers_reference_computation(m: int, r: int, v: int, eps: float,
                                                      delta: float) -> None:
     assert one_run_p_value(m=m, r=r, v=v, epsilon=eps, delta=delta) == pytest.approx(
@@ -94,27 +96,29 @@ def test_all_correct_guesses_without_delta_give_the_closed_form() -> None:
     # delta costs: 2 m delta times the tail term, so perfect guessing certifies less...
     assert one_run_epsilon_lower_bound(m=r, r=r, v=r, delta=1e-5, confidence=0.95) < bound
     # ...and at delta 1e-5 no number of canaries certifies much more than 8.2.
-    ceilings = [one_run_epsilon_lower_bound(m=m, r=2 * guess_counts(m, sample_rate=0.1,
-                                                                    steps=1000)[0],
-                                            v=2 * guess_counts(m, sample_rate=0.1,
-                                                               steps=1000)[0],
-                                            delta=1e-5, confidence=0.95)
-                for m in (4097, 32769, 65537)]
-    assert ceilings[0] == pytest.approx(7.045, abs=0.01)  # the default model
-    assert ceilings[1] == pytest.approx(8.218, abs=0.01)  # task.num_buckets=32768
+    def ceiling(m: int) -> float:
+        k = guess_counts(m, sample_rate=0.1, steps=1000, delta=DELTA, confidence=0.95)[0]
+        return one_run_epsilon_lower_bound(m=m, r=2 * k, v=2 * k, delta=DELTA,
+                                           confidence=0.95)
+
+    ceilings = [ceiling(m) for m in (4097, 28709, 65537)]
+    assert ceilings[0] == pytest.approx(7.045, abs=0.01)  # one per default model coordinate
+    assert ceilings[1] == pytest.approx(8.225, abs=0.01)  # about the most one run certifies
     assert ceilings[2] < ceilings[1]
 
 
-def test_auto_canaries_certify_8_with_two_guesses_to_spare() -> None:
-    # audit.gradient_canaries=auto: the m at which one run certifies the most with one
-    # wrong guess; within 0.03 of the most it certifies with every guess right (8.22)
+def test_auto_canaries_certify_8_with_three_guesses_wrong() -> None:
+    # audit.gradient_canaries=auto: the m at which one run certifies the most with two
+    # wrong guesses; within 0.06 of the most it certifies with every guess right (8.22)
     m = optimal_canaries(delta=DELTA, confidence=0.95)
-    assert m == pytest.approx(42_400, rel=0.03)
-    k = guess_counts(m, sample_rate=1 / 71, steps=710)[0]
+    assert m == pytest.approx(58_300, rel=0.04)
+    # the default plan's largest agency: 710 steps at rate 1/71, both kinds of guesses
+    k, k_out = guess_counts(m, sample_rate=1 / 71, steps=710, delta=DELTA, confidence=0.95)
+    assert k_out == k
     bounds = [one_run_epsilon_lower_bound(m=m, r=2 * k, v=2 * k - wrong, delta=DELTA,
-                                          confidence=0.95) for wrong in (0, 2, 3)]
-    assert bounds[0] == pytest.approx(8.20, abs=0.01)
-    assert bounds[1] > 8.03 and bounds[2] < 8.0  # a run leaking everything: caught at 8
+                                          confidence=0.95) for wrong in (0, 3, 4)]
+    assert bounds[0] == pytest.approx(8.17, abs=0.01)
+    assert bounds[1] > 8.0 > bounds[2]  # a run leaking everything: caught at 8
     assert canary_count("auto", num_params=4097, delta=DELTA, confidence=0.95) == m
     assert canary_count(None, num_params=4097, delta=DELTA, confidence=0.95) == 4097
     assert preflight.MAX_GRADIENT_CANARIES == MAX_GRADIENT_CANARIES
@@ -134,9 +138,14 @@ def test_the_bound_holds_for_randomised_response() -> None:
 
 
 def test_guesses_are_fixed_by_public_quantities() -> None:
-    assert guess_counts(4097, sample_rate=1 / 71, steps=710) == (1920, 1920)
-    # 16 steps at rate 1/4: about 20 members never sampled; members-only guesses
-    assert guess_counts(4097, sample_rate=0.25, steps=16) == (1920, 0)
+    public = {"delta": DELTA, "confidence": 0.95}
+    assert guess_counts(4097, sample_rate=1 / 71, steps=710, **public) == (1920, 1920)
+    # 16 steps at rate 1/4: about 20 members never sampled; "member" guesses only, 4 sd
+    # below the expected number of members ever sampled
+    assert guess_counts(4097, sample_rate=0.25, steps=16, **public) == (1899, 0)
+    # 600 steps at 1/71: about 6 of 58,000 never sampled; losing 6 non-member guesses
+    # still certifies more than member guesses alone
+    assert guess_counts(58_000, sample_rate=1 / 71, steps=600, **public) == (28518, 28518)
 
 
 # --------------------------------------------------------------------------- in DP-SGD
@@ -218,15 +227,15 @@ def test_a_run_without_noise_claiming_3_is_caught() -> None:
     assert claimed == pytest.approx(3.0, abs=0.02)  # what the broken run reports
     # the default design: every model coordinate plus audit-only ones, about 42,400 in all
     assert canaries.design.num_params == 4097 and canaries.design.audit_coordinates > 30_000
-    assert audit["epsilon_lower_bound"] > claimed + 5, audit  # about 8.2
+    assert audit["epsilon_lower_bound"] > claimed + 5, audit  # 8.17
 
 
 def test_a_run_without_noise_claiming_8_is_caught_at_the_default_settings() -> None:
     claimed, _, audit = audited_round(claim=8.0, broken=True)
     assert claimed == pytest.approx(8.0, abs=0.05)
-    assert audit["epsilon_lower_bound"] > claimed, audit  # 8.20 with every guess right
+    assert audit["epsilon_lower_bound"] > claimed, audit  # 8.17 with every guess right
     # one canary per model coordinate (4,097, the previous default) cannot certify 8
-    k = guess_counts(4097, sample_rate=1 / 13, steps=156)[0]
+    k = guess_counts(4097, sample_rate=1 / 13, steps=156, delta=DELTA, confidence=0.95)[0]
     assert one_run_epsilon_lower_bound(m=4097, r=2 * k, v=2 * k, delta=DELTA,
                                        confidence=0.95) < 7.1
 
@@ -237,7 +246,7 @@ def test_honest_runs_stay_at_or_below_their_claim(claim: float) -> None:
         claimed, _, audit = audited_round(claim=claim, broken=False, seed=seed)
         assert claimed <= claim + 1e-9
         assert audit["epsilon_lower_bound"] <= claimed, (seed, audit)
-        assert audit["canaries"] > 40_000  # the design that catches a claim of 8
+        assert audit["canaries"] > 55_000  # the design that catches a claim of 8
 
 
 def test_canaries_enter_the_clipped_sum_like_a_record() -> None:
@@ -348,6 +357,42 @@ def test_the_side_copy_never_changes_the_agencys_model(tmp_path: Path) -> None:
     assert np.mean(scores["total"][member_unused] > 0) > 0.9  # (1 - q)^steps are never drawn
     train(model, x, y, **settings)  # the next round adds to the same scores
     assert load_scores(tmp_path / SCORES_FILE)["rounds"] == 2
+
+
+def test_a_claim_above_what_the_design_can_certify_is_inconclusive(tmp_path: Path) -> None:
+    # 52 steps at rate 1/13 leave ~450 members never sampled: "member" guesses only, which
+    # certify at most ~7.5. Without noise a claim of 3 is caught; a claim of 8 or 9 can be
+    # contradicted by no run of this plan, so it is INCONCLUSIVE, never "passed".
+    from federation.config import RunSettings
+    from simulation import report
+    from simulation._audit_broken_client import AUDIT_DIR
+    from simulation.audit import AuditSettings, WhiteboxAudit, render
+
+    claimed, canaries, _ = audited_round(claim=3.0, broken=True, epochs=4)
+    folder = tmp_path / "a" / AUDIT_DIR
+    canaries.design.save(folder / DESIGN_FILE)
+    canaries.save(folder / SCORES_FILE, rounds=1)
+    audit = WhiteboxAudit(
+        audit=AuditSettings(mode="whitebox", agencies=("a",), confidence=0.95, broken=True,
+                            canaries=200, gradient_canaries="auto"),
+        state_root=tmp_path, seed=0, settings=RunSettings.from_flat(
+            {"task.name": "advert-risk", "privacy.target_epsilon": 3.0,
+             "privacy.target_delta": DELTA}))
+    verdicts = {}
+    for claim in (claimed, 8.0, 9.0):
+        out = audit.evaluate(torch.nn.Linear(1, 1), [{"agency": "a", "run_epsilon": claim,
+                                                      "epsilon": claim, "delta": DELTA}])
+        (row,) = out["agencies"]
+        assert row["non_member_guesses"] == 0 and row["best_possible_bound"] < 7.6
+        verdicts[claim] = (out["caught"], out["inconclusive"], render(out),
+                           report._audit_section(out))
+    caught, inconclusive, text, html = verdicts[claimed]
+    assert caught and not inconclusive and "AUDIT FAILED" in text and "FAILED" in html
+    for claim in (8.0, 9.0):
+        caught, inconclusive, text, html = verdicts[claim]
+        assert not caught and inconclusive, claim
+        assert "AUDIT INCONCLUSIVE" in text and "only 'member' guesses" in text
+        assert "audit passed" not in text and "INCONCLUSIVE" in html
 
 
 # --------------------------------------------------------------------------- heroes simulate
