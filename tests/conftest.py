@@ -44,3 +44,14 @@ def _restore_logging() -> Iterator[None]:
             for handler in lg.handlers[:]:
                 lg.removeHandler(handler)
                 handler.close()
+
+
+@pytest.fixture(autouse=True)
+def _restore_std_streams() -> Iterator[None]:
+    """The same for sys.stdout and sys.stderr: an in-process entry point may leave them
+    pointing at a stream that is closed once the test's capture ends."""
+    import sys
+
+    out, err = sys.stdout, sys.stderr
+    yield
+    sys.stdout, sys.stderr = out, err

@@ -4,7 +4,7 @@ ends with the quorum error instead of hanging.
 
 The bad configurations go through the real command: a few through `heroes simulate` in a
 subprocess, the rest through the same entry point in-process (simulation/cli.py main),
-which is what the console script calls.
+which is what the console script calls, each in its own process.
 """
 
 from __future__ import annotations
@@ -15,16 +15,72 @@ import signal
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from simulation.cli import main
-
 ROOT = Path(__file__).resolve().parents[1]
 HEROES = Path(sys.executable).parent / "heroes"
 QUICK = "experiment=quick"  # three agencies; every case below is bad in one way
+
+
+_WORKER = """
+import contextlib, io, json, sys
+from simulation.cli import main
+for line in sys.stdin:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(json.loads(line))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    sys.__stdout__.write(json.dumps([code, out.getvalue(), err.getvalue()]) + "\\n")
+    sys.__stdout__.flush()
+"""
+_worker: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cli_worker() -> Iterator[None]:
+    """One interpreter that runs every in-process `heroes` call of this module.
+
+    In the test process itself, Hydra's @hydra.main reconfigures logging and streams; after
+    the suite's earlier in-process Flower simulations that ended the whole pytest run ("lost
+    sys.stderr"). A fresh interpreter per call costs about 8 s of imports, so the calls share
+    one worker, which runs the real entry point (simulation/cli.py main) in-process."""
+    proc = subprocess.Popen([sys.executable, "-c", _WORKER], cwd=ROOT, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+    _worker.append(proc)
+    try:
+        yield
+    finally:
+        _worker.clear()
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def main(argv: list[str]) -> int:
+    """`heroes ARGV` through the module's worker; its output goes to this test's capture."""
+    proc = _worker[0]
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(argv) + "\n")
+    proc.stdin.flush()
+    line = proc.stdout.readline()
+    assert line, "the CLI worker died"
+    code, out, err = json.loads(line)
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    return int(code)
 
 #: (overrides, what the message must say). Each cannot run as configured.
 BAD: list[tuple[list[str], list[str]]] = [
