@@ -606,6 +606,11 @@ def _masked_reply(msg: Message, agency: str, packed: bytes, *, policy: Policy,
                       {"masked": Array(np.frombuffer(packed, dtype=np.uint8))})})
 
 
+def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """A record's arrays as numpy (federation/secagg.py never sees a Flower type)."""
+    return {name: arr.numpy() for name, arr in record.items()}
+
+
 def _weight(count: float, settings: NodeView) -> tuple[float, float]:
     """(capped count, weight): the node's own share of the mean, never the server's."""
     capped = float(min(count, settings.secagg.max_weight))
@@ -630,8 +635,8 @@ def secagg_masked_train(msg: Message, context: Context) -> Outgoing:
         return Outgoing(_reply(msg, t.node.agency, status=t.status, reason=t.public_reason,
                                ledger=_attest(t.node.state_dir),
                                shared=_shared(t.policy, t.figures)), t.figures)
-    global_flat, _ = sa.flatten(msg.content.array_records["arrays"])
-    trained, _ = sa.flatten(ArrayRecord(t.model.state_dict()))
+    global_flat, _ = sa.flatten(_numpy(msg.content.array_records["arrays"]))
+    trained, _ = sa.flatten(_numpy(ArrayRecord(t.model.state_dict())))
     capped, weight = _weight(t.figures["num-examples"], w.settings)
     layout = sa.train_layout(global_flat.size, w.settings.secagg.clip_range)
     loss = t.figures["train_loss"] if math.isfinite(t.figures["train_loss"]) else 0.0

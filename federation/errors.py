@@ -6,7 +6,8 @@
     ├── DataError            an agency's files cannot be used as they are
     ├── TaskError            an unknown task name, or a task used against its contract
     ├── FederationError      a round could not be completed as configured
-    │   └── QuorumError          fewer agencies replied than the configured quorum
+    │   ├── QuorumError          fewer agencies replied than the configured quorum
+    │   └── ProtocolError        a message or run summary lacks a required key
     ├── DeploymentError      a consortium or agency deployment step cannot go ahead
     │                        (keys, certificates, addresses, registrations, processes)
     ├── SignatureError       a signature is missing, malformed, or does not verify
@@ -237,6 +238,12 @@ class FederationError(HeroesError):
 
 class QuorumError(FederationError):
     """Fewer agencies replied usefully than the configured quorum."""
+
+
+class ProtocolError(FederationError):
+    """A message or a run summary lacks a key the protocol requires, or holds one of the
+    wrong kind (federation/protocol.py). The message names the key and where it was looked
+    for, never the value; a node forwards it as it is (it quotes only protocol names)."""
 
 
 class DeploymentError(HeroesError):

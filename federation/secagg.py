@@ -44,7 +44,6 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes, serialization
@@ -56,9 +55,6 @@ from numpy.typing import ArrayLike
 
 from federation.errors import FederationError
 from federation.metrics import SCORE_BINS
-
-if TYPE_CHECKING:
-    from flwr.app import ArrayRecord
 
 PRIME = 2**130 - 5  # Poly1305's prime: the Shamir field; seeds are 128-bit
 SEED_BYTES = 16
@@ -165,25 +161,27 @@ def mask_stream(key: bytes, length: int, bits: int) -> np.ndarray:
 
 # --- model arrays as one vector -----------------------------------------------------------
 
-def flatten(arrays: ArrayRecord) -> tuple[np.ndarray, list[tuple[str, tuple[int, ...], str]]]:
+ArrayLayout = list[tuple[str, tuple[int, ...], str]]
+
+
+def flatten(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, ArrayLayout]:
+    """Named arrays as one float64 vector and the layout to undo it. Plain numpy, so that
+    federation/ stays free of Flower: clients/ and server/ convert their ArrayRecords."""
     parts, layout = [], []
-    for key, arr in arrays.items():
-        a = arr.numpy()
+    for key, a in arrays.items():
         layout.append((key, tuple(a.shape), str(a.dtype)))
         parts.append(a.astype(np.float64).reshape(-1))
     return np.concatenate(parts), layout
 
 
-def unflatten(flat: np.ndarray, layout: list[tuple[str, tuple[int, ...], str]]) -> ArrayRecord:
-    from flwr.app import Array, ArrayRecord
-
-    out: dict[str, Array] = {}
+def unflatten(flat: np.ndarray, layout: ArrayLayout) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
     pos = 0
     for key, shape, dtype in layout:
         n = int(np.prod(shape)) if shape else 1
-        out[key] = Array(flat[pos:pos + n].reshape(shape).astype(dtype))
+        out[key] = flat[pos:pos + n].reshape(shape).astype(dtype)
         pos += n
-    return ArrayRecord(out)
+    return out
 
 
 # --- quantisation, vector layouts and packing -----------------------------------------------

@@ -15,7 +15,6 @@ update is not in the checkpoint, and the round is run again.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Iterable
@@ -31,7 +30,8 @@ from flwr.serverapp.strategy import Strategy
 
 from federation.config import RunSettings
 from federation.errors import ConfigError
-from server.strategy import NodeOutcome, RoundRecord, RunLog
+from federation.protocol import RoundRecord
+from server.strategy import AccountableStrategy, RunLog
 
 CHECKPOINTS = "checkpoints"
 _NAME = re.compile(r"^round-(\d{4,})\.pt$")
@@ -42,16 +42,18 @@ def checkpoint_path(out: Path, server_round: int) -> Path:
     return out / CHECKPOINTS / f"round-{server_round:04d}.pt"
 
 
-def _optimiser_state(strategy: Strategy) -> dict[str, dict[str, torch.Tensor]]:
+def _optimiser_state(strategy: AccountableStrategy) -> dict[str, dict[str, torch.Tensor]]:
+    """The server optimiser's state: FedAdam's attributes on Flower's strategy at the core."""
     state: dict[str, dict[str, torch.Tensor]] = {}
     for name in _OPTIMISER_STATE:
-        value = getattr(strategy, name, None)
+        value = getattr(strategy.base, name, None)
         if isinstance(value, dict):
             state[name] = {k: torch.from_numpy(np.array(v)) for k, v in value.items()}
     return state
 
 
-def write_checkpoint(out: Path, *, server_round: int, arrays: ArrayRecord, strategy: Strategy,
+def write_checkpoint(out: Path, *, server_round: int, arrays: ArrayRecord,
+                     strategy: AccountableStrategy,
                      run_log: RunLog, settings: RunSettings) -> Path:
     """Write one round's checkpoint whole or not at all."""
     path = checkpoint_path(out, server_round)
@@ -62,7 +64,8 @@ def write_checkpoint(out: Path, *, server_round: int, arrays: ArrayRecord, strat
                     "state_dict": arrays.to_torch_state_dict(),
                     "strategy": settings.strategy.name,
                     "optimiser_state": _optimiser_state(strategy),
-                    "rounds": [r for r in run_log.to_json() if r["round"] <= server_round],
+                    "rounds": [r.to_json() for r in run_log.records()
+                               if r.round <= server_round],
                     "settings": settings.to_flat()}, handle)
         handle.flush()
         os.fsync(handle.fileno())
@@ -117,24 +120,14 @@ def load_checkpoint(resume_from: Path, settings: RunSettings) -> Resume:
                   optimiser_state=saved["optimiser_state"], rounds=saved["rounds"], path=path)
 
 
-def restore(strategy: Strategy, run_log: RunLog, resume: Resume) -> None:
-    """Put the server optimiser's state and the metrics history back."""
+def restore(strategy: AccountableStrategy, run_log: RunLog, resume: Resume) -> None:
+    """Put the server optimiser's state and the metrics history back. The optimiser's
+    attributes are Flower's own (FedOpt keeps them on the strategy), set as FedOpt sets them."""
     for name, arrays in resume.optimiser_state.items():
-        setattr(strategy, name, {k: v.numpy() for k, v in arrays.items()})
-
-    def nan(d: dict[str, float | None]) -> dict[str, float]:
-        return {k: math.nan if v is None else float(v) for k, v in d.items()}
-
-    def outcomes(rows: list[dict[str, Any]]) -> list[NodeOutcome]:
-        return [NodeOutcome(int(o["node_id"]), str(o["agency"]), str(o["status"]),
-                            str(o["reason"]), nan(o["metrics"])) for o in rows]
-
+        setattr(strategy.base, name, {k: v.numpy() for k, v in arrays.items()})
     for r in resume.rounds:
-        run_log.rounds[int(r["round"])] = RoundRecord(
-            round=int(r["round"]), train=outcomes(r["train"]), evaluate=outcomes(r["evaluate"]),
-            train_aggregate=nan(r["train_aggregate"]),
-            evaluate_aggregate=nan(r["evaluate_aggregate"]),
-            wall_seconds=math.nan if r["wall_seconds"] is None else float(r["wall_seconds"]))
+        record = RoundRecord.from_json(r, where=f"checkpoint {resume.path}")
+        run_log.rounds[record.round] = record
 
 
 class ContinuedStrategy(Strategy):

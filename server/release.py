@@ -28,6 +28,7 @@ from federation.appsign import manifest_digest
 from federation.bundle import BUNDLE_FORMAT, CARD_JSON, CARD_MD, WEIGHTS
 from federation.config import RunSettings
 from federation.errors import DeploymentError
+from federation.protocol import SUMMARY_FILE, Metric, RoundRecord, RunSummary, Status
 from federation.schema import SCHEMA_VERSION
 from federation.signing import file_sha256, key_fingerprint, load_private_key, sign_file
 from federation.text import FEATURES_VERSION
@@ -64,58 +65,53 @@ def _finite(v: object) -> float | None:
     return None
 
 
-def _agencies_from_rounds(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per-agency rows from the round log alone (an aggregator output folder)."""
+def _agencies_from_rounds(rounds: list[RoundRecord]) -> list[dict[str, Any]]:
+    """Per-agency rows from the round log alone (an aggregator output folder). A figure an
+    agency's policy does not share is absent from its outcome, and None here."""
     names: list[str] = []
     for r in rounds:
-        for o in r.get("train", []) + r.get("evaluate", []):
-            if o["agency"] not in names:
-                names.append(o["agency"])
+        for o in r.train + r.evaluate:
+            if o.agency not in names:
+                names.append(o.agency)
     rows = []
     for name in names:
-        trained = [o for r in rounds for o in r.get("train", [])
-                   if o["agency"] == name and o["status"] == "ok"]
-        evaluated = [o for r in rounds for o in r.get("evaluate", [])
-                     if o["agency"] == name and o["status"] == "ok"]
-        last = trained[-1]["metrics"] if trained else {}
+        trained = [o for r in rounds for o in r.train
+                   if o.agency == name and o.status is Status.OK]
+        evaluated = [o for r in rounds for o in r.evaluate
+                     if o.agency == name and o.status is Status.OK]
+        last = trained[-1].metrics if trained else {}
         rows.append({
             "agency": name,
-            "train_examples": last.get("num-examples"),
+            "train_examples": last.get(Metric.NUM_EXAMPLES),
             "rounds_trained": len(trained),
-            "epsilon": last.get("epsilon"),
-            "delta": last.get("delta"),
-            "run_epsilon": last.get("run_epsilon"),
-            "noise_multiplier": last.get("noise_multiplier"),
-            "sample_rate": last.get("sample_rate"),
-            "steps_per_round": last.get("steps"),
-            "local_roc_auc": evaluated[-1]["metrics"].get("roc_auc") if evaluated else None,
+            "epsilon": last.get(Metric.EPSILON),
+            "delta": last.get(Metric.DELTA),
+            "run_epsilon": last.get(Metric.RUN_EPSILON),
+            "noise_multiplier": last.get(Metric.NOISE_MULTIPLIER),
+            "sample_rate": last.get(Metric.SAMPLE_RATE),
+            "steps_per_round": last.get(Metric.STEPS),
+            "local_roc_auc": evaluated[-1].metrics.get(Metric.ROC_AUC) if evaluated else None,
         })
     return rows
 
 
-def _agencies(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    rounds = metrics.get("rounds", [])
-    from_rounds = {row["agency"]: row for row in _agencies_from_rounds(rounds)}
-    table = metrics.get("agencies")
-    if not table:
+def _agencies(summary: RunSummary) -> list[dict[str, Any]]:
+    from_rounds = {row["agency"]: row for row in _agencies_from_rounds(summary.rounds)}
+    if not summary.agencies:  # an aggregator's output: its round log is all there is
         rows = list(from_rounds.values())
     else:
         rows = []
-        for a in table:
+        for a in summary.agencies:
             extra = from_rounds.get(a["agency"], {})
             rows.append({
                 "agency": a["agency"],
-                "train_examples": a.get("train_examples"),
-                "rounds_trained": a.get("rounds_trained"),
-                "epsilon": a.get("epsilon"),
-                "delta": a.get("delta"),
-                "run_epsilon": a.get("run_epsilon"),
-                "ledger_epsilon": a.get("ledger_epsilon"),
-                "noise_multiplier": a.get("noise_multiplier"),
+                **{key: a[key] for key in ("train_examples", "rounds_trained", "epsilon",
+                                           "delta", "run_epsilon", "ledger_epsilon",
+                                           "noise_multiplier")},
                 "sample_rate": extra.get("sample_rate"),
                 "steps_per_round": extra.get("steps_per_round"),
-                "local_roc_auc": a.get("local_roc_auc"),
-                "stopped": a.get("stopped"),
+                "local_roc_auc": a["local_roc_auc"],
+                "stopped": a["stopped"],
             })
     for row in rows:
         row["epsilon_unit"] = UNIT
@@ -127,25 +123,25 @@ def _agencies(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _global_metrics(metrics: dict[str, Any], agencies: list[dict[str, Any]]) -> dict[str, Any]:
+def _global_metrics(summary: RunSummary, agencies: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if "global" in metrics:
-        out["pooled_test"] = metrics["global"]
+    if summary.global_metrics is not None:
+        out["pooled_test"] = summary.global_metrics
         out["pooled_test_note"] = ("simulation: the pooled entity-disjoint test split of every "
                                    "agency, scored centrally by the simulator")
-    rounds = metrics.get("rounds", [])
-    if rounds and rounds[-1].get("evaluate_aggregate"):
+    rounds = summary.rounds
+    if rounds and rounds[-1].evaluate_aggregate:
         out["federated_evaluation_last_round"] = {
-            k: _finite(v) for k, v in rounds[-1]["evaluate_aggregate"].items()}
+            k: _finite(v) for k, v in rounds[-1].evaluate_aggregate.items()}
     aucs = [(a["agency"], a["local_roc_auc"]) for a in agencies
-            if _finite(a.get("local_roc_auc")) is not None]
+            if _finite(a["local_roc_auc"]) is not None]
     if aucs:
         worst = min(aucs, key=lambda item: float(item[1]))
         out["worst_agency"] = {"agency": worst[0], "local_roc_auc": worst[1]}
     return out
 
 
-def _load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _load_run(run_dir: Path) -> tuple[dict[str, Any], RunSummary]:
     problems = [f"{run_dir / name} is missing" for name in (WEIGHTS, "metrics.json")
                 if not (run_dir / name).is_file()]
     if problems:
@@ -159,11 +155,10 @@ def _load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         if key not in saved:
             raise DeploymentError(f"{run_dir / WEIGHTS} lacks {key!r}; it was not written by "
                                   "heroes-fl's ServerApp.")
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    return saved, metrics
+    return saved, RunSummary.read(run_dir / SUMMARY_FILE)
 
 
-def build_card(run_dir: Path, saved: dict[str, Any], metrics: dict[str, Any], *,
+def build_card(run_dir: Path, saved: dict[str, Any], metrics: RunSummary, *,
                weights_sha256: str, released_at: float, signer: str,
                app_bundle_sha256: str) -> dict[str, Any]:
     settings = RunSettings.from_flat(saved["settings"], source=f"{run_dir / WEIGHTS} settings")
@@ -182,7 +177,7 @@ def build_card(run_dir: Path, saved: dict[str, Any], metrics: dict[str, Any], *,
                      "code": _code_version(), "app_bundle_sha256": app_bundle_sha256},
         "training": {"strategy": settings.strategy.name,
                      "rounds_planned": settings.strategy.num_rounds,
-                     "rounds_completed": len(metrics.get("rounds", [])),
+                     "rounds_completed": len(metrics.rounds),
                      "local_epochs": settings.train.local_epochs,
                      "batch_size": settings.train.batch_size},
         "privacy": {

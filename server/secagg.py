@@ -40,6 +40,7 @@ from federation import metrics as fm
 from federation import secagg as sa
 from federation.config import RunSettings, SecAggSettings
 from federation.errors import FederationError
+from server.robust import to_numpy, to_record
 
 if TYPE_CHECKING:
     from server.ledger_heads import HeadBook
@@ -286,7 +287,7 @@ class SecAggGrid:
         if not live.open(self._take_prepared()):
             return live.results()
         by_node = {m.metadata.dst_node_id: m for m in msgs}
-        flat, layout = sa.flatten(by_node[live.nodes[0]].content.array_records["arrays"])
+        flat, layout = sa.flatten(to_numpy(by_node[live.nodes[0]].content.array_records["arrays"]))
         extra = {n: RecordDict({"arrays": by_node[n].content.array_records["arrays"],
                                 "config": by_node[n].content.config_records["config"]})
                  for n in live.pending}
@@ -301,7 +302,7 @@ class SecAggGrid:
         if examples <= 0:
             return live.abort("the agencies in the sum reported no training examples")
         mean = cap * sums["update"] / examples
-        new_arrays = sa.unflatten(flat + mean, layout)
+        new_arrays = to_record(sa.unflatten(flat + mean, layout))
         pooled = {"train_loss": float(cap * sums["loss"][0] / examples),
                   "examples": examples,
                   "rows_set_aside": float(sums["rows_set_aside"][0]),

@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from federation.config import RunSettings
+from federation.protocol import SUMMARY_FILE, PrivacySummary, RunSummary
 from federation.tasks import get_task
 from server import secagg
 from server.checkpoint import ContinuedStrategy, load_checkpoint, restore, write_checkpoint
@@ -44,13 +45,17 @@ def write_outputs(out: Path, settings: RunSettings, state: dict[str, torch.Tenso
     torch.save({"task": settings.task_name, "task_params": dict(settings.task_params),
                 "state_dict": state, "settings": settings.to_flat()}, tmp)
     tmp.replace(out / "model.pt")
-    for name, payload in (
-        ("metrics.json", {"rounds": run_log.to_json(), "wall_seconds": wall_s}),
-        ("config.json", {k: _jsonable(v) for k, v in settings.to_flat().items()}),
-    ):
-        t = out / f"{name}.tmp"
-        t.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-        t.replace(out / name)
+    round_log(settings, run_log, wall_s).write(out / SUMMARY_FILE)
+    config = {k: _jsonable(v) for k, v in settings.to_flat().items()}
+    t = out / "config.json.tmp"
+    t.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    t.replace(out / "config.json")
+
+
+def round_log(settings: RunSettings, run_log: RunLog, wall_s: float) -> RunSummary:
+    """The server's metrics.json: the run summary with what only a simulation knows null."""
+    return RunSummary(rounds=run_log.records(), wall_seconds=wall_s,
+                      privacy=PrivacySummary.of(settings.privacy))
 
 
 @app.main()
@@ -93,12 +98,8 @@ def main(grid: Grid, context: Context) -> None:
         # Whatever happened, keep what the rounds so far showed, and the heads seen.
         heads.save()
         wall = time.monotonic() - start
-        (out / "partial").mkdir(parents=True, exist_ok=True)
-        (out / "partial" / "metrics.json").write_text(
-            json.dumps({"rounds": run_log.to_json(), "wall_seconds": wall}, indent=2),
-            encoding="utf-8",
-        )
+        round_log(settings, run_log, wall).write(out / "partial" / SUMMARY_FILE)
     write_outputs(out, settings, result.arrays.to_torch_state_dict(), run_log, wall)
-    (out / "partial" / "metrics.json").unlink()
+    (out / "partial" / SUMMARY_FILE).unlink()
     (out / "partial").rmdir()
     log.info("saved model and metrics to %s", out)

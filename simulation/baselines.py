@@ -16,7 +16,6 @@ with the DP arm's node feature caches.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -34,10 +33,13 @@ from federation.config import RunSettings, Scalar
 from federation.data import AgencyData
 from federation.errors import ConfigError
 from federation.privacy import epsilon_spent, plan_noise
+from federation.protocol import SUMMARY_FILE, PrivacySummary, RoundRecord, RunSummary
 from federation.tasks import Task, get_task
 from federation.text import SparseRows
 from federation.training import predict_proba, train_local
+from simulation.federation_run import run_flower_simulation, write_policies
 from simulation.generator import FederationManifest
+from simulation.summary import CONSORTIUM_SEES, agency_table, local_rounds, render
 
 ARMS = ("centralised_non_private", "alone_dp", "federated_non_private", "federated_dp")
 ARM_LABELS = {
@@ -138,8 +140,6 @@ def train_alone(task: Task, settings: RunSettings, split: Split, agency: str
 def _federated_arm(cfg: DictConfig, flat: dict[str, Scalar], arm_dir: Path,
                    agencies: list[str], *, private: bool, seed_cache_from: Path | None
                    ) -> tuple[Path, Path]:
-    from simulation.run import run_flower_simulation, write_policies
-
     server_out = arm_dir / "server"
     state_root = arm_dir / "agency_state"
     arm_flat = dict(flat)
@@ -164,17 +164,8 @@ def _federated_arm(cfg: DictConfig, flat: dict[str, Scalar], arm_dir: Path,
 
 def run_baselines(cfg: DictConfig, out_dir: Path, *, flat: dict[str, Scalar],
                   settings: RunSettings, manifest: FederationManifest,
-                  agencies: list[AgencyData], t0: float) -> dict[str, Any]:
+                  agencies: list[AgencyData], t0: float) -> RunSummary:
     """Run the four arms and write ``metrics.json`` with the comparison."""
-    from simulation.run import (
-        CONSORTIUM_SEES,
-        _agency_table,
-        _write_text,
-        local_rounds,
-        privacy_summary,
-        render,
-    )
-
     problems = []
     if not settings.privacy.enabled:
         problems.append("mode=baselines compares DP arms with non-private ones; set "
@@ -218,39 +209,38 @@ def run_baselines(cfg: DictConfig, out_dir: Path, *, flat: dict[str, Scalar],
     np_server, _ = _federated_arm(cfg, flat, arms_root / "federated_non_private", names,
                                   private=False, seed_cache_from=dp_state)
     fed = {"federated_dp": dp_server, "federated_non_private": np_server}
-    rounds: dict[str, list[dict[str, Any]]] = {}
+    rounds: dict[str, list[RoundRecord]] = {}
     for arm, server_out in fed.items():
         saved = torch.load(server_out / "model.pt", weights_only=True)
         model = task.build_model()
         model.load_state_dict(saved["state_dict"])
         arms[arm] = score(model, splits, pooled_test, k=k)
-        rounds[arm] = json.loads((server_out / "metrics.json").read_text())["rounds"]
+        rounds[arm] = RunSummary.read(server_out / SUMMARY_FILE).rounds
 
-    table = _agency_table(rounds["federated_dp"], agencies, manifest.oracle_per_agency,
-                          dp_state)
+    table = agency_table(rounds["federated_dp"], agencies, manifest.oracle_per_agency,
+                         dp_state)
     gain = gain_table(arms, agencies, table)
-    summary: dict[str, Any] = {
-        "preset": manifest.preset, "seed": int(cfg.seed), "mode": "baselines",
-        "privacy": privacy_summary(settings),
-        "oracle_roc_auc": manifest.oracle_roc_auc,
-        "global": arms["federated_dp"]["pooled"],
-        "agencies": table,
-        "rounds": rounds["federated_dp"],
-        "agency_rounds": local_rounds(dp_state, names),
-        "consortium_sees": CONSORTIUM_SEES,
-        "centralised_baseline": arms["centralised_non_private"]["pooled"],
-        "baselines": {"arms": arms, "gain": gain},
-    }
-    summary["wall_seconds"] = time.monotonic() - t0
-    _write_text(out_dir / "metrics.json",
-                json.dumps(summary, indent=2, default=lambda v: None))
+    summary = RunSummary(
+        preset=manifest.preset, seed=int(cfg.seed), mode="baselines",
+        privacy=PrivacySummary.of(settings.privacy),
+        oracle_roc_auc=manifest.oracle_roc_auc,
+        global_metrics=arms["federated_dp"]["pooled"],
+        agencies=table,
+        rounds=rounds["federated_dp"],
+        agency_rounds=local_rounds(dp_state, names),
+        consortium_sees=CONSORTIUM_SEES,
+        centralised_baseline=arms["centralised_non_private"]["pooled"],
+        baselines={"arms": arms, "gain": gain},
+        wall_seconds=time.monotonic() - t0,
+    )
+    summary.write(out_dir / SUMMARY_FILE)
     shutil.copyfile(dp_server / "model.pt", out_dir / "model.pt")
     if bool(cfg.tracking.tensorboard):
-        from simulation.tracking import write_tensorboard
+        from simulation.tracking import write_tensorboard  # torch's tensorboard: only here
 
         write_tensorboard(summary, out_dir / "tensorboard")
-    print(render(summary), flush=True)
-    print(render_gain(summary), flush=True)
+    print(render(summary.to_json()), flush=True)
+    print(render_gain(summary.to_json()), flush=True)
     print(f"outputs: {out_dir}", flush=True)
     return summary
 

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from federation.protocol import SUMMARY_FILE, RunSummary
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -216,11 +218,14 @@ def run_simulation(federation: str, rounds: int, out: Path,
     wall = time.monotonic() - start
     if proc.returncode != 0:
         raise RuntimeError(f"simulation of {federation} failed: {err[-2000:]}")
-    summary = json.loads((out / "metrics.json").read_text())
-    return {"federation": federation, "agencies": len(summary["agencies"]), "rounds": rounds,
+    summary = RunSummary.read(out / SUMMARY_FILE)
+    if summary.agencies is None or summary.global_metrics is None:
+        raise RuntimeError(f"simulation of {federation} left a summary without the federated "
+                           "run's agencies and global metrics (mode=federated expected)")
+    return {"federation": federation, "agencies": len(summary.agencies), "rounds": rounds,
             "wall_seconds": wall, "peak_memory_mib": peak / 2**20, "log": log_out + err,
-            "global_roc_auc": summary["global"]["roc_auc"],
-            "oracle_roc_auc": summary["oracle_roc_auc"], "summary": summary}
+            "global_roc_auc": summary.global_metrics["roc_auc"],
+            "oracle_roc_auc": summary.oracle_roc_auc, "summary": summary.to_json()}
 
 
 def rounds_from(sim: dict[str, Any]) -> dict[str, Any]:

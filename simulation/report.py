@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from federation.errors import ConfigError
+from federation.protocol import SUMMARY_FILE, RunSummary
 from simulation import sweep
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
@@ -503,13 +503,15 @@ def build(path: Path) -> str:
     """The whole HTML document for a run or a sweep folder."""
     path = Path(path)
     if (path / "metrics.json").is_file():
-        summary = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
-        body = run_sections(summary, f"Run: {summary.get('preset')} seed {summary.get('seed')}")
+        read = RunSummary.read(path / SUMMARY_FILE)
+        summary = {k: v for k, v in read.to_json().items() if v is not None}
+        body = run_sections(summary, f"Run: {read.preset} seed {read.seed}")
         heading = f"heroes-fl run report: {path}"
     else:
         body, runs = sweep_sections(path)
         first = Path(runs[0]["run"])
-        summary = json.loads((first / "metrics.json").read_text(encoding="utf-8"))
+        summary = {k: v for k, v in RunSummary.read(first / SUMMARY_FILE).to_json().items()
+                   if v is not None}  # run_sections leaves out a part the run did not have
         body += run_sections(summary, f"First run of the sweep: {first.name}")
         heading = f"heroes-fl sweep report: {path}"
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import yaml
 
 from federation.errors import ConfigError
+from federation.protocol import SUMMARY_FILE, RunSummary
 
 AXES = ("mode", "privacy_enabled", "target_epsilon", "target_delta", "federation",
         "num_agencies", "scale", "skew", "strategy", "num_rounds", "secagg",
@@ -79,10 +79,10 @@ def _finite(v: object) -> float | None:
 def run_row(run: Path) -> dict[str, Any]:
     """One run's axes and headline metrics."""
     cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    summary = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    summary = RunSummary.read(run / SUMMARY_FILE)
     fed = cfg.get("federation", {})
-    privacy = cfg.get("privacy", {})
-    enabled = bool(privacy.get("enabled", True))
+    privacy = summary.privacy  # what the run did, read strictly (no "DP on" by default)
+    enabled = privacy.enabled
     axis_keys = ("privacy", "federation", "strategy", "seed", "mode", "experiment",
                  "secagg.mode")
     other = sorted(o for o in _overrides(run)
@@ -90,10 +90,10 @@ def run_row(run: Path) -> dict[str, Any]:
     row: dict[str, Any] = {
         "run": str(run),
         "seed": cfg.get("seed"),
-        "mode": summary.get("mode", cfg.get("mode")),
+        "mode": summary.mode,
         "privacy_enabled": enabled,
-        "target_epsilon": privacy.get("target_epsilon") if enabled else None,
-        "target_delta": privacy.get("target_delta") if enabled else None,
+        "target_epsilon": privacy.target_epsilon if enabled else None,
+        "target_delta": privacy.target_delta if enabled else None,
         "federation": fed.get("name"),
         "num_agencies": len(fed.get("agencies", [])),
         "scale": fed.get("scale"),
@@ -103,31 +103,32 @@ def run_row(run: Path) -> dict[str, Any]:
         "secagg": cfg.get("secagg", {}).get("mode"),
         "other_overrides": " ".join(other),
     }
-    g = summary.get("global", {})
-    oracle = _finite(summary.get("oracle_roc_auc"))
+    # A part the run did not have is null in the summary; its columns are empty here.
+    g = summary.global_metrics or {}
+    oracle = _finite(summary.oracle_roc_auc)
     auc = _finite(g.get("roc_auc"))
-    agencies = summary.get("agencies", [])
-    local = [v for v in (_finite(a.get("local_roc_auc")) for a in agencies) if v is not None]
-    eps = [v for v in (_finite(a.get("epsilon")) for a in agencies) if v is not None]
-    gain = summary.get("baselines", {}).get("gain", [])
-    own = [v for v in (_finite(r.get("gain_own_test")) for r in gain) if v is not None]
-    pooled = [v for v in (_finite(r.get("gain_pooled_test")) for r in gain) if v is not None]
-    audit = summary.get("audit", {})
+    agencies = summary.agencies or []
+    local = [v for v in (_finite(a["local_roc_auc"]) for a in agencies) if v is not None]
+    eps = [v for v in (_finite(a["epsilon"]) for a in agencies) if v is not None]
+    gain = (summary.baselines or {}).get("gain", [])
+    own = [v for v in (_finite(r["gain_own_test"]) for r in gain) if v is not None]
+    pooled = [v for v in (_finite(r["gain_pooled_test"]) for r in gain) if v is not None]
+    audit = summary.audit or {}
     row.update({
         "global_roc_auc": auc,
         "global_pr_auc": _finite(g.get("pr_auc")),
         "global_brier": _finite(g.get("brier")),
         "oracle_roc_auc": oracle,
         "ratio_to_oracle": auc / oracle if auc is not None and oracle else None,
-        "centralised_roc_auc": _finite(summary.get("centralised_baseline", {}).get("roc_auc")),
+        "centralised_roc_auc": _finite((summary.centralised_baseline or {}).get("roc_auc")),
         "worst_agency_local_roc_auc": min(local) if local else None,
         "max_agency_epsilon": max(eps) if eps else None,
         "mean_gain_own_test": sum(own) / len(own) if own else None,
         "mean_gain_pooled_test": sum(pooled) / len(pooled) if pooled else None,
         "audit_epsilon_lower_bound": _finite(audit.get("epsilon_lower_bound")),
         "audit_claimed_epsilon": _finite(audit.get("claimed_epsilon")),
-        "wall_seconds": _finite(summary.get("wall_seconds")),
-        "secagg_rounds": secure_rounds(summary.get("rounds", [])),
+        "wall_seconds": _finite(summary.wall_seconds),
+        "secagg_rounds": secure_rounds([r.to_json() for r in summary.rounds]),
     })
     return row
 

@@ -49,8 +49,8 @@ def test_checkpoint_roundtrip_keeps_weights_optimiser_and_history(tmp_path: Path
     strategy = build_strategy(settings, run_log)
     rng = np.random.default_rng(0)
     moments = {"net.weight": rng.normal(size=(1, 64)), "net.bias": rng.normal(size=(1,))}
-    strategy.m_t = moments  # type: ignore[attr-defined]
-    strategy.v_t = {k: v ** 2 for k, v in moments.items()}  # type: ignore[attr-defined]
+    strategy.base.m_t = moments  # type: ignore[attr-defined]  # FedAdam's own attributes
+    strategy.base.v_t = {k: v ** 2 for k, v in moments.items()}  # type: ignore[attr-defined]
     weights = {"net.weight": torch.randn(1, 64), "net.bias": torch.randn(1)}
     for n in (1, 2):
         write_checkpoint(tmp_path, server_round=n, arrays=ArrayRecord(weights),
@@ -65,8 +65,8 @@ def test_checkpoint_roundtrip_keeps_weights_optimiser_and_history(tmp_path: Path
     fresh = build_strategy(settings, fresh_log)
     restore(fresh, fresh_log, resume)
     for k, v in moments.items():
-        np.testing.assert_array_equal(fresh.m_t[k], v)  # type: ignore[attr-defined]
-        np.testing.assert_array_equal(fresh.v_t[k], v ** 2)  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(fresh.base.m_t[k], v)  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(fresh.base.v_t[k], v ** 2)  # type: ignore[attr-defined]
     assert fresh_log.to_json() == run_log.to_json()  # NaN stays NaN (null in JSON)
 
 

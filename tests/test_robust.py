@@ -28,10 +28,11 @@ from server.robust import (
     norm_rejections,
     robust_aggregate,
     to_numpy,
+    to_record,
     trim_count,
     update_norm,
 )
-from server.strategy import RunLog, build_strategy
+from server.strategy import AccountableStrategy, RunLog, build_strategy
 
 FLAT = {"task.name": "advert-risk", "task.num_buckets": 64, "privacy.target_epsilon": 3.0,
         "privacy.target_delta": 1e-5, "secagg.mode": "off"}
@@ -173,7 +174,7 @@ def _reply(node_id: int, content: RecordDict) -> Message:
     return Message(content, metadata=meta)
 
 
-def _strategy(**overrides: object) -> tuple[object, RunLog]:
+def _strategy(**overrides: object) -> tuple[AccountableStrategy, RunLog]:
     run_log = RunLog()
     strategy = build_strategy(RunSettings.from_flat({**FLAT, **overrides}), run_log)
     return strategy, run_log
@@ -194,9 +195,8 @@ def test_strategy_rejects_nan_shape_and_100x_and_aggregates_the_rest(
     replies += [_reply(11, _content(nan)), _reply(12, _content(shape)),
                 _reply(13, _content(scaled))]
     strategy, run_log = _strategy(**{"strategy.aggregation": aggregation})
-    strategy._sampled[(1, "train")] = [1, 2, 3, 11, 12, 13]  # type: ignore[attr-defined]
-    strategy._sent = {1: ref}  # type: ignore[attr-defined]  # what configure_train keeps
-    arrays, metrics = strategy.aggregate_train(1, replies)  # type: ignore[attr-defined]
+    strategy.begin_round(1, "train", [1, 2, 3, 11, 12, 13], to_record(ref))  # configure_train
+    arrays, metrics = strategy.aggregate_train(1, replies)
     status = {o.node_id: (o.status, o.reason) for o in run_log.round(1).train}
     assert {n: s for n, (s, _) in status.items()} == {1: "ok", 2: "ok", 3: "ok",
                                                       11: "rejected", 12: "rejected",
@@ -215,7 +215,7 @@ def test_strategy_rejects_nan_shape_and_100x_and_aggregates_the_rest(
     for o in run_log.round(1).train:  # names as the nodes report them
         o.agency = {11: "nan-agency", 12: "shape-agency", 13: "big-agency"}.get(o.node_id, "x")
     with caplog.at_level(logging.INFO, logger="heroes.server"):
-        strategy._progress(run_log.round(1))  # type: ignore[attr-defined]
+        strategy.progress(run_log.round(1))
     assert ("3/6 agencies trained (3 rejected: nan-agency, shape-agency, big-agency)"
             in caplog.text)
 
@@ -227,11 +227,10 @@ def test_rejected_updates_count_against_the_quorum() -> None:
     bad = {k: v.copy() for k, v in good.items()}
     bad["net.weight"][0, 0] = np.nan
     strategy, _ = _strategy(**{"strategy.quorum": 2})
-    strategy._sampled[(1, "train")] = [1, 2]  # type: ignore[attr-defined]
-    strategy._sent = {1: ref}  # type: ignore[attr-defined]
+    strategy.begin_round(1, "train", [1, 2], to_record(ref))
     with pytest.raises(QuorumError, match=r"1 agencies trained successfully.*rejected: update "
                                           r"rejected: array 'net.weight' holds 1 non-finite"):
-        strategy.aggregate_train(  # type: ignore[attr-defined]
+        strategy.aggregate_train(
             1, [_reply(1, _content(good)), _reply(2, _content(bad))])
 
 
@@ -245,10 +244,9 @@ def test_fedadam_steps_from_the_robust_aggregate() -> None:
     for aggregation in ("mean", "median"):
         strategy, _ = _strategy(**{"strategy.name": "fedadam", "strategy.max_norm_ratio": 0.0,
                                    "strategy.aggregation": aggregation})
-        strategy._sampled[(1, "train")] = [1, 2, 3, 4, 5]  # type: ignore[attr-defined]
-        strategy._sent = {1: ref}  # type: ignore[attr-defined]
-        strategy.current_arrays = ref  # type: ignore[attr-defined]  # set by configure_train
-        arrays, _ = strategy.aggregate_train(1, replies)  # type: ignore[attr-defined]
+        strategy.begin_round(1, "train", [1, 2, 3, 4, 5], to_record(ref))
+        strategy.base.current_arrays = ref  # Flower's FedOpt sets it in configure_train
+        arrays, _ = strategy.aggregate_train(1, replies)
         moved[aggregation] = to_numpy(arrays)["net.weight"] - ref["net.weight"]
     # FedAdam's first step moves every coordinate by about eta in the aggregate's direction:
     # down with the poisoned mean, up (the honest direction) with the median.

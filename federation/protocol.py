@@ -1,0 +1,381 @@
+"""The wire contract between agency nodes and the aggregator, and the run summary file.
+
+Every name two processes must agree on lives here, once: the records of a Flower Message's
+content (``Record``), the keys inside them, the node statuses (``Status``), the secure-
+aggregation stages (``Stage``) and the figures nodes send and the server records
+(``Metric``). The clients/ and server/ packages read and write Messages with these names;
+simulation/ and the release tools read the run summary (``RunSummary``, ``metrics.json``)
+through ``RunSummary.read`` only.
+
+A key that should be there and is not is a ProtocolError that names the key, where it was
+looked for and the fix; nothing here falls back to a default. A field that may legitimately
+be absent is typed ``X | None`` and written as null.
+
+Pure Python on purpose (no Flower, no torch): federation/ is the layer both sides import.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from federation.errors import ProtocolError
+from federation.files import write_atomic
+
+if TYPE_CHECKING:
+    from federation.config import PrivacySettings
+
+
+class Record(StrEnum):
+    """Names of the records in a Message's content (a Flower RecordDict)."""
+
+    AGENCY = "agency"  # config: who replied, its status and the reason
+    CONFIG = "config"  # config: the server's per-round settings (SERVER_ROUND, ...)
+    ARRAYS = "arrays"  # arrays: the global model sent, or a node's trained model
+    METRICS = "metrics"  # metrics: what FedAvg weighs by, or a secure round's pooled result
+    SHARED = "shared"  # config: per-agency figures its policy lets leave in the clear
+    LEDGER = "ledger"  # config: the node's privacy-ledger head (attestation)
+    OBSERVED = "observed"  # config: what the server counted of a secure round's uploads
+    SECAGG = "secagg"  # config/arrays: one secure-aggregation stage's values
+    SECAGG_NEXT = "secagg_next"  # config: the next round's set-up, riding on the last stage
+
+
+class AgencyKey(StrEnum):
+    """Keys of the ``agency`` record every node reply carries."""
+
+    AGENCY = "agency"
+    STATUS = "status"
+    REASON = "reason"
+
+
+#: Key of the server round in the ``config`` record (Flower's own spelling).
+SERVER_ROUND = "server-round"
+#: Key of the round in the ``secagg_next`` record: the round that set-up belongs to.
+NEXT_ROUND = "server_round"
+#: Marks a secure round's pooled result in a metric record (server/secagg.py).
+SUM_KEY = "secure_sum"
+#: Key of the bytes a node uploaded in the ``observed`` record.
+BYTES_SENT = "bytes_sent"
+
+
+class Status(StrEnum):
+    """What became of one node in one round trip."""
+
+    OK = "ok"
+    REFUSED = "refused"  # the node declined (privacy budget, policy)
+    WITHHELD = "withheld"  # the node evaluated but its policy keeps the figures at home
+    FAILED = "failed"  # the node replied with an error
+    MISSING = "missing"  # the node was sampled but did not reply in time
+    REJECTED = "rejected"  # the server refused the reply (validation, ledger head)
+
+    @classmethod
+    def parse(cls, text: object, *, where: str) -> Status:
+        """A status as it arrived; anything else names the rule, never the value."""
+        if isinstance(text, str):
+            for status in cls:
+                if status.value == text:
+                    return status
+        raise ProtocolError(f"the status in {where} is not one of "
+                            f"{', '.join(s.value for s in cls)}; a node and the aggregator "
+                            "must run the same heroes-fl protocol version")
+
+
+class Stage(StrEnum):
+    """Secure-aggregation (SecAgg+) stages: the message action after ``train.``/``evaluate.``."""
+
+    SETUP = "secagg_setup"
+    SHARE = "secagg_share"
+    MASKED = "secagg_masked"
+    CONSISTENCY = "secagg_consistency"
+    UNMASK = "secagg_unmask"
+
+
+class Metric(StrEnum):
+    """Figures a node sends or keeps, and the aggregates the server records."""
+
+    NUM_EXAMPLES = "num-examples"  # FedAvg's weight key (Flower's default spelling)
+    TRAIN_LOSS = "train_loss"
+    LOSS = "loss"
+    EPSILON = "epsilon"
+    DELTA = "delta"
+    RUN_EPSILON = "run_epsilon"
+    RUN_DELTA = "run_delta"
+    BUDGET = "budget"
+    BUDGET_REMAINING = "budget_remaining"
+    DATASET_EPSILON = "dataset_epsilon"
+    EPSILON_IF_TRAINED = "epsilon_if_trained"
+    NOISE_MULTIPLIER = "noise_multiplier"
+    SAMPLE_RATE = "sample_rate"
+    STEPS = "steps"
+    ROWS_SET_ASIDE = "rows_set_aside"
+    SECAGG_CLIPPED = "secagg_clipped"
+    ROC_AUC = "roc_auc"
+    PR_AUC = "pr_auc"
+    BRIER = "brier"
+    BYTES_SENT = BYTES_SENT
+    SECURE_SUM = SUM_KEY
+    UPDATE_NORM = "update_norm"
+    KRUM_SELECTED = "krum_selected"
+    # the server's aggregates
+    MAX_EPSILON = "max_epsilon"
+    AGENCIES = "agencies"
+    EPSILON_SHARED_BY = "epsilon_shared_by"
+    EXAMPLES = "examples"
+    AGENCIES_IN_SUM = "agencies_in_sum"
+    WORST_ROC_AUC = "worst_roc_auc"
+    AGENCIES_WITH_ROC_AUC = "agencies_with_roc_auc"
+
+
+# --- reading JSON strictly ------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def need(data: object, key: str, *, where: str) -> Any:
+    """``data[key]``, or a ProtocolError naming the key, where it was looked for and the fix."""
+    if not isinstance(data, Mapping):
+        raise ProtocolError(f"{where} is not a JSON object; it was not written by this "
+                            "heroes-fl version: rerun the step that wrote it")
+    if key not in data:
+        raise ProtocolError(f"{where} lacks {str(key)!r}; it was not written by this heroes-fl "
+                            "version (or was edited): rerun the step that wrote it")
+    return data[key]
+
+
+def _typed(value: object, kind: type[T] | tuple[type, ...], key: str, where: str) -> Any:
+    if isinstance(value, bool) and kind in (int, float):
+        value = None  # a JSON true is not a number
+    if not isinstance(value, kind):
+        names = (kind.__name__ if isinstance(kind, type)
+                 else " or ".join(k.__name__ for k in kind))
+        raise ProtocolError(f"{str(key)!r} in {where} is not a {names}; rerun the step that "
+                            "wrote it")
+    return value
+
+
+def _number(data: object, key: str, where: str, *, optional: bool = False) -> float | None:
+    value = need(data, key, where=where)
+    if value is None and optional:
+        return None
+    return float(_typed(value, (int, float), key, where))
+
+
+def _figures(data: object, key: str, where: str) -> dict[str, float]:
+    """A figure table as kept in memory: null (an undefined figure) reads back as NaN."""
+    table = _typed(need(data, key, where=where), dict, key, where)
+    return {str(k): math.nan if v is None else float(_typed(v, (int, float), k, where))
+            for k, v in table.items()}
+
+
+def _nulls(figures: Mapping[str, float]) -> dict[str, float | None]:
+    """NaN is not JSON: an undefined figure is written as null."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v
+            for k, v in figures.items()}
+
+
+# --- the round log --------------------------------------------------------------------------
+
+@dataclass
+class NodeOutcome:
+    """One sampled node in one round trip, as the server recorded it."""
+
+    node_id: int
+    agency: str
+    status: Status
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A status spelt as text (a test, an older caller) must still be one of Status.
+        self.status = Status.parse(self.status, where=f"node {self.node_id}'s outcome")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "agency": self.agency, "status": self.status.value,
+                "reason": self.reason, "metrics": _nulls(self.metrics)}
+
+    @classmethod
+    def from_json(cls, data: object, *, where: str) -> NodeOutcome:
+        return cls(node_id=int(_typed(need(data, "node_id", where=where), int, "node_id", where)),
+                   agency=str(_typed(need(data, "agency", where=where), str, "agency", where)),
+                   status=Status.parse(need(data, "status", where=where), where=where),
+                   reason=str(_typed(need(data, "reason", where=where), str, "reason", where)),
+                   metrics=_figures(data, "metrics", where))
+
+
+@dataclass
+class RoundRecord:
+    """One round as the server saw it: each sampled node's outcome and the aggregates."""
+
+    round: int
+    train: list[NodeOutcome] = field(default_factory=list)
+    evaluate: list[NodeOutcome] = field(default_factory=list)
+    train_aggregate: dict[str, float] = field(default_factory=dict)
+    evaluate_aggregate: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float = math.nan  # configure_train to the end of evaluation
+
+    def to_json(self) -> dict[str, Any]:
+        return {"round": self.round,
+                "train": [o.to_json() for o in self.train],
+                "evaluate": [o.to_json() for o in self.evaluate],
+                "train_aggregate": _nulls(self.train_aggregate),
+                "evaluate_aggregate": _nulls(self.evaluate_aggregate),
+                "wall_seconds": None if math.isnan(self.wall_seconds) else self.wall_seconds}
+
+    @classmethod
+    def from_json(cls, data: object, *, where: str) -> RoundRecord:
+        n = int(_typed(need(data, "round", where=where), int, "round", where))
+        at = f"round {n} of {where}"
+
+        def nodes(kind: str) -> list[NodeOutcome]:
+            rows = _typed(need(data, kind, where=at), list, kind, at)
+            return [NodeOutcome.from_json(o, where=f"a {kind} outcome of {at}") for o in rows]
+
+        wall = _number(data, "wall_seconds", at, optional=True)
+        return cls(round=n, train=nodes("train"), evaluate=nodes("evaluate"),
+                   train_aggregate=_figures(data, "train_aggregate", at),
+                   evaluate_aggregate=_figures(data, "evaluate_aggregate", at),
+                   wall_seconds=math.nan if wall is None else wall)
+
+
+# --- the run summary ------------------------------------------------------------------------
+
+SUMMARY_VERSION = 1
+SUMMARY_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class PrivacySummary:
+    """The run's privacy target as every summary states it."""
+
+    enabled: bool
+    target_epsilon: float | None
+    target_delta: float | None
+    unit: str
+    accountant: str
+
+    @classmethod
+    def of(cls, p: PrivacySettings) -> PrivacySummary:
+        """The summary of a run's privacy settings, in the unit every epsilon is about."""
+        return cls(enabled=p.enabled, target_epsilon=p.target_epsilon,
+                   target_delta=p.target_delta, unit=PRIVACY_UNIT, accountant=p.accountant)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "target_epsilon": self.target_epsilon,
+                "target_delta": self.target_delta, "unit": self.unit,
+                "accountant": self.accountant}
+
+    @classmethod
+    def from_json(cls, data: object, *, where: str) -> PrivacySummary:
+        at = f"'privacy' of {where}"
+        return cls(enabled=bool(_typed(need(data, "enabled", where=at), bool, "enabled", at)),
+                   target_epsilon=_number(data, "target_epsilon", at, optional=True),
+                   target_delta=_number(data, "target_delta", at, optional=True),
+                   unit=str(_typed(need(data, "unit", where=at), str, "unit", at)),
+                   accountant=str(_typed(need(data, "accountant", where=at), str,
+                                         "accountant", at)))
+
+
+#: The unit every epsilon in heroes-fl is about.
+PRIVACY_UNIT = "one advert record in one agency's training export"
+
+JSON = dict[str, Any]
+
+
+@dataclass
+class RunSummary:
+    """``metrics.json``: what a run left behind, written by the ServerApp (the round log,
+    the simulation fields null) and by ``heroes simulate`` (the same, filled in).
+
+    The per-agency table, the agencies' own records, the audit and the baselines are the
+    simulation's own reports, kept as JSON objects (their writers own their shape); every
+    key of the summary itself is required, nulls included.
+    """
+
+    rounds: list[RoundRecord]
+    wall_seconds: float
+    privacy: PrivacySummary
+    preset: str | None = None
+    seed: int | None = None
+    mode: str | None = None
+    oracle_roc_auc: float | None = None
+    global_metrics: dict[str, float] | None = None  # "global" in the file
+    agencies: list[JSON] | None = None
+    agency_rounds: dict[str, list[JSON]] | None = None
+    consortium_sees: str | None = None
+    audit: JSON | None = None
+    centralised_baseline: dict[str, float] | None = None
+    baselines: JSON | None = None
+    version: int = SUMMARY_VERSION
+
+    def to_json(self) -> JSON:
+        return {
+            "version": self.version,
+            "preset": self.preset, "seed": self.seed, "mode": self.mode,
+            "privacy": self.privacy.to_json(),
+            "oracle_roc_auc": self.oracle_roc_auc,
+            "global": self.global_metrics,
+            "agencies": self.agencies,
+            "rounds": [r.to_json() for r in self.rounds],
+            "agency_rounds": self.agency_rounds,
+            "consortium_sees": self.consortium_sees,
+            "audit": self.audit,
+            "centralised_baseline": self.centralised_baseline,
+            "baselines": self.baselines,
+            "wall_seconds": self.wall_seconds,
+        }
+
+    def write(self, path: Path) -> None:
+        """Whole or not at all (a reader never sees half a summary), 0600."""
+        text = json.dumps(self.to_json(), indent=2, default=_unknown)
+        write_atomic(Path(path), text.encode("utf-8"))
+
+    @classmethod
+    def read(cls, path: Path) -> RunSummary:
+        where = str(path)
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ProtocolError(f"{where} cannot be read as JSON ({type(exc).__name__}); "
+                                "rerun the step that wrote it") from None
+        return cls.from_json(data, where=where)
+
+    @classmethod
+    def from_json(cls, data: object, *, where: str) -> RunSummary:
+        version = need(data, "version", where=where)
+        if isinstance(version, bool) or version != SUMMARY_VERSION:
+            raise ProtocolError(f"'version' of {where} is not {SUMMARY_VERSION}, the run "
+                                "summary version this heroes-fl reads; read it with the "
+                                "heroes-fl version that wrote it, or rerun the run")
+
+        def opt(key: str, kind: type | tuple[type, ...]) -> Any:
+            value = need(data, key, where=where)
+            return None if value is None else _typed(value, kind, key, where)
+
+        rows = _typed(need(data, "rounds", where=where), list, "rounds", where)
+        seed = opt("seed", int)
+        return cls(
+            version=SUMMARY_VERSION,
+            rounds=[RoundRecord.from_json(r, where=where) for r in rows],
+            wall_seconds=float(_typed(need(data, "wall_seconds", where=where), (int, float),
+                                      "wall_seconds", where)),
+            privacy=PrivacySummary.from_json(need(data, "privacy", where=where), where=where),
+            preset=opt("preset", str), seed=None if seed is None else int(seed),
+            mode=opt("mode", str),
+            oracle_roc_auc=_number(data, "oracle_roc_auc", where, optional=True),
+            global_metrics=opt("global", dict), agencies=opt("agencies", list),
+            agency_rounds=opt("agency_rounds", dict),
+            consortium_sees=opt("consortium_sees", str), audit=opt("audit", dict),
+            centralised_baseline=opt("centralised_baseline", dict),
+            baselines=opt("baselines", dict),
+        )
+
+
+def _unknown(value: object) -> None:
+    """What json cannot write (a numpy scalar's cousin, a path) is written as null, as the
+    summary writers always did."""
+    return None

@@ -1,0 +1,153 @@
+"""The run summary's simulation parts, shared by ``heroes simulate`` (simulation/run.py) and
+its baselines (simulation/baselines.py): the per-agency table read from each agency's own
+state folder, the agencies' own records, and the end-of-run table a researcher reads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from clients import local_metrics
+from federation.data import AgencyData
+from federation.ledger import Ledger, load_policy
+from federation.protocol import RoundRecord, Status
+from simulation.sweep import secure_rounds
+
+
+def fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def agency_table(rounds: list[RoundRecord], agencies: list[AgencyData],
+                  oracle: Mapping[str, float], state_root: Path) -> list[dict[str, Any]]:
+    """One row per agency. The figures come from each agency's OWN state folder (its local
+    record and ledger), which a simulation can read because it owns every agency; a
+    consortium sees only what ``consortium_sees`` says. Outcomes the server decided (failed,
+    missing, rejected) come from the server's round log."""
+    rows = []
+    for a in agencies:
+        state = state_root / a.agency
+        local = local_metrics.read(state)
+        trained = [e for e in local if e["kind"] == "train" and e["status"] == Status.OK]
+        evaluated = [e for e in local if e["kind"] == "evaluate" and e["status"] == Status.OK]
+        refused = [e for e in local if e["kind"] == "train" and e["status"] == Status.REFUSED]
+
+        mine = [(r.round, o) for r in rounds for o in r.train if o.agency == a.agency]
+        accepted = [o for _, o in mine if o.status is Status.OK]
+        failed = [o for _, o in mine if o.status in (Status.FAILED, Status.MISSING)]
+        rejected = [(n, o) for n, o in mine if o.status is Status.REJECTED]
+        ledger_eps = None
+        shares = False
+        if (state / "policy.toml").exists():
+            policy = load_policy(state)
+            shares = policy.share_local_metrics
+            if (state / "privacy-ledger.sqlite").exists():
+                with Ledger.open(state, create=False) as ledger:
+                    ledger_eps = max((ledger.spent(ds, delta=policy.delta,
+                                                   accountant=policy.accountant)
+                                      for ds in ledger.datasets()), default=None)
+        last = trained[-1]["figures"] if trained else {}
+        rows.append({
+            "agency": a.agency,
+            "train_examples": len(a.train),
+            "test_examples": len(a.test),
+            "rounds_trained": len(accepted),
+            "epsilon": last.get("epsilon"),
+            "delta": last.get("delta"),
+            "run_epsilon": last.get("run_epsilon"),
+            "ledger_epsilon": ledger_eps,
+            "budget_remaining": last.get("budget_remaining"),
+            "noise_multiplier": last.get("noise_multiplier"),
+            "local_roc_auc": evaluated[-1]["figures"].get("roc_auc") if evaluated else None,
+            "local_oracle_roc_auc": _finite_or_none(oracle.get(a.agency)),
+            "rows_set_aside": a.train.rejected_total + a.test.rejected_total,
+            "failed_rounds": len(failed),
+            "rejected_rounds": len(rejected),
+            "rejected": (f"rejected in round(s) {', '.join(str(n) for n, _ in rejected)}"
+                         f"; last: {rejected[-1][1].reason}" if rejected else None),
+            "stopped": (f"refused from round {refused[0]['round']}: {refused[0]['reason']}"
+                        if refused else None),
+            "shared_with_consortium": shares,
+        })
+    return rows
+
+
+def local_rounds(state_root: Path, agencies: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Each agency's own per-round record (clients/local_metrics.py), for plots and tables."""
+    return {a: local_metrics.read(state_root / a) for a in agencies}
+
+
+CONSORTIUM_SEES = (
+    "who took part in each round and each agency's status (ok, refused, failed, rejected), "
+    "message sizes and timing; the secure sums (summed update and example count, pooled "
+    "training loss and rows set aside, pooled evaluation metrics from summed score "
+    "histograms); per-agency figures only from agencies whose policy sets [sharing] "
+    "share_local_metrics = true. The per-agency table is read from each agency's own state "
+    "folder, which a simulation owns")
+
+
+def _finite_or_none(v: float | None) -> float | None:
+    return None if v is None or math.isnan(v) else float(v)
+
+
+def render(summary: Mapping[str, Any]) -> str:
+    """The end-of-run table a researcher reads, from a summary's JSON form
+    (``RunSummary.to_json()``): a part the run did not have (null) is left out."""
+    summary = {k: v for k, v in summary.items() if v is not None}
+    lines = [""]
+    p = summary["privacy"]
+    if "agencies" in summary:
+        lines.append(f"{'agency':<22}{'train':>7}{'test':>6}{'rounds':>7}  "
+                     f"{'epsilon (delta)':<18}{'budget left':>12}{'local ROC-AUC':>14}"
+                     f"{'(oracle)':>9}{'set aside':>10}{'failed':>7}")
+        for r in summary["agencies"]:
+            eps = (f"{fmt(r['epsilon'], 2)} ({r['delta']:.0e})" if p["enabled"]
+                   and r["epsilon"] is not None else ("no DP" if not p["enabled"] else "-"))
+            lines.append(f"{r['agency']:<22}{r['train_examples']:>7}{r['test_examples']:>6}"
+                         f"{r['rounds_trained']:>7}  {eps:<18}"
+                         f"{fmt(r['budget_remaining'], 2):>12}{fmt(r['local_roc_auc']):>14}"
+                         f"{fmt(r['local_oracle_roc_auc']):>9}{r['rows_set_aside']:>10}"
+                         f"{r['failed_rounds']:>7}")
+        for r in summary["agencies"]:
+            if r["stopped"]:
+                lines.append(f"STOPPED {r['agency']}: {r['stopped']}")
+            if r.get("rejected"):
+                lines.append(f"REJECTED {r['agency']}: {r['rejected']}")
+        aucs = [r["local_roc_auc"] for r in summary["agencies"] if r["local_roc_auc"] is not None]
+        if aucs:
+            worst = min(summary["agencies"], key=lambda r: r["local_roc_auc"] if
+                        r["local_roc_auc"] is not None else math.inf)
+            lines.append(f"worst agency: {worst['agency']} (local ROC-AUC "
+                         f"{fmt(worst['local_roc_auc'])})")
+        if p["enabled"]:
+            lines.append(f"epsilon: cumulative over every round of every run on each "
+                         f"agency's dataset (its privacy ledger), per {p['unit']}, at the "
+                         f"agency's delta ({p['accountant']} accountant); this run's target "
+                         f"was {p['target_epsilon']} at delta={p['target_delta']:g}")
+        rounds = summary.get("rounds", [])
+        masked = secure_rounds(rounds)
+        lines.append(f"secure aggregation (SecAgg+): {masked} of {len(rounds)} rounds; in those "
+                     "the server saw only sums: the agencies' summed update and count, pooled "
+                     "loss and pooled evaluation")
+        sharing = [r["agency"] for r in summary["agencies"] if r.get("shared_with_consortium")]
+        lines.append("the figures per agency above are read from each agency's own state "
+                     "folder (the simulator owns them); a consortium sees them only where the "
+                     "agency's policy shares them: "
+                     + (", ".join(sharing) if sharing else "none here"))
+        lines.append("")
+    oracle = summary["oracle_roc_auc"]
+    lines.append(f"{'pooled test split':<30}{'ROC-AUC':>9}{'PR-AUC':>8}{'Brier':>8}"
+                 f"{'vs oracle':>11}")
+    for label, key in (("federated (this run)", "global"),
+                       ("centralised, non-private", "centralised_baseline")):
+        if key in summary:
+            m = summary[key]
+            lines.append(f"{label:<30}{fmt(m['roc_auc']):>9}{fmt(m['pr_auc']):>8}"
+                         f"{fmt(m['brier']):>8}{fmt(m['roc_auc'] / oracle, 2) + 'x':>11}")
+    lines.append(f"{'oracle (generator latent risk)':<30}{fmt(oracle):>9}")
+    lines.append(f"wall time {summary['wall_seconds']:.1f} s")
+    return "\n".join(lines)
+

@@ -1,0 +1,155 @@
+"""The wire contract and the run summary (federation/protocol.py): strict, versioned, typed."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from flwr.app import ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+
+from federation.errors import ProtocolError
+from federation.protocol import (
+    SUMMARY_FILE,
+    SUMMARY_VERSION,
+    NodeOutcome,
+    PrivacySummary,
+    Record,
+    RoundRecord,
+    RunSummary,
+    Status,
+)
+from server.run_log import RunLog, reply_info
+
+
+def _summary() -> RunSummary:
+    rounds = [RoundRecord(
+        round=1,
+        train=[NodeOutcome(3, "uk-ngo", Status.OK, metrics={"num-examples": 40.0,
+                                                           "train_loss": math.nan}),
+               NodeOutcome(4, "es-police", Status.REFUSED, "budget")],
+        evaluate=[NodeOutcome(3, "uk-ngo", Status.WITHHELD, "kept at the agency")],
+        train_aggregate={"examples": 40.0, "max_epsilon": math.nan},
+        evaluate_aggregate={}, wall_seconds=1.5)]
+    return RunSummary(rounds=rounds, wall_seconds=2.0,
+                      privacy=PrivacySummary(enabled=True, target_epsilon=3.0,
+                                             target_delta=1e-5, unit="one record",
+                                             accountant="prv"),
+                      preset="tiny", seed=7, mode="federated", oracle_roc_auc=0.9,
+                      global_metrics={"roc_auc": 0.8}, agencies=[{"agency": "uk-ngo"}],
+                      agency_rounds={"uk-ngo": []}, consortium_sees="sums",
+                      audit=None, centralised_baseline=None, baselines=None)
+
+
+def _as_json(s: RunSummary) -> str:
+    return json.dumps(s.to_json(), sort_keys=True)
+
+
+def test_summary_round_trip_is_identity(tmp_path: Path) -> None:
+    original = _summary()
+    original.write(tmp_path / SUMMARY_FILE)
+    back = RunSummary.read(tmp_path / SUMMARY_FILE)
+    assert _as_json(back) == _as_json(original)  # NaN figures come back NaN (null on disk)
+    assert back.rounds[0].train[1].status is Status.REFUSED
+    assert math.isnan(back.rounds[0].train[0].metrics["train_loss"])
+    on_disk = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert on_disk["version"] == SUMMARY_VERSION and on_disk["audit"] is None
+
+
+def _write_raw(path: Path, data: dict[str, object]) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_summary_without_privacy_enabled_is_refused_naming_it(tmp_path: Path) -> None:
+    data = _summary().to_json()
+    del data["privacy"]["enabled"]
+    path = _write_raw(tmp_path / SUMMARY_FILE, data)
+    with pytest.raises(ProtocolError, match=r"'privacy' of .* lacks 'enabled'"):
+        RunSummary.read(path)
+
+
+def test_an_optional_field_must_still_be_written(tmp_path: Path) -> None:
+    data = _summary().to_json()
+    del data["audit"]  # null is allowed; absent is not
+    with pytest.raises(ProtocolError, match="lacks 'audit'"):
+        RunSummary.read(_write_raw(tmp_path / SUMMARY_FILE, data))
+
+
+@pytest.mark.parametrize("version", [None, 0, SUMMARY_VERSION + 1, "1", True])
+def test_a_wrong_or_absent_version_is_refused_naming_it(tmp_path: Path,
+                                                         version: object) -> None:
+    data = _summary().to_json()
+    if version is None:
+        del data["version"]
+    else:
+        data["version"] = version
+    with pytest.raises(ProtocolError, match="'version'"):
+        RunSummary.read(_write_raw(tmp_path / SUMMARY_FILE, data))
+
+
+def test_an_unknown_status_is_refused_without_quoting_it(tmp_path: Path) -> None:
+    data = _summary().to_json()
+    data["rounds"][0]["train"][0]["status"] = "secret-agency-text"
+    with pytest.raises(ProtocolError, match="is not one of ok, refused") as err:
+        RunSummary.read(_write_raw(tmp_path / SUMMARY_FILE, data))
+    assert "secret-agency-text" not in str(err.value)
+
+
+def _reply(node_id: int, agency: dict[str, str | float]) -> Message:
+    meta = Metadata(run_id=1, message_id=f"m{node_id}", src_node_id=node_id, dst_node_id=0,
+                    reply_to_message_id=f"i{node_id}", group_id="1", created_at=0.0,
+                    ttl=600.0, message_type="train")
+    content = RecordDict({Record.AGENCY: ConfigRecord(agency),
+                          Record.METRICS: MetricRecord({"num-examples": 5.0})})
+    return Message(content, metadata=meta)
+
+
+def test_a_node_reply_without_its_status_is_an_error_not_ok() -> None:
+    reply = _reply(5, {"agency": "pt-ngo", "reason": ""})
+    with pytest.raises(ProtocolError, match=r"lacks 'status'.*same heroes-fl version"):
+        reply_info(reply)
+    run_log = RunLog()
+    (outcome,) = run_log.outcomes([5], [reply])
+    assert outcome.status is Status.REJECTED and "'status'" in outcome.reason
+    ok = _reply(6, {"agency": "pt-ngo", "status": "ok", "reason": ""})
+    assert reply_info(ok) == ("pt-ngo", Status.OK, "")
+
+
+def test_a_missing_node_and_a_missing_record_are_named() -> None:
+    meta = Metadata(run_id=1, message_id="m9", src_node_id=9, dst_node_id=0,
+                    reply_to_message_id="i9", group_id="1", created_at=0.0, ttl=600.0,
+                    message_type="train")
+    bare = Message(RecordDict({Record.METRICS: MetricRecord({"num-examples": 1.0})}),
+                   metadata=meta)
+    with pytest.raises(ProtocolError, match="lacks the agency record"):
+        reply_info(bare)
+    outcomes = RunLog().outcomes([9, 10], [bare])
+    assert [o.status for o in outcomes] == [Status.REJECTED, Status.MISSING]
+
+
+def _statuses(summary: dict[str, object]) -> list[object]:
+    rounds = summary["rounds"]
+    assert isinstance(rounds, list)
+    return [o["status"] for r in rounds for kind in ("train", "evaluate") for o in r[kind]]
+
+
+@pytest.mark.slow
+def test_every_status_of_a_real_run_parses(tmp_path: Path) -> None:
+    """A real simulated run's metrics.json (server and summary) reads back, and each status
+    string in it is one of Status."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "simulation.cli", "simulate", "experiment=quick",
+                    "strategy.num_rounds=1", f"hydra.run.dir={run}"],
+                   cwd=root, check=True, capture_output=True, timeout=600)
+    for path in (run / SUMMARY_FILE, run / "server" / SUMMARY_FILE):
+        raw = json.loads(path.read_text())
+        statuses = _statuses(raw)
+        assert statuses and all(Status.parse(s, where=str(path)) for s in statuses)
+        summary = RunSummary.read(path)
+        assert summary.rounds and summary.privacy.enabled is raw["privacy"]["enabled"]
