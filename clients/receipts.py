@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clients import signed_log
+from clients import replies, signed_log
 from clients.signed_log import GENESIS, NODE_KEY, NODE_PUB, Problem, canonical
-from federation.errors import DeploymentError
+from federation.errors import DeploymentError, ProtocolError
+from federation.protocol import AgencyKey, Record, Status
 from federation.signing import PrivateKey, PublicKey, load_private_key
 
 RECEIPTS = "receipts.jsonl"
@@ -99,7 +100,7 @@ class Receipt:
     round: int
     task: str
     message: str  # "train", "evaluate" or "error"
-    status: str  # "ok", "refused" or "failed"
+    status: str  # a Status value: ok, refused, withheld or failed
     payload_sha256: str
     payload_bytes: int
     epsilon: float | None  # cumulative over every run on the dataset, after this round
@@ -158,7 +159,7 @@ def record_reply(state_dir: Path, *, agency: str, run_id: str, server_round: int
         return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
     # a plain round's reply, or a secure round's masked update: both carry a trained model
-    trained = message in ("train", "secagg_masked_train") and status == "ok"
+    trained = message in ("train", "secagg_masked_train") and status == Status.OK
     return append(state_dir, Receipt(
         agency=agency, run_id=run_id, round=server_round, task=task, message=message,
         status=status, payload_sha256=digest, payload_bytes=size,
@@ -218,6 +219,21 @@ def render_entries(state_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def _sender(content: Any) -> tuple[str, str]:
+    """(agency, status) of a reply the node is about to send, strictly: the node's own
+    replies (clients/replies.py) always carry both."""
+    if Record.AGENCY not in content.config_records:
+        raise ProtocolError(f"the reply lacks the {Record.AGENCY!s} record; every reply is "
+                            "written by clients/replies.py")
+    info = content.config_records[Record.AGENCY]
+    for key in (AgencyKey.AGENCY, AgencyKey.STATUS):
+        if key not in info:
+            raise ProtocolError(f"the reply's {Record.AGENCY!s} record lacks {str(key)!r}; "
+                                "every reply is written by clients/replies.py")
+    return str(info[AgencyKey.AGENCY]), Status.parse(info[AgencyKey.STATUS],
+                                                     where="the node's reply").value
+
+
 def record_outgoing(msg: Any, context: Any, reply: Any, kind: str, *,
                     figures: dict[str, float] | None = None) -> dict[str, Any]:
     """The ClientApp's hook: a receipt for ``reply`` before Flower sends it.
@@ -233,18 +249,16 @@ def record_outgoing(msg: Any, context: Any, reply: Any, kind: str, *,
 
     settings = NodeView.from_flat(context.run_config, source="run config (client)")
     content = reply.content
-    info = content.config_records["agency"]
-    agency = str(info["agency"])
+    agency, status = _sender(content)
     metrics: dict[str, Any] = {}
     for record in content.metric_records.values():
         metrics.update(record)
     metrics.update(figures or {})
-    config = msg.content.config_records.get("config")
-    server_round = int(config.get("server-round", 0)) if config is not None else 0
+    server_round = replies.server_round(msg)
     return record_reply(
         resolve_state_dir(context.node_config, settings.paths, agency), agency=agency,
         run_id=str(context.run_id), server_round=server_round, task=settings.task_name,
-        message=kind, content=content, status=str(info.get("status", "ok")), metrics=metrics,
+        message=kind, content=content, status=status, metrics=metrics,
         max_grad_norm=settings.privacy.max_grad_norm if settings.privacy.enabled else None,
         accountant=settings.privacy.accountant if settings.privacy.enabled else None,
     )
@@ -270,11 +284,10 @@ def record_error(msg: Any, context: Any, kind: str, error: BaseException) -> dic
             "agency"])
         state_dir = resolve_state_dir(context.node_config, settings.paths, agency)
         text = f"{type(error).__name__}: {error}".encode()
-        config = msg.content.config_records.get("config")
-        server_round = int(config.get("server-round", 0)) if config is not None else 0
+        server_round = replies.server_round(msg)
         return append(state_dir, Receipt(
             agency=agency, run_id=str(context.run_id), round=server_round,
-            task=settings.task_name, message=kind, status="failed",
+            task=settings.task_name, message=kind, status=Status.FAILED.value,
             payload_sha256=hashlib.sha256(text).hexdigest(), payload_bytes=len(text),
             epsilon=None, delta=None, dp={},
             app_bundle_sha256=os.environ.get(APP_BUNDLE_ENV) or "unknown",

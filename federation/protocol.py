@@ -55,10 +55,14 @@ class AgencyKey(StrEnum):
 
 #: Key of the server round in the ``config`` record (Flower's own spelling).
 SERVER_ROUND = "server-round"
+#: Key of FedProx's proximal weight in the ``config`` record (Flower's own spelling).
+PROXIMAL_MU = "proximal-mu"
 #: Key of the round in the ``secagg_next`` record: the round that set-up belongs to.
 NEXT_ROUND = "server_round"
 #: Marks a secure round's pooled result in a metric record (server/secagg.py).
 SUM_KEY = "secure_sum"
+#: Name of the masked vector in a masked-input stage's ``secagg`` array record.
+MASKED_ARRAY = "masked"
 #: Key of the bytes a node uploaded in the ``observed`` record.
 BYTES_SENT = "bytes_sent"
 

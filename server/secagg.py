@@ -39,7 +39,18 @@ from flwr.serverapp import Grid
 from federation import metrics as fm
 from federation import secagg as sa
 from federation.config import RunSettings, SecAggSettings
-from federation.errors import FederationError
+from federation.errors import FederationError, ProtocolError
+from federation.protocol import (
+    BYTES_SENT,
+    MASKED_ARRAY,
+    SERVER_ROUND,
+    SUM_KEY,
+    AgencyKey,
+    Metric,
+    Record,
+    Stage,
+    Status,
+)
 from server.robust import to_numpy, to_record
 
 if TYPE_CHECKING:
@@ -47,11 +58,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("heroes.secagg")
 
-STAGES = ("secagg_setup", "secagg_share", "secagg_masked", "secagg_consistency",
-          "secagg_unmask")
-RECORD = "secagg"
-NEXT_RECORD = "secagg_next"  # the next round's set-up, riding on this round's last exchange
-SUM_RECORD = "secure_sum"  # the pooled result every strategy-facing reply carries
+# The protocol's names (federation/protocol.py): the stages in order, the stage's record,
+# the next round's set-up riding on this round's last exchange, and the mark of the pooled
+# result every strategy-facing reply carries.
+STAGES = tuple(Stage)
+RECORD = Record.SECAGG
+NEXT_RECORD = Record.SECAGG_NEXT
+SUM_RECORD = SUM_KEY
 
 
 @dataclass
@@ -184,13 +197,29 @@ def _payload_bytes(msg: Message) -> int:
     return total
 
 
+def _round_of(msg: Message) -> int:
+    """The round of a strategy's instruction (Flower's FedAvg writes it), strictly."""
+    config = msg.content.config_records.get(Record.CONFIG)
+    if config is None or SERVER_ROUND not in config:
+        raise ProtocolError(f"the strategy's instruction lacks {SERVER_ROUND!r} in its "
+                            f"{Record.CONFIG!s} record; use a strategy from server/strategy.py")
+    return int(cast(int, config[SERVER_ROUND]))
+
+
 def _cfg(msg: Message) -> dict[str, Any]:
     return dict(msg.content.config_records[RECORD])
 
 
 def _agency_of(msg: Message) -> str:
-    info = msg.content.config_records.get("agency")
-    return str(info["agency"]) if info is not None else f"node {msg.metadata.src_node_id}"
+    """The agency a reply names (an error reply names none: its node id stands in)."""
+    if Record.AGENCY not in msg.content.config_records:
+        return f"node {msg.metadata.src_node_id}"
+    info = msg.content.config_records[Record.AGENCY]
+    if AgencyKey.AGENCY not in info:
+        raise ProtocolError(f"the {Record.AGENCY!s} record of node {msg.metadata.src_node_id}'s "
+                            "reply lacks 'agency'; the node must run the same heroes-fl "
+                            "version as the aggregator")
+    return str(info[AgencyKey.AGENCY])
 
 
 class SecAggGrid:
@@ -267,7 +296,7 @@ class SecAggGrid:
         out = []
         for n, cfg in configs.items():
             content = extra[n] if extra is not None else RecordDict(
-                {"config": ConfigRecord({"server-round": self._round})})
+                {Record.CONFIG: ConfigRecord({SERVER_ROUND: self._round})})
             content[RECORD] = ConfigRecord(cfg)
             if attach is not None:
                 content[NEXT_RECORD] = ConfigRecord(attach)
@@ -280,16 +309,17 @@ class SecAggGrid:
     # --- training ---------------------------------------------------------------------------------
     def _train(self, msgs: list[Message], timeout: float | None) -> list[Message]:
         t0 = time.monotonic()
-        config = msgs[0].content.config_records.get("config")
-        self._round = int(cast(int, config.get("server-round", 0))) if config else 0
+        self._round = _round_of(msgs[0])
         live = _Live(self, msgs, "train", sa.SUMS, timeout)
         self._session = live
         if not live.open(self._take_prepared()):
             return live.results()
         by_node = {m.metadata.dst_node_id: m for m in msgs}
-        flat, layout = sa.flatten(to_numpy(by_node[live.nodes[0]].content.array_records["arrays"]))
-        extra = {n: RecordDict({"arrays": by_node[n].content.array_records["arrays"],
-                                "config": by_node[n].content.config_records["config"]})
+        flat, layout = sa.flatten(to_numpy(
+            by_node[live.nodes[0]].content.array_records[Record.ARRAYS]))
+        extra = {n: RecordDict({
+            Record.ARRAYS: by_node[n].content.array_records[Record.ARRAYS],
+            Record.CONFIG: by_node[n].content.config_records[Record.CONFIG]})
                  for n in live.pending}
         length = sa.train_layout(flat.size, self.settings.secagg.clip_range).length
         total = live.masked_sum(extra, length)
@@ -307,7 +337,7 @@ class SecAggGrid:
                   "examples": examples,
                   "rows_set_aside": float(sums["rows_set_aside"][0]),
                   "agencies_in_sum": float(len(live.in_sum))}
-        live.finish(lambda n: RecordDict({"arrays": new_arrays}), pooled)
+        live.finish(lambda n: RecordDict({Record.ARRAYS: new_arrays}), pooled)
         self.rounds_masked += 1
         log.info("secure aggregation: %d of %d agencies in the sum, %d dropped, %d-bit "
                  "modulus, %.2f s", len(live.in_sum), len(live.nodes),
@@ -318,8 +348,7 @@ class SecAggGrid:
     # --- evaluation -------------------------------------------------------------------------------
     def _evaluate(self, msgs: list[Message], timeout: float | None) -> list[Message]:
         t0 = time.monotonic()
-        config = msgs[0].content.config_records.get("config")
-        self._round = int(cast(int, config.get("server-round", 0))) if config else 0
+        self._round = _round_of(msgs[0])
         nodes = [m.metadata.dst_node_id for m in msgs]
         prior = self._session
         if prior is not None and prior.round == self._round and prior.sum_open("evaluate"):
@@ -333,8 +362,9 @@ class SecAggGrid:
             if not live.open():
                 return live.results()
         by_node = {m.metadata.dst_node_id: m for m in msgs}
-        extra = {n: RecordDict({"arrays": by_node[n].content.array_records["arrays"],
-                                "config": by_node[n].content.config_records["config"]})
+        extra = {n: RecordDict({
+            Record.ARRAYS: by_node[n].content.array_records[Record.ARRAYS],
+            Record.CONFIG: by_node[n].content.config_records[Record.CONFIG]})
                  for n in live.pending}
         layout = sa.eval_layout()
         total = live.masked_sum(extra, layout.length)
@@ -391,8 +421,8 @@ class _Live:
             log.warning("secure aggregation %s: node %d dropped out", stage, n)
             return False
         self.agency[n] = _agency_of(m)
-        if "shared" in m.content.config_records:
-            self.shared[n] = m.content.config_records["shared"]
+        if Record.SHARED in m.content.config_records:
+            self.shared[n] = m.content.config_records[Record.SHARED]
         reason = self._head_problem(n, m)
         if reason is not None:
             self.final[n] = self._rejected(n, reason)
@@ -405,9 +435,9 @@ class _Live:
 
     def _head_problem(self, n: int, m: Message) -> str | None:
         heads = self.grid.heads
-        if heads is None or "ledger" not in m.content.config_records:
+        if heads is None or Record.LEDGER not in m.content.config_records:
             return None
-        attestation = dict(m.content.config_records["ledger"])
+        attestation = dict(m.content.config_records[Record.LEDGER])
         agency = self.agency[n]
         if "signature" not in attestation:
             # the masked input carries only the head after training: it may not be behind
@@ -427,9 +457,10 @@ class _Live:
 
     def _rejected(self, n: int, reason: str) -> Message:
         log.warning("secure aggregation: %s rejected: %s", self.agency.get(n, n), reason)
-        return Message(content=RecordDict({"agency": ConfigRecord(
-            {"agency": self.agency.get(n, f"node {n}"), "status": "rejected",
-             "reason": reason})}), reply_to=self.by_node[n])
+        return Message(content=RecordDict({Record.AGENCY: ConfigRecord(
+            {AgencyKey.AGENCY: self.agency.get(n, f"node {n}"),
+             AgencyKey.STATUS: Status.REJECTED.value, AgencyKey.REASON: reason})}),
+            reply_to=self.by_node[n])
 
     def abort(self, reason: str, still_in: Iterable[int] | None = None) -> list[Message]:
         """Too few left to hide anyone: name everyone's outcome, let the quorum decide."""
@@ -503,7 +534,7 @@ class _Live:
         self.used.add(name)
         configs = {n: self.boxes.get(n, {}) for n in self.pending}
         replies = self.grid._stage(self.kind, STAGES[2], configs, extra, self.timeout)
-        masked = {n: m.content.array_records[RECORD]["masked"].numpy().tobytes()
+        masked = {n: m.content.array_records[RECORD][MASKED_ARRAY].numpy().tobytes()
                   for n, m in replies.items()
                   if self._accepted("masked input", n, m, carries="array")}
         if len(masked) < 2:
@@ -536,13 +567,14 @@ class _Live:
         """One strategy-facing reply per agency in the sum, all with the same result."""
         for n in self.in_sum:
             rec = content(n)
-            rec["metrics"] = MetricRecord({"num-examples": 1.0, SUM_RECORD: 1.0,
-                                           **{k: float(v) for k, v in pooled.items()}})
-            rec["agency"] = ConfigRecord({"agency": self.agency.get(n, f"node {n}"),
-                                          "status": "ok", "reason": ""})
-            rec["observed"] = ConfigRecord({"bytes_sent": float(self.uploaded.get(n, 0))})
+            rec[Record.METRICS] = MetricRecord({Metric.NUM_EXAMPLES: 1.0, SUM_RECORD: 1.0,
+                                                **{k: float(v) for k, v in pooled.items()}})
+            rec[Record.AGENCY] = ConfigRecord({
+                AgencyKey.AGENCY: self.agency.get(n, f"node {n}"),
+                AgencyKey.STATUS: Status.OK.value, AgencyKey.REASON: ""})
+            rec[Record.OBSERVED] = ConfigRecord({BYTES_SENT: float(self.uploaded.get(n, 0))})
             if n in self.shared:
-                rec["shared"] = self.shared[n]
+                rec[Record.SHARED] = self.shared[n]
             self.final[n] = Message(content=rec, reply_to=self.by_node[n])
 
 

@@ -3,7 +3,7 @@
 Used only when a simulation sets ``audit.enabled=true`` (see simulation.audit); a deployed
 node runs ``clients.client_app:app``, and nothing outside the simulation imports this file.
 Two changes, each made for one call by swapping the name ``train_local`` that the node's
-module looks up at call time:
+round logic (clients/rounds.py) looks up at call time:
 
 - ``audit.mode=whitebox``: at an agency whose state folder holds a canary design
   (``<state_dir>/audit/whitebox-canaries.npz``), every DP round also trains a side copy of
@@ -30,6 +30,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 import clients.client_app as node_app
+import clients.rounds as node_rounds  # the module whose train_local the node calls
 from federation.privacy import epsilon_spent
 
 log = logging.getLogger("heroes.audit")
@@ -117,7 +118,7 @@ class AuditClientApp(ClientApp):
         audit_dir = _audit_dir(context)
         if audit_dir is not None:
             train = with_whitebox_audit(train, audit_dir)
-        namespace = vars(node_app)
+        namespace = vars(node_rounds)
         original = namespace["train_local"]
         namespace["train_local"] = train
         try:

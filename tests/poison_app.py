@@ -23,6 +23,7 @@ from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 import clients.client_app as node_app
+from clients.mods import with_node_mods
 
 
 def corrupt(sent: dict[str, np.ndarray], trained: dict[str, np.ndarray], attack: str,
@@ -50,11 +51,13 @@ def corrupt(sent: dict[str, np.ndarray], trained: dict[str, np.ndarray], attack:
 
 def make_app(attacks: dict[int, str]) -> ClientApp:
     app = ClientApp()
+    node_train = with_node_mods(node_app.train)  # contained and receipted like the node's own
+    node_evaluate = with_node_mods(node_app.evaluate)
     rng = np.random.default_rng(0)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        reply = node_app.train(msg, context)
+        reply = node_train(msg, context)
         attack = attacks.get(int(str(context.node_config.get("partition-id", -1))))
         if attack is None:
             return reply
@@ -70,6 +73,6 @@ def make_app(attacks: dict[int, str]) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        return node_app.evaluate(msg, context)
+        return node_evaluate(msg, context)
 
     return app

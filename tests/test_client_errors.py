@@ -8,16 +8,23 @@ import re
 import stat
 import traceback
 from pathlib import Path
-from typing import cast
 
 import pytest
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
-from clients.client_app import FORWARDED, NODE_ERROR_LOG, NodeFailure, contained
+from clients.mods import FORWARDED, NODE_ERROR_LOG, NodeFailure, with_node_mods
 from federation.data import FILE_NOT_FOUND
 from federation.errors import DataError, FederationError, LedgerError, PolicyError
 
 CANARY = "CANARY-7f3a advert text that must never leave"
+
+
+def _message() -> Message:
+    """A real training instruction; the failing handlers never read it."""
+    meta = Metadata(run_id=1, message_id="i1", src_node_id=0, dst_node_id=1,
+                    reply_to_message_id="", group_id="1", created_at=0.0, ttl=600.0,
+                    message_type="train")
+    return Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), metadata=meta)
 
 
 def _context(node_config: dict[str, str] | None = None) -> Context:
@@ -26,12 +33,12 @@ def _context(node_config: dict[str, str] | None = None) -> Context:
 
 
 def test_foreign_exception_content_stays_at_the_node(caplog: pytest.LogCaptureFixture) -> None:
-    @contained
+    @with_node_mods
     def train(msg: Message, context: Context) -> Message:
         raise ValueError(f"could not parse {CANARY!r}")
 
     with pytest.raises(NodeFailure) as err:
-        train(cast(Message, object()), _context())  # the handler never reads it
+        train(_message(), _context())  # the handler never reads it
     assert CANARY not in str(err.value)
     assert "ValueError" in str(err.value)
     assert err.value.__cause__ is None and err.value.__suppress_context__
@@ -43,12 +50,12 @@ def test_details_go_to_the_node_error_log_in_its_state_folder(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     state = tmp_path / "state"
 
-    @contained
+    @with_node_mods
     def train(msg: Message, context: Context) -> Message:
         raise KeyError(CANARY)
 
     with pytest.raises(NodeFailure) as err:
-        train(cast(Message, object()), _context({"state_dir": str(state)}))
+        train(_message(), _context({"state_dir": str(state)}))
     assert CANARY not in str(err.value)
     log = state / "logs" / NODE_ERROR_LOG
     text = log.read_text()
@@ -64,12 +71,12 @@ def test_details_go_to_the_node_error_log_in_its_state_folder(
 ])
 def test_other_heroes_errors_leave_as_their_type_and_a_fixed_sentence(
         error: Exception, caplog: pytest.LogCaptureFixture) -> None:
-    @contained
+    @with_node_mods
     def train(msg: Message, context: Context) -> Message:
         raise error
 
     with pytest.raises(NodeFailure) as err:
-        train(cast(Message, object()), _context())
+        train(_message(), _context())
     sent = str(err.value)
     assert CANARY not in sent and "/srv/cases" not in sent
     assert type(error).__name__ in sent
@@ -78,19 +85,19 @@ def test_other_heroes_errors_leave_as_their_type_and_a_fixed_sentence(
 
 
 def test_heroes_errors_pass_through() -> None:
-    @contained
+    @with_node_mods
     def train(msg: Message, context: Context) -> Message:
         raise DataError(FILE_NOT_FOUND, file="adverts_train.csv")
 
     with pytest.raises(DataError, match=re.escape("adverts_train.csv: file not found")):
-        train(cast(Message, object()), _context())  # the handler never reads it
+        train(_message(), _context())  # the handler never reads it
 
 
 def test_a_forwarded_error_is_a_fresh_one_without_its_causes() -> None:
     """The error that leaves carries no chained exception and no frames below the wrapper
     (a traceback's locals and causes could hold content)."""
 
-    @contained
+    @with_node_mods
     def train(msg: Message, context: Context) -> Message:
         try:
             raise ValueError(CANARY)
@@ -98,7 +105,7 @@ def test_a_forwarded_error_is_a_fresh_one_without_its_causes() -> None:
             raise FederationError("secure aggregation refused by this node: x") from exc
 
     with pytest.raises(FederationError) as err:
-        train(cast(Message, object()), _context())
+        train(_message(), _context())
     assert err.value.__cause__ is None and err.value.__suppress_context__
     assert CANARY not in "".join(traceback.format_exception(err.value))
     assert FederationError in FORWARDED

@@ -219,11 +219,10 @@ def test_simulated_nodes_sign_a_receipt_for_every_message(tmp_path: Path) -> Non
 def test_an_error_reply_gets_a_receipt_too(tmp_path: Path) -> None:
     import hashlib
     import tomllib
-    from typing import cast
 
-    from flwr.app import Context, Message
+    from flwr.app import Context, Message, Metadata
 
-    from clients.client_app import contained
+    from clients.mods import with_node_mods
     from federation.data import FILE_NOT_FOUND
     from federation.errors import DataError
 
@@ -237,15 +236,19 @@ def test_an_error_reply_gets_a_receipt_too(tmp_path: Path) -> None:
     context = Context(run_id=9, node_id=1, state=RecordDict(), run_config=run_config,
                       node_config={"data_dir": str(data), "state_dir": str(state)})
 
-    class _Msg:  # the handler fails before reading the message; only its config is read
-        content = RecordDict({"config": ConfigRecord({"server-round": 3})})
+    # the handler fails before reading the message; only its config is read
+    meta = Metadata(run_id=9, message_id="i1", src_node_id=0, dst_node_id=1,
+                    reply_to_message_id="", group_id="3", created_at=0.0, ttl=600.0,
+                    message_type="train")
+    instruction = Message(RecordDict({"config": ConfigRecord({"server-round": 3})}),
+                          metadata=meta)
 
-    @contained
+    @with_node_mods
     def train(msg: Message, context: Context) -> Message:
         raise DataError(FILE_NOT_FOUND, file="t.csv")
 
     with pytest.raises(DataError) as err:
-        train(cast(Message, _Msg()), context)
+        train(instruction, context)
     (entry,) = [json.loads(x) for x in (state / RECEIPTS).read_text().splitlines()]
     assert (entry["message"], entry["status"], entry["round"], entry["run_id"]) == (
         "train", "failed", 3, "9")
