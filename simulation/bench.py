@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from federation.protocol import SUMMARY_FILE, RunSummary
+from federation.protocol import SUMMARY_FILE, RunSummary, Status
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -233,7 +233,7 @@ def rounds_from(sim: dict[str, Any]) -> dict[str, Any]:
     per_agency: dict[str, list[float]] = {}
     for r in rounds:
         for o in r["train"]:
-            if o["status"] == "ok":
+            if o["status"] == Status.OK:
                 per_agency.setdefault(o["agency"], []).append(o["metrics"]["bytes_sent"])
     walls = [r["wall_seconds"] for r in rounds if r["wall_seconds"] is not None]
     return {"federation": sim["federation"],
@@ -255,7 +255,7 @@ def bench_secagg(rounds: int, tmp: Path) -> dict[str, Any]:
         rs = sim["summary"]["rounds"]
         walls = [r["wall_seconds"] for r in rs[1:] if r["wall_seconds"] is not None]
         sent = [o["metrics"]["bytes_sent"] for r in rs for o in r["train"]
-                if o["status"] == "ok"]
+                if o["status"] == Status.OK]
         out[mode] = {"round_wall_seconds_median": statistics.median(walls),
                      "bytes_sent_per_agency_per_round_median": statistics.median(sent),
                      "global_roc_auc": sim["global_roc_auc"], "wall_seconds": sim["wall_seconds"]}

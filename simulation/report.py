@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from federation.errors import ConfigError
-from federation.protocol import SUMMARY_FILE, RunSummary
+from federation.protocol import SUMMARY_FILE, RunSummary, Status
 from simulation import sweep
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
@@ -264,7 +264,7 @@ def run_sections(summary: Mapping[str, Any], title: str) -> list[str]:
         worst = []
         for x in xs:  # from each agency's own record: a consortium never sees these
             vals = [e["figures"].get("roc_auc") for entries in local.values() for e in entries
-                    if e["kind"] == "evaluate" and e["round"] == x and e["status"] == "ok"]
+                    if e["kind"] == "evaluate" and e["round"] == x and e["status"] == Status.OK]
             vals = [v for v in vals if v is not None and math.isfinite(v)]
             worst.append((x, min(vals) if vals else None, None, None))
         if any(p[1] is not None for p in worst):
@@ -274,7 +274,7 @@ def run_sections(summary: Mapping[str, Any], title: str) -> list[str]:
         for a in summary.get("agencies", []):
             pts = [(e["round"], e["figures"].get("epsilon"), None, None)
                    for e in local.get(a["agency"], [])
-                   if e["kind"] == "train" and e["status"] == "ok"
+                   if e["kind"] == "train" and e["status"] == Status.OK
                    and e["figures"].get("epsilon") is not None
                    and math.isfinite(e["figures"]["epsilon"])]
             if pts:
