@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from flwr.app import ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from hypothesis import given
+from hypothesis import strategies as st
 
 from federation.errors import ProtocolError
 from federation.protocol import (
@@ -55,6 +57,27 @@ def test_summary_round_trip_is_identity(tmp_path: Path) -> None:
     assert math.isnan(back.rounds[0].train[0].metrics["train_loss"])
     on_disk = json.loads((tmp_path / SUMMARY_FILE).read_text())
     assert on_disk["version"] == SUMMARY_VERSION and on_disk["audit"] is None
+
+
+_figures = st.dictionaries(st.sampled_from(["num-examples", "epsilon", "roc_auc", "loss"]),
+                           st.floats(allow_infinity=False) | st.just(math.nan), max_size=4)
+_outcomes = st.builds(NodeOutcome, node_id=st.integers(0, 2**63 - 1),
+                      agency=st.text(max_size=20), status=st.sampled_from(list(Status)),
+                      reason=st.text(max_size=40), metrics=_figures)
+
+
+@given(st.lists(st.builds(RoundRecord, round=st.integers(1, 10_000),
+                          train=st.lists(_outcomes, max_size=4),
+                          evaluate=st.lists(_outcomes, max_size=4),
+                          train_aggregate=_figures, evaluate_aggregate=_figures,
+                          wall_seconds=st.floats(0, 1e6) | st.just(math.nan)), max_size=3))
+def test_round_log_serialise_then_parse_is_identity(rounds: list[RoundRecord]) -> None:
+    summary = RunSummary(rounds=rounds, wall_seconds=1.0,
+                         privacy=PrivacySummary(enabled=False, target_epsilon=None,
+                                                target_delta=None, unit="u", accountant="prv"))
+    text = json.dumps(summary.to_json())
+    back = RunSummary.from_json(json.loads(text), where="a test summary")
+    assert json.dumps(back.to_json()) == text
 
 
 def _write_raw(path: Path, data: dict[str, object]) -> Path:
