@@ -151,7 +151,7 @@ def record_reply(state_dir: Path, *, agency: str, run_id: str, server_round: int
                  message: str, content: Any, status: str, metrics: dict[str, Any],
                  max_grad_norm: float | None, accountant: str | None,
                  app_bundle_sha256: str | None = None) -> dict[str, Any]:
-    """A receipt for a reply the ClientApp is about to return (see clients/client_app.py)."""
+    """A receipt for a reply the ClientApp is about to return (clients/mods.py, sign_receipts)."""
     digest, size = payload_digest(content)
 
     def num(key: str) -> float | None:

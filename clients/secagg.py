@@ -23,7 +23,7 @@ Any refusal is a FederationError whose message names the rule and the numbers (n
 the node then drops out of the round, which the server may only abort.
 
 The stage methods work on plain dicts so that tests (and the malicious-aggregator harness in
-tests/test_secagg_malicious.py) run the protocol in one process; clients/client_app.py wraps
+tests/test_secagg_malicious.py) run the protocol in one process; clients/secagg_stages.py wraps
 them as Flower handlers and keeps the state in ``context.state`` between messages.
 """
 

@@ -18,9 +18,9 @@ Each message says what arrived, what is allowed, and how to fix it; a DataError 
 kind of value arrived, never the value. Messages never quote advert text or any other
 record content: errors leave the agency in logs and replies, so
 they name files, rows and columns only. DataError makes this structural (its message is
-composed from a fixed Rule and typed fields, see its docstring); the node's error wrapper
-(clients/client_app.py) passes on DataError, FederationError and TaskError as they are and
-replaces every other error by its type name and a fixed sentence.
+composed from a fixed Rule and typed fields, see its docstring); the node's error mod
+(clients/mods.py, contain_errors) passes on DataError, FederationError and TaskError as
+they are and replaces every other error by its type name and a fixed sentence.
 """
 
 from __future__ import annotations
