@@ -320,7 +320,7 @@ def _baseline_sections(summary: Mapping[str, Any]) -> list[str]:
     pooled: list[tuple[str, float | None]] = []
     b = summary.get("baselines")
     if b:
-        from simulation.baselines import ARM_LABELS
+        from simulation.baselines import ARM_LABELS  # torch: only for a baselines report
 
         for arm in ("centralised_non_private", "federated_non_private", "federated_dp"):
             pooled.append((ARM_LABELS[arm], b["arms"][arm]["pooled"]["roc_auc"]))

@@ -32,6 +32,8 @@ from federation.tasks import Task, get_task
 from federation.text import SparseRows
 from federation.training import predict_proba, train_local
 from simulation import preflight
+from simulation.audit import prepare_audit
+from simulation.audit import render as render_audit
 from simulation.baselines import run_baselines
 from simulation.federation_run import (  # re-exported: tests and tools import them from here
     approve_simulated_roster,
@@ -114,8 +116,6 @@ def run(cfg: DictConfig, out_dir: Path) -> RunSummary:
     if bool(cfg.audit.enabled):
         if cfg.mode != "federated":
             raise ConfigError([f"audit.enabled=true needs mode=federated (got {cfg.mode})"])
-        from simulation.audit import prepare_audit
-
         audit = prepare_audit(cfg.audit, manifest, settings, out_dir / "audit",
                               state_root=state_root, seed=int(cfg.seed))
     elif bool(cfg.audit.break_noise_for_testing):
@@ -171,8 +171,6 @@ def run(cfg: DictConfig, out_dir: Path) -> RunSummary:
         shutil.copyfile(server_out / "model.pt", out_dir / "model.pt")
     print(render(summary.to_json()), flush=True)
     if summary.audit is not None:
-        from simulation.audit import render as render_audit
-
         print(render_audit(summary.audit), flush=True)
     print(f"outputs: {out_dir}", flush=True)
     return summary
