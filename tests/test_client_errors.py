@@ -116,3 +116,26 @@ def test_data_errors_survive_pickling() -> None:
     error = DataError(FILE_NOT_FOUND, file="adverts_train.csv")
     again = pickle.loads(pickle.dumps(error))
     assert str(again) == str(error) and again.rule == FILE_NOT_FOUND
+
+
+def test_the_node_mods_contain_every_registered_handler_of_a_real_clientapp() -> None:
+    """ClientApp(mods=NODE_MODS) wraps message-API handlers (train, train.<stage>) too: an
+    error raised inside one leaves the app as what an error reply may carry."""
+    from flwr.clientapp import ClientApp
+
+    from clients.mods import NODE_MODS
+
+    app = ClientApp(mods=NODE_MODS)
+
+    @app.train("secagg_share")
+    def share(msg: Message, context: Context) -> Message:
+        raise ValueError(CANARY)
+
+    meta = Metadata(run_id=1, message_id="i2", src_node_id=0, dst_node_id=1,
+                    reply_to_message_id="", group_id="1", created_at=0.0, ttl=600.0,
+                    message_type="train.secagg_share")
+    msg = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), metadata=meta)
+    with pytest.raises(NodeFailure) as err:
+        app(msg, _context())
+    assert CANARY not in str(err.value)
+    assert str(err.value).startswith("secagg_share failed at the node with ValueError")
