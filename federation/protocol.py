@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -284,6 +284,57 @@ class PrivacySummary:
                                          "accountant", at)))
 
 
+@dataclass(frozen=True)
+class AgencyRow:
+    """One agency in a simulation's summary: read from its own state folder (its local
+    record and ledger, which a simulation owns) and from the server's round log (the
+    outcomes it decided). None where the agency never trained, evaluated or shared."""
+
+    agency: str
+    train_examples: int
+    test_examples: int
+    rounds_trained: int
+    epsilon: float | None  # cumulative over every run on its dataset (the ledger)
+    delta: float | None
+    run_epsilon: float | None  # this run alone
+    ledger_epsilon: float | None
+    budget_remaining: float | None
+    noise_multiplier: float | None
+    local_roc_auc: float | None
+    local_oracle_roc_auc: float | None
+    rows_set_aside: int
+    failed_rounds: int
+    rejected_rounds: int
+    rejected: str | None  # which rounds the server rejected it in, and the last reason
+    stopped: str | None  # from which round it refused, and why
+    shared_with_consortium: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: object, *, where: str) -> AgencyRow:
+        values: dict[str, Any] = {}
+        for name, kind in _AGENCY_KINDS.items():
+            value = need(data, name, where=where)
+            if kind is float:
+                values[name] = _number(data, name, where, optional=True)
+            elif kind is str and value is None and name in ("rejected", "stopped"):
+                values[name] = None
+            else:
+                values[name] = _typed(value, kind, name, where)
+        return cls(**values)
+
+
+_AGENCY_KINDS: dict[str, type] = {
+    "agency": str, "train_examples": int, "test_examples": int, "rounds_trained": int,
+    "epsilon": float, "delta": float, "run_epsilon": float, "ledger_epsilon": float,
+    "budget_remaining": float, "noise_multiplier": float, "local_roc_auc": float,
+    "local_oracle_roc_auc": float, "rows_set_aside": int, "failed_rounds": int,
+    "rejected_rounds": int, "rejected": str, "stopped": str, "shared_with_consortium": bool,
+}
+
+
 #: The unit every epsilon in heroes-fl is about.
 PRIVACY_UNIT = "one advert record in one agency's training export"
 
@@ -308,7 +359,7 @@ class RunSummary:
     mode: str | None = None
     oracle_roc_auc: float | None = None
     global_metrics: dict[str, float] | None = None  # "global" in the file
-    agencies: list[JSON] | None = None
+    agencies: list[AgencyRow] | None = None
     agency_rounds: dict[str, list[JSON]] | None = None
     consortium_sees: str | None = None
     audit: JSON | None = None
@@ -323,7 +374,8 @@ class RunSummary:
             "privacy": self.privacy.to_json(),
             "oracle_roc_auc": self.oracle_roc_auc,
             "global": self.global_metrics,
-            "agencies": self.agencies,
+            "agencies": (None if self.agencies is None
+                         else [a.to_json() for a in self.agencies]),
             "rounds": [r.to_json() for r in self.rounds],
             "agency_rounds": self.agency_rounds,
             "consortium_sees": self.consortium_sees,
@@ -371,7 +423,9 @@ class RunSummary:
             preset=opt("preset", str), seed=None if seed is None else int(seed),
             mode=opt("mode", str),
             oracle_roc_auc=_number(data, "oracle_roc_auc", where, optional=True),
-            global_metrics=opt("global", dict), agencies=opt("agencies", list),
+            global_metrics=opt("global", dict),
+            agencies=None if (table := opt("agencies", list)) is None else [
+                AgencyRow.from_json(a, where=f"an agency row of {where}") for a in table],
             agency_rounds=opt("agency_rounds", dict),
             consortium_sees=opt("consortium_sees", str), audit=opt("audit", dict),
             centralised_baseline=opt("centralised_baseline", dict),

@@ -102,16 +102,16 @@ def _agencies(summary: RunSummary) -> list[dict[str, Any]]:
     else:
         rows = []
         for a in summary.agencies:
-            extra = from_rounds.get(a["agency"], {})
+            extra = from_rounds.get(a.agency, {})  # an agency that never replied has none
             rows.append({
-                "agency": a["agency"],
-                **{key: a[key] for key in ("train_examples", "rounds_trained", "epsilon",
-                                           "delta", "run_epsilon", "ledger_epsilon",
-                                           "noise_multiplier")},
+                "agency": a.agency, "train_examples": a.train_examples,
+                "rounds_trained": a.rounds_trained, "epsilon": a.epsilon, "delta": a.delta,
+                "run_epsilon": a.run_epsilon, "ledger_epsilon": a.ledger_epsilon,
+                "noise_multiplier": a.noise_multiplier,
                 "sample_rate": extra.get("sample_rate"),
                 "steps_per_round": extra.get("steps_per_round"),
-                "local_roc_auc": a["local_roc_auc"],
-                "stopped": a["stopped"],
+                "local_roc_auc": a.local_roc_auc,
+                "stopped": a.stopped,
             })
     for row in rows:
         row["epsilon_unit"] = UNIT

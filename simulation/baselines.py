@@ -33,7 +33,13 @@ from federation.config import RunSettings, Scalar
 from federation.data import AgencyData
 from federation.errors import ConfigError
 from federation.privacy import epsilon_spent, plan_noise
-from federation.protocol import SUMMARY_FILE, PrivacySummary, RoundRecord, RunSummary
+from federation.protocol import (
+    SUMMARY_FILE,
+    AgencyRow,
+    PrivacySummary,
+    RoundRecord,
+    RunSummary,
+)
 from federation.tasks import Task, get_task
 from federation.text import SparseRows
 from federation.training import predict_proba, train_local
@@ -246,9 +252,9 @@ def run_baselines(cfg: DictConfig, out_dir: Path, *, flat: dict[str, Scalar],
 
 
 def gain_table(arms: dict[str, dict[str, Any]], agencies: list[AgencyData],
-               fed_table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+               fed_table: list[AgencyRow]) -> list[dict[str, Any]]:
     """Per agency, smallest training split first: what federating adds over going alone."""
-    eps_fed = {r["agency"]: (r["epsilon"], r["delta"]) for r in fed_table}
+    eps_fed = {r.agency: (r.epsilon, r.delta) for r in fed_table}
     rows = []
     for a in sorted(agencies, key=lambda a: (len(a.train), a.agency)):
         name = a.agency

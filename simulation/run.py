@@ -157,7 +157,7 @@ def run(cfg: DictConfig, out_dir: Path) -> RunSummary:
         summary.agency_rounds = local_rounds(state_root, [a.agency for a in agencies])
         summary.consortium_sees = CONSORTIUM_SEES
         if audit is not None:
-            summary.audit = audit.evaluate(model, summary.agencies)
+            summary.audit = audit.evaluate(model, [r.to_json() for r in summary.agencies])
     if cfg.mode == "centralised" or bool(cfg.baseline):
         train = _pool(task, agencies, "train")
         summary.centralised_baseline = centralised_baseline(task, settings, train, test)

@@ -13,7 +13,7 @@ from typing import Any
 from clients import local_metrics
 from federation.data import AgencyData
 from federation.ledger import Ledger, load_policy
-from federation.protocol import RoundRecord, Status
+from federation.protocol import AgencyRow, Metric, RoundRecord, Status
 from simulation.sweep import secure_rounds
 
 
@@ -21,58 +21,57 @@ def fmt(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def _ledger_epsilon(state: Path) -> tuple[float | None, bool]:
+    """(the largest epsilon the agency's ledger holds at its own delta, whether its policy
+    shares figures with the consortium); (None, False) before it has either file."""
+    if not (state / "policy.toml").exists():
+        return None, False
+    policy = load_policy(state)
+    if not (state / "privacy-ledger.sqlite").exists():
+        return None, policy.share_local_metrics
+    with Ledger.open(state, create=False) as ledger:
+        spent = max((ledger.spent(ds, delta=policy.delta, accountant=policy.accountant)
+                     for ds in ledger.datasets()), default=None)
+    return spent, policy.share_local_metrics
+
+
+def _agency_row(a: AgencyData, rounds: list[RoundRecord], oracle: Mapping[str, float],
+                state: Path) -> AgencyRow:
+    local = local_metrics.read(state)
+    trained = [e for e in local if e["kind"] == "train" and e["status"] == Status.OK]
+    evaluated = [e for e in local if e["kind"] == "evaluate" and e["status"] == Status.OK]
+    refused = [e for e in local if e["kind"] == "train" and e["status"] == Status.REFUSED]
+    mine = [(r.round, o) for r in rounds for o in r.train if o.agency == a.agency]
+    failed = [o for _, o in mine if o.status in (Status.FAILED, Status.MISSING)]
+    rejected = [(n, o) for n, o in mine if o.status is Status.REJECTED]
+    ledger_eps, shares = _ledger_epsilon(state)
+    # The agency's own figure tables: a figure it never computed is absent (None here).
+    last: dict[str, Any] = trained[-1]["figures"] if trained else {}
+    return AgencyRow(
+        agency=a.agency, train_examples=len(a.train), test_examples=len(a.test),
+        rounds_trained=sum(o.status is Status.OK for _, o in mine),
+        epsilon=last.get(Metric.EPSILON), delta=last.get(Metric.DELTA),
+        run_epsilon=last.get(Metric.RUN_EPSILON), ledger_epsilon=ledger_eps,
+        budget_remaining=last.get(Metric.BUDGET_REMAINING),
+        noise_multiplier=last.get(Metric.NOISE_MULTIPLIER),
+        local_roc_auc=evaluated[-1]["figures"].get(Metric.ROC_AUC) if evaluated else None,
+        local_oracle_roc_auc=_finite_or_none(oracle.get(a.agency)),
+        rows_set_aside=a.train.rejected_total + a.test.rejected_total,
+        failed_rounds=len(failed), rejected_rounds=len(rejected),
+        rejected=(f"rejected in round(s) {', '.join(str(n) for n, _ in rejected)}"
+                  f"; last: {rejected[-1][1].reason}" if rejected else None),
+        stopped=(f"refused from round {refused[0]['round']}: {refused[0]['reason']}"
+                 if refused else None),
+        shared_with_consortium=shares)
+
+
 def agency_table(rounds: list[RoundRecord], agencies: list[AgencyData],
-                  oracle: Mapping[str, float], state_root: Path) -> list[dict[str, Any]]:
+                 oracle: Mapping[str, float], state_root: Path) -> list[AgencyRow]:
     """One row per agency. The figures come from each agency's OWN state folder (its local
     record and ledger), which a simulation can read because it owns every agency; a
     consortium sees only what ``consortium_sees`` says. Outcomes the server decided (failed,
     missing, rejected) come from the server's round log."""
-    rows = []
-    for a in agencies:
-        state = state_root / a.agency
-        local = local_metrics.read(state)
-        trained = [e for e in local if e["kind"] == "train" and e["status"] == Status.OK]
-        evaluated = [e for e in local if e["kind"] == "evaluate" and e["status"] == Status.OK]
-        refused = [e for e in local if e["kind"] == "train" and e["status"] == Status.REFUSED]
-
-        mine = [(r.round, o) for r in rounds for o in r.train if o.agency == a.agency]
-        accepted = [o for _, o in mine if o.status is Status.OK]
-        failed = [o for _, o in mine if o.status in (Status.FAILED, Status.MISSING)]
-        rejected = [(n, o) for n, o in mine if o.status is Status.REJECTED]
-        ledger_eps = None
-        shares = False
-        if (state / "policy.toml").exists():
-            policy = load_policy(state)
-            shares = policy.share_local_metrics
-            if (state / "privacy-ledger.sqlite").exists():
-                with Ledger.open(state, create=False) as ledger:
-                    ledger_eps = max((ledger.spent(ds, delta=policy.delta,
-                                                   accountant=policy.accountant)
-                                      for ds in ledger.datasets()), default=None)
-        last = trained[-1]["figures"] if trained else {}
-        rows.append({
-            "agency": a.agency,
-            "train_examples": len(a.train),
-            "test_examples": len(a.test),
-            "rounds_trained": len(accepted),
-            "epsilon": last.get("epsilon"),
-            "delta": last.get("delta"),
-            "run_epsilon": last.get("run_epsilon"),
-            "ledger_epsilon": ledger_eps,
-            "budget_remaining": last.get("budget_remaining"),
-            "noise_multiplier": last.get("noise_multiplier"),
-            "local_roc_auc": evaluated[-1]["figures"].get("roc_auc") if evaluated else None,
-            "local_oracle_roc_auc": _finite_or_none(oracle.get(a.agency)),
-            "rows_set_aside": a.train.rejected_total + a.test.rejected_total,
-            "failed_rounds": len(failed),
-            "rejected_rounds": len(rejected),
-            "rejected": (f"rejected in round(s) {', '.join(str(n) for n, _ in rejected)}"
-                         f"; last: {rejected[-1][1].reason}" if rejected else None),
-            "stopped": (f"refused from round {refused[0]['round']}: {refused[0]['reason']}"
-                        if refused else None),
-            "shared_with_consortium": shares,
-        })
-    return rows
+    return [_agency_row(a, rounds, oracle, state_root / a.agency) for a in agencies]
 
 
 def local_rounds(state_root: Path, agencies: list[str]) -> dict[str, list[dict[str, Any]]]:

@@ -108,8 +108,8 @@ def run_row(run: Path) -> dict[str, Any]:
     oracle = _finite(summary.oracle_roc_auc)
     auc = _finite(g.get("roc_auc"))
     agencies = summary.agencies or []
-    local = [v for v in (_finite(a["local_roc_auc"]) for a in agencies) if v is not None]
-    eps = [v for v in (_finite(a["epsilon"]) for a in agencies) if v is not None]
+    local = [v for v in (_finite(a.local_roc_auc) for a in agencies) if v is not None]
+    eps = [v for v in (_finite(a.epsilon) for a in agencies) if v is not None]
     gain = (summary.baselines or {}).get("gain", [])
     own = [v for v in (_finite(r["gain_own_test"]) for r in gain) if v is not None]
     pooled = [v for v in (_finite(r["gain_pooled_test"]) for r in gain) if v is not None]

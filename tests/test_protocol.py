@@ -15,6 +15,7 @@ from federation.errors import ProtocolError
 from federation.protocol import (
     SUMMARY_FILE,
     SUMMARY_VERSION,
+    AgencyRow,
     NodeOutcome,
     PrivacySummary,
     Record,
@@ -23,6 +24,13 @@ from federation.protocol import (
     Status,
 )
 from server.run_log import RunLog, reply_info
+
+_ROW = AgencyRow(agency="uk-ngo", train_examples=40, test_examples=10, rounds_trained=1,
+                 epsilon=math.inf, delta=1e-5, run_epsilon=None, ledger_epsilon=None,
+                 budget_remaining=None, noise_multiplier=0.0, local_roc_auc=0.7,
+                 local_oracle_roc_auc=0.8, rows_set_aside=2, failed_rounds=0,
+                 rejected_rounds=0, rejected=None, stopped="refused from round 2: budget",
+                 shared_with_consortium=False)
 
 
 def _summary() -> RunSummary:
@@ -39,7 +47,7 @@ def _summary() -> RunSummary:
                                              target_delta=1e-5, unit="one record",
                                              accountant="prv"),
                       preset="tiny", seed=7, mode="federated", oracle_roc_auc=0.9,
-                      global_metrics={"roc_auc": 0.8}, agencies=[{"agency": "uk-ngo"}],
+                      global_metrics={"roc_auc": 0.8}, agencies=[_ROW],
                       agency_rounds={"uk-ngo": []}, consortium_sees="sums",
                       audit=None, centralised_baseline=None, baselines=None)
 
@@ -54,6 +62,7 @@ def test_summary_round_trip_is_identity(tmp_path: Path) -> None:
     back = RunSummary.read(tmp_path / SUMMARY_FILE)
     assert _as_json(back) == _as_json(original)  # NaN figures come back NaN (null on disk)
     assert back.rounds[0].train[1].status is Status.REFUSED
+    assert back.agencies == [_ROW]
     assert math.isnan(back.rounds[0].train[0].metrics["train_loss"])
     on_disk = json.loads((tmp_path / SUMMARY_FILE).read_text())
     assert on_disk["version"] == SUMMARY_VERSION and on_disk["audit"] is None
@@ -97,6 +106,13 @@ def test_an_optional_field_must_still_be_written(tmp_path: Path) -> None:
     data = _summary().to_json()
     del data["audit"]  # null is allowed; absent is not
     with pytest.raises(ProtocolError, match="lacks 'audit'"):
+        RunSummary.read(_write_raw(tmp_path / SUMMARY_FILE, data))
+
+
+def test_an_agency_row_without_a_field_is_refused_naming_it(tmp_path: Path) -> None:
+    data = _summary().to_json()
+    del data["agencies"][0]["stopped"]
+    with pytest.raises(ProtocolError, match=r"an agency row of .* lacks 'stopped'"):
         RunSummary.read(_write_raw(tmp_path / SUMMARY_FILE, data))
 
 
