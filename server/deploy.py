@@ -60,6 +60,7 @@ from federation.pki import (
     make_server_cert,
     parse_address,
 )
+from federation.protocol import SUMMARY_FILE, RunSummary
 from federation.roster import (
     NAME_HINT,
     NAME_RULE,
@@ -766,12 +767,13 @@ def _train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
         raise DeploymentError(f"the run was not accepted (flwr run exited {proc.returncode}); "
                               f"see {run_dir / 'run.log'}")
     (run_dir / "run-id").write_text(run_id, encoding="utf-8")
-    metrics = run_dir / "server" / "metrics.json"
+    metrics = run_dir / "server" / SUMMARY_FILE
     if not metrics.is_file():
-        partial = run_dir / "server" / "partial" / "metrics.json"
+        partial = run_dir / "server" / "partial" / SUMMARY_FILE
         hint = f"; rounds so far are in {partial}" if partial.is_file() else ""
         raise DeploymentError(f"run {run_id} ended without a model (status in `flwr ls`){hint}; "
                               f"the aggregator's log: {run_dir / 'run.log'}")
-    for name in ("model.pt", "metrics.json", "config.json"):
+    RunSummary.read(metrics)  # a summary this version cannot read is refused here, by name
+    for name in ("model.pt", SUMMARY_FILE, "config.json"):
         shutil.copyfile(run_dir / "server" / name, run_dir / name)
     return run_dir
