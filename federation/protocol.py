@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from federation.errors import ProtocolError
 from federation.files import write_atomic
@@ -137,9 +137,6 @@ class Metric(StrEnum):
 
 # --- reading JSON strictly ------------------------------------------------------------------
 
-T = TypeVar("T")
-
-
 def need(data: object, key: str, *, where: str) -> Any:
     """``data[key]``, or a ProtocolError naming the key, where it was looked for and the fix."""
     if not isinstance(data, Mapping):
@@ -151,12 +148,12 @@ def need(data: object, key: str, *, where: str) -> Any:
     return data[key]
 
 
-def _typed(value: object, kind: type[T] | tuple[type, ...], key: str, where: str) -> Any:
-    if isinstance(value, bool) and kind in (int, float):
-        value = None  # a JSON true is not a number
-    if not isinstance(value, kind):
-        names = (kind.__name__ if isinstance(kind, type)
-                 else " or ".join(k.__name__ for k in kind))
+def _typed(value: object, kind: type | tuple[type, ...], key: str, where: str) -> Any:
+    """``value`` if it is of ``kind``; JSON true/false (Python bools, which are ints too)
+    only where a bool is asked for."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        names = " or ".join(k.__name__ for k in kinds)
         raise ProtocolError(f"{str(key)!r} in {where} is not a {names}; rerun the step that "
                             "wrote it")
     return value

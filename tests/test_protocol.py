@@ -192,3 +192,10 @@ def test_every_status_of_a_real_run_parses(tmp_path: Path) -> None:
         assert statuses and all(Status.parse(s, where=str(path)) for s in statuses)
         summary = RunSummary.read(path)
         assert summary.rounds and summary.privacy.enabled is raw["privacy"]["enabled"]
+
+
+def test_a_json_true_is_not_a_number(tmp_path: Path) -> None:
+    data = _summary().to_json()
+    data["rounds"][0]["train"][0]["metrics"]["num-examples"] = True
+    with pytest.raises(ProtocolError, match=r"'num-examples' in .* is not a int or float"):
+        RunSummary.read(_write_raw(tmp_path / SUMMARY_FILE, data))
