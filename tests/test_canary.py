@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clients.client_app import NODE_ERROR_LOG
+from clients.mods import NODE_ERROR_LOG
 from clients.node import CACHE_DIR
 from federation.config import RunSettings
 from federation.data import load_agency
