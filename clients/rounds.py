@@ -46,7 +46,7 @@ def train_local(*args: Any, **kwargs: Any) -> Any:
     return run(*args, **kwargs)
 
 
-
+# This run's accountant history and noise plan at the node, in ``context.state``.
 ACCOUNTANT_STATE = "dp-accountant"
 PLAN_STATE = "dp-plan"
 
@@ -66,13 +66,13 @@ def save_history(context: Context, history: list[HistoryEntry]) -> None:
         {
             "noise_multipliers": [float(s) for s, _, _ in history],
             "sample_rates": [float(q) for _, q, _ in history],
-            Metric.STEPS: [int(n) for _, _, n in history],
+            "steps": [int(n) for _, _, n in history],
         }
     )
 
 
 def run_plan(settings: RunSettings, node: NodeData, context: Context, ledger: Ledger,
-              policy: Policy) -> NoisePlan:
+             policy: Policy) -> NoisePlan:
     """The run's noise plan: made once, at the node's first round, then kept in
     ``context.state`` so every round of the run uses the same mechanism."""
     from federation.privacy import NoisePlan, plan_noise
@@ -242,7 +242,6 @@ def train_round(msg: Message, context: Context) -> Message:
                          shared=replies.shared(t.policy, t.figures))
 
 
-
 @dataclass
 class Evaluated:
     node: NodeData
@@ -274,7 +273,6 @@ def evaluate_once(msg: Message, context: Context) -> Evaluated:
     return Evaluated(node, policy, figures, proba)
 
 
-
 def evaluate_round(msg: Message, context: Context) -> Message:
     """A plain evaluation round: the figures go out only where the policy shares them."""
     refusal = plain_allowed(where(context).policy)
@@ -290,7 +288,6 @@ def evaluate_round(msg: Message, context: Context) -> Message:
                                     "share_local_metrics = false)",
                              metrics={Metric.NUM_EXAMPLES: 0.0})
     return replies.reply(msg, e.node.agency, metrics=e.figures)
-
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ Handler = Callable[[Message, Context], Message]
 #: This run's secure-aggregation session at the node, in ``context.state``.
 SESSION_STATE = "secagg"
 
+
 def _session(context: Context, w: Where) -> NodeSecAgg:
     s = w.settings.secagg
     identity = Identity(node_id=int(context.node_id), agency=w.agency, run_id=str(context.run_id),
@@ -102,8 +103,8 @@ def _open_boxes(node: NodeSecAgg, cfg: dict[str, Any]) -> None:
 def _masked_reply(msg: Message, agency: str, packed: bytes, *, policy: Policy,
                   figures: dict[str, float], ledger: dict[str, Any] | None) -> Message:
     return replies.reply(msg, agency, ledger=ledger, shared=replies.shared(policy, figures),
-                  records={Record.SECAGG: ArrayRecord(
-                      {MASKED_ARRAY: Array(np.frombuffer(packed, dtype=np.uint8))})})
+                         records={Record.SECAGG: ArrayRecord(
+                             {MASKED_ARRAY: Array(np.frombuffer(packed, dtype=np.uint8))})})
 
 
 def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -180,8 +181,6 @@ def secagg_consistency(msg: Message, context: Context) -> Message:
     values = node.consistency(_sum_of(msg), _cfg(msg))
     _save(context, node)
     return _secagg_reply(msg, w.agency, values)
-
-
 
 
 def secagg_unmask(msg: Message, context: Context) -> Message:
