@@ -174,8 +174,9 @@ def _figures(data: object, key: str, where: str) -> dict[str, float]:
 
 
 def _nulls(figures: Mapping[str, float]) -> dict[str, float | None]:
-    """NaN is not JSON: an undefined figure is written as null."""
-    return {k: None if isinstance(v, float) and math.isnan(v) else v
+    """NaN is not JSON: an undefined figure is written as null. Keys become plain str (a
+    Metric is a str subclass, which a weights-only torch.load of a checkpoint refuses)."""
+    return {str(k): None if isinstance(v, float) and math.isnan(v) else float(v)
             for k, v in figures.items()}
 
 

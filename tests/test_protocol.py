@@ -199,3 +199,20 @@ def test_a_json_true_is_not_a_number(tmp_path: Path) -> None:
     data["rounds"][0]["train"][0]["metrics"]["num-examples"] = True
     with pytest.raises(ProtocolError, match=r"'num-examples' in .* is not a int or float"):
         RunSummary.read(_write_raw(tmp_path / SUMMARY_FILE, data))
+
+
+def test_the_round_log_in_json_form_holds_plain_types_only(tmp_path: Path) -> None:
+    """Checkpoints keep the round log with torch.save; a weights-only torch.load accepts
+    only plain types, so no Status or Metric (str subclasses) may remain in it."""
+    import torch
+
+    from federation.protocol import Metric
+
+    record = RoundRecord(round=1, train=[NodeOutcome(1, "a", Status.OK,
+                                                     metrics={Metric.NUM_EXAMPLES: 3.0})],
+                         train_aggregate={Metric.MAX_EPSILON: math.nan})
+    saved = record.to_json()
+    torch.save({"rounds": [saved]}, tmp_path / "c.pt")
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["rounds"] == [saved]
+    outcome = saved["train"][0]
+    assert {type(k) for k in outcome["metrics"]} == {str} and type(outcome["status"]) is str
