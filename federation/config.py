@@ -11,15 +11,14 @@ Privacy targets have no defaults: with DP on, a run must state its epsilon and d
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from federation.errors import ConfigError, PrivacyConfigError
-
-Scalar = bool | int | float | str
+from federation.settings import Scalar, Section, shown
+from federation.tasks import task_params_from
 
 #: Upper limits on sizes, for a consortium's run config as much as a simulation's: a node
 #: plans, allocates and loops by these numbers, and a run config is the aggregator's word.
@@ -29,86 +28,6 @@ MAX_BATCH_SIZE = 65536
 MAX_NODES = 10_000  # min_nodes, quorum, min_available, krum_byzantine, num_neighbours
 MAX_ROUND_TIMEOUT = 86_400.0  # seconds: a day
 MAX_EVAL_K = 1_000_000
-
-
-def _shown(raw: object) -> str:
-    """A run-config value in a message, cut short to keep the message one line."""
-    text = repr(raw)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _coerce(key: str, raw: object, kind: str, problems: list[str]) -> Any:
-    if kind == "bool":
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, str) and raw.lower() in ("true", "false"):
-            return raw.lower() == "true"
-        problems.append(f"{key}={_shown(raw)} must be true or false")
-    elif kind == "int":
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            return raw
-        if isinstance(raw, float) and raw.is_integer():
-            return int(raw)
-        problems.append(f"{key}={_shown(raw)} must be a whole number")
-    elif kind in ("float", "float | None"):
-        if isinstance(raw, int | float) and not isinstance(raw, bool):
-            return float(raw)
-        if isinstance(raw, str):
-            try:
-                return float(raw)
-            except ValueError:
-                pass
-        problems.append(f"{key}={_shown(raw)} must be a number")
-    elif kind == "str":
-        if isinstance(raw, str):
-            return raw
-        problems.append(f"{key}={_shown(raw)} must be a string")
-    else:  # pragma: no cover - a programming error in a settings class
-        raise TypeError(f"unsupported settings field type {kind} for {key}")
-    return None
-
-
-class _Section:
-    """Shared parsing for the settings sections below."""
-
-    prefix: ClassVar[str]
-
-    @classmethod
-    def parse(cls, values: dict[str, object], problems: list[str]) -> Any:
-        kwargs: dict[str, Any] = {}
-        for f in fields(cls):  # type: ignore[arg-type]  # cls is a dataclass subclass
-            key = f"{cls.prefix}.{f.name}"
-            if f.name in values:
-                kwargs[f.name] = _coerce(key, values.pop(f.name), str(f.type), problems)
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                problems.append(f"{key} is required and has no default; set it explicitly")
-        for extra in sorted(values):
-            names = [f.name for f in fields(cls)]  # type: ignore[arg-type]  # a dataclass
-            allowed = ", ".join(f"{cls.prefix}.{n}" for n in names)  # cls is a dataclass subclass
-            problems.append(
-                f"{cls.prefix}.{extra} is not a known setting; allowed here: {allowed}"
-            )
-        required = [
-            f.name
-            for f in fields(cls)  # type: ignore[arg-type]  # cls is a dataclass subclass
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
-        if any(v is None for v in kwargs.values()) or any(r not in kwargs for r in required):
-            return None
-        obj = cls(**kwargs)
-        problems.extend(obj.check())
-        return obj
-
-    def check(self) -> list[str]:
-        return []
-
-    def to_flat(self) -> dict[str, Scalar]:
-        out: dict[str, Scalar] = {}
-        for f in fields(self):  # type: ignore[arg-type]  # cls is a dataclass subclass
-            value = getattr(self, f.name)
-            if value is not None:
-                out[f"{self.prefix}.{f.name}"] = value
-        return out
 
 
 def _positive(problems: list[str], key: str, value: float, fix: str = "") -> None:
@@ -127,7 +46,7 @@ def _finite_non_negative(problems: list[str], key: str, value: float, what: str)
 
 
 @dataclass(frozen=True)
-class TrainSettings(_Section):
+class TrainSettings(Section):
     """Local training at each agency."""
 
     prefix: ClassVar[str] = "train"
@@ -154,7 +73,7 @@ class TrainSettings(_Section):
 
 
 @dataclass(frozen=True)
-class PrivacySettings(_Section):
+class PrivacySettings(Section):
     """Record-level DP-SGD at each agency. Targets are required whenever DP is on."""
 
     prefix: ClassVar[str] = "privacy"
@@ -195,7 +114,7 @@ class PrivacySettings(_Section):
 
 
 @dataclass(frozen=True)
-class StrategySettings(_Section):
+class StrategySettings(Section):
     """Server-side aggregation and round control."""
 
     prefix: ClassVar[str] = "strategy"
@@ -266,7 +185,7 @@ class StrategySettings(_Section):
 
 
 @dataclass(frozen=True)
-class SecAggSettings(_Section):
+class SecAggSettings(Section):
     """Secure aggregation (SecAgg+, server/secagg.py, federation/secagg.py): the server
     learns only the weighted sum of the updates of a round, never one agency's update.
 
@@ -310,7 +229,7 @@ class SecAggSettings(_Section):
 
 
 @dataclass(frozen=True)
-class EvalSettings(_Section):
+class EvalSettings(Section):
     prefix: ClassVar[str] = "eval"
     k: int = 50
 
@@ -321,7 +240,7 @@ class EvalSettings(_Section):
 
 
 @dataclass(frozen=True)
-class RunPaths(_Section):
+class RunPaths(Section):
     """Where a run reads and writes. Empty means "not set"."""
 
     prefix: ClassVar[str] = "paths"
@@ -335,7 +254,7 @@ class RunPaths(_Section):
 
 
 @dataclass(frozen=True)
-class AppSettings(_Section):
+class AppSettings(Section):
     """The app bundle's provenance. ``app.signature`` is set by ``heroes consortium train``
     (the consortium's signature over the bundle's manifest); agency nodes verify it before
     running any of the bundle's code. Empty in simulation, where no bundle travels."""
@@ -356,7 +275,7 @@ class RunSettings:
     app: AppSettings = field(default_factory=AppSettings)
     secagg: SecAggSettings = field(default_factory=SecAggSettings)
 
-    SECTIONS: ClassVar[tuple[type[_Section], ...]] = (
+    SECTIONS: ClassVar[tuple[type[Section], ...]] = (
         TrainSettings, PrivacySettings, StrategySettings, EvalSettings, RunPaths, AppSettings,
         SecAggSettings,
     )
@@ -364,15 +283,13 @@ class RunSettings:
     @classmethod
     def from_flat(cls, flat: Mapping[str, object], *, source: str = "run config") -> RunSettings:
         """Parse and validate a flat run config; one ConfigError lists every problem."""
-        from federation.tasks import task_params_from  # tasks import config, not vice versa
-
         problems: list[str] = []
         grouped: dict[str, dict[str, object]] = {}
         for key, value in flat.items():
             prefix, _, name = str(key).partition(".")
             if not name:
                 problems.append(
-                    f"{_shown(key)} is not a known setting; settings are written section.name, "
+                    f"{shown(key)} is not a known setting; settings are written section.name, "
                     "e.g. privacy.target_epsilon"
                 )
                 continue

@@ -12,18 +12,20 @@ import importlib
 import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
-from torch import nn
 
-from federation.config import Scalar, _Section
 from federation.data import AdvertTable
 from federation.errors import TaskError
+from federation.settings import Scalar, Section
 from federation.text import SparseRows
 
+if TYPE_CHECKING:  # torch is imported by a task's model module, when a node trains
+    from torch import nn
 
-class TaskParams(_Section):
+
+class TaskParams(Section):
     """Base for a task's ``task.*`` settings (a frozen dataclass in each task)."""
 
     prefix: ClassVar[str] = "task"
