@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from federation.errors import ConfigError, PrivacyConfigError
-from federation.settings import Scalar, Section, shown
+from federation.settings import Scalar as Scalar  # re-exported: callers type run configs
+from federation.settings import Section, shown
 from federation.tasks import task_params_from
 
 #: Upper limits on sizes, for a consortium's run config as much as a simulation's: a node

@@ -455,7 +455,7 @@ def test_every_rule_is_fixed_text_and_every_data_error_is_built_from_one() -> No
     argument is a Rule or a list of problems, and its only keywords are typed fields;
     a Problem is only ever made by problem(), which checks them."""
     allowed = {"file", "row", "line", "byte", "count", "limit", "record", "column", "key",
-               "columns", "kind", "counts", "scheme"}
+               "columns", "kind", "counts", "scheme", "required"}
     rules = errors = 0
     for path in _code_files():
         tree = ast.parse(path.read_text(encoding="utf-8"))
