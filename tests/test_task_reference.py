@@ -79,11 +79,21 @@ def _digest(f: SparseRows) -> str:
 
 def _train_features(data: AgencyData) -> SparseRows:
     task = get_task("advert-risk", {})
-    return task.featurize([data.train.texts[i] for i in task.rows(data.train)])
+    return task.featurize_table(data.train, task.rows(data.train))
 
 
 def test_features_version_is_unchanged() -> None:
     assert FEATURES_VERSION == 2
+    assert get_task("advert-risk", {}).features_version == FEATURES_VERSION
+
+
+def test_the_table_interface_gives_the_features_of_the_texts(federation_root: Path) -> None:
+    """featurize_table is featurize over the table's texts: the callers that moved from
+    one to the other (simulation, baselines, the node) see the same rows."""
+    data = load_agency(federation_root / "agencies" / "uk-ngo")
+    task = get_task("advert-risk", {})
+    assert _digest(task.featurize_table(data.test)) == _digest(
+        task.featurize(list(data.test.texts)))
 
 
 @pytest.mark.parametrize("agency", sorted(FEATURE_DIGESTS))
@@ -100,8 +110,8 @@ def test_advert_training_metrics_are_the_pinned_ones(
 ) -> None:
     data = load_agency(federation_root / "agencies" / "es-police")
     task = get_task("advert-risk", {})
-    x, y = task.featurize(list(data.train.texts)), data.train.positive
-    xt, yt = task.featurize(list(data.test.texts)), data.test.positive
+    x, y = task.featurize_table(data.train), data.train.positive
+    xt, yt = task.featurize_table(data.test), data.test.positive
     train = TrainSettings(batch_size=64, learning_rate=2.0, local_epochs=2)
     torch.manual_seed(0)
     model = task.build_model()
