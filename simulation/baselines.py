@@ -64,7 +64,7 @@ class AgencySplits:
 def _split(task: Task, data: AgencyData, which: str) -> Split:
     table = data.train if which == "train" else data.test
     rows = task.rows(table)
-    return Split(task.featurize([table.texts[i] for i in rows]),
+    return Split(task.featurize_table(table, rows),
                  table.positive[rows].astype(np.float32))
 
 

@@ -250,16 +250,16 @@ class Pooled:
 
 
 def _pool(task: Task, agencies: list[AgencyData], split: str) -> Pooled:
-    texts: list[str] = []
+    records: list[Any] = []
     labels: list[np.ndarray] = []
     owner: list[str] = []
     for a in agencies:
         table = a.train if split == "train" else a.test
         rows = task.rows(table)
-        texts.extend(table.texts[i] for i in rows)
+        records.extend(task.records(table, rows))
         labels.append(table.positive[rows])
         owner.extend([a.agency] * rows.size)
-    return Pooled(task.featurize(texts), np.concatenate(labels), np.asarray(owner))
+    return Pooled(task.featurize(records), np.concatenate(labels), np.asarray(owner))
 
 
 def centralised_baseline(task: Task, settings: RunSettings, train: Pooled, test: Pooled

@@ -84,6 +84,7 @@ class ThreadTask(Task):
     record_schema: ClassVar[RecordSchema] = THREAD_RECORDS
     features_version: ClassVar[int] = 1
     privacy_unit: ClassVar[str] = "one thread in one agency's training export"
+    intended_use: ClassVar[str] = "testing that a task is one module"
     default_threshold: ClassVar[float] = 0.8
 
     @property

@@ -12,8 +12,8 @@ A task is one module in this package that defines a ``Task`` subclass decorated 
 - ``build_model``: the model, one logit per record;
 - ``explainer``: the exact explanation of a score that scoring shows (and refuses to
   score without);
-- ``default_threshold``, ``features_version``, ``privacy_unit``: its operating point and
-  what a release card says about it.
+- ``default_threshold``, ``features_version``, ``privacy_unit``, ``intended_use``: its
+  operating point and what a release card says about it.
 
 Scoring, calibration, release cards, baselines and reports use only this interface. Every
 module here is imported on first use, so a second classifier is one new module plus a
@@ -81,6 +81,8 @@ class Task(ABC):
     features_version: ClassVar[int]
     #: What one unit of privacy is (the release card's "unit"): one record of this schema.
     privacy_unit: ClassVar[str]
+    #: What the release card says a model of this task is for.
+    intended_use: ClassVar[str]
     #: The probability at or above which a scored record is flagged, unless the analyst
     #: sets another (heroes agency score --threshold).
     default_threshold: ClassVar[float] = 0.5

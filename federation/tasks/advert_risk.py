@@ -87,6 +87,9 @@ class AdvertRiskTask(Task):
     record_schema: ClassVar[RecordSchema] = ADVERT_RECORDS
     features_version: ClassVar[int] = FEATURES_VERSION
     privacy_unit: ClassVar[str] = "one advert record in one agency's training export"
+    intended_use: ClassVar[str] = (
+        "ranking adverts for review by a trained analyst. A score is a lead for a person to "
+        "assess, never a decision about anyone.")
 
     @property
     def featurizer(self) -> HashingFeaturizer:
