@@ -7,10 +7,19 @@ one thing everywhere. ``RunSettings.from_flat`` checks every key, collects every
 raises one ConfigError.
 
 Privacy targets have no defaults: with DP on, a run must state its epsilon and delta.
+
+A task's parameters travel as ``task.params``, one JSON object in a string (e.g.
+``task.params='{"num_buckets": 4096}'``), beside ``task.name``: Flower needs a value in
+pyproject.toml for every run-config key, and this way a new task, or a new parameter,
+needs no new key there. A ``task.<param>`` key (a Hydra override such as
+``task.num_buckets=1024``, which the simulation passes flat) sets that parameter over
+``task.params``. Either way the task's own params dataclass validates every value, and
+``to_flat`` writes the one canonical ``task.params``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +38,37 @@ MAX_BATCH_SIZE = 65536
 MAX_NODES = 10_000  # min_nodes, quorum, min_available, krum_byzantine, num_neighbours
 MAX_ROUND_TIMEOUT = 86_400.0  # seconds: a day
 MAX_EVAL_K = 1_000_000
+MAX_TASK_PARAMS_CHARS = 65_536  # task.params, a JSON object of a task's few settings
+_PARAMS_EXAMPLE = "e.g. task.params='{\"num_buckets\": 4096}'"
+
+
+def _task_params(values: dict[str, object], problems: list[str]) -> dict[str, object]:
+    """The task's parameters: ``task.params`` (a JSON object), then ``task.<param>`` keys
+    over it (see the module docstring)."""
+    raw = values.pop("params", "")
+    if raw == "":
+        return values
+    if not isinstance(raw, str):
+        problems.append(f"task.params={shown(raw)} must be a JSON object written as a string, "
+                        + _PARAMS_EXAMPLE)
+        return values
+    if len(raw) > MAX_TASK_PARAMS_CHARS:
+        problems.append(f"task.params is {len(raw)} characters, above the limit of "
+                        f"{MAX_TASK_PARAMS_CHARS}; a task has a few settings, {_PARAMS_EXAMPLE}")
+        return values
+    try:
+        parsed = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        problems.append(f"task.params={shown(raw)} is not valid JSON; {_PARAMS_EXAMPLE}")
+        return values
+    if not isinstance(parsed, dict):
+        problems.append(f"task.params={shown(raw)} must be a JSON object, {_PARAMS_EXAMPLE}")
+        return values
+    nested = sorted(k for k, v in parsed.items() if v is None or isinstance(v, dict | list))
+    for key in nested:
+        problems.append(f"task.params: {shown(key)} must be a single value (true/false, a "
+                        "number or a string), not null, a list or an object")
+    return {k: v for k, v in parsed.items() if k not in nested} | values
 
 
 def _positive(problems: list[str], key: str, value: float, fix: str = "") -> None:
@@ -301,6 +341,7 @@ class RunSettings:
             known = ["task"] + [s.prefix for s in cls.SECTIONS]
             problems.append(f"section {prefix!r} is unknown; known sections: {known}")
         task_name = task_values.pop("name", None)
+        task_values = _task_params(task_values, problems)
         params: Mapping[str, Scalar] = {}
         if not isinstance(task_name, str):
             problems.append("task.name is required, e.g. task.name=advert-risk")
@@ -333,8 +374,10 @@ class RunSettings:
         )
 
     def to_flat(self) -> dict[str, Scalar]:
-        out: dict[str, Scalar] = {"task.name": self.task_name}
-        out.update({f"task.{k}": v for k, v in self.task_params.items()})
+        out: dict[str, Scalar] = {
+            "task.name": self.task_name,
+            "task.params": json.dumps(dict(self.task_params), sort_keys=True),
+        }
         for section in (self.train, self.privacy, self.strategy, self.eval, self.paths,
                         self.app, self.secagg):
             out.update(section.to_flat())

@@ -168,6 +168,10 @@ def test_the_run_config_validates_the_task_through_the_registry(
         RunSettings.from_flat({**flat, "task.num_buckets": 100})
     with pytest.raises(ConfigError, match=r"task\.hidden is not a known setting"):
         RunSettings.from_flat({**flat, "task.hidden": 0})
+    as_flower = {"task.name": "test-thread", "task.params": '{"num_buckets": 32}',
+                 "privacy.enabled": False}  # the one task key a Flower app config has
+    assert dict(RunSettings.from_flat(as_flower).task_params) == {"num_buckets": 32}
+    assert RunSettings.from_flat(as_flower).to_flat()["task.params"] == '{"num_buckets": 32}'
 
 
 def test_bad_rows_are_quarantined_counted_and_never_quoted(
