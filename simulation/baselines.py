@@ -31,7 +31,7 @@ from torch import nn
 
 from federation import metrics
 from federation.config import RunSettings, Scalar
-from federation.data import AgencyData
+from federation.data import AgencyRecords
 from federation.errors import ConfigError
 from federation.privacy import epsilon_spent, plan_noise
 from federation.tasks import Task, get_task
@@ -61,7 +61,7 @@ class AgencySplits:
     test: Split
 
 
-def _split(task: Task, data: AgencyData, which: str) -> Split:
+def _split(task: Task, data: AgencyRecords, which: str) -> Split:
     table = data.train if which == "train" else data.test
     rows = task.rows(table)
     return Split(task.featurize_table(table, rows),
@@ -164,7 +164,7 @@ def _federated_arm(cfg: DictConfig, flat: dict[str, Scalar], arm_dir: Path,
 
 def run_baselines(cfg: DictConfig, out_dir: Path, *, flat: dict[str, Scalar],
                   settings: RunSettings, manifest: FederationManifest,
-                  agencies: list[AgencyData], t0: float) -> dict[str, Any]:
+                  agencies: list[AgencyRecords], t0: float) -> dict[str, Any]:
     """Run the four arms and write ``metrics.json`` with the comparison."""
     from simulation.run import (
         CONSORTIUM_SEES,
@@ -255,7 +255,7 @@ def run_baselines(cfg: DictConfig, out_dir: Path, *, flat: dict[str, Scalar],
     return summary
 
 
-def gain_table(arms: dict[str, dict[str, Any]], agencies: list[AgencyData],
+def gain_table(arms: dict[str, dict[str, Any]], agencies: list[AgencyRecords],
                fed_table: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per agency, smallest training split first: what federating adds over going alone."""
     eps_fed = {r["agency"]: (r["epsilon"], r["delta"]) for r in fed_table}

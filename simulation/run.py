@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from clients import local_metrics
 from federation import metrics
 from federation.config import RunSettings, Scalar
-from federation.data import AgencyData, load_agency
+from federation.data import AgencyRecords
 from federation.errors import ConfigError
 from federation.ledger import Ledger, load_policy, write_policy
 from federation.pki import make_node_key
@@ -57,8 +57,9 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _validate_agencies(manifest: FederationManifest, settings: RunSettings
-                       ) -> list[AgencyData]:
-    agencies = [load_agency(manifest.root / "agencies" / a) for a in manifest.agencies]
+                       ) -> list[AgencyRecords]:
+    task = get_task(settings.task_name, settings.task_params)
+    agencies = [task.load(manifest.root / "agencies" / a) for a in manifest.agencies]
     p = settings.privacy
     if p.enabled:
         assert p.target_epsilon is not None and p.target_delta is not None
@@ -249,7 +250,7 @@ class Pooled:
     agency: np.ndarray
 
 
-def _pool(task: Task, agencies: list[AgencyData], split: str) -> Pooled:
+def _pool(task: Task, agencies: list[AgencyRecords], split: str) -> Pooled:
     records: list[Any] = []
     labels: list[np.ndarray] = []
     owner: list[str] = []
@@ -380,7 +381,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def _agency_table(rounds: list[dict[str, Any]], agencies: list[AgencyData],
+def _agency_table(rounds: list[dict[str, Any]], agencies: list[AgencyRecords],
                   oracle: Mapping[str, float], state_root: Path) -> list[dict[str, Any]]:
     """One row per agency. The figures come from each agency's OWN state folder (its local
     record and ledger), which a simulation can read because it owns every agency; a
