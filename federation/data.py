@@ -1,4 +1,9 @@
-"""Reading and validating an agency's advert export: strictly, within one set of limits.
+"""Reading and validating an agency's export: strictly, within one set of limits.
+
+Any task's record schema (federation.records.RecordSchema) is read here, by
+``read_record_table`` and ``load_records``; the advert export (``read_table``,
+``load_agency``) is one such schema, federation.schema.ADVERT_RECORDS, and the rules below
+are written for it: another schema's columns get the same checks by their declared types.
 
 An agency's data directory holds ``manifest.json`` (which files, which label scheme) and
 the train and test exports as CSV, JSONL or Parquet. Everything is checked before any
@@ -674,7 +679,9 @@ def _parquet_records(path: Path, name: str, header: _Header, schema: RecordSchem
     _check_header(name, names, header, csv_header=False)
     problems = []
     declared = {c.name: c for c in schema.columns}
-    for column in header.required:
+    wanted = [*header.required, *(c.name for c in schema.columns
+                                  if c.name in names and c.name not in header.required)]
+    for column in wanted:
         t = arrow_schema.field(column).type
         if column in declared and not _parquet_type_ok(pa, declared[column], t):
             problems.append(problem(_parquet_type_rule(schema, declared[column]),
@@ -683,7 +690,7 @@ def _parquet_records(path: Path, name: str, header: _Header, schema: RecordSchem
         raise DataError(problems, file=name)
     record = 0
     try:
-        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, columns=list(header.required)):
+        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, columns=wanted):
             rows = batch.to_pylist()
             for rec in rows:
                 record += 1

@@ -51,6 +51,7 @@ THREAD_RECORDS = RecordSchema(
         Column("thread_id", "id", unique=True),
         Column("turns", "list[str]", text=True),
         Column("label", "label"),
+        Column("channel", "str", required=False),  # optional: read when the file has it
     ),
     label_schemes={"binary": LABEL_SCHEMES["binary"]},
 )
@@ -64,6 +65,11 @@ class ThreadParams(TaskParams):
         n = self.num_buckets
         return [] if n >= 16 and not n & (n - 1) else [
             f"task.num_buckets={n} must be a power of two >= 16"]
+
+
+@dataclass(frozen=True)
+class ClashParams(TaskParams):
+    params: int = 0  # would shadow task.params
 
 
 class ThreadModel(nn.Module):
@@ -120,7 +126,7 @@ def thread_task() -> Iterator[type[ThreadTask]]:
 def thread(i: int, label: object = 0, turns: object = None) -> dict[str, Any]:
     return {"thread_id": f"t-{i}", "label": label,
             "turns": [f"hello {i}", "are you free tonight"] if turns is None else turns,
-            "channel": "sms"}  # an extra column: allowed and ignored
+            "channel": "sms", "sender_phone": "555-0101"}  # an undeclared column: ignored
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -156,6 +162,15 @@ def test_the_test_task_is_registered_only_while_a_test_uses_it(
             get_task("test-thread", {})
     finally:
         register_task(ThreadTask)
+
+
+def test_a_parameter_may_not_shadow_the_run_config_task_keys(
+        thread_task: type[ThreadTask]) -> None:
+    register_task(ThreadTask)  # the same class again: allowed
+    clashing = type("Clash", (ThreadTask,), {"name": "test-clash", "params_type": ClashParams})
+    with pytest.raises(TaskError, match="may not be called 'params'"):
+        register_task(clashing)
+    assert "test-clash" not in task_names()
 
 
 def test_the_run_config_validates_the_task_through_the_registry(
@@ -239,6 +254,8 @@ def test_parquet_list_columns_read_like_jsonl_and_a_wrong_type_is_named(
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
     parquet = read_record_table(tmp_path / "t.parquet", THREAD_RECORDS, LABEL_SCHEMES["binary"])
     assert parquet.ids == jsonl.ids and parquet.column("turns") == jsonl.column("turns")
+    assert parquet.column("channel") == jsonl.column("channel") == ("sms",) * 4
+    assert "sender_phone" not in parquet.values
     assert np.array_equal(parquet.labels, jsonl.labels)
     wrong = [{**r, "turns": 3} for r in rows]
     pq.write_table(pa.Table.from_pylist(wrong), tmp_path / "w.parquet")

@@ -26,7 +26,7 @@ import importlib
 import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
@@ -127,10 +127,18 @@ TASKS: dict[str, type[Task]] = {}
 _loaded = False
 
 
+_RESERVED = ("name", "params")  # task.name and task.params are the run config's own keys
+
+
 def register_task(cls: T) -> T:
     """Class decorator: make a task available under ``cls.name``."""
     if cls.name in TASKS and TASKS[cls.name] is not cls:
         raise TaskError(f"two tasks claim the name {cls.name!r}")
+    clash = [f.name for f in fields(cls.params_type)  # type: ignore[arg-type]  # a dataclass
+             if f.name in _RESERVED]
+    if clash:
+        raise TaskError(f"task {cls.name!r}: a parameter may not be called {clash[0]!r} "
+                        "(task.name and task.params are the run config's own keys)")
     TASKS[cls.name] = cls
     return cls
 
