@@ -11,6 +11,11 @@ that anyone could regenerate from a known seed would protect nothing. With
 ``privacy.secure_mode`` every random bit comes from a ChaCha20 keystream instead of torch's
 Mersenne Twister (see federation.secure_random).
 
+A round is three parts, composed by ``train_local``: ``make_loader`` (the shuffled
+batches, or ChaCha20 Poisson samples in secure mode), ``privatise`` (SGD, wrapped by Opacus
+with a plan: the accountant primed with the history, fused or hooks clipping, the noise, the
+observer) and ``step`` (one batch; ``_empty_step`` for an empty Poisson sample).
+
 Audit hook: ``train_local(..., observer=...)`` lets an auditor inside the agency see each
 DP-SGD step as the agency itself does (the sum of clipped record gradients, then the noisy
 sum) and add canary gradients to that sum before the noise (federation.audit's Dirac
