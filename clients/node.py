@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -99,9 +99,9 @@ def check_task_allowed(node_config: Mapping[str, object], task_name: str) -> Non
 CACHE_DIR = "feature-cache"
 
 
-def cached_features(task: Task, export_sha256: str, texts: list[str], cache_dir: Path
+def cached_features(task: Task, export_sha256: str, records: list[Any], cache_dir: Path
                     ) -> SparseRows:
-    """The task's features for ``texts`` (the usable rows of the export whose SHA-256 is
+    """The task's features for ``records`` (the usable rows of the export whose SHA-256 is
     given), from a cache in the node's own state folder when the same export was featurised
     the same way.
 
@@ -109,17 +109,17 @@ def cached_features(task: Task, export_sha256: str, texts: list[str], cache_dir:
     featuriser version, so a changed export or setting can never be served stale features.
     The cache is derived data that stays at the node; deleting it is always safe.
     """
-    from federation.text import FEATURES_VERSION, SparseRows
+    from federation.text import SparseRows
 
-    params = json.dumps([task.name, task.params.to_flat(), FEATURES_VERSION, export_sha256],
-                        sort_keys=True)
+    params = json.dumps([task.name, task.params.to_flat(), task.features_version,
+                         export_sha256], sort_keys=True)
     key = hashlib.sha256(params.encode()).hexdigest()[:32]
     target = cache_dir / f"{key}.npz"
     if target.is_file():
         with np.load(target) as z:
             return SparseRows(indptr=z["indptr"], indices=z["indices"], values=z["values"],
                               width=int(z["width"]))
-    features = task.featurize(texts)
+    features = task.featurize(records)
     private_dir(cache_dir)  # derived from the agency's adverts: 0700, files 0600 from birth
     tmp = cache_dir / f".{key}.{os.getpid()}.tmp.npz"
     tmp.unlink(missing_ok=True)
@@ -136,13 +136,12 @@ def load_node_data(
     node_config: Mapping[str, object], settings: RunSettings, *, split: str
 ) -> NodeData:
     """Validate the agency's whole export, then featurise the requested split."""
-    from federation.data import load_agency
     from federation.ledger import fingerprint_file
     from federation.tasks import get_task
 
     check_task_allowed(node_config, settings.task_name)
-    data = load_agency(resolve_data_dir(node_config, settings.paths))
     task = get_task(settings.task_name, settings.task_params)
+    data = task.load(resolve_data_dir(node_config, settings.paths))
     fingerprint = fingerprint_file(data.train.path)
     dataset = str(node_config.get("dataset_id") or f"{data.agency}/{fingerprint[:16]}")
     table = data.train if split == "train" else data.test
@@ -156,7 +155,7 @@ def load_node_data(
         state_dir=state_dir,
         model_name=f"{task.name}:{type(task.build_model()).__name__}",
         task=task,
-        features=cached_features(task, table_sha256, [table.texts[i] for i in rows],
+        features=cached_features(task, table_sha256, task.records(table, rows),
                                  state_dir / CACHE_DIR),
         labels=table.positive[rows],
         train_size=int(task.rows(data.train).size),

@@ -9,11 +9,11 @@ stated purpose, the model version, how many adverts), and only then write the re
 atomically: the Law Enforcement Directive asks for a record of who consulted what, when and
 why, so results without a log entry must not exist.
 
-Explanations are exact for the linear model (``task.hidden=0``, the default): the logit is
-``bias + sum_b w_b x_b`` over hashed buckets, and each bucket's value is a signed sum of the
-n-grams hashed into it, so every n-gram present gets the share ``w_b x_b s_g / c_b`` (its
-sign ``s_g`` over the bucket's signed count ``c_b``). The shares add up to the logit minus
-the bias; this is checked for every advert. Shares are gathered per word token and the
+Explanations come from the bundle's task (``Task.explainer``). The advert task's are exact
+for the linear model (``task.hidden=0``, the default; see federation/tasks/advert_explain.py):
+the shares add up to the logit minus the bias; this is checked for every advert, and the
+explainer's feature rows are checked against the task's own featuriser. Shares are gathered
+per word token and the
 strongest runs of adjacent words are shown as phrases, each labelled with the indicator it
 matches in federation/indicators.py.
 
@@ -33,8 +33,6 @@ import math
 import os
 import stat
 import time
-import unicodedata
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,19 +41,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from clients import calibration
 from clients.calibration import NONE, Calibration
 from federation.bundle import VerifiedBundle, verify_bundle
-from federation.data import DUPLICATE_ID, clean_id, clean_text, load_agency, read_records
+from federation.data import DUPLICATE_ID, clean_id, clean_text, read_records
 from federation.errors import ConfigError, DataError, DeploymentError, Rule, TaskError
 from federation.files import open_private, private_dir, write_atomic
 from federation.indicators import BY_NAME, categorize
 from federation.signing import file_sha256, load_public_key
+from federation.tasks import Explainer, Task
 
-# _TOKEN: the featuriser's own tokeniser, so explanations see exactly the model's tokens.
-from federation.text import _TOKEN, SPECIAL_CATEGORY_TERMS, HashingFeaturizer
+# The advert task's exact per-token shares, re-exported for scoring's callers and tests.
+from federation.tasks.advert_explain import token_contributions as token_contributions
 
 LEAD_NOT_DECISION = ("A score is a lead for a trained analyst to assess, never a decision "
                      "about anyone: read the phrases, check the advert, decide yourself.")
@@ -126,98 +124,6 @@ class Phrase:
                 "contribution": round(self.contribution, 6), "category": self.category}
 
 
-def _tokens_with_spans(featurizer: HashingFeaturizer, text: str
-                       ) -> tuple[list[str], list[tuple[int, int] | None]]:
-    """The featuriser's tokens, each with its character span in the original text."""
-    norm = unicodedata.normalize("NFKC", text).lower()
-    owners: list[int] = []
-    pieces: list[str] = []
-    for i, ch in enumerate(text):
-        piece = unicodedata.normalize("NFKC", ch).lower()
-        pieces.append(piece)
-        owners.extend([i] * len(piece))
-    # Character by character equals the whole text's normalisation unless characters
-    # combine (a base letter and a combining accent); then offsets are not shown.
-    mappable = "".join(pieces) == norm
-    toks: list[str] = []
-    spans: list[tuple[int, int] | None] = []
-    for m in _TOKEN.finditer(norm):
-        tok = m.group()
-        if featurizer.exclude_special_categories and tok in SPECIAL_CATEGORY_TERMS:
-            continue
-        toks.append(tok)
-        spans.append((owners[m.start()], owners[m.end() - 1] + 1) if mappable else None)
-    return toks, spans
-
-
-class Explainer:
-    """Exact per-token shares of a linear model's logit, computed from the featuriser's grams.
-
-    Adverts repeat their vocabulary (reposts, templates), so each token's character-gram
-    hashes are computed once and cached; this makes explaining cheaper than featurising.
-    """
-
-    def __init__(self, featurizer: HashingFeaturizer, weights: np.ndarray) -> None:
-        self.featurizer = featurizer
-        self.weights = weights
-        self.mask = featurizer.num_buckets - 1
-        self._char_cache: dict[str, list[tuple[int, int]]] = {}
-
-    def _hash(self, gram: str) -> tuple[int, int]:
-        h = zlib.crc32(gram.encode("utf-8"))
-        return h & self.mask, (1 if h & 0x80000000 else -1)
-
-    def _char_grams(self, tok: str) -> list[tuple[int, int]]:
-        cached = self._char_cache.get(tok)
-        if cached is None:
-            f = self.featurizer
-            padded = f" {tok} "
-            cached = [self._hash("c:" + padded[j:j + n])
-                      for n in range(f.char_min, f.char_max + 1)
-                      for j in range(len(padded) - n + 1)]
-            if len(self._char_cache) < 500_000:
-                self._char_cache[tok] = cached
-        return cached
-
-    def explain(self, text: str) -> tuple[list[str], list[tuple[int, int] | None], np.ndarray,
-                                          dict[int, float]]:
-        """Tokens, their spans, each token's share of ``logit - bias``, and the feature row."""
-        f = self.featurizer
-        toks, spans = _tokens_with_spans(f, text)
-        entries: list[tuple[int, int, int, int]] = []  # bucket, sign, first token, last + 1
-        for n in range(1, f.word_ngrams + 1):
-            for i in range(len(toks) - n + 1):
-                b, sign = self._hash("w:" + " ".join(toks[i:i + n]))
-                entries.append((b, sign, i, i + n))
-        if f.char_max:
-            for ti, tok in enumerate(toks):
-                entries.extend((b, sign, ti, ti + 1) for b, sign in self._char_grams(tok))
-        counts: Counter[int] = Counter()
-        for b, sign, _, _ in entries:
-            counts[b] += sign
-        value = {b: math.copysign(math.log1p(abs(c)), c) for b, c in counts.items() if c}
-        norm = math.sqrt(sum(v * v for v in value.values())) or 1.0
-        row = {b: v / norm for b, v in value.items()}
-        per_token = np.zeros(len(toks), dtype=np.float64)
-        w = self.weights
-        for b, sign, lo, hi in entries:
-            c = counts[b]
-            if c:
-                share = float(w[b]) * row[b] * sign / c
-                if hi - lo == 1:
-                    per_token[lo] += share
-                else:
-                    per_token[lo:hi] += share / (hi - lo)
-        return toks, spans, per_token, row
-
-
-def token_contributions(featurizer: HashingFeaturizer, weights: np.ndarray, text: str
-                        ) -> tuple[list[str], list[tuple[int, int] | None], np.ndarray]:
-    """Each token's exact share of ``logit - bias`` (see the module docstring)."""
-    toks, spans, per_token, _ = Explainer(featurizer, weights).explain(text)
-    return toks, spans, per_token
-
-
 def top_phrases(text: str, toks: list[str], spans: list[tuple[int, int] | None],
                 per_token: np.ndarray, k: int = TOP_PHRASES) -> list[Phrase]:
     """The ``k`` strongest runs of adjacent words pushing the score up.
@@ -271,17 +177,6 @@ class ScoredAdvert:
     phrases: list[Phrase]
 
 
-def _linear_parts(model: nn.Module) -> tuple[np.ndarray, float]:
-    linear = getattr(model, "net", None)
-    if not isinstance(linear, nn.Linear):
-        raise TaskError(
-            "this bundle's model has a hidden layer (task.hidden > 0); heroes agency score "
-            "explains linear models only, and a score without its reasons is not shown. "
-            "Ask the consortium for a linear release (task.hidden=0, the default).")
-    return (linear.weight.detach().numpy()[0].astype(np.float64),
-            float(linear.bias.detach().numpy()[0]))
-
-
 SELF_CHECK_EVERY = 97  # adverts between checks of the explainer's features against the task's
 
 
@@ -295,42 +190,41 @@ def score_texts(bundle: VerifiedBundle, texts: Sequence[str], ids: Sequence[str]
     is compared with the task's own featuriser, so reasons never drift from the score.
     """
     task, model = bundle.load_model()
-    featurizer = getattr(task, "featurizer", None)
-    if not isinstance(featurizer, HashingFeaturizer):
-        raise TaskError(f"task {type(task).__name__} has no hashing featuriser to explain")
-    weights, bias = _linear_parts(model)
-    explainer = Explainer(featurizer, weights)
+    explainer = task.explainer(model)
     a, b = (calibration.a, calibration.b) if calibration.method != "none" \
         else bundle.calibration
     out: list[ScoredAdvert] = []
     for lo in range(0, len(texts), batch):
         chunk = list(texts[lo:lo + batch])
         explained = [explainer.explain(text) for text in chunk]
-        dense = np.zeros((len(chunk), featurizer.num_buckets), dtype=np.float32)
-        for j, (_, _, _, row) in enumerate(explained):
-            if row:
-                dense[j, list(row)] = list(row.values())
+        dense = np.zeros((len(chunk), explainer.width), dtype=np.float32)
+        for j, e in enumerate(explained):
+            if e.features:
+                dense[j, list(e.features)] = list(e.features.values())
             if (lo + j) % SELF_CHECK_EVERY == 0:
-                _check_features(featurizer, chunk[j], dense[j], ids[lo + j])
+                _check_features(task, chunk[j], dense[j], ids[lo + j])
         with torch.no_grad():
             logits = model(torch.from_numpy(dense)).numpy().astype(np.float64)
-        for j, (text, (toks, spans, per_token, _)) in enumerate(
-                zip(chunk, explained, strict=True)):
+        for j, (text, e) in enumerate(zip(chunk, explained, strict=True)):
             logit = float(logits[j])
-            if abs(bias + per_token.sum() - logit) > 1e-3 * max(1.0, abs(logit)):
-                raise TaskError(
-                    f"advert {ids[lo + j]}: explanation shares add to "
-                    f"{bias + per_token.sum():.5f} but the model's logit is {logit:.5f}; "
-                    "refusing to show reasons that do not match the score")
+            _check_shares(explainer, e.shares, logit, ids[lo + j])
             p = 1.0 / (1.0 + math.exp(-(a * logit + b)))
             out.append(ScoredAdvert(ids[lo + j], rows[lo + j], logit, p, p >= threshold,
-                                    top_phrases(text, toks, spans, per_token)))
+                                    top_phrases(text, e.units, e.spans, e.shares)))
     return out
 
 
-def _check_features(featurizer: HashingFeaturizer, text: str, row: np.ndarray,
-                    advert_id: str) -> None:
-    reference = featurizer.transform([text]).dense()[0]
+def _check_shares(explainer: Explainer, shares: np.ndarray, logit: float,
+                  advert_id: str) -> None:
+    total = explainer.bias + shares.sum()
+    if abs(total - logit) > 1e-3 * max(1.0, abs(logit)):
+        raise TaskError(
+            f"advert {advert_id}: explanation shares add to {total:.5f} but the model's "
+            f"logit is {logit:.5f}; refusing to show reasons that do not match the score")
+
+
+def _check_features(task: Task, text: str, row: np.ndarray, advert_id: str) -> None:
+    reference = task.featurize([text]).dense()[0]
     if not np.allclose(reference, row, atol=1e-5):
         raise TaskError(
             f"advert {advert_id}: the explainer's features differ from the model's "
@@ -464,19 +358,20 @@ class ScoreReport:
 
 
 def score_file(*, model: Path, input_path: Path, consortium_key: Path, purpose: str,
-               state_dir: Path, analyst: str | None = None, threshold: float = 0.5,
+               state_dir: Path, analyst: str | None = None, threshold: float | None = None,
                out: Path | None = None, calibrate_with: Path | None = None) -> ScoreReport:
     """Verify, read, score, explain, log, write: ``heroes agency score`` without the printing.
 
     Nothing is lost whatever fails: the results path is checked first (never the input,
     the log or any existing file); the consultation is logged before the results are
     written, so results without a log entry cannot exist; the results appear whole or not
-    at all (written beside, then linked into place)."""
+    at all (written beside, then linked into place). Without a ``threshold``, the bundle's
+    task gives its default operating point."""
     if not purpose.strip():
         raise ConfigError(["the purpose of this consultation is empty. Fix: state it with "
                            "--purpose, e.g. --purpose 'case 2026/114: review of seized "
                            "adverts'"], source="heroes agency score --purpose")
-    if not 0.0 <= threshold <= 1.0:  # also refuses NaN
+    if threshold is not None and not 0.0 <= threshold <= 1.0:  # also refuses NaN
         raise ConfigError([f"--threshold {threshold} is not a probability. Fix: pass a value "
                            "between 0 and 1, e.g. --threshold 0.5"],
                           source="heroes agency score --threshold")
@@ -484,6 +379,8 @@ def score_file(*, model: Path, input_path: Path, consortium_key: Path, purpose: 
     target = out if out is not None else state_dir / "scores" / f"{input_path.stem}-{stamp}.jsonl"
     check_output(target, input_path=input_path, state_dir=state_dir)
     bundle = verify_bundle(load_public_key(consortium_key), model)
+    if threshold is None:
+        threshold = bundle.load_model()[0].default_threshold
     adverts = read_adverts(input_path)
     input_sha256 = file_sha256(input_path)  # the bytes that were read, before any output
     if calibrate_with is not None:
@@ -522,13 +419,13 @@ def score_file(*, model: Path, input_path: Path, consortium_key: Path, purpose: 
 
 def fit_calibration(bundle: VerifiedBundle, data_dir: Path) -> Calibration:
     """Platt scaling on this agency's labelled training export (see clients/calibration.py)."""
-    data = load_agency(data_dir)
     task, model = bundle.load_model()
+    data = task.load(data_dir)
+    records = task.records(data.train)
     logits = []
-    texts = list(data.train.texts)
     with torch.no_grad():
-        for lo in range(0, len(texts), 2048):
-            dense = task.featurize(texts[lo:lo + 2048]).dense()
+        for lo in range(0, len(records), 2048):
+            dense = task.featurize(records[lo:lo + 2048]).dense()
             logits.append(model(torch.from_numpy(dense)).numpy().astype(np.float64))
     labels = np.asarray(data.train.positive, dtype=np.float64)
     if labels.sum() == 0 or labels.sum() == labels.size:
@@ -536,7 +433,7 @@ def fit_calibration(bundle: VerifiedBundle, data_dir: Path) -> Calibration:
                              "calibrate on an export with positives and negatives"),
                         file=data.train.name)
     return calibration.fitted(np.concatenate(logits), labels,
-                              source=f"{data.agency} training split ({len(texts):,} adverts, "
+                              source=f"{data.agency} training split ({len(records):,} adverts, "
                               f"{int(labels.sum())} positive)")
 
 

@@ -7,19 +7,28 @@ one thing everywhere. ``RunSettings.from_flat`` checks every key, collects every
 raises one ConfigError.
 
 Privacy targets have no defaults: with DP on, a run must state its epsilon and delta.
+
+A task's parameters travel as ``task.params``, one JSON object in a string (e.g.
+``task.params='{"num_buckets": 4096}'``), beside ``task.name``: Flower needs a value in
+pyproject.toml for every run-config key, and this way a new task, or a new parameter,
+needs no new key there. A ``task.<param>`` key (a Hydra override such as
+``task.num_buckets=1024``, which the simulation passes flat) sets that parameter over
+``task.params``. Either way the task's own params dataclass validates every value, and
+``to_flat`` writes the one canonical ``task.params``.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from federation.errors import ConfigError, PrivacyConfigError
-
-Scalar = bool | int | float | str
+from federation.settings import Scalar as Scalar  # re-exported: callers type run configs
+from federation.settings import Section, shown
+from federation.tasks import task_params_from
 
 #: Upper limits on sizes, for a consortium's run config as much as a simulation's: a node
 #: plans, allocates and loops by these numbers, and a run config is the aggregator's word.
@@ -29,86 +38,37 @@ MAX_BATCH_SIZE = 65536
 MAX_NODES = 10_000  # min_nodes, quorum, min_available, krum_byzantine, num_neighbours
 MAX_ROUND_TIMEOUT = 86_400.0  # seconds: a day
 MAX_EVAL_K = 1_000_000
+MAX_TASK_PARAMS_CHARS = 65_536  # task.params, a JSON object of a task's few settings
+_PARAMS_EXAMPLE = "e.g. task.params='{\"num_buckets\": 4096}'"
 
 
-def _shown(raw: object) -> str:
-    """A run-config value in a message, cut short to keep the message one line."""
-    text = repr(raw)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _coerce(key: str, raw: object, kind: str, problems: list[str]) -> Any:
-    if kind == "bool":
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, str) and raw.lower() in ("true", "false"):
-            return raw.lower() == "true"
-        problems.append(f"{key}={_shown(raw)} must be true or false")
-    elif kind == "int":
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            return raw
-        if isinstance(raw, float) and raw.is_integer():
-            return int(raw)
-        problems.append(f"{key}={_shown(raw)} must be a whole number")
-    elif kind in ("float", "float | None"):
-        if isinstance(raw, int | float) and not isinstance(raw, bool):
-            return float(raw)
-        if isinstance(raw, str):
-            try:
-                return float(raw)
-            except ValueError:
-                pass
-        problems.append(f"{key}={_shown(raw)} must be a number")
-    elif kind == "str":
-        if isinstance(raw, str):
-            return raw
-        problems.append(f"{key}={_shown(raw)} must be a string")
-    else:  # pragma: no cover - a programming error in a settings class
-        raise TypeError(f"unsupported settings field type {kind} for {key}")
-    return None
-
-
-class _Section:
-    """Shared parsing for the settings sections below."""
-
-    prefix: ClassVar[str]
-
-    @classmethod
-    def parse(cls, values: dict[str, object], problems: list[str]) -> Any:
-        kwargs: dict[str, Any] = {}
-        for f in fields(cls):  # type: ignore[arg-type]  # cls is a dataclass subclass
-            key = f"{cls.prefix}.{f.name}"
-            if f.name in values:
-                kwargs[f.name] = _coerce(key, values.pop(f.name), str(f.type), problems)
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                problems.append(f"{key} is required and has no default; set it explicitly")
-        for extra in sorted(values):
-            names = [f.name for f in fields(cls)]  # type: ignore[arg-type]  # a dataclass
-            allowed = ", ".join(f"{cls.prefix}.{n}" for n in names)  # cls is a dataclass subclass
-            problems.append(
-                f"{cls.prefix}.{extra} is not a known setting; allowed here: {allowed}"
-            )
-        required = [
-            f.name
-            for f in fields(cls)  # type: ignore[arg-type]  # cls is a dataclass subclass
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
-        if any(v is None for v in kwargs.values()) or any(r not in kwargs for r in required):
-            return None
-        obj = cls(**kwargs)
-        problems.extend(obj.check())
-        return obj
-
-    def check(self) -> list[str]:
-        return []
-
-    def to_flat(self) -> dict[str, Scalar]:
-        out: dict[str, Scalar] = {}
-        for f in fields(self):  # type: ignore[arg-type]  # cls is a dataclass subclass
-            value = getattr(self, f.name)
-            if value is not None:
-                out[f"{self.prefix}.{f.name}"] = value
-        return out
+def _task_params(values: dict[str, object], problems: list[str]) -> dict[str, object]:
+    """The task's parameters: ``task.params`` (a JSON object), then ``task.<param>`` keys
+    over it (see the module docstring)."""
+    raw = values.pop("params", "")
+    if raw == "":
+        return values
+    if not isinstance(raw, str):
+        problems.append(f"task.params={shown(raw)} must be a JSON object written as a string, "
+                        + _PARAMS_EXAMPLE)
+        return values
+    if len(raw) > MAX_TASK_PARAMS_CHARS:
+        problems.append(f"task.params is {len(raw)} characters, above the limit of "
+                        f"{MAX_TASK_PARAMS_CHARS}; a task has a few settings, {_PARAMS_EXAMPLE}")
+        return values
+    try:
+        parsed = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        problems.append(f"task.params={shown(raw)} is not valid JSON; {_PARAMS_EXAMPLE}")
+        return values
+    if not isinstance(parsed, dict):
+        problems.append(f"task.params={shown(raw)} must be a JSON object, {_PARAMS_EXAMPLE}")
+        return values
+    nested = sorted(k for k, v in parsed.items() if v is None or isinstance(v, dict | list))
+    for key in nested:
+        problems.append(f"task.params: {shown(key)} must be a single value (true/false, a "
+                        "number or a string), not null, a list or an object")
+    return {k: v for k, v in parsed.items() if k not in nested} | values
 
 
 def _positive(problems: list[str], key: str, value: float, fix: str = "") -> None:
@@ -127,7 +87,7 @@ def _finite_non_negative(problems: list[str], key: str, value: float, what: str)
 
 
 @dataclass(frozen=True)
-class TrainSettings(_Section):
+class TrainSettings(Section):
     """Local training at each agency."""
 
     prefix: ClassVar[str] = "train"
@@ -154,7 +114,7 @@ class TrainSettings(_Section):
 
 
 @dataclass(frozen=True)
-class PrivacySettings(_Section):
+class PrivacySettings(Section):
     """Record-level DP-SGD at each agency. Targets are required whenever DP is on."""
 
     prefix: ClassVar[str] = "privacy"
@@ -195,7 +155,7 @@ class PrivacySettings(_Section):
 
 
 @dataclass(frozen=True)
-class StrategySettings(_Section):
+class StrategySettings(Section):
     """Server-side aggregation and round control."""
 
     prefix: ClassVar[str] = "strategy"
@@ -266,7 +226,7 @@ class StrategySettings(_Section):
 
 
 @dataclass(frozen=True)
-class SecAggSettings(_Section):
+class SecAggSettings(Section):
     """Secure aggregation (SecAgg+, server/secagg.py, federation/secagg.py): the server
     learns only the weighted sum of the updates of a round, never one agency's update.
 
@@ -310,7 +270,7 @@ class SecAggSettings(_Section):
 
 
 @dataclass(frozen=True)
-class EvalSettings(_Section):
+class EvalSettings(Section):
     prefix: ClassVar[str] = "eval"
     k: int = 50
 
@@ -321,7 +281,7 @@ class EvalSettings(_Section):
 
 
 @dataclass(frozen=True)
-class RunPaths(_Section):
+class RunPaths(Section):
     """Where a run reads and writes. Empty means "not set"."""
 
     prefix: ClassVar[str] = "paths"
@@ -335,7 +295,7 @@ class RunPaths(_Section):
 
 
 @dataclass(frozen=True)
-class AppSettings(_Section):
+class AppSettings(Section):
     """The app bundle's provenance. ``app.signature`` is set by ``heroes consortium train``
     (the consortium's signature over the bundle's manifest); agency nodes verify it before
     running any of the bundle's code. Empty in simulation, where no bundle travels."""
@@ -356,7 +316,7 @@ class RunSettings:
     app: AppSettings = field(default_factory=AppSettings)
     secagg: SecAggSettings = field(default_factory=SecAggSettings)
 
-    SECTIONS: ClassVar[tuple[type[_Section], ...]] = (
+    SECTIONS: ClassVar[tuple[type[Section], ...]] = (
         TrainSettings, PrivacySettings, StrategySettings, EvalSettings, RunPaths, AppSettings,
         SecAggSettings,
     )
@@ -364,15 +324,13 @@ class RunSettings:
     @classmethod
     def from_flat(cls, flat: Mapping[str, object], *, source: str = "run config") -> RunSettings:
         """Parse and validate a flat run config; one ConfigError lists every problem."""
-        from federation.tasks import task_params_from  # tasks import config, not vice versa
-
         problems: list[str] = []
         grouped: dict[str, dict[str, object]] = {}
         for key, value in flat.items():
             prefix, _, name = str(key).partition(".")
             if not name:
                 problems.append(
-                    f"{_shown(key)} is not a known setting; settings are written section.name, "
+                    f"{shown(key)} is not a known setting; settings are written section.name, "
                     "e.g. privacy.target_epsilon"
                 )
                 continue
@@ -383,6 +341,7 @@ class RunSettings:
             known = ["task"] + [s.prefix for s in cls.SECTIONS]
             problems.append(f"section {prefix!r} is unknown; known sections: {known}")
         task_name = task_values.pop("name", None)
+        task_values = _task_params(task_values, problems)
         params: Mapping[str, Scalar] = {}
         if not isinstance(task_name, str):
             problems.append("task.name is required, e.g. task.name=advert-risk")
@@ -415,8 +374,10 @@ class RunSettings:
         )
 
     def to_flat(self) -> dict[str, Scalar]:
-        out: dict[str, Scalar] = {"task.name": self.task_name}
-        out.update({f"task.{k}": v for k, v in self.task_params.items()})
+        out: dict[str, Scalar] = {
+            "task.name": self.task_name,
+            "task.params": json.dumps(dict(self.task_params), sort_keys=True),
+        }
         for section in (self.train, self.privacy, self.strategy, self.eval, self.paths,
                         self.app, self.secagg):
             out.update(section.to_flat())

@@ -1,4 +1,9 @@
-"""Reading and validating an agency's advert export: strictly, within one set of limits.
+"""Reading and validating an agency's export: strictly, within one set of limits.
+
+Any task's record schema (federation.records.RecordSchema) is read here, by
+``read_record_table`` and ``load_records``; the advert export (``read_table``,
+``load_agency``) is one such schema, federation.schema.ADVERT_RECORDS, and the rules below
+are written for it: another schema's columns get the same checks by their declared types.
 
 An agency's data directory holds ``manifest.json`` (which files, which label scheme) and
 the train and test exports as CSV, JSONL or Parquet. Everything is checked before any
@@ -58,7 +63,7 @@ import re
 import stat
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -75,8 +80,18 @@ from federation.limits import (
     MAX_JSON_DEPTH,
     MAX_MANIFEST_BYTES,
     MAX_NUMBER_CHARS,
+    MAX_TEXT_CHARS,
+)
+from federation.records import (
+    FORMATS,
+    Column,
+    LabelScheme,
+    RecordSchema,
+    RecordTable,
+    Rejection,
 )
 from federation.schema import (
+    ADVERT_RECORDS,
     CATEGORY_UNUSABLE,
     DUPLICATE_ID,
     EMPTY_TEXT,
@@ -90,19 +105,18 @@ from federation.schema import (
     TEXT_NOT_STRING,
     TEXT_NOT_UNICODE,
     TEXT_TOO_LONG,
-    LabelScheme,
 )
 from federation.text import UnusableText, normalise_text
 
 __all__ = [
     "CATEGORY_UNUSABLE", "DUPLICATE_ID", "EMPTY_TEXT", "FORMATS", "ID_UNUSABLE", "MANIFEST",
     "MISSING_ID", "MISSING_LABEL", "TEXT_NOT_STRING", "TEXT_NOT_UNICODE", "TEXT_TOO_LONG",
-    "AdvertTable", "AgencyData", "Record", "Rejection", "clean_id", "clean_text", "load_agency",
-    "read_manifest", "read_records", "read_table",
+    "AdvertTable", "AgencyData", "AgencyRecords", "Record", "RecordTable", "Rejection",
+    "clean_id", "clean_text", "load_agency", "load_records", "read_manifest",
+    "read_record_table", "read_records", "read_table",
 ]
 
 MANIFEST = "manifest.json"
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 
 _PARQUET_BATCH = 8192
 _LABEL_TEXT = re.compile(r"(0|[1-9][0-9]{0,17})(\.0+)?")
@@ -257,6 +271,17 @@ PARQUET_TYPES: dict[str, Rule] = {
                   "text (with pandas: df['label'] = df['label'].astype('Int64'))",
                   _TYPE_FIX, _ARROW_KINDS),
 }
+_GENERIC_TYPE_FIX = "write each column with the type its task's schema gives it and export again"
+PARQUET_TYPE_RULES: dict[str, Rule] = {
+    "id": Rule("{column} has Parquet type {kind}, expected text or integer",
+               _GENERIC_TYPE_FIX, _ARROW_KINDS),
+    "str": Rule("{column} has Parquet type {kind}, expected text", _GENERIC_TYPE_FIX,
+                _ARROW_KINDS),
+    "label": Rule("{column} has Parquet type {kind}, expected integer, integral float or "
+                  "text", _GENERIC_TYPE_FIX, _ARROW_KINDS),
+    "list[str]": Rule("{column} has Parquet type {kind}, expected a list of text",
+                      _GENERIC_TYPE_FIX, _ARROW_KINDS),
+}
 LABEL_OUTSIDE = Rule(
     "label ({kind}, not shown) is outside the label scheme {scheme}",
     "correct the label, or set the right label_scheme in manifest.json",
@@ -265,54 +290,37 @@ LABEL_OUTSIDE = Rule(
            "a non-numeric dict value", "a value of another type"))
 NO_USABLE_ROWS = Rule("no usable rows (set aside: {counts})",
                       "export adverts that have text and a label")
+NO_USABLE_RECORDS = Rule("no usable rows (set aside: {counts})",
+                         "export records that have every value their task's schema needs")
 
 
 
 # --- tables ------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Rejection:
-    """One row set aside: where it is and why (never what it holds)."""
-
-    record: int  # 1-based data record number in its file (see the module docstring)
-    line: int | None  # CSV/JSONL: line where the record starts; Parquet: None
-    reason: str
-    duplicate_of: int | None = None  # for a repeated advert_id: record of its first use
-
-
-@dataclass(frozen=True)
-class AdvertTable:
-    """The usable rows of one export file, plus what was set aside and why."""
-
-    path: Path  # the file read (symbolic links resolved)
-    advert_ids: tuple[str, ...]
-    texts: tuple[str, ...]  # normalised (federation.text.normalise_text)
-    categories: tuple[str, ...]
-    labels: np.ndarray  # in the agency's own scheme
-    positive: np.ndarray  # binary view used for training and metrics
-    rejected: Mapping[str, int] = field(default_factory=dict)  # reason -> count
-    quarantine: tuple[Rejection, ...] = ()  # one entry per rejected row, in file order
-    name: str = ""  # the file's name relative to the data folder, as errors show it
-
-    def __len__(self) -> int:
-        return len(self.texts)
+class AdvertTable(RecordTable):
+    """A table of the advert schema (federation.schema.ADVERT_RECORDS), by its columns."""
 
     @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
+    def advert_ids(self) -> tuple[str, ...]:
+        return self.ids
 
     @property
-    def format(self) -> str:
-        suffix = PurePath(self.name or self.path.name).suffix
-        return FORMATS.get(suffix.lower(), suffix.lstrip("."))
+    def texts(self) -> tuple[str, ...]:  # normalised (federation.text.normalise_text)
+        return tuple(self.values["text"])
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return tuple(self.values["category"])
 
 
 @dataclass(frozen=True)
-class AgencyData:
+class AgencyRecords:
+    """An agency's train and test files of any schema, read under its label scheme."""
+
     agency: str
     scheme: LabelScheme
-    train: AdvertTable
-    test: AdvertTable
+    train: RecordTable
+    test: RecordTable
     data_dir: Path | None = None
 
     def rejection_report(self) -> dict[str, dict[str, int]]:
@@ -321,6 +329,14 @@ class AgencyData:
             "train": dict(self.train.rejected),
             "test": dict(self.test.rejected),
         }
+
+
+@dataclass(frozen=True)
+class AgencyData(AgencyRecords):
+    """An agency's advert export (the advert schema's tables, by their column names)."""
+
+    train: AdvertTable
+    test: AdvertTable
 
 
 # --- JSON within the limits -----------------------------------------------------------------
@@ -435,30 +451,50 @@ def _decode(path: Path, name: str) -> str:
 Record = tuple[int, int | None, Mapping[str, Any]]  # (record, line, fields)
 
 
-def read_records(path: Path, *, name: str, required: Sequence[str] = REQUIRED_COLUMNS
-                 ) -> Iterator[Record]:
-    """Yield (record, line, fields) for every record of an export; the header (or first
-    record's keys, or Parquet schema) must hold the ``required`` columns.
+@dataclass(frozen=True)
+class _Header:
+    """What a file's header is checked against: the required columns, the names an error
+    may show by name, and (another schema than adverts) the required list its fix names."""
 
-    The structural checks happen here; values are left to the caller (read_table, and
-    ``heroes agency score``). ``name`` is how errors show the file.
+    required: tuple[str, ...]
+    known: frozenset[str]
+    fix_names: list[str]  # the {required} of a rule's fix
+
+
+def _header_for(schema: RecordSchema | None, required: Sequence[str]) -> _Header:
+    if schema is None or schema is ADVERT_RECORDS:
+        return _Header(tuple(schema.required if schema else required), KNOWN_COLUMNS,
+                       list(REQUIRED_COLUMNS))
+    names = frozenset(c.name for c in schema.columns)
+    return _Header(schema.required, names, list(schema.required))
+
+
+def read_records(path: Path, *, name: str, required: Sequence[str] = REQUIRED_COLUMNS,
+                 schema: RecordSchema | None = None) -> Iterator[Record]:
+    """Yield (record, line, fields) for every record of an export; the header (or first
+    record's keys, or Parquet schema) must hold the ``required`` columns (``schema``'s
+    when given, whose Parquet column types are checked too).
+
+    The structural checks happen here; values are left to the caller (read_record_table,
+    and ``heroes agency score``). ``name`` is how errors show the file.
     """
+    header = _header_for(schema, required)
     fmt = FORMATS.get(PurePath(name).suffix.lower())  # the name's: a link may differ
     if fmt is None:
         raise DataError(UNSUPPORTED, file=name)
     if fmt == "parquet":
-        yield from _parquet_records(path, name, required)
+        yield from _parquet_records(path, name, header, schema or ADVERT_RECORDS)
         return
     text = _decode(path, name)
     if not text.strip():
         raise DataError(EMPTY_FILE, file=name)
     if fmt == "csv":
-        yield from _csv_records(text, name, required)
+        yield from _csv_records(text, name, header)
     else:
-        yield from _jsonl_records(text, name, required)
+        yield from _jsonl_records(text, name, header)
 
 
-def _jsonl_records(text: str, name: str, required: Sequence[str]) -> Iterator[Record]:
+def _jsonl_records(text: str, name: str, header: _Header) -> Iterator[Record]:
     first = True
     record = 0
     # Split on newlines only: str.splitlines() would also split inside a JSON string at
@@ -477,13 +513,13 @@ def _jsonl_records(text: str, name: str, required: Sequence[str]) -> Iterator[Re
             raise DataError(JSON_NOT_OBJECT, file=name, line=lineno,
                             kind=_json_kind(rec))
         if first:
-            _check_header(name, list(rec), required=required, csv_header=False)
+            _check_header(name, list(rec), header, csv_header=False)
             first = False
         else:
-            missing = [c for c in required if c not in rec]
+            missing = [c for c in header.required if c not in rec]
             if missing:
-                raise DataError(JSON_LACKS, file=name, line=lineno,
-                                columns=missing)
+                raise DataError(JSON_LACKS, file=name, line=lineno, columns=missing,
+                                required=header.fix_names)
         record += 1
         yield record, lineno, rec
 
@@ -519,7 +555,7 @@ def _csv_problem(exc: csv.Error) -> str:
     return "a malformed line"
 
 
-def _csv_records(text: str, name: str, required: Sequence[str]) -> Iterator[Record]:
+def _csv_records(text: str, name: str, header_rule: _Header) -> Iterator[Record]:
     with _csv_field_limit():
         reader = csv.reader(io.StringIO(text, newline=""))
         header: list[str] | None = None
@@ -537,7 +573,7 @@ def _csv_records(text: str, name: str, required: Sequence[str]) -> Iterator[Reco
                 continue
             if header is None:
                 header = fields
-                _check_header(name, header, required=required, csv_header=True)
+                _check_header(name, header, header_rule, csv_header=True)
                 continue
             if len(fields) > len(header):
                 raise DataError(CSV_EXTRA_FIELDS, file=name, line=start)
@@ -550,7 +586,7 @@ def _csv_records(text: str, name: str, required: Sequence[str]) -> Iterator[Reco
 _DELIMITERS = ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes"))
 
 
-def _check_header(name: str, columns: list[str], *, required: Sequence[str],
+def _check_header(name: str, columns: list[str], header: _Header, *,
                   csv_header: bool) -> None:
     """Every required column present, none twice; said without showing any other name.
 
@@ -558,20 +594,22 @@ def _check_header(name: str, columns: list[str], *, required: Sequence[str],
     can neither be read nor shadow a schema column, so it may repeat.
     """
     problems: list[Problem] = []
-    missing = [c for c in required if c not in columns]
+    known = header.known
+    missing = [c for c in header.required if c not in columns]
     if missing:
         delimiter = None
         if csv_header and len(columns) == 1:
             delimiter = next((kind for sep, kind in _DELIMITERS
-                              if any(part.strip().strip('"') in KNOWN_COLUMNS
+                              if any(part.strip().strip('"') in known
                                      for part in columns[0].split(sep))), None)
         if delimiter is not None:
             problems.append(problem(WRONG_DELIMITER, kind=delimiter))
-        elif csv_header and len(columns) > 1 and not any(c in KNOWN_COLUMNS for c in columns):
-            problems.append(problem(NO_HEADER, columns=missing))
+        elif csv_header and len(columns) > 1 and not any(c in known for c in columns):
+            problems.append(problem(NO_HEADER, columns=missing, required=header.fix_names))
         else:
-            other = sum(1 for c in columns if c not in KNOWN_COLUMNS)
-            problems.append(problem(MISSING_COLUMNS, columns=missing, count=other))
+            other = sum(1 for c in columns if c not in known)
+            problems.append(problem(MISSING_COLUMNS, columns=missing, count=other,
+                                    required=header.fix_names))
     counts = Counter(c for c in columns if c or not csv_header)
     problems += [problem(DUPLICATE_COLUMN, column=c, count=n)
                  for c, n in counts.items() if n > 1]
@@ -586,14 +624,25 @@ def _is_text_type(pa: Any, t: Any) -> bool:
     return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or is_view(t))
 
 
-def _parquet_type_ok(pa: Any, column: str, t: Any) -> bool:
-    if pa.types.is_null(t) or _is_text_type(pa, t):
+def _parquet_type_ok(pa: Any, column: Column, t: Any) -> bool:
+    if column.type == "any" or pa.types.is_null(t) or _is_text_type(pa, t):
         return True
-    if column == "advert_id":
+    if column.type == "id":
         return bool(pa.types.is_integer(t))
-    if column == "label":
+    if column.type == "label":
         return bool(pa.types.is_integer(t) or pa.types.is_floating(t))
-    return column not in PARQUET_TYPES
+    if column.type == "list[str]":
+        is_list = pa.types.is_list(t) or pa.types.is_large_list(t)
+        return bool(is_list and (_is_text_type(pa, t.value_type)
+                                 or pa.types.is_null(t.value_type)))
+    return False
+
+
+def _parquet_type_rule(schema: RecordSchema, column: Column) -> Rule:
+    """The advert schema's own rule for its column, else the rule for the column's type."""
+    if schema is ADVERT_RECORDS and column.name in PARQUET_TYPES:
+        return PARQUET_TYPES[column.name]
+    return PARQUET_TYPE_RULES[column.type]
 
 
 def _arrow_kind(pa: Any, t: Any) -> str:
@@ -611,7 +660,8 @@ def _arrow_kind(pa: Any, t: Any) -> str:
     return "another type"
 
 
-def _parquet_records(path: Path, name: str, required: Sequence[str]) -> Iterator[Record]:
+def _parquet_records(path: Path, name: str, header: _Header, schema: RecordSchema
+                     ) -> Iterator[Record]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -622,21 +672,25 @@ def _parquet_records(path: Path, name: str, required: Sequence[str]) -> Iterator
     # them means the file cannot be read, and none of their texts is shown.
     try:
         pf = pq.ParquetFile(path)
-        schema = pf.schema_arrow
-        names = [str(n) for n in schema.names]
+        arrow_schema = pf.schema_arrow
+        names = [str(n) for n in arrow_schema.names]
     except Exception:
         raise DataError(PARQUET_UNREADABLE, file=name) from None
-    _check_header(name, names, required=required, csv_header=False)
+    _check_header(name, names, header, csv_header=False)
     problems = []
-    for column in required:
-        t = schema.field(column).type
-        if column in PARQUET_TYPES and not _parquet_type_ok(pa, column, t):
-            problems.append(problem(PARQUET_TYPES[column], kind=_arrow_kind(pa, t)))
+    declared = {c.name: c for c in schema.columns}
+    wanted = [*header.required, *(c.name for c in schema.columns
+                                  if c.name in names and c.name not in header.required)]
+    for column in wanted:
+        t = arrow_schema.field(column).type
+        if column in declared and not _parquet_type_ok(pa, declared[column], t):
+            problems.append(problem(_parquet_type_rule(schema, declared[column]),
+                                    column=column, kind=_arrow_kind(pa, t)))
     if problems:
         raise DataError(problems, file=name)
     record = 0
     try:
-        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, columns=list(required)):
+        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, columns=wanted):
             rows = batch.to_pylist()
             for rec in rows:
                 record += 1
@@ -719,25 +773,59 @@ def _usable_field(value: str) -> bool:
     return len(value) <= MAX_FIELD_CHARS and (value.isascii() or not _SURROGATE.search(value))
 
 
-def clean_id(raw: object) -> tuple[str, str | None]:
-    """(advert id, None), or ("", why the row's advert_id is missing or unusable)."""
+def _clean_id(raw: object, column: str) -> tuple[str, str | None]:
     if raw is None or isinstance(raw, bool) or (isinstance(raw, float) and math.isnan(raw)):
-        return "", MISSING_ID
+        return "", f"missing {column}"
     if not isinstance(raw, str | int | float):
-        return "", ID_UNUSABLE
+        return "", f"{column} unusable"
     value = str(raw).strip()
     if not value:
-        return "", MISSING_ID
-    return (value, None) if _usable_field(value) else ("", ID_UNUSABLE)
+        return "", f"missing {column}"
+    return (value, None) if _usable_field(value) else ("", f"{column} unusable")
 
 
-def _category(raw: object) -> tuple[str, str | None]:
+def clean_id(raw: object) -> tuple[str, str | None]:
+    """(advert id, None), or ("", why the row's advert_id is missing or unusable)."""
+    return _clean_id(raw, "advert_id")
+
+
+def _short_value(raw: object, column: str) -> tuple[str, str | None]:
+    """An optional short value (a category): empty when absent, set aside when unusable."""
     if raw is None or isinstance(raw, bool) or (isinstance(raw, float) and math.isnan(raw)):
         return "", None
     if not isinstance(raw, str | int | float):
-        return "", CATEGORY_UNUSABLE
+        return "", f"{column} unusable"
     value = str(raw)
-    return (value, None) if _usable_field(value) else ("", CATEGORY_UNUSABLE)
+    return (value, None) if _usable_field(value) else ("", f"{column} unusable")
+
+
+def _text_list(raw: object, column: str) -> tuple[tuple[str, ...], str | None]:
+    """A list of free texts, each normalised; their total is held to MAX_TEXT_CHARS, the
+    limit of one text, so a record costs the same however its text is cut into items."""
+    if not isinstance(raw, list):
+        return (), f"{column} not a list"
+    texts = []
+    for item in raw:
+        text, reason = clean_text(item)
+        if reason is not None:
+            return (), reason
+        texts.append(text)
+    if not texts:
+        return (), EMPTY_TEXT
+    if sum(len(t) for t in texts) > MAX_TEXT_CHARS:
+        return (), TEXT_TOO_LONG
+    return tuple(texts), None
+
+
+def _clean(column: Column, raw: object) -> tuple[object, str | None]:
+    """One column's cleaned value, or the reason its row is set aside."""
+    if column.type == "id":
+        return _clean_id(raw, column.name)
+    if column.type == "list[str]":
+        return _text_list(raw, column.name)
+    if column.text:
+        return clean_text(raw)
+    return _short_value(raw, column.name)
 
 
 def _require_file(path: Path, name: str) -> None:
@@ -752,53 +840,73 @@ def _require_file(path: Path, name: str) -> None:
         raise DataError(NOT_A_FILE, file=name)
 
 
-def read_table(path: Path, scheme: LabelScheme, *, name: str | None = None) -> AdvertTable:
-    """Read one export file, validating it against the schema and label scheme.
+def _check_row(schema: RecordSchema, rec: Mapping[str, Any], label: int | None,
+               seen: Mapping[str, int]) -> tuple[dict[str, object], str | None, int | None]:
+    """A row's cleaned values, or the first reason (schema.check_order) it is set aside
+    for, and for a repeated id the record of its first use."""
+    cleaned: dict[str, object] = {}
+    for column in schema.check_order():
+        if column.type == "label":
+            if label is None:
+                return cleaned, f"missing {column.name}", None
+            continue
+        value, reason = _clean(column, rec.get(column.name))
+        if reason is not None:
+            return cleaned, reason, None
+        if column.unique and isinstance(value, str) and value in seen:
+            return cleaned, f"duplicate {column.name}", seen[value]
+        cleaned[column.name] = value
+    return cleaned, None, None
+
+
+def read_record_table(path: Path, schema: RecordSchema, scheme: LabelScheme, *,
+                      name: str | None = None) -> RecordTable:
+    """Read one file of ``schema``, validating it against the schema and label scheme.
 
     ``name`` is the file as errors and the quarantine report show it (relative to the data
-    folder; its own name when not given).
+    folder; its own name when not given). Every record is usable or set aside.
     """
     name = path.name if name is None else name
     _require_file(path, name)
+    id_column = schema.id
+    read = [c.name for c in schema.check_order() if c.type not in ("label", "id")]
     ids: list[str] = []
-    texts: list[str] = []
-    cats: list[str] = []
+    values: dict[str, list[object]] = {c: [] for c in read}
     labels: list[int] = []
     seen: dict[str, int] = {}
     quarantine: list[Rejection] = []
-    for record, line, rec in read_records(path, name=name):
-        label = _parse_label(rec.get("label"), scheme, name, record if line is None else line)
-        text, text_reason = clean_text(rec.get("text"))
-        advert_id, id_reason = clean_id(rec.get("advert_id"))
-        category, category_reason = _category(rec.get("category"))
-        reason = (text_reason or (MISSING_LABEL if label is None else None) or id_reason
-                  or (None if advert_id not in seen else DUPLICATE_ID) or category_reason)
-        if reason == DUPLICATE_ID:
-            quarantine.append(Rejection(record, line, DUPLICATE_ID, seen[advert_id]))
-            continue
+    for record, line, rec in read_records(path, name=name, schema=schema):
+        label = _parse_label(rec.get(schema.label.name), scheme, name,
+                             record if line is None else line)
+        cleaned, reason, first = _check_row(schema, rec, label, seen)
         if reason is not None or label is None:
-            quarantine.append(Rejection(record, line, reason or MISSING_LABEL))
+            quarantine.append(Rejection(record, line, reason or MISSING_LABEL, first))
             continue
-        seen[advert_id] = record
-        ids.append(advert_id)
-        texts.append(text)
-        cats.append(category)
+        row_id = str(cleaned[id_column.name]) if id_column else str(record)
+        seen[row_id] = record
+        ids.append(row_id)
+        for c in read:
+            values[c].append(cleaned[c])
         labels.append(label)
     rejected = Counter(r.reason for r in quarantine)
-    if not texts:
-        raise DataError(NO_USABLE_ROWS, file=name, counts=dict(rejected))
+    if not labels:
+        rule = NO_USABLE_ROWS if schema is ADVERT_RECORDS else NO_USABLE_RECORDS
+        raise DataError(rule, file=name, counts=dict(rejected))
     lab = np.asarray(labels, dtype=np.int64)
-    return AdvertTable(
-        path=path,
-        advert_ids=tuple(ids),
-        texts=tuple(texts),
-        categories=tuple(cats),
-        labels=lab,
-        positive=(lab >= scheme.positive_from).astype(np.float32),
-        rejected=dict(rejected),
-        quarantine=tuple(quarantine),
-        name=name,
+    table = AdvertTable if schema is ADVERT_RECORDS else RecordTable
+    return table(
+        path=path, schema=schema, ids=tuple(ids),
+        values={c: tuple(v) for c, v in values.items()},
+        labels=lab, positive=(lab >= scheme.positive_from).astype(np.float32),
+        rejected=dict(rejected), quarantine=tuple(quarantine), name=name,
     )
+
+
+def read_table(path: Path, scheme: LabelScheme, *, name: str | None = None) -> AdvertTable:
+    """Read one advert export file (federation.schema.ADVERT_RECORDS)."""
+    table = read_record_table(path, ADVERT_RECORDS, scheme, name=name)
+    assert isinstance(table, AdvertTable)
+    return table
 
 
 # --- the manifest ---------------------------------------------------------------------------
@@ -837,7 +945,8 @@ def _export_name(root: Path, key: str, value: object) -> tuple[list[Problem], Pa
     return [], target
 
 
-def _manifest(data_dir: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+def _manifest(data_dir: Path, schemes: Mapping[str, LabelScheme] = LABEL_SCHEMES
+              ) -> tuple[dict[str, Any], dict[str, Path]]:
     """The validated manifest and the resolved paths of its train and test files."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -879,7 +988,7 @@ def _manifest(data_dir: Path) -> tuple[dict[str, Any], dict[str, Path]]:
         if not isinstance(scheme, str):
             problems.append(problem(KEY_NOT_STRING, key="label_scheme",
                                     kind=_json_kind(scheme)))
-        elif scheme not in LABEL_SCHEMES:
+        elif scheme not in schemes:
             problems.append(problem(SCHEME_UNKNOWN))
     paths: dict[str, Path] = {}
     for key in ("train", "test"):
@@ -900,15 +1009,23 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
     return _manifest(data_dir)[0]
 
 
-def load_agency(data_dir: Path) -> AgencyData:
-    """Read and validate an agency's manifest, train export and test export."""
+def load_records(data_dir: Path, schema: RecordSchema) -> AgencyRecords:
+    """Read and validate an agency's manifest and its train and test files of ``schema``."""
     data_dir = Path(data_dir)
-    manifest, paths = _manifest(data_dir)
-    scheme = LABEL_SCHEMES[manifest["label_scheme"]]
-    return AgencyData(
+    manifest, paths = _manifest(data_dir, schema.label_schemes)
+    scheme = schema.label_schemes[manifest["label_scheme"]]
+    return AgencyRecords(
         agency=str(manifest["agency"]),
         scheme=scheme,
-        train=read_table(paths["train"], scheme, name=manifest["train"]),
-        test=read_table(paths["test"], scheme, name=manifest["test"]),
+        train=read_record_table(paths["train"], schema, scheme, name=manifest["train"]),
+        test=read_record_table(paths["test"], schema, scheme, name=manifest["test"]),
         data_dir=data_dir,
     )
+
+
+def load_agency(data_dir: Path) -> AgencyData:
+    """Read and validate an agency's manifest, train export and test export (adverts)."""
+    data = load_records(data_dir, ADVERT_RECORDS)
+    assert isinstance(data.train, AdvertTable) and isinstance(data.test, AdvertTable)
+    return AgencyData(agency=data.agency, scheme=data.scheme, train=data.train,
+                      test=data.test, data_dir=data.data_dir)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
+from federation.records import LabelScheme, declared_columns, declared_reasons
 from federation.schema import (
     KNOWN_COLUMNS,
     LABEL_SCHEMES,
@@ -37,7 +38,6 @@ from federation.schema import (
     REQUIRED_COLUMNS,
     SET_ASIDE_REASONS,
     SUFFIXES,
-    LabelScheme,
 )
 
 
@@ -68,9 +68,9 @@ class Rule:
     ``{record}`` (integers), ``{column}`` (a schema column, or "an unexpected column (N
     characters)"), ``{key}`` (a manifest key, likewise), ``{columns}`` (schema columns),
     ``{kind}`` (one of ``kinds``, else "another kind"), ``{counts}`` (set-aside reasons and
-    their counts), ``{scheme}`` (a label scheme), and the constants ``{required}``
-    (the required columns), ``{schemes}`` (the label scheme names) and ``{suffixes}``
-    (the export file types).
+    their counts), ``{scheme}`` (a label scheme), ``{required}`` (a declared schema's
+    required columns; the advert schema's unless given), and the constants ``{schemes}``
+    (the label scheme names) and ``{suffixes}`` (the export file types).
     """
 
     text: str
@@ -151,11 +151,12 @@ def problem(rule: Rule, **fields: object) -> Problem:
         "schemes": repr(sorted(LABEL_SCHEMES)),
         "suffixes": ", ".join(SUFFIXES),
     }
+    known = KNOWN_COLUMNS | declared_columns()
     for name, value in fields.items():
         if name in _INTEGERS:
             values[name] = str(_count(name, value))
         elif name == "column":
-            values[name] = shown_name(_text(name, value), KNOWN_COLUMNS, "column")
+            values[name] = shown_name(_text(name, value), known, "column")
         elif name == "key":
             values[name] = shown_name(_text(name, value), MANIFEST_KEYS, "key")
         elif name == "columns":
@@ -163,17 +164,26 @@ def problem(rule: Rule, **fields: object) -> Problem:
                 raise TypeError("columns must be a list of column names")
             names = [_text(name, c) for c in value]
             values[name] = "[" + ", ".join(
-                repr(c) if c in KNOWN_COLUMNS else shown_name(c, KNOWN_COLUMNS, "column")
+                repr(c) if c in known else shown_name(c, known, "column")
                 for c in names) + "]"
+        elif name == "required":  # another schema's required columns (default: adverts')
+            if isinstance(value, str) or not isinstance(value, Iterable):
+                raise TypeError("required must be a list of declared column names")
+            wanted = [_text(name, c) for c in value]
+            if not all(c in known for c in wanted):
+                raise TypeError("required may only hold the columns of a declared schema")
+            values[name] = repr(wanted)
         elif name == "kind":
             kind = _text(name, value)
             values[name] = kind if kind in rule.kinds else "another kind"
         elif name == "counts":
             if not isinstance(value, Mapping):
                 raise TypeError("counts must map set-aside reasons to counts")
-            unknown = [k for k in value if k not in SET_ASIDE_REASONS]
+            reasons = declared_reasons() | frozenset(SET_ASIDE_REASONS)
+            unknown = [k for k in value if k not in reasons]
             if unknown:
-                raise TypeError("counts may only hold the set-aside reasons of federation.schema")
+                raise TypeError("counts may only hold the set-aside reasons of a declared "
+                                "schema (federation.records)")
             counts = {str(k): _count("counts", n) for k, n in value.items()}
             values[name] = repr(counts) if counts else "none"
         elif name == "scheme":

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from federation.data import AdvertTable, AgencyData
+from federation.data import AgencyRecords, RecordTable
 from federation.errors import DataError, Rule
 from federation.files import write_atomic
 
@@ -38,22 +38,22 @@ CANNOT_WRITE = Rule(
            "FileNotFoundError", "OSError"))
 
 
-def _splits(data: AgencyData) -> list[tuple[str, AdvertTable]]:
+def _splits(data: AgencyRecords) -> list[tuple[str, RecordTable]]:
     return [("train", data.train), ("test", data.test)]
 
 
-def _file_name(table: AdvertTable) -> str:
+def _file_name(table: RecordTable) -> str:
     """The file as the manifest names it (relative to the data folder)."""
     return table.name or table.path.name
 
 
-def label_counts(data: AgencyData, table: AdvertTable) -> dict[str, int]:
+def label_counts(data: AgencyRecords, table: RecordTable) -> dict[str, int]:
     """Usable rows per value of the agency's label scheme (every value, zeros included)."""
     counts = Counter(int(v) for v in table.labels)
     return {str(v): counts.get(v, 0) for v in data.scheme.values}
 
 
-def quarantine_report(data: AgencyData) -> dict[str, Any]:
+def quarantine_report(data: AgencyRecords) -> dict[str, Any]:
     """The report as a JSON-ready dict: per file the rows set aside, totals per reason."""
     files = []
     by_reason: Counter[str] = Counter()
@@ -93,7 +93,7 @@ def quarantine_report(data: AgencyData) -> dict[str, Any]:
     }
 
 
-def render_summary(data: AgencyData, *, rows: int = TEXT_ROWS) -> str:
+def render_summary(data: AgencyRecords, *, rows: int = TEXT_ROWS) -> str:
     """A short human-readable summary; lists at most ``rows`` set-aside rows per file."""
     report = quarantine_report(data)
     lines = [f"agency {data.agency}: label scheme {data.scheme.describe()}"]
@@ -125,7 +125,7 @@ def render_summary(data: AgencyData, *, rows: int = TEXT_ROWS) -> str:
     return "\n".join(lines)
 
 
-def write_quarantine_report(data: AgencyData, out_dir: Path) -> Path:
+def write_quarantine_report(data: AgencyRecords, out_dir: Path) -> Path:
     """Write ``quarantine-report.json`` and ``quarantine-report.txt``; return the JSON's path.
 
     Each file is replaced atomically (written beside it, then renamed), so a report

@@ -7,7 +7,26 @@ collapse it to three levels, or to a yes/no flag. Training uses the binary view.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from types import MappingProxyType
+
+from federation.records import (
+    EMPTY_TEXT,
+    EXPERT_POSITIVE_FROM,
+    TEXT_NOT_STRING,
+    TEXT_NOT_UNICODE,
+    TEXT_TOO_LONG,
+    Column,
+    LabelScheme,
+    RecordSchema,
+)
+
+__all__ = [
+    "ADVERT_RECORDS", "CATEGORIES", "CATEGORY_UNUSABLE", "DUPLICATE_ID", "EMPTY_TEXT",
+    "EXPERT_POSITIVE_FROM", "ID_UNUSABLE", "KNOWN_COLUMNS", "LABEL_SCHEMES", "LANGUAGES",
+    "MANIFEST_KEYS", "MANIFEST_OPTIONAL", "MANIFEST_REQUIRED", "MISSING_ID", "MISSING_LABEL",
+    "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "SCHEMA_VERSION", "SET_ASIDE_REASONS", "SUFFIXES",
+    "TEXT_NOT_STRING", "TEXT_NOT_UNICODE", "TEXT_TOO_LONG", "LabelScheme",
+]
 
 SCHEMA_VERSION = "advert-export/1"
 
@@ -39,11 +58,8 @@ MANIFEST_REQUIRED: tuple[str, ...] = ("agency", "label_scheme", "train", "test")
 MANIFEST_OPTIONAL: tuple[str, ...] = ("display_name", "format", "schema_version", "synthetic")
 MANIFEST_KEYS: frozenset[str] = frozenset(MANIFEST_REQUIRED + MANIFEST_OPTIONAL)
 
-# Why a row is set aside: the keys of AdvertTable.rejected and of the quarantine report.
-EMPTY_TEXT = "empty text"
-TEXT_NOT_STRING = "text not a string"
-TEXT_NOT_UNICODE = "text not usable Unicode"  # a lone surrogate, or a run of > 30 combining marks
-TEXT_TOO_LONG = "text too long"  # over federation.limits.MAX_TEXT_CHARS
+# Why a row is set aside: the keys of AdvertTable.rejected and of the quarantine report
+# (the text reasons are every text column's, see federation.records).
 MISSING_LABEL = "missing label"
 MISSING_ID = "missing advert_id"
 ID_UNUSABLE = "advert_id unusable"  # not text or a number, too long, or not usable Unicode
@@ -58,37 +74,29 @@ LANGUAGES: tuple[str, ...] = ("en", "es-ES", "es-419", "pt-PT", "pt-BR")
 CATEGORIES: tuple[str, ...] = ("escort", "job", "housing", "travel")
 
 
-@dataclass(frozen=True)
-class LabelScheme:
-    """A label scheme: the values it allows and which of them count as positive."""
-
-    name: str
-    values: tuple[int, ...]
-    positive_from: int
-
-    def is_positive(self, value: int) -> bool:
-        return value >= self.positive_from
-
-    def from_expert(self, expert: int) -> int:
-        """Map an expert 0-6 suspicion level into this scheme."""
-        if not 0 <= expert <= 6:
-            raise ValueError(f"expert level {expert} is outside 0-6")
-        if self.name == "0-6":
-            return expert
-        if self.name == "3-level":
-            return 0 if expert <= 1 else (1 if expert <= 3 else 2)
-        return 1 if expert >= EXPERT_POSITIVE_FROM else 0
-
-    def describe(self) -> str:
-        vals = ", ".join(str(v) for v in self.values)
-        return f"'{self.name}' (values {vals}; positive from {self.positive_from})"
-
-
-#: On the expert 0-6 scale, levels 4-6 ("likely" and above) are binarised as positive.
-EXPERT_POSITIVE_FROM = 4
-
 LABEL_SCHEMES: dict[str, LabelScheme] = {
     "binary": LabelScheme("binary", (0, 1), positive_from=1),
     "3-level": LabelScheme("3-level", (0, 1, 2), positive_from=2),
     "0-6": LabelScheme("0-6", (0, 1, 2, 3, 4, 5, 6), positive_from=EXPERT_POSITIVE_FROM),
 }
+
+#: The advert export as a record schema: the advert risk task reads it (its
+#: ``record_schema``) and so does every reader of an agency's advert export. It is declared
+#: here, beside the manifest and generator constants that name it, because the data layer
+#: reads advert exports without importing any task (federation.tasks imports the data
+#: layer, never the other way round).
+ADVERT_RECORDS = RecordSchema(
+    name=SCHEMA_VERSION,
+    columns=(
+        Column("advert_id", "id", unique=True),
+        Column("posted_at", "any"),
+        Column("site", "any"),
+        Column("language", "any"),
+        Column("category", "str"),
+        Column("text", "str", text=True),
+        Column("label", "label"),
+    ),
+    label_schemes=MappingProxyType(LABEL_SCHEMES),
+)
+assert ADVERT_RECORDS.required == REQUIRED_COLUMNS
+assert set(ADVERT_RECORDS.reasons()) == set(SET_ASIDE_REASONS)

@@ -11,6 +11,11 @@ that anyone could regenerate from a known seed would protect nothing. With
 ``privacy.secure_mode`` every random bit comes from a ChaCha20 keystream instead of torch's
 Mersenne Twister (see federation.secure_random).
 
+A round is three parts, composed by ``train_local``: ``make_loader`` (the shuffled
+batches, or ChaCha20 Poisson samples in secure mode), ``privatise`` (SGD, wrapped by Opacus
+with a plan: the accountant primed with the history, fused or hooks clipping, the noise, the
+observer) and ``step`` (one batch; ``_empty_step`` for an empty Poisson sample).
+
 Audit hook: ``train_local(..., observer=...)`` lets an auditor inside the agency see each
 DP-SGD step as the agency itself does (the sum of clipped record gradients, then the noisy
 sum) and add canary gradients to that sum before the noise (federation.audit's Dirac
@@ -25,7 +30,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -189,6 +194,147 @@ def _fresh_generator() -> torch.Generator:
     return gen
 
 
+# --- the three parts of a round: sampler and loader, privatiser, step ---------------------
+
+def _check_plan(plan: NoisePlan | None, train: TrainSettings, records: int) -> None:
+    """The noise plan was made for these records, batch and epochs (else its epsilon lies)."""
+    if plan is None:
+        return
+    expected = train.local_epochs * steps_per_epoch(records, train.batch_size)
+    if plan.steps_per_round != expected:
+        raise ValueError(
+            f"the noise plan covers {plan.steps_per_round} steps per round but these "
+            f"settings take {expected}; plan with the same records, batch and epochs"
+        )
+
+
+def make_loader(dataset: SparseDataset, *, train: TrainSettings, privacy: PrivacySettings,
+                plan: NoisePlan | None) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of a round. Shuffled batches from fresh OS randomness (Opacus turns them into
+    Poisson samples of the plan's rate); with ``privacy.secure_mode`` and DP, Poisson
+    sampling with ChaCha20 coin flips, which Opacus must not re-wrap."""
+    batch_size = plan.batch_size if plan else min(train.batch_size, len(dataset))
+    loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] = DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, generator=_fresh_generator()
+    )
+    if plan is not None and privacy.secure_mode:
+        loader = DataLoader(
+            dataset,
+            batch_sampler=SecurePoissonSampler(
+                num_samples=len(dataset), sample_rate=plan.sample_rate,
+                steps=steps_per_epoch(len(dataset), train.batch_size)),
+            collate_fn=wrap_collate_with_empty(collate_fn=default_collate),
+        )
+    return loader
+
+
+@dataclass
+class Privatised:
+    """What the privatiser hands the step: the module to call, the (DP) optimiser, the
+    loader Opacus sampled, its engine (None without DP) and whether clipping is fused."""
+
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader[tuple[torch.Tensor, torch.Tensor]]
+    engine: PrivacyEngine | None
+    head: nn.Linear | None  # set when the fused path clips
+    criterion: nn.Module
+
+
+def _fused_head(model: nn.Module, clipping: str, dp: bool) -> nn.Linear | None:
+    """The logistic-regression layer to clip in closed form, or None for Opacus' hooks."""
+    head = linear_head(model)
+    if clipping not in ("auto", "hooks", "fused"):
+        raise ValueError(f"clipping={clipping!r}: use auto, hooks or fused")
+    if clipping == "fused" and head is None:
+        raise ValueError("fused clipping needs a logistic regression model (task.hidden=0)")
+    return head if dp and head is not None and clipping != "hooks" else None
+
+
+def privatise(model: nn.Module, loader: DataLoader[tuple[torch.Tensor, torch.Tensor]], *,
+              train: TrainSettings, privacy: PrivacySettings, plan: NoisePlan | None,
+              history: Sequence[HistoryEntry], clipping: str,
+              observer: StepObserver | None) -> Privatised:
+    """SGD, wrapped by Opacus when there is a noise plan: its accountant primed with the
+    run's history, per-record clipping (fused or hooks), noise from fresh OS randomness
+    (ChaCha20 in secure mode) and the audit observer, if any."""
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=train.learning_rate, momentum=train.momentum
+    )
+    criterion = nn.BCEWithLogitsLoss()
+    head = _fused_head(model, clipping, plan is not None)
+    if plan is None:
+        return Privatised(model, optimizer, loader, None, None, criterion)
+    engine = PrivacyEngine(accountant=plan.accountant)
+    engine.accountant.history = list(history)
+    common: dict[str, Any] = dict(
+        module=model, optimizer=optimizer, data_loader=loader,
+        noise_multiplier=plan.noise_multiplier, max_grad_norm=privacy.max_grad_norm,
+        poisson_sampling=not privacy.secure_mode, noise_generator=_fresh_generator())
+    if head is not None:
+        # Opacus' ghost-clipping optimizer adds the noise to the clipped sum we hand it
+        # in p.grad; its module hooks are switched off since the norms are exact here.
+        net, optimizer, _, loader = engine.make_private(
+            **common, criterion=criterion, grad_sample_mode="ghost")
+        net.disable_hooks()  # GradSampleModule's method
+        lean_accumulate(optimizer)
+    else:
+        net, optimizer, loader = engine.make_private(**common)
+    if privacy.secure_mode:
+        use_secure_noise(optimizer)
+    if observer is not None:
+        observe_steps(optimizer, observer)
+    return Privatised(net, optimizer, loader, engine, head, criterion)
+
+
+def _empty_step(model: nn.Module, p: Privatised) -> None:
+    """An empty Poisson sample still releases a noisy (zero) update: the accounting
+    assumes noise at every step."""
+    for param in model.parameters():
+        if p.head is not None:
+            param.grad = torch.zeros_like(param)
+        else:
+            param.grad_sample = torch.zeros((0, *param.shape))  # type: ignore[attr-defined]  # Opacus' own attribute
+    p.optimizer.step()
+
+
+def step(model: nn.Module, p: Privatised, x: torch.Tensor, y: torch.Tensor, *,
+         max_grad_norm: float) -> float:
+    """One (DP-)SGD step on one batch; returns the batch's loss."""
+    if p.head is not None:
+        with torch.no_grad():  # Opacus' wrapper has its hooks off: the module itself
+            logits = model(x)
+            fused_clipped_grads(p.head, logits, x, y, max_grad_norm)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, y)
+    else:
+        loss = p.criterion(p.net(x), y)
+        loss.backward()
+    p.optimizer.step()
+    return float(loss.detach())
+
+
+def _pull_towards(model: nn.Module, global_params: Sequence[torch.Tensor],
+                  shrink: float) -> None:
+    """FedProx's proximal term is data-independent, so it is applied after the private
+    step (post-processing) rather than clipped with the data, as the exact proximal step:
+    stable for any learning_rate * mu."""
+    with torch.no_grad():
+        for param, g in zip(model.parameters(), global_params, strict=True):
+            param.add_(g, alpha=shrink).div_(1.0 + shrink)
+
+
+def _accounted(p: Privatised, plan: NoisePlan | None) -> tuple[list[HistoryEntry], float]:
+    """The run's extended accountant history and its epsilon; Opacus' hooks detached."""
+    if p.engine is None or plan is None:
+        return [], 0.0
+    history = [(float(s), float(q), int(n)) for s, q, n in p.engine.accountant.history]
+    epsilon = epsilon_spent(history, delta=plan.target_delta, accountant=plan.accountant)
+    close = getattr(p.net, "_close", None)
+    if callable(close):
+        close()  # detach Opacus' hooks so the caller gets a plain module back
+    return history, epsilon
+
+
 def train_local(
     model: nn.Module,
     features: SparseRows,
@@ -216,112 +362,25 @@ def train_local(
     if observer is not None and plan is None:
         raise ValueError("an audit observer needs DP training (a noise plan)")
     dataset = SparseDataset(features, labels)
-    if plan is not None:
-        expected = train.local_epochs * steps_per_epoch(len(dataset), train.batch_size)
-        if plan.steps_per_round != expected:
-            raise ValueError(
-                f"the noise plan covers {plan.steps_per_round} steps per round but these "
-                f"settings take {expected}; plan with the same records, batch and epochs"
-            )
+    _check_plan(plan, train, len(dataset))
     global_params = [p.detach().clone() for p in model.parameters()]
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=train.learning_rate, momentum=train.momentum
-    )
-    criterion = nn.BCEWithLogitsLoss()
-    batch_size = plan.batch_size if plan else min(train.batch_size, len(dataset))
-    loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] = DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, generator=_fresh_generator()
-    )
-    if plan is not None and privacy.secure_mode:
-        # Poisson sampling with ChaCha20 coin flips; Opacus must not re-wrap it.
-        loader = DataLoader(
-            dataset,
-            batch_sampler=SecurePoissonSampler(
-                num_samples=len(dataset), sample_rate=plan.sample_rate,
-                steps=steps_per_epoch(len(dataset), train.batch_size)),
-            collate_fn=wrap_collate_with_empty(collate_fn=default_collate),
-        )
-    engine: PrivacyEngine | None = None
-    net: nn.Module = model
-    head = linear_head(model)
-    if clipping not in ("auto", "hooks", "fused"):
-        raise ValueError(f"clipping={clipping!r}: use auto, hooks or fused")
-    if clipping == "fused" and head is None:
-        raise ValueError("fused clipping needs a logistic regression model (task.hidden=0)")
-    fused = plan is not None and head is not None and clipping != "hooks"
-    if plan is not None:
-        engine = PrivacyEngine(accountant=plan.accountant)
-        engine.accountant.history = list(history)
-        if fused:
-            # Opacus' ghost-clipping optimizer adds the noise to the clipped sum we hand it
-            # in p.grad; its module hooks are switched off since the norms are exact here.
-            net, optimizer, _, loader = engine.make_private(
-                module=model, optimizer=optimizer, data_loader=loader, criterion=criterion,
-                noise_multiplier=plan.noise_multiplier, max_grad_norm=privacy.max_grad_norm,
-                poisson_sampling=not privacy.secure_mode, noise_generator=_fresh_generator(),
-                grad_sample_mode="ghost",
-            )
-            net.disable_hooks()  # type: ignore[operator]  # GradSampleModule's method
-            lean_accumulate(optimizer)
-        else:
-            net, optimizer, loader = engine.make_private(
-                module=model,
-                optimizer=optimizer,
-                data_loader=loader,
-                noise_multiplier=plan.noise_multiplier,
-                max_grad_norm=privacy.max_grad_norm,
-                poisson_sampling=not privacy.secure_mode,
-                noise_generator=_fresh_generator(),
-            )
-        if privacy.secure_mode:
-            use_secure_noise(optimizer)
-        if observer is not None:
-            observe_steps(optimizer, observer)
-    net.train()
+    loader = make_loader(dataset, train=train, privacy=privacy, plan=plan)
+    p = privatise(model, loader, train=train, privacy=privacy, plan=plan, history=history,
+                  clipping=clipping, observer=observer)
+    p.net.train()
     losses: list[float] = []
     steps = 0
     for _ in range(train.local_epochs):
-        for x, y in loader:
-            optimizer.zero_grad(set_to_none=True)
-            if x.shape[0] == 0:
-                # An empty Poisson sample still releases a noisy (zero) update: the
-                # accounting assumes noise at every step.
-                for p in model.parameters():
-                    if fused:
-                        p.grad = torch.zeros_like(p)
-                    else:
-                        p.grad_sample = torch.zeros((0, *p.shape))  # type: ignore[attr-defined]  # Opacus' own attribute
-                optimizer.step()
-                steps += 1
-                continue
-            if fused:
-                assert head is not None
-                with torch.no_grad():  # Opacus' wrapper has its hooks off: the module itself
-                    logits = model(x)
-                    fused_clipped_grads(head, logits, x, y, privacy.max_grad_norm)
-                    loss = nn.functional.binary_cross_entropy_with_logits(logits, y)
-            else:
-                loss = criterion(net(x), y)
-                loss.backward()
-            optimizer.step()
+        for x, y in p.loader:
+            p.optimizer.zero_grad(set_to_none=True)
             steps += 1
-            losses.append(float(loss.detach()))
+            if x.shape[0] == 0:
+                _empty_step(model, p)
+                continue
+            losses.append(step(model, p, x, y, max_grad_norm=privacy.max_grad_norm))
             if proximal_mu > 0:
-                # FedProx's proximal term is data-independent, so it is applied after
-                # the private step (post-processing) rather than clipped with the data,
-                # as the exact proximal step: stable for any learning_rate * mu.
-                shrink = train.learning_rate * proximal_mu
-                with torch.no_grad():
-                    for p, g in zip(model.parameters(), global_params, strict=True):
-                        p.add_(g, alpha=shrink).div_(1.0 + shrink)
-    new_history: list[HistoryEntry] = []
-    epsilon = 0.0
-    if engine is not None and plan is not None:
-        new_history = [(float(s), float(q), int(n)) for s, q, n in engine.accountant.history]
-        epsilon = epsilon_spent(new_history, delta=plan.target_delta, accountant=plan.accountant)
-        close = getattr(net, "_close", None)
-        if callable(close):
-            close()  # detach Opacus' hooks so the caller gets a plain module back
+                _pull_towards(model, global_params, train.learning_rate * proximal_mu)
+    new_history, epsilon = _accounted(p, plan)
     return LocalResult(
         num_examples=len(dataset),
         train_loss=float(np.mean(losses)) if losses else math.nan,

@@ -29,11 +29,8 @@ from federation.bundle import BUNDLE_FORMAT, CARD_JSON, CARD_MD, WEIGHTS
 from federation.config import RunSettings
 from federation.errors import DeploymentError
 from federation.protocol import SUMMARY_FILE, Metric, RoundRecord, RunSummary, Status
-from federation.schema import SCHEMA_VERSION
 from federation.signing import file_sha256, key_fingerprint, load_private_key, sign_file
-from federation.text import FEATURES_VERSION
-
-UNIT = "one advert record in one agency's training export"
+from federation.tasks import Task, get_task
 
 
 def _code_version() -> dict[str, str]:
@@ -95,7 +92,7 @@ def _agencies_from_rounds(rounds: list[RoundRecord]) -> list[dict[str, Any]]:
     return rows
 
 
-def _agencies(summary: RunSummary) -> list[dict[str, Any]]:
+def _agencies(summary: RunSummary, task: Task) -> list[dict[str, Any]]:
     from_rounds = {row["agency"]: row for row in _agencies_from_rounds(summary.rounds)}
     if not summary.agencies:  # an aggregator's output: its round log is all there is
         rows = list(from_rounds.values())
@@ -114,7 +111,7 @@ def _agencies(summary: RunSummary) -> list[dict[str, Any]]:
                 "stopped": a.stopped,
             })
     for row in rows:
-        row["epsilon_unit"] = UNIT
+        row["epsilon_unit"] = task.privacy_unit
         row["epsilon_scope"] = ("cumulative over every round of every run on the agency's "
                                 "dataset (its privacy ledger)")
         for key, value in list(row.items()):
@@ -162,7 +159,8 @@ def build_card(run_dir: Path, saved: dict[str, Any], metrics: RunSummary, *,
                weights_sha256: str, released_at: float, signer: str,
                app_bundle_sha256: str) -> dict[str, Any]:
     settings = RunSettings.from_flat(saved["settings"], source=f"{run_dir / WEIGHTS} settings")
-    agencies = _agencies(metrics)
+    task = get_task(settings.task_name, settings.task_params)
+    agencies = _agencies(metrics, task)
     p = settings.privacy
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(released_at))
     return {
@@ -173,7 +171,8 @@ def build_card(run_dir: Path, saved: dict[str, Any], metrics: RunSummary, *,
             "%Y-%m-%dT%H:%M:%SZ", time.gmtime((run_dir / WEIGHTS).stat().st_mtime)),
         "source_run": str(run_dir.resolve()),
         "task": {"name": settings.task_name, "params": dict(settings.task_params)},
-        "versions": {"data_schema": SCHEMA_VERSION, "features": FEATURES_VERSION,
+        "versions": {"data_schema": task.record_schema.name,
+                     "features": task.features_version,
                      "code": _code_version(), "app_bundle_sha256": app_bundle_sha256},
         "training": {"strategy": settings.strategy.name,
                      "rounds_planned": settings.strategy.num_rounds,
@@ -184,7 +183,7 @@ def build_card(run_dir: Path, saved: dict[str, Any], metrics: RunSummary, *,
             "enabled": p.enabled,
             "mechanism": "DP-SGD (Opacus), record-level, at each agency" if p.enabled
             else "none: trained without differential privacy",
-            "unit": UNIT,
+            "unit": task.privacy_unit,
             "target_epsilon_per_run": p.target_epsilon,
             "target_delta": p.target_delta,
             "max_grad_norm": p.max_grad_norm,
@@ -200,8 +199,7 @@ def build_card(run_dir: Path, saved: dict[str, Any], metrics: RunSummary, *,
                     "log-loss on the agencies' pooled label mix; not recalibrated for any "
                     "one agency's base rate",
         },
-        "intended_use": "ranking adverts for review by a trained analyst. A score is a lead "
-                        "for a person to assess, never a decision about anyone.",
+        "intended_use": task.intended_use,
         "signed_by": signer,
         "files": {WEIGHTS: weights_sha256},
     }

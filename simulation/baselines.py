@@ -30,7 +30,7 @@ from torch import nn
 
 from federation import metrics
 from federation.config import RunSettings, Scalar
-from federation.data import AgencyData
+from federation.data import AgencyRecords
 from federation.errors import ConfigError
 from federation.privacy import epsilon_spent, plan_noise
 from federation.protocol import (
@@ -69,10 +69,10 @@ class AgencySplits:
     test: Split
 
 
-def _split(task: Task, data: AgencyData, which: str) -> Split:
+def _split(task: Task, data: AgencyRecords, which: str) -> Split:
     table = data.train if which == "train" else data.test
     rows = task.rows(table)
-    return Split(task.featurize([table.texts[i] for i in rows]),
+    return Split(task.featurize_table(table, rows),
                  table.positive[rows].astype(np.float32))
 
 
@@ -170,7 +170,7 @@ def _federated_arm(cfg: DictConfig, flat: dict[str, Scalar], arm_dir: Path,
 
 def run_baselines(cfg: DictConfig, out_dir: Path, *, flat: dict[str, Scalar],
                   settings: RunSettings, manifest: FederationManifest,
-                  agencies: list[AgencyData], t0: float) -> RunSummary:
+                  agencies: list[AgencyRecords], t0: float) -> RunSummary:
     """Run the four arms and write ``metrics.json`` with the comparison."""
     problems = []
     if not settings.privacy.enabled:
@@ -251,7 +251,7 @@ def run_baselines(cfg: DictConfig, out_dir: Path, *, flat: dict[str, Scalar],
     return summary
 
 
-def gain_table(arms: dict[str, dict[str, Any]], agencies: list[AgencyData],
+def gain_table(arms: dict[str, dict[str, Any]], agencies: list[AgencyRecords],
                fed_table: list[AgencyRow]) -> list[dict[str, Any]]:
     """Per agency, smallest training split first: what federating adds over going alone."""
     eps_fed = {r.agency: (r.epsilon, r.delta) for r in fed_table}

@@ -17,10 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clients.score import _tokens_with_spans, token_contributions, top_phrases
+from clients.score import top_phrases
 from federation.bundle import VerifiedBundle
-from federation.data import load_agency
-from federation.text import HashingFeaturizer
 
 
 def _overlaps(a: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
@@ -44,12 +42,8 @@ def _chance(spans: list[tuple[int, int] | None], toks: list[str], words: int,
 
 def rationale_hit_rate(bundle: VerifiedBundle, data_root: Path) -> dict[str, Any]:
     """Top-phrase hit rate against ground-truth rationale spans, next to chance."""
-    from clients.score import _linear_parts
-
     task, model = bundle.load_model()
-    featurizer = getattr(task, "featurizer", None)
-    assert isinstance(featurizer, HashingFeaturizer)
-    weights, _ = _linear_parts(model)
+    explainer = task.explainer(model)
     agencies = json.loads((data_root / "federation.json").read_text())["agencies"]
     hits = evaluated = no_phrase = category_agree = 0
     chance_sum = 0.0
@@ -59,20 +53,21 @@ def rationale_hit_rate(bundle: VerifiedBundle, data_root: Path) -> dict[str, Any
             rec = json.loads(line)
             if rec["split"] == "test":
                 truth[rec["advert_id"]] = rec["rationales"]
-        table = load_agency(data_root / "agencies" / agency).test
-        for advert_id, text in zip(table.advert_ids, table.texts, strict=True):
+        table = task.load(data_root / "agencies" / agency).test
+        for advert_id, text in zip(table.ids, task.records(table), strict=True):
             rationales = [r for r in truth.get(advert_id, []) if r["weight"] > 0]
             if not rationales:
                 continue
             targets = [(r["start"], r["end"]) for r in rationales]
-            toks, spans, per_token = token_contributions(featurizer, weights, text)
-            phrases = top_phrases(text, toks, spans, per_token)
+            e = explainer.explain(text)
+            toks, spans = e.units, e.spans
+            phrases = top_phrases(text, toks, spans, e.shares)
             if not phrases or phrases[0].start is None or phrases[0].end is None:
                 no_phrase += 1
                 continue
             top = phrases[0]
             assert top.start is not None and top.end is not None
-            words = len(_tokens_with_spans(featurizer, top.text)[0])
+            words = len(explainer.explain(top.text).units)
             chance = _chance(spans, toks, words, targets)
             if chance is None:
                 no_phrase += 1
@@ -124,11 +119,11 @@ def calibration_report(bundle: VerifiedBundle, data_root: Path, *, bins: int = 1
     for agency in json.loads((data_root / "federation.json").read_text())["agencies"]:
         data_dir = data_root / "agencies" / agency
         cal = fit_calibration(bundle, data_dir)
-        test = load_agency(data_dir).test
+        test = task.load(data_dir).test
         import torch
 
         with torch.no_grad():
-            z = model(torch.from_numpy(task.featurize(list(test.texts)).dense())).numpy()
+            z = model(torch.from_numpy(task.featurize_table(test).dense())).numpy()
         y = np.asarray(test.positive, dtype=np.float64)
         row: dict[str, float] = {"test_adverts": float(y.size),
                                  "test_positive_rate": float(y.mean())}

@@ -17,6 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from federation import metrics
 from federation.config import RunSettings
-from federation.data import AgencyData, load_agency
+from federation.data import AgencyRecords
 from federation.errors import ConfigError
 from federation.privacy import validate_targets
 from federation.protocol import SUMMARY_FILE, PrivacySummary, RunSummary
@@ -51,8 +52,9 @@ log = logging.getLogger("heroes.simulate")
 
 
 def _validate_agencies(manifest: FederationManifest, settings: RunSettings
-                       ) -> list[AgencyData]:
-    agencies = [load_agency(manifest.root / "agencies" / a) for a in manifest.agencies]
+                       ) -> list[AgencyRecords]:
+    task = get_task(settings.task_name, settings.task_params)
+    agencies = [task.load(manifest.root / "agencies" / a) for a in manifest.agencies]
     p = settings.privacy
     if p.enabled:
         assert p.target_epsilon is not None and p.target_delta is not None
@@ -69,17 +71,17 @@ class Pooled:
     agency: np.ndarray
 
 
-def _pool(task: Task, agencies: list[AgencyData], split: str) -> Pooled:
-    texts: list[str] = []
+def _pool(task: Task, agencies: list[AgencyRecords], split: str) -> Pooled:
+    records: list[Any] = []
     labels: list[np.ndarray] = []
     owner: list[str] = []
     for a in agencies:
         table = a.train if split == "train" else a.test
         rows = task.rows(table)
-        texts.extend(table.texts[i] for i in rows)
+        records.extend(task.records(table, rows))
         labels.append(table.positive[rows])
         owner.extend([a.agency] * rows.size)
-    return Pooled(task.featurize(texts), np.concatenate(labels), np.asarray(owner))
+    return Pooled(task.featurize(records), np.concatenate(labels), np.asarray(owner))
 
 
 def centralised_baseline(task: Task, settings: RunSettings, train: Pooled, test: Pooled

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from clients import local_metrics
-from federation.data import AgencyData
+from federation.data import AgencyRecords
 from federation.ledger import Ledger, load_policy
 from federation.protocol import AgencyRow, Metric, RoundRecord, Status
 from simulation.sweep import secure_rounds
@@ -35,7 +35,7 @@ def _ledger_epsilon(state: Path) -> tuple[float | None, bool]:
     return spent, policy.share_local_metrics
 
 
-def _agency_row(a: AgencyData, rounds: list[RoundRecord], oracle: Mapping[str, float],
+def _agency_row(a: AgencyRecords, rounds: list[RoundRecord], oracle: Mapping[str, float],
                 state: Path) -> AgencyRow:
     local = local_metrics.read(state)
     trained = [e for e in local if e["kind"] == "train" and e["status"] == Status.OK]
@@ -65,7 +65,7 @@ def _agency_row(a: AgencyData, rounds: list[RoundRecord], oracle: Mapping[str, f
         shared_with_consortium=shares)
 
 
-def agency_table(rounds: list[RoundRecord], agencies: list[AgencyData],
+def agency_table(rounds: list[RoundRecord], agencies: list[AgencyRecords],
                  oracle: Mapping[str, float], state_root: Path) -> list[AgencyRow]:
     """One row per agency. The figures come from each agency's OWN state folder (its local
     record and ledger), which a simulation can read because it owns every agency; a

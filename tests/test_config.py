@@ -92,3 +92,42 @@ def test_serialise_then_parse_is_identity(eps: float, delta: float, rounds: int,
                  "strategy.num_rounds": rounds, "strategy.name": name})
     s = RunSettings.from_flat(flat)
     assert RunSettings.from_flat(s.to_flat()) == s
+
+
+def test_pyproject_names_no_task_parameter_but_task_params() -> None:
+    """A new task, or a new task parameter, needs no new key in pyproject.toml."""
+    flat = pyproject_config()
+    assert {k for k in flat if k.startswith("task.")} == {"task.name", "task.params"}
+    params = RunSettings.from_flat(flat).task_params
+    assert dict(params) == {"num_buckets": 4096, "hidden": 0, "word_ngrams": 2, "char_min": 3,
+                            "char_max": 5, "exclude_special_categories": True}
+
+
+def test_task_params_json_is_validated_and_a_flat_key_overrides_it() -> None:
+    flat = pyproject_config()
+    flat["task.params"] = '{"num_buckets": 1024, "hidden": 8}'
+    s = RunSettings.from_flat(flat)
+    assert (s.task_params["num_buckets"], s.task_params["hidden"]) == (1024, 8)
+    assert s.task_params["word_ngrams"] == 2  # not given: the task's default
+    flat["task.num_buckets"] = 512  # a Hydra-style override over task.params
+    assert RunSettings.from_flat(flat).task_params["num_buckets"] == 512
+    flat["task.params"] = '{"num_buckets": 1000}'
+    del flat["task.num_buckets"]
+    with pytest.raises(ConfigError, match=re.escape("task.num_buckets=1000 must be a power")):
+        RunSettings.from_flat(flat)
+
+
+@pytest.mark.parametrize(("params", "problem"), [
+    ("{num_buckets: 1}", "is not valid JSON"),
+    ("[1, 2]", "must be a JSON object"),
+    ('{"num_buckets": [1024]}', "'num_buckets' must be a single value"),
+    ('{"bogus": 1}', "task.bogus is not a known setting"),
+    ("x" * 70_000, "above the limit of 65536"),
+])
+def test_broken_task_params_say_what_is_wrong(params: str, problem: str) -> None:
+    flat = pyproject_config()
+    flat["task.params"] = params
+    with pytest.raises(ConfigError) as err:
+        RunSettings.from_flat(flat)
+    assert problem in str(err.value)
+    assert len(str(err.value)) < 1000  # the value is cut short, never echoed whole

@@ -8,17 +8,23 @@ ROC-AUC at eps=3 while costing time (see README, "Model size").
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from federation import limits
-from federation.data import AdvertTable
+from federation.data import AgencyData, load_agency
+from federation.errors import TaskError
+from federation.records import RecordSchema, RecordTable
+from federation.schema import ADVERT_RECORDS
 from federation.tasks import Task, TaskParams, register_task
-from federation.text import HashingFeaturizer, SparseRows
+from federation.tasks.advert_explain import Explainer
+from federation.text import FEATURES_VERSION, HashingFeaturizer, SparseRows
 
 
 @dataclass(frozen=True)
@@ -73,8 +79,17 @@ class AdvertRiskModel(nn.Module):
 
 @register_task
 class AdvertRiskTask(Task):
+    """One record is one advert (federation.schema.ADVERT_RECORDS); the model reads its
+    normalised text only."""
+
     name: ClassVar[str] = "advert-risk"
     params_type: ClassVar[type[TaskParams]] = AdvertRiskParams
+    record_schema: ClassVar[RecordSchema] = ADVERT_RECORDS
+    features_version: ClassVar[int] = FEATURES_VERSION
+    privacy_unit: ClassVar[str] = "one advert record in one agency's training export"
+    intended_use: ClassVar[str] = (
+        "ranking adverts for review by a trained analyst. A score is a lead for a person to "
+        "assess, never a decision about anyone.")
 
     @property
     def featurizer(self) -> HashingFeaturizer:
@@ -88,13 +103,30 @@ class AdvertRiskTask(Task):
             exclude_special_categories=p.exclude_special_categories,
         )
 
-    def rows(self, table: AdvertTable) -> np.ndarray:
-        return np.arange(len(table))
+    def load(self, data_dir: Path) -> AgencyData:
+        return load_agency(data_dir)
 
-    def featurize(self, texts: list[str]) -> SparseRows:
-        return self.featurizer.transform(texts)
+    def records(self, table: RecordTable, rows: np.ndarray | None = None) -> list[Any]:
+        """An advert's record is its text (normalised when it was read)."""
+        texts = table.column("text")
+        return list(texts) if rows is None else [texts[int(i)] for i in rows]
+
+    def featurize(self, records: Sequence[Any]) -> SparseRows:
+        return self.featurizer.transform(list(records))
 
     def build_model(self) -> nn.Module:
         p = self.params
         assert isinstance(p, AdvertRiskParams)
         return AdvertRiskModel(p.num_buckets, p.hidden)
+
+    def explainer(self, model: nn.Module) -> Explainer:
+        """Exact for the linear model only: a hidden layer's score has no exact shares."""
+        linear = getattr(model, "net", None)
+        if not isinstance(linear, nn.Linear):
+            raise TaskError(
+                "this bundle's model has a hidden layer (task.hidden > 0); heroes agency "
+                "score explains linear models only, and a score without its reasons is not "
+                "shown. Ask the consortium for a linear release (task.hidden=0, the "
+                "default).")
+        weights = linear.weight.detach().numpy()[0].astype(np.float64)
+        return Explainer(self.featurizer, weights, float(linear.bias.detach().numpy()[0]))

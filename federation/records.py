@@ -1,0 +1,222 @@
+"""What a task's records look like: a schema of typed columns, and the table read from it.
+
+Every task declares a :class:`RecordSchema` (its columns, which of them hold free text, its
+label column, its id column) and the data layer (federation/data.py) reads any declared
+schema from CSV, JSONL or Parquet with the same limits, the same quarantine and the same
+content-free errors. A new kind of record (a conversation, say) is a new schema in a new
+task module, not a new reader.
+
+Column types, and what a value that cannot be used sets aside (the reason, by rule):
+
+- ``id``: text or a whole number, at most MAX_FIELD_CHARS; "missing <name>",
+  "<name> unusable", and with ``unique`` "duplicate <name>".
+- ``str`` with ``text=True``: free text, normalised (federation.text.normalise_text);
+  "empty text", "text not a string", "text too long", "text not usable Unicode".
+- ``str``: a short optional value (a category); "<name> unusable".
+- ``list[str]`` (``text=True``): a list of free texts (JSONL or Parquet lists; a CSV cell
+  is never a list), each normalised; "<name> not a list", or a text reason of an item.
+- ``label``: the label in the agency's label scheme; "missing <name>"; a value outside the
+  scheme stops the file (a DataError), as a shifted column would fill it with text.
+- ``any``: the header must have it; its values are not read.
+
+A row's reason is the first failing check in this order: text columns, the label, the id
+(then its uniqueness), every other column; so every record is either usable or set aside
+for exactly one reason.
+
+Names. A declared schema's column names and reasons are fixed text written in a task
+module, never read from a file: declaring a schema adds them to the names an error may
+show (:func:`declared_columns`, :func:`declared_reasons`); any other header cell still
+shows only by its length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Any
+
+import numpy as np
+
+EMPTY_TEXT = "empty text"
+TEXT_NOT_STRING = "text not a string"
+TEXT_NOT_UNICODE = "text not usable Unicode"  # a lone surrogate, or a run of > 30 combining marks
+TEXT_TOO_LONG = "text too long"  # over federation.limits.MAX_TEXT_CHARS
+TEXT_REASONS: tuple[str, ...] = (EMPTY_TEXT, TEXT_NOT_STRING, TEXT_NOT_UNICODE, TEXT_TOO_LONG)
+
+COLUMN_TYPES: tuple[str, ...] = ("id", "str", "list[str]", "label", "any")
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
+
+_COLUMNS: set[str] = set()
+_REASONS: set[str] = set(TEXT_REASONS)
+
+
+def declared_columns() -> frozenset[str]:
+    """Every column name some declared schema has (the names errors may show)."""
+    return frozenset(_COLUMNS)
+
+
+def declared_reasons() -> frozenset[str]:
+    """Every set-aside reason some declared schema can give."""
+    return frozenset(_REASONS)
+
+
+@dataclass(frozen=True)
+class LabelScheme:
+    """A label scheme: the values it allows and which of them count as positive."""
+
+    name: str
+    values: tuple[int, ...]
+    positive_from: int
+
+    def is_positive(self, value: int) -> bool:
+        return value >= self.positive_from
+
+    def from_expert(self, expert: int) -> int:
+        """Map an expert 0-6 suspicion level into this scheme."""
+        if not 0 <= expert <= 6:
+            raise ValueError(f"expert level {expert} is outside 0-6")
+        if self.name == "0-6":
+            return expert
+        if self.name == "3-level":
+            return 0 if expert <= 1 else (1 if expert <= 3 else 2)
+        return 1 if expert >= EXPERT_POSITIVE_FROM else 0
+
+    def describe(self) -> str:
+        vals = ", ".join(str(v) for v in self.values)
+        return f"'{self.name}' (values {vals}; positive from {self.positive_from})"
+
+
+#: On the expert 0-6 scale, levels 4-6 ("likely" and above) are binarised as positive.
+EXPERT_POSITIVE_FROM = 4
+
+
+@dataclass(frozen=True)
+class Column:
+    """One declared column: its name, type (COLUMN_TYPES), whether it holds free text,
+    whether the header must have it, and (ids) whether a repeat is set aside."""
+
+    name: str
+    type: str
+    text: bool = False
+    required: bool = True
+    unique: bool = False
+
+    def __post_init__(self) -> None:
+        if self.type not in COLUMN_TYPES:
+            raise ValueError(f"column {self.name!r}: type {self.type!r} is not one of "
+                             f"{list(COLUMN_TYPES)}")
+        if self.type == "list[str]" and not self.text:
+            raise ValueError(f"column {self.name!r}: a list[str] column holds free text")
+        if self.unique and self.type != "id":
+            raise ValueError(f"column {self.name!r}: only an id column can be unique")
+
+    def reasons(self) -> tuple[str, ...]:
+        """The set-aside reasons this column can give (see the module docstring)."""
+        if self.type == "id":
+            return (f"missing {self.name}", f"{self.name} unusable") + (
+                (f"duplicate {self.name}",) if self.unique else ())
+        if self.type == "label":
+            return (f"missing {self.name}",)
+        if self.type == "list[str]":
+            return (f"{self.name} not a list", *TEXT_REASONS)
+        if self.type == "str":
+            return TEXT_REASONS if self.text else (f"{self.name} unusable",)
+        return ()
+
+
+@dataclass(frozen=True)
+class RecordSchema:
+    """A task's records: named, versioned, with one label column and at most one id column.
+
+    ``label_schemes`` are the schemes an agency's manifest may name for this schema."""
+
+    name: str
+    columns: tuple[Column, ...]
+    label_schemes: Mapping[str, LabelScheme]
+
+    def __post_init__(self) -> None:
+        names = [c.name for c in self.columns]
+        if len(set(names)) != len(names):
+            raise ValueError(f"schema {self.name!r} repeats a column")
+        if [c.type for c in self.columns].count("label") != 1:
+            raise ValueError(f"schema {self.name!r} needs exactly one label column")
+        if [c.type for c in self.columns].count("id") > 1:
+            raise ValueError(f"schema {self.name!r} has more than one id column")
+        if not self.label_schemes:
+            raise ValueError(f"schema {self.name!r} needs at least one label scheme")
+        _COLUMNS.update(names)
+        for c in self.columns:
+            _REASONS.update(c.reasons())
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """The columns the header must have, in declared order (errors list them so)."""
+        return tuple(c.name for c in self.columns if c.required)
+
+    @property
+    def label(self) -> Column:
+        return next(c for c in self.columns if c.type == "label")
+
+    @property
+    def id(self) -> Column | None:
+        return next((c for c in self.columns if c.type == "id"), None)
+
+    @property
+    def text_columns(self) -> tuple[Column, ...]:
+        return tuple(c for c in self.columns if c.text)
+
+    def check_order(self) -> tuple[Column, ...]:
+        """The columns in the order a row is checked (see the module docstring)."""
+        def rank(c: Column) -> int:
+            return 0 if c.text else 1 if c.type == "label" else 2 if c.type == "id" else 3
+        return tuple(sorted((c for c in self.columns if c.type != "any"), key=rank))
+
+    def reasons(self) -> tuple[str, ...]:
+        """Every reason a row of this schema can be set aside for, without repeats."""
+        return tuple(dict.fromkeys(r for c in self.check_order() for r in c.reasons()))
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One row set aside: where it is and why (never what it holds)."""
+
+    record: int  # 1-based data record number in its file (see federation.data)
+    line: int | None  # CSV/JSONL: line where the record starts; Parquet: None
+    reason: str
+    duplicate_of: int | None = None  # for a repeated id: record of its first use
+
+
+@dataclass(frozen=True)
+class RecordTable:
+    """The usable rows of one file of a schema, plus what was set aside and why.
+
+    ``values`` maps each read column (not the label, the id or ``any`` columns) to its
+    cleaned values, one per usable row: a ``str`` (normalised when it is text) or, for
+    ``list[str]``, a tuple of normalised texts."""
+
+    path: Path  # the file read (symbolic links resolved)
+    schema: RecordSchema
+    ids: tuple[str, ...]
+    values: Mapping[str, tuple[Any, ...]]
+    labels: np.ndarray  # in the agency's own scheme
+    positive: np.ndarray  # binary view used for training and metrics
+    rejected: Mapping[str, int] = field(default_factory=dict)  # reason -> count
+    quarantine: tuple[Rejection, ...] = ()  # one entry per rejected row, in file order
+    name: str = ""  # the file's name relative to the data folder, as errors show it
+
+    def __len__(self) -> int:
+        return int(self.labels.size)
+
+    def column(self, name: str) -> tuple[Any, ...]:
+        """The cleaned values of one read column, one per usable row."""
+        return tuple(self.values[name])
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def format(self) -> str:
+        suffix = PurePath(self.name or self.path.name).suffix
+        return FORMATS.get(suffix.lower(), suffix.lstrip("."))
