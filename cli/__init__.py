@@ -1,18 +1,6 @@
-"""The ``heroes`` command line: one package, one module per kind of user (see cli/main.py).
+"""The ``heroes`` command line: one package, one module per kind of user.
 
-``heroes`` is ``cli:main``; ``python -m cli`` runs the same.
+``heroes`` is ``cli.main:main``; ``python -m cli`` runs the same. This file imports nothing,
+so that importing ``cli.agency`` or ``cli.consortium`` (what a deployed node runs) never
+brings in the research commands and their Hydra.
 """
-
-from __future__ import annotations
-
-from collections.abc import Sequence
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The ``heroes`` entry point (cli/main.py), imported when called."""
-    from cli.main import main as run
-
-    return run(argv)
-
-
-__all__ = ["main"]

@@ -317,9 +317,10 @@ def register(subparsers: Subparsers) -> None:
     names = sorted(ACCOUNTANTS)
 
     # Numbers are parsed as strings and checked together, so every problem is reported at
-    # once (argparse's type= stops at the first one).
+    # once (argparse's type= stops at the first one); the PrivacyConfigError listing them is
+    # printed by cli/main.py with exit 2, like every HeroesError.
     eps = command(
-        commands, "epsilon", _checked(_run_epsilon),
+        commands, "epsilon", _run_epsilon,
         help="epsilon of a (multi-mechanism) history with RDP and PRV",
         description="Epsilon for one agency's whole history, with both accountants.",
     )
@@ -336,7 +337,7 @@ def register(subparsers: Subparsers) -> None:
     eps.add_argument("--json", action="store_true", help="print JSON")
 
     plan = command(
-        commands, "plan", _checked(_run_plan),
+        commands, "plan", _run_plan,
         help="noise multiplier for a whole run, and what it spends",
         description="Calibrate noise so all planned rounds together meet the target.",
     )
@@ -350,15 +351,3 @@ def register(subparsers: Subparsers) -> None:
                       help="accountant used to calibrate and report (default rdp)")
     plan.add_argument("--json", action="store_true", help="print JSON")
 
-
-def _checked(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """``run``, with every input problem (PrivacyConfigError) printed and exit 2 (USAGE)."""
-
-    def checked(args: argparse.Namespace) -> int:
-        try:
-            return run(args)
-        except PrivacyConfigError as exc:
-            print(f"{args.command_name}: {exc}", file=sys.stderr)
-            return exit.USAGE
-
-    return checked

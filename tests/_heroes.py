@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from cli import main
+from cli.main import main
 
 HEROES: list[str] = [sys.executable, "-m", "cli"]
 

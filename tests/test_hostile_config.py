@@ -29,7 +29,7 @@ QUICK = "experiment=quick"  # three agencies; every case below is bad in one way
 
 _WORKER = """
 import contextlib, io, json, sys
-from cli import main
+from cli.main import main
 for line in sys.stdin:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

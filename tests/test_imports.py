@@ -32,7 +32,7 @@ def test_the_node_app_and_its_light_stages_do_not_import_torch() -> None:
 
 def test_the_command_line_parser_does_not_import_torch() -> None:
     loaded = _imported_after(
-        "from cli import main\n"
+        "from cli.main import main\n"
         "try:\n    main(['agency', 'approvals', '--help'])\nexcept SystemExit:\n    pass")
     assert not [m for m in HEAVY if m in loaded]
 
@@ -45,7 +45,7 @@ NOT_AT_START = ("torch", "opacus", "flwr", "hydra", "omegaconf", "simulation")
 def _top_level_after(argv: list[str]) -> tuple[int, set[str]]:
     """Run ``heroes ARGV`` through the real entry point in a fresh interpreter; its exit
     code and the top-level packages it had imported when it finished."""
-    code = ("import sys\nfrom cli import main\n"
+    code = ("import sys\nfrom cli.main import main\n"
             f"try:\n    code = main({argv!r})\nexcept SystemExit as exc:\n"
             "    code = exc.code\n"
             "sys.stdout.write('\\nMODULES ' + ' '.join(sorted({m.split('.')[0] "
