@@ -23,7 +23,7 @@ simulate: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy federation clients server simulation
+	$(BIN)/mypy cli federation clients server simulation
 
 # The report test opens the HTML report in a real headless Chromium (Debian's package).
 browser:

@@ -303,7 +303,7 @@ def _load_keys(state_dir: Path, *, need_private: bool, ledger: Path) -> _Keys:
         else:
             raise LedgerError(
                 f"{ledger}: neither {pub_path} nor {key_path} exists, so the ledger's "
-                "signatures cannot be checked. Fix: point --state-dir at the node's own "
+                "signatures cannot be checked. Fix: point --dir at the node's own "
                 "state folder (`heroes agency init` makes node.key and node.key.pub; a "
                 "simulation makes one per agency), or copy the agency's node.key.pub there")
     except DeploymentError as exc:
@@ -364,7 +364,7 @@ class Ledger:
             cls._refuse_missing(state_dir)  # returns only once the ledger is back in place
         if not path.exists():
             if not create:
-                raise LedgerError(f"{path}: no privacy ledger here. Fix: check --state-dir")
+                raise LedgerError(f"{path}: no privacy ledger here. Fix: check --dir")
             keys = _load_keys(state_dir, need_private=True, ledger=path)
             private_dir(state_dir)
             with _locked(state_dir):

@@ -193,7 +193,9 @@ def run_simulation(federation: str, rounds: int, out: Path,
                    overrides: tuple[str, ...] = (), *, src: Path = ROOT) -> dict[str, Any]:
     """One `heroes simulate` in a subprocess: wall time and peak tree memory. ``src`` is the
     source tree to run (another commit's, for side-by-side comparisons)."""
-    cmd = [sys.executable, "-m", "simulation.cli", "simulate", f"federation={federation}",
+    # the entry module: cli/ since issue 14; an older commit's tree has simulation/cli.py
+    entry = "cli" if (src / "cli" / "__main__.py").is_file() else "simulation.cli"
+    cmd = [sys.executable, "-m", entry, "simulate", f"federation={federation}",
            "baseline=false", f"strategy.num_rounds={rounds}", f"hydra.run.dir={out}",
            *overrides]
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONWARNINGS": "ignore",

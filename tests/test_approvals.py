@@ -15,7 +15,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -46,9 +45,9 @@ from federation.signing import (
     load_public_key,
 )
 from server import deploy
+from tests._heroes import HEROES
 
 ROOT = Path(__file__).resolve().parents[1]
-HEROES = str(Path(sys.executable).parent / "heroes")
 TIMEOUT = 600  # generous: the machine may be busy with other work
 ME = "eu-police-north"
 
@@ -60,7 +59,7 @@ def free_port() -> int:
 
 
 def heroes(*args: str, answer: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([HEROES, *args], input=answer if answer is not None else "",
+    return subprocess.run([*HEROES, *args], input=answer if answer is not None else "",
                           capture_output=True, text=True, timeout=TIMEOUT, check=False,
                           env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0",
                                "PYTHONWARNINGS": "ignore"})

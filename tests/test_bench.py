@@ -4,10 +4,11 @@ shared and noisy; ratios are read by people and compared between commits)."""
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests._heroes import HEROES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_quick_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "simulation.cli", "bench", "--quick", "--skip", "scale",
+        [*HEROES, "bench", "--quick", "--skip", "scale",
          "--skip", "rounds", "--skip", "secagg", "--skip", "trust", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
         env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},

@@ -6,7 +6,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from server.checkpoint import (
     write_checkpoint,
 )
 from server.strategy import NodeOutcome, RunLog, build_strategy
+from tests._heroes import HEROES
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAT = {"task.name": "advert-risk", "task.num_buckets": 64, "privacy.target_epsilon": 3.0,
@@ -92,7 +92,7 @@ def test_resume_refuses_changed_settings_a_finished_run_and_an_empty_folder(
 def _simulate(run: Path, log: Path, *extra: str, **kwargs: object) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-            [sys.executable, "-m", "simulation.cli", "simulate", "experiment=quick",
+            [*HEROES, "simulate", "experiment=quick",
              "strategy.num_rounds=4", f"hydra.run.dir={run}", *extra],
             cwd=ROOT, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0",
                            "PYTHONWARNINGS": "ignore"},

@@ -7,7 +7,6 @@ through `heroes`' own entry point and once as a real subprocess.
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,8 @@ from federation.data import (
 from federation.errors import DataError
 from federation.quarantine import REPORT_JSON, REPORT_TXT, write_quarantine_report
 from federation.text import normalise_text
-from simulation.cli import main as heroes
+from tests._heroes import HEROES
+from tests._heroes import main as heroes
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["advert_id", "posted_at", "site", "language", "category", "text", "phone", "label",
@@ -325,7 +325,7 @@ def test_report_is_replaced_whole_on_a_new_check(tmp_path: Path) -> None:
 def test_check_as_a_real_command(tmp_path: Path) -> None:
     d = write_dir(tmp_path / "data", canary_rows(), "parquet")
     done = subprocess.run(
-        [sys.executable, "-m", "simulation.cli", "agency", "check", "--data-dir", str(d),
+        [*HEROES, "agency", "check", "--data-dir", str(d),
          "--report-dir", str(tmp_path / "r")],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
@@ -333,6 +333,6 @@ def test_check_as_a_real_command(tmp_path: Path) -> None:
     assert "4 set aside" in done.stdout and (tmp_path / "r" / REPORT_JSON).is_file()
     (d / "manifest.json").unlink()
     done = subprocess.run(
-        [sys.executable, "-m", "simulation.cli", "agency", "check", "--data-dir", str(d)],
+        [*HEROES, "agency", "check", "--data-dir", str(d)],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2 and "no manifest.json in the data directory" in done.stderr

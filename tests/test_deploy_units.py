@@ -372,7 +372,7 @@ def test_consortium_toml_is_strict_and_lists_every_problem(cons: Path) -> None:
 
 def test_serve_exits_2_with_the_fix_for_a_bad_toml_and_for_a_missing_nginx(
         cons: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from simulation.cli import main
+    from tests._heroes import main
 
     original = (cons / "consortium.toml").read_text()
     _with_toml(cons, original + "private_prot = 9\n")

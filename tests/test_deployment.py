@@ -28,10 +28,10 @@ from federation.appsign import sign_bundle
 from federation.ledger import Ledger
 from federation.signing import generate_signing_key, load_private_key
 from simulation.generator import generate_federation, load_preset
+from tests._heroes import HEROES
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-HEROES = str(BIN / "heroes")
 CANARY = "ZQXCANARY7731"
 RUN_CONFIG = ("strategy.num_rounds=2 privacy.target_delta=1e-4 strategy.min_nodes=3 "
               "strategy.quorum=3 strategy.round_timeout=120")
@@ -51,7 +51,7 @@ def env() -> dict[str, str]:
 
 
 def heroes(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([HEROES, *args], env=env(), capture_output=True, text=True,
+    return subprocess.run([*HEROES, *args], env=env(), capture_output=True, text=True,
                           timeout=timeout, check=False)
 
 
@@ -96,7 +96,7 @@ class Deployment:
 
     def start(self, name: str, args: list[str]) -> subprocess.Popen[str]:
         with (self.tmp / f"{name}.out").open("w") as log:  # the child keeps its own copy
-            proc = subprocess.Popen([HEROES, *args], env=env(), stdout=log,
+            proc = subprocess.Popen([*HEROES, *args], env=env(), stdout=log,
                                     stderr=subprocess.STDOUT, text=True,
                                     start_new_session=True)
         self.procs[name] = proc

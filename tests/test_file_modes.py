@@ -23,8 +23,8 @@ import pytest
 import torch
 from flwr.app import MetricRecord, RecordDict
 
+from cli.agency import status as status_command
 from clients import agency, approvals, local_metrics, receipts
-from clients.deploy_cli import _status
 from clients.node import CACHE_DIR, cached_features
 from clients.score import score_file
 from federation.config import RunSettings
@@ -184,7 +184,7 @@ def test_a_deployed_node_is_private_from_birth_and_status_warns_when_loosened(
     assert any(f"chmod 600 {root / 'node.key'}" in w and "0644" in w for w in warnings)
     assert any("others can change it" in w and "consortium-signing.pub" in w for w in warnings)
     # the real command prints them first, with the path, the mode and the fix
-    assert _status(argparse.Namespace(dir=root, json=False)) == 0
+    assert status_command(argparse.Namespace(dir=root, json=False)) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith(f"  WARNING: {root} is mode 0755"), out[:3]
     assert any(f"Fix: chmod 600 {root / 'node.key'}" in line for line in out)

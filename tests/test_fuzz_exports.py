@@ -32,7 +32,7 @@ from federation.limits import MAX_TEXT_CHARS
 from federation.quarantine import quarantine_report, render_summary
 from federation.schema import REQUIRED_COLUMNS, SET_ASIDE_REASONS
 from federation.text import HashingFeaturizer, UnusableText, normalise_text
-from simulation.cli import main as heroes
+from tests._heroes import main as heroes
 
 CANARY = "ZZFUZZCANARY"
 COLUMNS = [*REQUIRED_COLUMNS, "phone"]

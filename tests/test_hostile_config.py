@@ -3,7 +3,7 @@ a message naming the key, the rule and the fix; and a run whose agencies stop an
 ends with the quorum error instead of hanging.
 
 The bad configurations go through the real command: a few through `heroes simulate` in a
-subprocess, the rest through the same entry point in-process (simulation/cli.py main),
+subprocess, the rest through the same entry point in-process (cli/main.py main),
 which is what the console script calls, each in its own process.
 """
 
@@ -21,14 +21,15 @@ from pathlib import Path
 
 import pytest
 
+from tests._heroes import HEROES
+
 ROOT = Path(__file__).resolve().parents[1]
-HEROES = Path(sys.executable).parent / "heroes"
 QUICK = "experiment=quick"  # three agencies; every case below is bad in one way
 
 
 _WORKER = """
 import contextlib, io, json, sys
-from simulation.cli import main
+from cli.main import main
 for line in sys.stdin:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -49,7 +50,7 @@ def _cli_worker() -> Iterator[None]:
     In the test process itself, Hydra's @hydra.main reconfigures logging and streams; after
     the suite's earlier in-process Flower simulations that ended the whole pytest run ("lost
     sys.stderr"). A fresh interpreter per call costs about 8 s of imports, so the calls share
-    one worker, which runs the real entry point (simulation/cli.py main) in-process."""
+    one worker, which runs the real entry point (cli/main.py main) in-process."""
     proc = subprocess.Popen([sys.executable, "-c", _WORKER], cwd=ROOT, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
@@ -190,7 +191,7 @@ def test_a_resume_folder_without_a_checkpoint_is_refused_before_any_data(
 
 def _heroes(args: list[str], out: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([str(HEROES), "simulate", *args, f"hydra.run.dir={out}"],
+    return subprocess.run([*HEROES, "simulate", *args, f"hydra.run.dir={out}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
                           check=False)
 

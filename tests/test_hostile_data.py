@@ -37,7 +37,7 @@ from federation.schema import (
 )
 from federation.tasks import get_task
 from federation.text import normalise_text
-from simulation.cli import main as heroes
+from tests._heroes import main as heroes
 
 ROOT = Path(__file__).resolve().parents[1]
 CANARY = "QQCANARY-h13-7d1e"

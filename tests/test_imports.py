@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 HEAVY = ("torch", "opacus")
@@ -30,9 +32,85 @@ def test_the_node_app_and_its_light_stages_do_not_import_torch() -> None:
 
 def test_the_command_line_parser_does_not_import_torch() -> None:
     loaded = _imported_after(
-        "from simulation.cli import main\n"
+        "from cli.main import main\n"
         "try:\n    main(['agency', 'approvals', '--help'])\nexcept SystemExit:\n    pass")
     assert not [m for m in HEAVY if m in loaded]
+
+
+#: What a command that does not train must not import: the training stack, and the research
+#: package with its configuration system (an agency's node has no business loading them).
+NOT_AT_START = ("torch", "opacus", "flwr", "hydra", "omegaconf", "simulation")
+
+
+def _top_level_after(argv: list[str]) -> tuple[int, set[str]]:
+    """Run ``heroes ARGV`` through the real entry point in a fresh interpreter; its exit
+    code and the top-level packages it had imported when it finished."""
+    code = ("import sys\nfrom cli.main import main\n"
+            f"try:\n    code = main({argv!r})\nexcept SystemExit as exc:\n"
+            "    code = exc.code\n"
+            "sys.stdout.write('\\nMODULES ' + ' '.join(sorted({m.split('.')[0] "
+            "for m in sys.modules})) + f' CODE {code}\\n')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, check=True)
+    line = proc.stdout.rsplit("MODULES ", 1)[1].split()
+    return int(line[-1]), set(line[:-2])
+
+
+@pytest.fixture(scope="module")
+def node_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real, initialised agency state folder (made by the CLI itself), no round trained."""
+    work = tmp_path_factory.mktemp("node")
+    (work / "data").mkdir()
+    for argv in (["consortium", "init", "--dir", str(work / "c"), "--public-address",
+                  "127.0.0.1:9092"],
+                 ["agency", "init", "--dir", str(work / "a"), "--name", "es-police",
+                  "--data-dir", str(work / "data"), "--consortium", "127.0.0.1:9092",
+                  "--ca-cert", str(work / "c" / "tls" / "ca.crt"), "--consortium-key",
+                  str(work / "c" / "signing.pub"), "--max-epsilon", "10", "--delta", "1e-5"]):
+        assert _top_level_after(argv)[0] == 0
+    return work / "a"
+
+
+@pytest.mark.parametrize("argv", [
+    ["--help"], ["agency", "--help"], ["consortium", "--help"], ["privacy", "--help"],
+    ["agency", "status", "--help"], ["agency", "ledger", "--help"],
+    ["consortium", "ledger-heads", "--help"],
+])
+def test_help_imports_no_training_stack_and_no_hydra(argv: list[str]) -> None:
+    code, loaded = _top_level_after(argv)
+    assert code == 0
+    assert sorted(m for m in NOT_AT_START if m in loaded) == []
+
+
+@pytest.mark.parametrize("command", [["agency", "status", "--json"], ["agency", "ledger"],
+                                     ["agency", "approvals"], ["agency", "audit", "show"]])
+def test_agency_commands_that_read_state_import_no_training_stack(
+        node_state: Path, command: list[str]) -> None:
+    code, loaded = _top_level_after([*command, "--dir", str(node_state)])
+    assert code in (0, 2)  # a node that never trained has no ledger: 2, with the fix
+    assert sorted(m for m in NOT_AT_START if m in loaded) == []
+
+
+def test_consortium_ledger_heads_imports_no_training_stack(tmp_path: Path) -> None:
+    code, loaded = _top_level_after(["consortium", "ledger-heads", "--dir", str(tmp_path)])
+    assert code == 0
+    assert sorted(m for m in NOT_AT_START if m in loaded) == []
+
+
+def test_privacy_epsilon_imports_neither_flower_nor_hydra() -> None:
+    """Computing epsilon needs Opacus' accountants (and so torch); nothing else heavy."""
+    code, loaded = _top_level_after(["privacy", "epsilon", "--noise-multiplier", "1.0",
+                                     "--sample-rate", "0.01", "--steps", "100",
+                                     "--delta", "1e-5"])
+    assert code == 0 and "opacus" in loaded  # the check sees what the command does import
+    assert sorted(m for m in ("flwr", "hydra", "omegaconf", "simulation") if m in loaded) == []
+
+
+def test_privacy_input_errors_exit_2_before_importing_the_accountants() -> None:
+    code, loaded = _top_level_after(["privacy", "epsilon", "--noise-multiplier", "x",
+                                     "--delta", "1e-5"])
+    assert code == 2
+    assert sorted(m for m in NOT_AT_START if m in loaded) == []
 
 
 def test_accountant_names_agree_with_the_accountants() -> None:

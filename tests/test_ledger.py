@@ -28,6 +28,7 @@ from federation.ledger import (
 from federation.pki import make_node_key
 from federation.policy import POLICY_FILE, Policy, PolicyError, load_policy, write_policy
 from federation.privacy import epsilon_spent, plan_noise
+from tests._heroes import HEROES
 
 REL = Release(dataset="es-police/abc", fingerprint="ab" * 32, run_id="1", round=1,
               task="advert-risk", model="advert-risk:AdvertRiskModel", noise_multiplier=1.0,
@@ -269,7 +270,7 @@ def test_agency_ledger_command(state: Path) -> None:
         ledger.complete(seq)
         ledger.reserve(replace(REL, round=2), Policy(max_epsilon=6.0, delta=1e-5))
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "simulation.cli", "agency", "ledger", "--state-dir",
+    cmd = [*HEROES, "agency", "ledger", "--dir",
            str(state)]
     text = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=True).stdout
     spent = epsilon_spent([(1.0, 0.05, 80)], delta=1e-5, accountant="rdp")
@@ -351,7 +352,7 @@ def test_the_ledger_command_shows_infinity_and_writes_valid_json(state: Path) ->
         ledger.complete(ledger.reserve(REL, Policy(max_epsilon=6.0, delta=1e-5))[0])
         ledger.complete(ledger.reserve_non_private(replace(REL, round=2)))
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "simulation.cli", "agency", "ledger", "--state-dir",
+    cmd = [*HEROES, "agency", "ledger", "--dir",
            str(state)]
     text = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=True).stdout
     assert "total: epsilon inf (trained without DP) at delta=1e-05" in text

@@ -2,7 +2,6 @@
 ledgers: first contact, growth, lost replies, rollback, another key, malformed replies,
 Flower's own types, a damaged book file, concurrent saves, and the operator command."""
 
-import argparse
 import json
 from collections.abc import Iterator
 from dataclasses import replace
@@ -16,8 +15,8 @@ from federation.ledger import Ledger, Release
 from federation.pki import make_node_key
 from federation.policy import Policy
 from federation.signing import load_public_key
-from server import heads_cli
 from server.ledger_heads import HEADS_FILE, HeadBook, HeadBookError
+from tests._heroes import main as heroes
 
 REL = Release(dataset="pt-ngo/x", fingerprint="cd" * 32, run_id="1", round=1,
               task="advert-risk", model="advert-risk:AdvertRiskModel", noise_multiplier=1.0,
@@ -174,15 +173,10 @@ def test_forget_and_concurrent_saves(ngo: Node, book_path: Path, tmp_path: Path)
 
 def test_the_ledger_heads_command(ngo: Node, tmp_path: Path,
                                   capsys: pytest.CaptureFixture[str]) -> None:
-    parser = argparse.ArgumentParser(prog="heroes consortium")
-    sub = parser.add_subparsers(dest="consortium_command", required=True)
-    handlers: dict[str, heads_cli.Handler] = {}
-    heads_cli.add_commands(sub, handlers)
     directory = tmp_path / "consortium"
 
     def run(*argv: str) -> tuple[int, str]:
-        args = parser.parse_args(["ledger-heads", "--dir", str(directory), *argv])
-        code = handlers[args.consortium_command](args)
+        code = heroes(["consortium", "ledger-heads", "--dir", str(directory), *argv])
         return code, capsys.readouterr().out
 
     assert "no ledger heads recorded" in run()[1]

@@ -2,20 +2,20 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from federation.privacy import epsilon_spent
+from tests._heroes import HEROES
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_privacy(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "federation.privacy_cli", "privacy", *args],
+        [*HEROES, "privacy", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )
 

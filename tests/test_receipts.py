@@ -5,7 +5,6 @@ deterministic over real Flower records; a node without a key sends nothing."""
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from clients.receipts import (
 )
 from federation.errors import DeploymentError
 from federation.pki import make_node_key
+from tests._heroes import HEROES
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 5
@@ -159,8 +159,8 @@ def test_payload_digest_is_deterministic_and_content_sensitive() -> None:
 
 def test_cli_verify_names_the_break(state: Path) -> None:
     def audit(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "simulation.cli", "agency", "audit", *args,
-                               "--state-dir", str(state)], cwd=ROOT, capture_output=True,
+        return subprocess.run([*HEROES, "agency", "audit", *args,
+                               "--dir", str(state)], cwd=ROOT, capture_output=True,
                               text=True, timeout=120, check=False,
                               env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
@@ -182,7 +182,7 @@ def test_cli_verify_names_the_break(state: Path) -> None:
 def test_simulated_nodes_sign_a_receipt_for_every_message(tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "simulation.cli", "simulate", "experiment=quick",
+        [*HEROES, "simulate", "experiment=quick",
          f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=900,
         check=False, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0",
                           "PYTHONWARNINGS": "ignore"})

@@ -5,7 +5,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from federation.tasks import get_task
 from server.release import release_run
 from server.server_app import write_outputs
 from server.strategy import NodeOutcome, RunLog
+from tests._heroes import HEROES
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAT = {"task.name": "advert-risk", "task.num_buckets": 64, "privacy.target_epsilon": 3.0,
@@ -122,7 +122,7 @@ def test_cli_release(tmp_path: Path, keys: tuple[Path, Path]) -> None:
         z.writestr(".info/CONTENT",
                    f"app.py,{hashlib.sha256(code).hexdigest()},{len(code) * 8}\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "simulation.cli", "consortium", "release", str(run),
+        [*HEROES, "consortium", "release", str(run),
          "--signing-key", str(keys[0]), "--out", str(tmp_path / "rel"), "--app-bundle", str(fab)],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -130,7 +130,7 @@ def test_cli_release(tmp_path: Path, keys: tuple[Path, Path]) -> None:
 
     assert card["versions"]["app_bundle_sha256"] == manifest_digest(fab.read_bytes())
     proc = subprocess.run(
-        [sys.executable, "-m", "simulation.cli", "consortium", "release", str(tmp_path / "none"),
+        [*HEROES, "consortium", "release", str(tmp_path / "none"),
          "--signing-key", str(keys[0])],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and "not a finished run" in proc.stderr

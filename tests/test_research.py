@@ -17,7 +17,6 @@ import re
 import shutil
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from federation.tasks import get_task
 from simulation.audit import craft_canaries, epsilon_lower_bound
 from simulation.generator import apply_skew, generate_federation, preset_from_mapping
 from simulation.sweep import t_interval
+from tests._heroes import HEROES
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = {"num_buckets": 4096, "hidden": 0, "word_ngrams": 2, "char_min": 3, "char_max": 5,
@@ -125,7 +125,7 @@ def test_canaries_are_unseen_and_never_share_a_bucket(tmp_path: Path) -> None:
 
 def heroes(args: list[str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "simulation.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([*HEROES, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 

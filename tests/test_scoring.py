@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import subprocess
-import sys
 import unicodedata
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from server.release import release_run
 from server.server_app import write_outputs
 from server.strategy import RunLog
 from simulation.generator import generate_federation, load_preset
+from tests._heroes import HEROES
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAT = {"task.name": "advert-risk", "task.num_buckets": 1024, "privacy.target_epsilon": 3.0,
@@ -155,7 +155,7 @@ def test_scoring_logs_every_consultation(tmp_path: Path, adverts_dir: Path,
 
 
 def _cli(args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "simulation.cli", *args], cwd=ROOT,
+    return subprocess.run([*HEROES, *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, check=False,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
@@ -180,13 +180,13 @@ def test_cli_refuses_tampered_foreign_and_unsigned_bundles(
     for bundle, key, needle in cases:
         proc = _cli(["agency", "score", "--model", str(bundle), "--input", str(export),
                      "--consortium-key", str(key), "--purpose", "test",
-                     "--state-dir", str(tmp_path / "state")])
+                     "--dir", str(tmp_path / "state")])
         assert proc.returncode == 2, proc.stdout
         assert needle in proc.stderr
         assert not (tmp_path / "state" / CONSULTATION_LOG).exists()  # nothing was scored
     ok = _cli(["agency", "score", "--model", str(released[0]), "--input", str(export),
                "--consortium-key", str(released[2]), "--purpose", "test", "--out",
-               str(tmp_path / "s.csv"), "--state-dir", str(tmp_path / "state")])
+               str(tmp_path / "s.csv"), "--dir", str(tmp_path / "state")])
     assert ok.returncode == 0, ok.stderr
     assert LEAD_NOT_DECISION in ok.stdout
     header = (tmp_path / "s.csv").read_text().splitlines()[0]
@@ -209,7 +209,7 @@ def test_explanations_point_at_rationales_more_often_than_chance(tmp_path: Path)
 
     run = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "simulation.cli", "simulate", "experiment=quick",
+        [*HEROES, "simulate", "experiment=quick",
          f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=900,
         check=False, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0",
                           "PYTHONWARNINGS": "ignore"})

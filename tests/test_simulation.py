@@ -8,10 +8,11 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests._heroes import HEROES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def heroes(args: list[str], out: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
-        [sys.executable, "-m", "simulation.cli", "simulate", *args,
+        [*HEROES, "simulate", *args,
          f"hydra.run.dir={out}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False,
     )

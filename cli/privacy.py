@@ -1,14 +1,15 @@
-"""The ``heroes privacy`` commands: what a history has spent, and what a run will spend.
+"""``heroes privacy ...``: what a history has spent, and what a run will spend.
 
-    heroes privacy epsilon --noise-multiplier S --sample-rate Q --steps N --delta D
-    heroes privacy epsilon --history S,Q,N [--history S,Q,N ...] --delta D
+    heroes privacy epsilon --noise-multiplier S --sample-rate Q --steps N --delta D [--json]
+    heroes privacy epsilon --history S,Q,N [--history S,Q,N ...] --delta D [--json]
     heroes privacy plan --records N --batch-size B --rounds R --local-epochs E
-                        --target-epsilon EPS --delta D [--accountant rdp|prv]
+                        --target-epsilon EPS --delta D [--accountant rdp|prv] [--json]
 
 Both commands print epsilon from both accountants (RDP and PRV) with its delta and say
-which one is the reported guarantee. The unit of privacy is one advert record in one
-agency's training export. Bad input is reported all at once, with exit status 2, before
-anything is computed.
+which one is the reported guarantee (federation/accounting.py computes them). The unit of
+privacy is one advert record in one agency's training export. Bad input is reported all at
+once, with exit status 2 (USAGE), before anything is computed; exit 1 (PROBLEM) when the
+reported accountant gives no epsilon.
 """
 
 from __future__ import annotations
@@ -19,97 +20,16 @@ import math
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from federation.config import PrivacySettings
+from cli import exit
+from cli._register import Subparsers, command, group
+from federation.accounting import ACCOUNTANTS, UNIT, AccountantResult, account_all
 from federation.errors import PrivacyConfigError
 
 if TYPE_CHECKING:
     from federation.privacy import HistoryEntry
-
-# federation.privacy brings in Opacus and torch (seconds): every `heroes` command builds this
-# parser, so the accountants are imported only by the commands that compute.
-ACCOUNTANTS = PrivacySettings.ACCOUNTANTS
-
-UNIT = "one advert record in one agency's training export"
-EXIT_BAD_INPUT = 2
-EXIT_UNAVAILABLE = 1
-
-
-@dataclass(frozen=True)
-class AccountantResult:
-    """Epsilon from one accountant, or why there is none; warnings it raised become notes."""
-
-    accountant: str
-    delta: float
-    epsilon: float | None
-    reason: str | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "epsilon": self.epsilon,
-            "delta": self.delta,
-            "unavailable_reason": self.reason,
-            "notes": list(self.notes),
-        }
-
-
-# --- computing ---------------------------------------------------------------------------
-
-
-def account(history: Sequence[HistoryEntry], *, delta: float, accountant: str) -> AccountantResult:
-    """Epsilon for ``history`` with one accountant; never raises for a numerical failure.
-
-    PRV discretises the privacy-loss distribution on a grid that grows with epsilon and
-    the number of steps; in extreme regimes it exhausts memory, runs for minutes or
-    returns infinity. Those cases come back as epsilon=None with the reason.
-    """
-    from federation.privacy import PRV_MAX_GRID_POINTS, epsilon_spent, prv_grid_points
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if accountant == "prv":
-            # PRV sizes its grid with RDP bounds at tiny deltas; their "optimal order is at
-            # the edge of the alpha grid" warnings concern that sizing, not the PRV result.
-            warnings.filterwarnings("ignore", message="Optimal order is the")
-            points = prv_grid_points(history, delta=delta)
-            if points > PRV_MAX_GRID_POINTS:
-                return AccountantResult(
-                    accountant,
-                    delta,
-                    None,
-                    reason=(
-                        f"PRV would need a {points:.2g}-point grid (limit "
-                        f"{PRV_MAX_GRID_POINTS:.0e}); the regime is too extreme for it, "
-                        "read the RDP bound"
-                    ),
-                )
-        # A sample rate of exactly 1 makes Opacus' PRV evaluate log(1 - q) = log(0) = -inf on
-        # purpose (no subsampling); numpy's divide warning there is not a problem to report.
-        divide = "ignore" if any(q == 1.0 for _, q, _ in history) else "warn"
-        try:
-            with np.errstate(divide=divide):  # type: ignore[arg-type]  # numpy stubs want a Literal
-                epsilon = epsilon_spent(history, delta=delta, accountant=accountant)
-        except (ArithmeticError, MemoryError, RuntimeError, ValueError) as exc:
-            return AccountantResult(
-                accountant, delta, None, reason=f"{type(exc).__name__}: {exc}"
-            )
-    notes = tuple(dict.fromkeys(str(w.message) for w in caught))
-    if not math.isfinite(epsilon):
-        return AccountantResult(
-            accountant, delta, None, reason=f"{accountant.upper()} returned {epsilon}", notes=notes
-        )
-    return AccountantResult(accountant, delta, epsilon, notes=notes)
-
-
-def account_all(history: Sequence[HistoryEntry], *, delta: float) -> list[AccountantResult]:
-    """Epsilon with every accountant, RDP first."""
-    names = sorted(ACCOUNTANTS, key=lambda name: (name != "rdp", name))
-    return [account(history, delta=delta, accountant=name) for name in names]
 
 
 # --- validating --------------------------------------------------------------------------
@@ -305,10 +225,12 @@ def _run_epsilon(args: argparse.Namespace) -> int:
         print(f"epsilon at delta = {delta:g}, whole history composed:")
         print("\n".join(_table(results, args.accountant)))
         print(f"reported guarantee: {args.accountant.upper()} (choose with --accountant)")
-    return 0 if chosen.epsilon is not None else EXIT_UNAVAILABLE
+    return exit.OK if chosen.epsilon is not None else exit.PROBLEM
 
 
 def _run_plan(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from federation.privacy import effective_batch_size, plan_noise
 
     inputs = _plan_inputs(args)
@@ -335,7 +257,7 @@ def _run_plan(args: argparse.Namespace) -> int:
             "fewer rounds/epochs.",
             file=sys.stderr,
         )
-        return EXIT_UNAVAILABLE
+        return exit.PROBLEM
     total_steps = plan.steps_per_round * plan.planned_rounds
     full = account_all(
         [(plan.noise_multiplier, plan.sample_rate, total_steps)], delta=plan.target_delta
@@ -381,25 +303,25 @@ def _run_plan(args: argparse.Namespace) -> int:
         print("epsilon after round 1 only (NOT the run's epsilon: every round adds to it):")
         print("\n".join(_table(first, "")))
         print(f"reported guarantee: {args.accountant.upper()} (choose with --accountant)")
-    return 0 if chosen.epsilon is not None else EXIT_UNAVAILABLE
+    return exit.OK if chosen.epsilon is not None else exit.PROBLEM
 
 
 # --- wiring ------------------------------------------------------------------------------
 
 
-def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``privacy epsilon`` and ``privacy plan`` to a parser's subcommands."""
-    privacy = subparsers.add_parser(
-        "privacy", help="epsilon spent by a history, and noise plans for a run",
-        description=__doc__.split("\n\n")[0],
-    )
-    commands = privacy.add_subparsers(dest="privacy_command", required=True)
+def register(subparsers: Subparsers) -> None:
+    """Add ``privacy epsilon`` and ``privacy plan``."""
+    commands = group(subparsers, "privacy",
+                     help="epsilon spent by a history, and noise plans for a run",
+                     description=__doc__.split("\n\n")[0], dest="privacy_command")
     names = sorted(ACCOUNTANTS)
 
     # Numbers are parsed as strings and checked together, so every problem is reported at
-    # once (argparse's type= stops at the first one).
-    eps = commands.add_parser(
-        "epsilon", help="epsilon of a (multi-mechanism) history with RDP and PRV",
+    # once (argparse's type= stops at the first one); the PrivacyConfigError listing them is
+    # printed by cli/main.py with exit 2, like every HeroesError.
+    eps = command(
+        commands, "epsilon", _run_epsilon,
+        help="epsilon of a (multi-mechanism) history with RDP and PRV",
         description="Epsilon for one agency's whole history, with both accountants.",
     )
     eps.add_argument("--noise-multiplier", metavar="S", help="noise multiplier (sigma), > 0")
@@ -414,8 +336,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                      help="accountant whose epsilon is the reported guarantee (default rdp)")
     eps.add_argument("--json", action="store_true", help="print JSON")
 
-    plan = commands.add_parser(
-        "plan", help="noise multiplier for a whole run, and what it spends",
+    plan = command(
+        commands, "plan", _run_plan,
+        help="noise multiplier for a whole run, and what it spends",
         description="Calibrate noise so all planned rounds together meet the target.",
     )
     plan.add_argument("--records", metavar="N", help="training records at the agency")
@@ -428,22 +351,3 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                       help="accountant used to calibrate and report (default rdp)")
     plan.add_argument("--json", action="store_true", help="print JSON")
 
-
-def main(args: argparse.Namespace) -> int:
-    """Run a parsed ``privacy`` command; 2 for bad input, 1 if the reported epsilon is n/a."""
-    runners = {"epsilon": _run_epsilon, "plan": _run_plan}
-    try:
-        return runners[args.privacy_command](args)
-    except PrivacyConfigError as exc:
-        print(f"heroes privacy {args.privacy_command}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-
-
-def _standalone(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="heroes")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    return main(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(_standalone())

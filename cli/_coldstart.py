@@ -1,0 +1,121 @@
+"""Cold start of the commands an agency's IT team runs most: printed, never asserted.
+
+    python -m cli._coldstart [--runs 5] [--before REF]
+
+Each command runs in a fresh interpreter, as ``heroes`` does; the figure is the best of
+``--runs`` wall-clock times (the least disturbed by other work on the machine). The state
+folder D is a real node: made with ``heroes consortium init`` and ``heroes agency init``,
+with two rounds recorded in its privacy ledger by the ledger's own code, so ``agency
+ledger`` and ``agency status`` report a spent epsilon.
+
+With ``--before REF`` the same commands also run on the git revision REF (exported with
+``git archive`` to a temporary folder, run through the entry module it had then), and the two
+columns are printed side by side. Machine noise matters: on a busy machine compare columns
+measured in the same call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The entry module of a source tree: the one package since issue 14, simulation/cli.py before.
+ENTRIES = (("cli/__main__.py", "cli"), ("simulation/cli.py", "simulation.cli"))
+
+
+def entry_module(tree: Path) -> str:
+    for path, module in ENTRIES:
+        if (tree / path).is_file():
+            return module
+    raise SystemExit(f"{tree} has no heroes entry module ({', '.join(p for p, _ in ENTRIES)})")
+
+
+def _env(tree: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(tree), "FLWR_TELEMETRY_ENABLED": "0"}
+
+
+def _heroes(tree: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", entry_module(tree), *args]
+
+
+def make_state(tree: Path, work: Path) -> Path:
+    """A real agency state folder D with a two-round ledger; ``tree``'s own CLI makes it."""
+    consortium, data, state = work / "consortium", work / "data", work / "agency"
+    data.mkdir()
+    for args in (("consortium", "init", "--dir", str(consortium), "--public-address",
+                  "127.0.0.1:9092"),
+                 ("agency", "init", "--dir", str(state), "--name", "es-police", "--data-dir",
+                  str(data), "--consortium", "127.0.0.1:9092", "--ca-cert",
+                  str(consortium / "tls" / "ca.crt"), "--consortium-key",
+                  str(consortium / "signing.pub"), "--max-epsilon", "10", "--delta", "1e-5")):
+        subprocess.run(_heroes(tree, *args), cwd=tree, env=_env(tree), check=True,
+                       capture_output=True, text=True)
+    from federation.ledger import Ledger, Release
+    from federation.policy import load_policy
+
+    policy = load_policy(state)
+    first = Release(dataset="es-police/export", fingerprint="ab" * 32, run_id="coldstart",
+                    round=1, task="advert-risk", model="advert-risk:AdvertRiskModel",
+                    noise_multiplier=1.0, sample_rate=0.05, steps=40, max_grad_norm=0.5,
+                    delta=policy.delta, accountant=policy.accountant)
+    with Ledger.open(state) as ledger:
+        for release in (first, replace(first, round=2)):
+            seq, _ = ledger.reserve(release, policy)
+            ledger.complete(seq)
+    return state
+
+
+def best_of(tree: Path, args: list[str], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(_heroes(tree, *args), cwd=tree, env=_env(tree), check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cli._coldstart",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs per command (best is shown)")
+    parser.add_argument("--before", metavar="REF", default=None,
+                        help="also time git revision REF, side by side")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="heroes-coldstart-") as tmp:
+        work = Path(tmp)
+        trees = {"now": ROOT}
+        if args.before:
+            old = work / "before"
+            old.mkdir()
+            archive = subprocess.run(["git", "archive", args.before], cwd=ROOT, check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+            trees = {f"before ({args.before})": old, "now": ROOT}
+        (work / "state").mkdir()
+        state = make_state(ROOT, work / "state")
+        commands = {"heroes --help": ["--help"],
+                    "heroes agency status --dir D": ["agency", "status", "--dir", str(state)]}
+        ledger = {name: ["agency", "ledger", "--dir" if entry_module(t) == "cli"
+                         else "--state-dir", str(state)] for name, t in trees.items()}
+        width = max(len(c) for c in [*commands, "heroes agency ledger --dir D"])
+        print(f"cold start, best of {args.runs}, seconds (python {sys.version.split()[0]}, "
+              f"{os.cpu_count()} CPUs)")
+        print(f"{'command':<{width}}" + "".join(f"  {n:>22}" for n in trees))
+        for label, cmd in commands.items():
+            row = [best_of(t, cmd, args.runs) for t in trees.values()]
+            print(f"{label:<{width}}" + "".join(f"  {v:>22.2f}" for v in row))
+        row = [best_of(t, ledger[n], args.runs) for n, t in trees.items()]
+        print(f"{'heroes agency ledger --dir D':<{width}}" + "".join(f"  {v:>22.2f}" for v in row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,406 @@
+"""``heroes agency ...``: the commands an agency's IT team runs on its node.
+
+    heroes agency init --dir DIR --name NAME --data-dir DATA --consortium HOST:PORT \\
+        --ca-cert ca.crt --consortium-key signing.pub --max-epsilon 10 --delta 1e-5
+    heroes agency serve --dir DIR [--insecure]
+    heroes agency status --dir DIR [--json]          health, connection, budget left
+    heroes agency ledger --dir DIR [--json]          privacy spent and left, per dataset
+    heroes agency check --data-dir DATA [--report-dir DIR] [--json]
+                                                     validate the export; quarantine report
+    heroes agency approve TARGET --dir DIR [--yes]   a roster, a .fab, or a refused bundle's digest
+    heroes agency approvals --dir DIR [--json]       what this agency approved; checks the log
+    heroes agency score --model BUNDLE --input FILE --consortium-key PUB --purpose TEXT
+                        [--threshold T] [--analyst NAME] [--out FILE] [--dir DIR]
+                        [--calibrate-with DATA_DIR]
+    heroes agency audit verify --dir DIR [--public-key PUB]   check the egress receipts
+    heroes agency audit show --dir DIR [--json]                list them
+
+The work is done in clients/ and federation/; this module parses and prints. A deployed node
+runs these commands, so nothing here imports simulation/, Hydra or OmegaConf, and the
+imports that take seconds (torch, Flower, numpy) happen inside the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cli import exit
+from cli._register import Subparsers, command, group
+
+if TYPE_CHECKING:
+    from federation.policy import Policy
+
+STATE = "the node's state folder"
+
+
+def register(subparsers: Subparsers) -> None:
+    sub = group(subparsers, "agency", help="commands for an agency's node",
+                dest="agency_command")
+    _register_node(sub)
+    _register_privacy(sub)
+    _register_lifecycle(sub)
+
+
+def _dir(parser: argparse.ArgumentParser, what: str = STATE) -> None:
+    parser.add_argument("--dir", type=Path, required=True, help=what)
+
+
+def _json(parser: argparse.ArgumentParser, what: str = "machine-readable output") -> None:
+    parser.add_argument("--json", action="store_true", help=what)
+
+
+# --- the node: init, serve, status, approve, approvals -----------------------------------
+
+
+def _register_node(sub: Subparsers) -> None:
+    p = command(sub, "init", _init, help="make this node's key and policy; install the "
+                "consortium's CA certificate and signing key")
+    _dir(p)
+    p.add_argument("--name", required=True, help="the agency's name as the consortium knows it")
+    p.add_argument("--data-dir", type=Path, required=True,
+                   help="the export folder (manifest.json and the files it names)")
+    p.add_argument("--consortium", required=True, help="the consortium's address, HOST:PORT")
+    p.add_argument("--ca-cert", type=Path, required=True,
+                   help="the consortium's ca.crt (received out of band)")
+    p.add_argument("--consortium-key", type=Path, required=True,
+                   help="the consortium's signing.pub (received out of band)")
+    p.add_argument("--max-epsilon", type=float, required=True,
+                   help="lifetime privacy budget per dataset (unit: one advert record)")
+    p.add_argument("--delta", type=float, required=True,
+                   help="delta for every epsilon; well below 1/(training records)")
+    p.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
+    p.add_argument("--on-budget", choices=("stretch", "stop"), default="stretch",
+                   help="stretch: fit noise to the budget left; stop: refuse past it")
+    p.add_argument("--allow-non-private", action="store_true",
+                   help="accept runs with DP off (never spends budget, still logged)")
+    p.add_argument("--require-secure-aggregation", action="store_true",
+                   help="refuse every round that is not securely aggregated (the update and "
+                   "figures then never leave in the clear)")
+    p.add_argument("--secure-min-agencies", type=int, default=3,
+                   help="the smallest number of agencies in a secure sum this node joins")
+    p.add_argument("--secure-min-threshold", type=float, default=0.5,
+                   help="unmasking must need MORE than this share of the node's "
+                   "neighbourhood (0.5: strict majority; raise it against colluding agencies)")
+    p.add_argument("--share-local-metrics", action="store_true",
+                   help="send per-agency figures (loss, epsilon, evaluation) in the clear; "
+                   "off: only secure sums and statuses leave")
+    p.add_argument("--allowed-task", action="append", default=None,
+                   help="task this node agrees to train (repeatable; default: advert-risk)")
+    p.add_argument("--dataset-id", default="", help="a stable name for the ledger's key")
+    p.add_argument("--runtime-port", type=int, default=9094,
+                   help="local Runtime API port (loopback; differs per node on one host)")
+    p.add_argument("--health-port", type=int, default=9098, help="local gRPC health port")
+
+    p = command(sub, "serve", _serve, help="validate the export, then run the node (SuperNode "
+                "and the signature-checking SuperExec)")
+    _dir(p)
+    p.add_argument("--insecure", action="store_true",
+                   help="plaintext, no node key: only for a lab on one machine (warns)")
+
+    p = command(sub, "status", status, help="health, connection, last round and budget left")
+    _dir(p)
+    _json(p)
+
+    p = command(sub, "approve", _approve, help="approve a roster (the peers of secure "
+                "aggregation) or an app bundle (the code the node runs), after showing what "
+                "changed")
+    p.add_argument("target", metavar="TARGET",
+                   help="roster.json, an app bundle .fab, or the manifest digest of a bundle "
+                   "the node refused (kept in DIR/approvals/pending)")
+    _dir(p)
+    p.add_argument("--yes", action="store_true",
+                   help="approve without asking (after showing everything); for scripts")
+
+    p = command(sub, "approvals", _approvals, help="list what this agency approved and check "
+                "the signed log (exit 1 when it is broken)")
+    _dir(p)
+    _json(p)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from clients import agency
+    from federation.policy import Policy
+
+    policy = Policy(max_epsilon=args.max_epsilon, delta=args.delta, accountant=args.accountant,
+                    allow_non_private=args.allow_non_private, on_budget=args.on_budget,
+                    secure_min_threshold=args.secure_min_threshold,
+                    secure_min_agencies=args.secure_min_agencies,
+                    require_secure_aggregation=args.require_secure_aggregation,
+                    share_local_metrics=args.share_local_metrics)
+    home = agency.init(args.dir, name=args.name, data_dir=args.data_dir,
+                       consortium=args.consortium, ca_cert=args.ca_cert,
+                       consortium_key=args.consortium_key, policy=policy,
+                       allowed_tasks=args.allowed_task or list(agency.DEFAULT_TASKS),
+                       runtime_port=args.runtime_port, health_port=args.health_port,
+                       dataset_id=args.dataset_id)
+    print(f"node {args.name} initialised in {home.root}\n"
+          f"  send to the consortium: {home.node_pub} (public; the private node.key stays "
+          "here)\n"
+          f"  policy and budget: {home.policy_path}\n"
+          f"  next: `heroes agency serve --dir {home.root}` once the consortium enrolled you")
+    return exit.OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from clients import agency
+
+    return agency.serve(args.dir, insecure=args.insecure)
+
+
+def _approve(args: argparse.Namespace) -> int:
+    from clients.approve import approve_target
+
+    return approve_target(args.dir, args.target, yes=args.yes, stdin=sys.stdin, out=sys.stdout)
+
+
+def _approvals(args: argparse.Namespace) -> int:
+    from clients.approve import list_approvals
+
+    return list_approvals(args.dir, as_json=args.json, out=sys.stdout)
+
+
+def _print_json(value: Any) -> None:
+    """Strict JSON: an infinite epsilon (trained without DP) is null, with
+    "epsilon_infinite": true beside it (json_safe); allow_nan=False checks that."""
+    from federation.ledger import json_safe
+
+    print(json.dumps(json_safe(value), indent=2, default=lambda v: None, allow_nan=False))
+
+
+def _fmt(v: object) -> str:
+    if not isinstance(v, float) or math.isnan(v):
+        return "n/a"
+    return "inf" if math.isinf(v) else f"{v:.3f}"
+
+
+def status(args: argparse.Namespace) -> int:
+    """``heroes agency status``: what clients.agency.status found, as text or JSON."""
+    from clients import agency
+
+    s: dict[str, Any] = agency.status(args.dir)
+    if args.json:
+        _print_json(s)
+        return exit.OK
+    print(f"agency {s['agency']} -> consortium {s['consortium']}")
+    for warning in s["permissions"]:  # first: a key or ledger others can read matters most
+        print(f"  WARNING: {warning}")
+    print(f"  processes: {s['processes']}")
+    print(f"  health: {s['health']}; connection: {s['connection']}")
+    print(f"  runs only bundles signed by {s['consortium_key']} and approved here")
+    print(f"  {s['approvals']}")
+    budget = s["budget"]
+    for d in s["datasets"]:
+        eps = d["epsilon"]
+        last = d["last_round"]
+        print(f"  dataset {d['dataset']}: epsilon {_fmt(eps.get('rdp'))} (RDP) / "
+              f"{_fmt(eps.get('prv'))} (PRV) at delta={d['delta']:g} per {d['unit']}, over "
+              "every round of every run")
+        if budget:
+            print(f"    budget {budget['max_epsilon']:g} ({budget['accountant']}), remaining "
+                  f"{_fmt(d['remaining'])}")
+        if last:
+            print(f"    last round: run {last['run']} round {last['round']} at {last['at']} "
+                  f"({last['status']})")
+    if s["ledger"] != "ok":
+        print(f"  privacy ledger {s['ledger']}")
+    elif not s["datasets"]:
+        print("  no rounds trained yet: no privacy spent")
+    local = s["local"]
+    for kind in ("train", "evaluate"):
+        if kind in local:
+            e = local[kind]
+            shown = ", ".join(f"{k} {_fmt(float(v))}" for k, v in sorted(e["figures"].items()))
+            print(f"  last {kind} (run {e['run_id']} round {e['round']}, {e['status']}): {shown}")
+    print("  these figures stay at this agency" if not local["shared_with_consortium"] else
+          "  these figures are shared with the consortium ([sharing] share_local_metrics)")
+    return exit.OK
+
+
+# --- privacy spent, and the export: ledger, check ----------------------------------------
+
+
+def _register_privacy(sub: Subparsers) -> None:
+    p = command(sub, "ledger", _ledger,
+                help="privacy spent and remaining per dataset, from the node's ledger")
+    _dir(p, "the node's state folder (holds privacy-ledger.sqlite)")
+    _json(p)
+    p = command(sub, "check", _check, help="validate the data directory; report rows set "
+                "aside (never their content)")
+    p.add_argument("--data-dir", type=Path, required=True,
+                   help="the export folder (manifest.json and the files it names)")
+    p.add_argument("--report-dir", type=Path,
+                   help="also write quarantine-report.json and .txt here")
+    _json(p, "the quarantine report as JSON (as in quarantine-report.json)")
+
+
+def render_ledger(report: list[dict[str, Any]], policy: Policy | None) -> str:
+    if not report:
+        return "no releases recorded: no privacy spent yet"
+    lines = []
+    for item in report:
+        d = item["delta"]
+        lines.append(f"dataset {item['dataset']} (unit of privacy: {item['unit']})")
+        lines.append(f"  {'#':>4} {'recorded':<21}{'run':>12}{'round':>6}{'sigma':>8}"
+                     f"{'q':>8}{'steps':>6}  {'epsilon rdp':>11}{'epsilon prv':>12}  status")
+        for e in item["releases"]:
+            c = e["cumulative_epsilon"]
+            no_dp = "" if e["noise_multiplier"] > 0 else " (trained without DP)"
+            lines.append(f"  {e['seq']:>4} {e['recorded_at']:<21}{e['run_id'][-12:]:>12}"
+                         f"{e['round']:>6}{e['noise_multiplier']:>8.3f}{e['sample_rate']:>8.4f}"
+                         f"{e['steps']:>6}  {_fmt(c['rdp']):>11}{_fmt(c['prv']):>12}  "
+                         f"{e['status']}{no_dp}")
+        eps = item["epsilon"]
+        if item.get("epsilon_infinite"):
+            lines.append(f"  total: epsilon inf (trained without DP) at delta={d:g}, over "
+                         f"{len(item['releases'])} release(s) in every run, "
+                         f"{item.get('non_private_releases', 0)} of them without DP: no later "
+                         "DP training can give this dataset a finite guarantee")
+        else:
+            lines.append(f"  total: epsilon {_fmt(eps['rdp'])} (RDP) / {_fmt(eps['prv'])} "
+                         f"(PRV) at delta={d:g}, over {len(item['releases'])} release(s) in "
+                         "every run")
+        if policy is not None:
+            lines.append(f"  budget {policy.max_epsilon:g} ({policy.accountant}): "
+                         f"remaining {_fmt(item['remaining'])}")
+        if item["not_completed"]:
+            lines.append(f"  {item['not_completed']} release(s) reserved but not completed "
+                         "(the node stopped between recording and sending): counted anyway, "
+                         "since the update may have left")
+    return "\n".join(lines)
+
+
+def _ledger(args: argparse.Namespace) -> int:
+    from federation.ledger import Ledger, LedgerError
+    from federation.policy import load_policy
+
+    try:
+        policy: Policy | None = load_policy(args.dir)
+    except LedgerError:
+        policy = None
+    try:
+        with Ledger.open(args.dir, create=False) as ledger:
+            report = ledger.report(policy)
+    except LedgerError as exc:
+        print(f"heroes agency ledger: {exc}")
+        return exit.USAGE
+    if args.json:
+        _print_json({"state_dir": str(args.dir),
+                     "policy": None if policy is None else vars(policy), "datasets": report})
+    else:
+        print(render_ledger(report, policy))
+    return exit.OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    """``heroes agency check``: 0 when the export is usable, 2 (with the rule broken and its
+    fix, never a value from the files) when it is not.
+
+    The export is read exactly as the node reads it before every round (federation/data.py,
+    within the limits of federation/limits.py), so an export that passes here trains.
+    """
+    from federation.data import load_agency
+    from federation.errors import HeroesError
+    from federation.quarantine import quarantine_report, render_summary, write_quarantine_report
+
+    try:
+        data = load_agency(args.data_dir)
+        report = None
+        if args.report_dir is not None:
+            report = write_quarantine_report(data, args.report_dir)
+    except HeroesError as exc:
+        print(f"heroes agency check: {exc}", file=sys.stderr)
+        return exit.USAGE
+    if args.json:
+        print(json.dumps({**quarantine_report(data), "report": None if report is None
+                          else str(report)}, indent=2))
+        return exit.OK
+    print(render_summary(data))
+    if report is not None:
+        print(f"quarantine report: {report} (and {report.with_suffix('.txt').name})")
+    return exit.OK
+
+
+# --- a released model, and what left the node: score, audit ------------------------------
+
+
+def _register_lifecycle(sub: Subparsers) -> None:
+    p = command(sub, "score", _score,
+                help="score adverts with a signed model release; every use is logged")
+    p.add_argument("--model", type=Path, required=True,
+                   help="the released bundle folder (heroes consortium release)")
+    p.add_argument("--input", type=Path, required=True,
+                   help="adverts to score: .csv, .jsonl or .parquet with advert_id and text")
+    p.add_argument("--consortium-key", type=Path, required=True,
+                   help="the consortium's public signing key (PEM or OpenSSH)")
+    p.add_argument("--purpose", required=True,
+                   help="why these adverts are being scored (recorded in the log)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="flag adverts whose probability is at or above this (default 0.5)")
+    p.add_argument("--analyst", default=None,
+                   help="who is consulting the model (default: the OS user)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results file, .jsonl or .csv (default: DIR/scores/...)")
+    p.add_argument("--calibrate-with", type=Path, default=None, metavar="DATA_DIR",
+                   help="fit this agency's calibration (Platt scaling) for this model on "
+                   "the labelled training export in DATA_DIR (manifest.json); kept in the "
+                   "state folder and used by later runs with the same model")
+    p.add_argument("--dir", type=Path, default=Path("agency-state"),
+                   help="the node's state folder, which holds the consultation log "
+                   "(default: ./agency-state)")
+    audit = group(sub, "audit", help="the node's signed, hash-chained egress receipts",
+                  dest="audit_command")
+    verify = command(audit, "verify", _audit_verify, help="check every receipt's signature "
+                     "and the chain; name where it breaks (exit 1 when it is broken)")
+    show = command(audit, "show", _audit_show, help="list every message this node sent")
+    for p in (verify, show):
+        _dir(p, "the node's state folder (holds receipts.jsonl)")
+    verify.add_argument("--public-key", type=Path, default=None,
+                        help="the node's public key to check against (default: the state "
+                        "folder's node.key.pub); an auditor should pass their own copy")
+    _json(show, "the raw entries, one JSON object per line")
+
+
+def _score(args: argparse.Namespace) -> int:
+    from clients.score import render_report, score_file
+
+    report = score_file(model=args.model, input_path=args.input,
+                        consortium_key=args.consortium_key, purpose=args.purpose,
+                        state_dir=args.dir, analyst=args.analyst, threshold=args.threshold,
+                        out=args.out, calibrate_with=args.calibrate_with)
+    print(render_report(report))
+    return exit.OK
+
+
+def _audit_show(args: argparse.Namespace) -> int:
+    from clients import receipts
+
+    if args.json:
+        for _, _, line in receipts.entries(args.dir):
+            print(line)
+    else:
+        print(receipts.render_entries(args.dir))
+    return exit.OK
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from clients import receipts
+
+    key = receipts.trusted_public_key(args.dir, args.public_key)
+    count, problems = receipts.verify_log(args.dir, key)
+    if not problems:
+        print(f"receipts OK: {count} entries in {args.dir / receipts.RECEIPTS}, every "
+              "signature valid, chain and signed head intact")
+        return exit.OK
+    print(f"receipts BROKEN: {len(problems)} problem(s) in {count} entries of "
+          f"{args.dir / receipts.RECEIPTS}")
+    for problem in problems:
+        print(f"  {problem}")
+    first = problems[0]
+    print(f"the chain first breaks at {'entry ' + str(first.entry) if first.entry else 'the log'}"
+          f" ({first.check} check)")
+    return exit.PROBLEM
