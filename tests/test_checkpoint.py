@@ -64,9 +64,9 @@ def test_checkpoint_roundtrip_keeps_weights_optimiser_and_history(tmp_path: Path
     fresh_log = RunLog()
     fresh = build_strategy(settings, fresh_log)
     restore(fresh, fresh_log, resume)
-    for k, v in moments.items():
-        np.testing.assert_array_equal(fresh.m_t[k], v)  # type: ignore[attr-defined]
-        np.testing.assert_array_equal(fresh.v_t[k], v ** 2)  # type: ignore[attr-defined]
+    for k, moment in moments.items():
+        np.testing.assert_array_equal(fresh.m_t[k], moment)  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(fresh.v_t[k], moment ** 2)  # type: ignore[attr-defined]
     assert fresh_log.to_json() == run_log.to_json()  # NaN stays NaN (null in JSON)
 
 

@@ -126,7 +126,9 @@ def test_each_reason_is_quarantined_at_its_row(tmp_path: Path, fmt: str) -> None
     # in the CSV, record 2's text spans two lines (header = line 1).
     d = write_dir(tmp_path / "a", MIXED, fmt, blank_after=4 if fmt == "jsonl" else None)
     got = load_agency(d).train.quarantine
-    lines = {"csv": [5, 7, 8, 10], "jsonl": [3, 6, 7, 9], "parquet": [None] * 4}[fmt]
+    by_format: dict[str, list[int | None]] = {"csv": [5, 7, 8, 10], "jsonl": [3, 6, 7, 9],
+                                              "parquet": [None] * 4}
+    lines = by_format[fmt]
     assert list(got) == [Rejection(rec, line, reason, dup) for (rec, reason, dup), line
                          in zip(EXPECTED, lines, strict=True)]
     if fmt == "csv":
@@ -143,7 +145,7 @@ def test_jsonl_text_of_the_wrong_type_is_set_aside(tmp_path: Path) -> None:
 
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(texts=st.lists(st.text(st.characters(blacklist_categories=("Cs",),
+@given(texts=st.lists(st.text(st.characters(blacklist_categories=["Cs"],
                                             blacklist_characters="\x00"), max_size=40),
                       min_size=1, max_size=8))
 def test_any_text_reads_the_same_in_every_format(tmp_path: Path, texts: list[str]) -> None:

@@ -219,7 +219,7 @@ def test_simulated_nodes_sign_a_receipt_for_every_message(tmp_path: Path) -> Non
 def test_an_error_reply_gets_a_receipt_too(tmp_path: Path) -> None:
     import hashlib
     import tomllib
-    from typing import cast
+    from typing import NoReturn, cast
 
     from flwr.app import Context, Message
 
@@ -241,7 +241,7 @@ def test_an_error_reply_gets_a_receipt_too(tmp_path: Path) -> None:
         content = RecordDict({"config": ConfigRecord({"server-round": 3})})
 
     @contained
-    def train(msg: Message, context: Context) -> Message:
+    def train(msg: Message, context: Context) -> NoReturn:
         raise DataError(FILE_NOT_FOUND, file="t.csv")
 
     with pytest.raises(DataError) as err:

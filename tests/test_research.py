@@ -37,7 +37,8 @@ TASK = {"num_buckets": 4096, "hidden": 0, "word_ngrams": 2, "char_min": 3, "char
 
 
 def _preset(**changes: object) -> dict[str, object]:
-    data = yaml.safe_load((ROOT / "configs/federation/three_agency.yaml").read_text())
+    data: dict[str, object] = yaml.safe_load(
+        (ROOT / "configs/federation/three_agency.yaml").read_text())
     data.update(changes)
     return data
 
@@ -50,7 +51,7 @@ def test_t_interval_matches_reference_values() -> None:
     assert mean == 2.5
     assert sd == pytest.approx(math.sqrt(5 / 3))
     half = 3.182446305284263 * math.sqrt(5 / 3) / 2
-    assert (lo, hi) == (pytest.approx(2.5 - half), pytest.approx(2.5 + half))
+    assert lo == pytest.approx(2.5 - half) and hi == pytest.approx(2.5 + half)
     assert t_interval([0.7]) == (0.7, None, None, None)  # one seed: no interval
 
 

@@ -63,8 +63,8 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
     generate_signing_key(tmp / "c.key", tmp / "c.pub")
     model = TASK.build_model()
     with torch.no_grad():
-        model.net.weight.copy_(torch.from_numpy(RNG_WEIGHTS[None, :]))  # type: ignore[union-attr]
-        model.net.bias.fill_(-1.0)  # type: ignore[union-attr]
+        model.net.weight.copy_(torch.from_numpy(RNG_WEIGHTS[None, :]))  # type: ignore[union-attr,operator]
+        model.net.bias.fill_(-1.0)  # type: ignore[union-attr,operator]
     write_outputs(tmp / "run", RunSettings.from_flat(FLAT), model.state_dict(), RunLog(), 0.0)
     bundle = release_run(tmp / "run", signing_key=tmp / "c.key", out=tmp / "bundle")
     return bundle, tmp / "c.key", tmp / "c.pub"
