@@ -31,6 +31,7 @@ from federation.errors import DataError
 from federation.quarantine import REPORT_JSON, REPORT_TXT, write_quarantine_report
 from federation.text import normalise_text
 from simulation.cli import main as heroes
+from tests._wait import DEADLINE_S
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["advert_id", "posted_at", "site", "language", "category", "text", "phone", "label",
@@ -329,12 +330,12 @@ def test_check_as_a_real_command(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "simulation.cli", "agency", "check", "--data-dir", str(d),
          "--report-dir", str(tmp_path / "r")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE_S, check=False)
     assert done.returncode == 0, done.stderr
     assert_no_canary(done.stdout, done.stderr)
     assert "4 set aside" in done.stdout and (tmp_path / "r" / REPORT_JSON).is_file()
     (d / "manifest.json").unlink()
     done = subprocess.run(
         [sys.executable, "-m", "simulation.cli", "agency", "check", "--data-dir", str(d)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE_S, check=False)
     assert done.returncode == 2 and "no manifest.json in the data directory" in done.stderr

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import grimp
 
+from tests._wait import DEADLINE_S
+
 ROOT = Path(__file__).resolve().parents[1]
 
 HEAVY = ("torch", "opacus")
@@ -22,7 +24,7 @@ HEAVY = ("torch", "opacus")
 def _imported_after(statement: str) -> set[str]:
     code = f"import sys\n{statement}\nprint(' '.join(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300, check=True).stdout
+                         text=True, timeout=DEADLINE_S, check=True).stdout
     return set(out.split())
 
 

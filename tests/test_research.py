@@ -12,12 +12,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import shutil
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -30,6 +28,8 @@ from federation.tasks import get_task
 from simulation.audit import craft_canaries, epsilon_lower_bound
 from simulation.generator import apply_skew, generate_federation, preset_from_mapping
 from simulation.sweep import t_interval
+from tests._heroes import heroes
+from tests._wait import DEADLINE_S
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = {"num_buckets": 4096, "hidden": 0, "word_ngrams": 2, "char_min": 3, "char_max": 5,
@@ -124,12 +124,6 @@ def test_canaries_are_unseen_and_never_share_a_bucket(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- end to end
 
-def heroes(args: list[str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "simulation.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
 TINY = ["federation=three_agency", "federation.scale=0.1", "strategy.num_rounds=2",
         "baseline=false"]
 
@@ -215,11 +209,11 @@ def _chromium(html: Path, png: Path, profile: Path) -> str:
               "--no-first-run", "--disable-background-networking",
               "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}"]
     shot = subprocess.run([*common, f"--screenshot={png}", "--window-size=1200,2000",
-                           html.as_uri()], capture_output=True, text=True, timeout=120,
+                           html.as_uri()], capture_output=True, text=True, timeout=DEADLINE_S,
                           check=False)
     assert png.is_file(), shot.stderr[-2000:]
     dom = subprocess.run([*common, "--dump-dom", html.as_uri()], capture_output=True,
-                         text=True, timeout=120, check=False)
+                         text=True, timeout=DEADLINE_S, check=False)
     assert dom.returncode == 0, dom.stderr[-2000:]
     return dom.stdout
 
