@@ -23,7 +23,8 @@ simulate: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy cli federation clients server simulation
+	$(BIN)/mypy cli federation clients server simulation tests
+	$(BIN)/lint-imports
 
 # The report test opens the HTML report in a real headless Chromium (Debian's package).
 browser:
@@ -48,4 +49,4 @@ test-fast: $(STAMP)
 	FLWR_TELEMETRY_ENABLED=0 $(BIN)/python -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) outputs multirun .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -142,21 +142,30 @@ class Policy:
         return None
 
 
+# How a value's type is named in a message that must not show the value: in the words of
+# the file it came from. The first match wins (bool before int: True is an int).
+TOML_TYPE_NAMES: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
+    (list, "an array"), (dict, "a table"))
+YAML_TYPE_NAMES: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (bool, "a boolean"), ((int, float), "a number"), (str, "a string"), (list, "a list"),
+    (dict, "a mapping"))
+
+
+def type_name(value: object,
+              names: tuple[tuple[type | tuple[type, ...], str], ...] = TOML_TYPE_NAMES) -> str:
+    """The name of ``value``'s type in ``names``' vocabulary (TOML's by default)."""
+    if value is None:
+        return "null"
+    for kind, name in names:
+        if isinstance(value, kind):
+            return name
+    return f"a {type(value).__name__}"
+
+
 def toml_type(value: object) -> str:
     """The TOML name of a value's type, for messages that must not show the value."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return f"a {type(value).__name__}"
+    return type_name(value, TOML_TYPE_NAMES)
 
 
 def _type_problem(value: object, kind: str) -> str | None:
@@ -307,6 +316,6 @@ def write_policy(state_dir: Path, policy: Policy) -> Path:
     return path
 
 
-__all__ = ["EXAMPLE", "POLICY_FILE", "SECTIONS", "SECURE_THRESHOLD_FLOOR", "LedgerError",
-           "Policy", "PolicyError", "load_policy", "policy_document", "toml_type",
-           "write_policy"]
+__all__ = ["EXAMPLE", "POLICY_FILE", "SECTIONS", "SECURE_THRESHOLD_FLOOR", "TOML_TYPE_NAMES",
+           "YAML_TYPE_NAMES", "LedgerError", "Policy", "PolicyError", "load_policy",
+           "policy_document", "toml_type", "type_name", "write_policy"]

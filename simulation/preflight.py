@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from federation import limits
 from federation.config import RunSettings, Scalar
 from federation.errors import ConfigError, HeroesError
-from federation.policy import Policy
+from federation.policy import YAML_TYPE_NAMES, Policy, type_name
 from simulation.generator import FederationPreset, preset_from_mapping
 
 MAX_AGENCIES = 200
@@ -157,19 +157,7 @@ _EXAMPLE_GROUP = {"privacy": "privacy=eps3", "strategy": "strategy=fedavg",
 
 
 def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
+    return type_name(value, YAML_TYPE_NAMES)  # the run config is YAML: its words
 
 
 def _is_number(value: object) -> TypeGuard[int | float]:

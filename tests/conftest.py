@@ -8,14 +8,23 @@ when the test ends, so the next log record anywhere in the process (Flower, Ray,
 wrote to a closed file: "I/O operation on closed file", and once even "lost sys.stderr",
 which ended the whole test run. Restoring the logging state after each test keeps the
 in-process calls real without letting one test's configuration leak into the next.
+
+And one shared run: the slow tests that only read what the quick preset's `heroes simulate`
+leaves behind share one run of it per session (`quick_run`), instead of each paying for
+its own. A test that must write into a run copies it first; the fixture checks at the end
+of the session that nobody wrote into the shared one.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from tests._heroes import heroes
+from tests._wait import RUN_DEADLINE_S
 
 
 @pytest.fixture(autouse=True)
@@ -55,3 +64,24 @@ def _restore_std_streams() -> Iterator[None]:
     out, err = sys.stdout, sys.stderr
     yield
     sys.stdout, sys.stderr = out, err
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The output folder of one real `heroes simulate experiment=quick` (three agencies, two
+    rounds, eps=3, secure aggregation), run once per session in a subprocess. Read it; copy
+    it (shutil.copytree) before writing anything into it."""
+    run = tmp_path_factory.mktemp("quick") / "run"
+    proc = heroes(["simulate", "experiment=quick", f"hydra.run.dir={run}"],
+                  timeout=RUN_DEADLINE_S)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    before = _tree(run)
+    yield run
+    after = _tree(run)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"a test wrote into the shared quick run (copy it first): {changed}"

@@ -18,6 +18,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from tests._wait import RUN_DEADLINE_S
+
 ROOT = Path(__file__).resolve().parents[1]
 FIVE = ROOT / "configs" / "federation" / "five_agency.yaml"
 
@@ -65,7 +67,7 @@ def run_poisoned(tmp: Path, name: str, *, attacks: dict[int, str], agencies: lis
     proc = subprocess.run(
         [sys.executable, "-c", RUNNER, json.dumps(flat), json.dumps(attacks),
          str(len(agencies))],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+        cwd=ROOT, capture_output=True, text=True, timeout=RUN_DEADLINE_S, check=False,
         env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONWARNINGS": "ignore"},
     )
     return proc, out

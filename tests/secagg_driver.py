@@ -166,7 +166,7 @@ def strip_masks(fed: Federation, rnd: Round, owner: int, sum_name: str, b_seed: 
                        context=sa.pair_context(srv.session_id, sum_name, owner, j))
         m = sa.mask_stream(key, length, bits)
         y = (y - m) & modulus if owner < j else (y + m) & modulus
-    return y
+    return np.asarray(y)
 
 
 def train_vectors(fed: Federation, updates: dict[int, np.ndarray], counts: dict[int, int], *,

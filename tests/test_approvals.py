@@ -46,9 +46,10 @@ from federation.signing import (
 )
 from server import deploy
 from tests._heroes import HEROES
+from tests._wait import DEADLINE_S
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 600  # generous: the machine may be busy with other work
+TIMEOUT = DEADLINE_S  # generous: the machine may be busy with other work
 ME = "eu-police-north"
 
 

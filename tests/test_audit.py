@@ -16,8 +16,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +45,7 @@ from federation.tasks import get_task
 from federation.training import observe_steps, train_local
 from simulation import preflight
 from simulation._audit_broken_client import _train_without_noise, with_whitebox_audit
-from tests._heroes import HEROES
+from tests._heroes import heroes
 
 ROOT = Path(__file__).resolve().parents[1]
 POS = ["fotos 100% reales", "we keep your passport", "new girls every week", "young student"]
@@ -396,12 +394,6 @@ def test_a_claim_above_what_the_design_can_certify_is_inconclusive(tmp_path: Pat
 
 
 # --------------------------------------------------------------------------- heroes simulate
-
-def heroes(args: list[str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([*HEROES, *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
 
 TINY = ["federation=three_agency", "federation.scale=0.1", "strategy.num_rounds=2",
         "baseline=false"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests._heroes import HEROES
+from tests._wait import RUN_DEADLINE_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +20,7 @@ def test_bench_quick_writes_json(tmp_path: Path) -> None:
     proc = subprocess.run(
         [*HEROES, "bench", "--quick", "--skip", "scale",
          "--skip", "rounds", "--skip", "secagg", "--skip", "trust", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+        cwd=ROOT, capture_output=True, text=True, timeout=RUN_DEADLINE_S, check=False,
         env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

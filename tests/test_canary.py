@@ -54,7 +54,8 @@ from federation.tasks import get_task
 from federation.text import FEATURES_VERSION
 from simulation.generator import generate_federation, load_preset
 from simulation.run import approve_simulated_roster
-from tests.test_deployment import Deployment, approve_bundle, free_port, heroes, wait_for
+from tests._wait import RUN_DEADLINE_S, wait_for
+from tests.test_deployment import Deployment, approve_bundle, free_port, heroes
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "ZQH13CANARY"  # every canary starts so: one search finds them all
@@ -251,7 +252,7 @@ def test_hostile_agencies_in_a_simulation_leak_nothing(tmp_path: Path) -> None:
 
     proc = subprocess.run(
         [sys.executable, "-c", RUNNER, json.dumps(flat), str(len(good + hostile))], cwd=ROOT,
-        capture_output=True, text=True, timeout=900, check=False,
+        capture_output=True, text=True, timeout=RUN_DEADLINE_S, check=False,
         env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -294,7 +295,8 @@ def test_hostile_agencies_in_a_deployment_leak_nothing(tmp_path: Path) -> None:
     dep = Deployment(tmp_path, cons, public, agencies)
     try:
         dep.start("consortium", ["consortium", "serve", "--dir", str(cons)])
-        wait_for(lambda: "aggregator up" in dep.output("consortium"), 120, "the aggregator")
+        wait_for(lambda: "aggregator up" in dep.output("consortium"), "the aggregator",
+                 seen=lambda: dep.output("consortium")[-3000:])
         for agency in agencies:
             dep.init_agency(agency, tmp_path / "data" / "agencies" / agency)
             r = heroes("consortium", "enroll", agency,
@@ -302,7 +304,8 @@ def test_hostile_agencies_in_a_deployment_leak_nothing(tmp_path: Path) -> None:
             assert r.returncode == 0, r.stdout + r.stderr
             dep.start(agency, ["agency", "serve", "--dir", str(dep.state(agency))])
         for agency in agencies:
-            wait_for(lambda a=agency: "running" in dep.output(a), 120, f"node {agency}")
+            wait_for(lambda a=agency: "running" in dep.output(a), f"node {agency}",
+                     seen=lambda a=agency: dep.output(a)[-3000:])
         r = heroes("consortium", "roster", "--dir", str(cons))
         assert r.returncode == 0, r.stdout + r.stderr
         for agency in agencies:
@@ -324,7 +327,7 @@ def test_hostile_agencies_in_a_deployment_leak_nothing(tmp_path: Path) -> None:
         approve_bundle(dep)  # of this source tree, as `train` submits it just after
         out = tmp_path / "run"
         r = heroes("consortium", "train", "--dir", str(cons), "--run-config", RUN_CONFIG,
-                   "--out", str(out), timeout=900)
+                   "--out", str(out), timeout=RUN_DEADLINE_S)
         text = r.stdout + r.stderr
         failures = [line for line in text.splitlines() if "failed in training" in line]
         assert r.returncode != 0 and "below the quorum" in text, text[-3000:]  # both failed

@@ -6,7 +6,6 @@ import math
 import os
 import signal
 import subprocess
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from server.checkpoint import (
 )
 from server.strategy import NodeOutcome, RunLog, build_strategy
 from tests._heroes import HEROES
+from tests._wait import DEADLINE_S, RUN_DEADLINE_S, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAT = {"task.name": "advert-risk", "task.num_buckets": 64, "privacy.target_epsilon": 3.0,
@@ -106,21 +106,21 @@ def test_kill_the_aggregator_after_round_two_then_resume(tmp_path: Path) -> None
     # Its own session, so that the kill reaches Ray's workers too; only this group is killed.
     proc = _simulate(run, tmp_path / "killed.log", start_new_session=True)
     try:
-        deadline = time.monotonic() + 600
-        while not second.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert second.exists(), "round 2's checkpoint never appeared"
+        wait_for(lambda: second.exists() or proc.poll() is not None, "round 2's checkpoint",
+                 deadline_s=RUN_DEADLINE_S, interval_s=0.05,
+                 seen=lambda: (tmp_path / "killed.log").read_text(errors="replace")[-3000:])
+        assert second.exists(), (tmp_path / "killed.log").read_text(errors="replace")[-3000:]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+        proc.wait(timeout=DEADLINE_S)
     assert proc.returncode == -signal.SIGKILL  # killed mid-run, not finished
     assert not (run / "metrics.json").exists()
     at_kill = torch.load(second, weights_only=True)["rounds"]
     assert [r["round"] for r in at_kill] == [1, 2]
 
     resumed = _simulate(run, tmp_path / "resumed.log", f"paths.resume_from={run / 'server'}")
-    resumed.wait(timeout=900)
+    resumed.wait(timeout=RUN_DEADLINE_S)
     out = (tmp_path / "resumed.log").read_text()
     assert resumed.returncode == 0, out[-3000:]
     assert "resuming from" in out and "round 3/4" in out

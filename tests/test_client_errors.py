@@ -8,6 +8,7 @@ import re
 import stat
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
@@ -34,7 +35,7 @@ def _context(node_config: dict[str, str] | None = None) -> Context:
 
 def test_foreign_exception_content_stays_at_the_node(caplog: pytest.LogCaptureFixture) -> None:
     @with_node_mods
-    def train(msg: Message, context: Context) -> Message:
+    def train(msg: Message, context: Context) -> NoReturn:
         raise ValueError(f"could not parse {CANARY!r}")
 
     with pytest.raises(NodeFailure) as err:
@@ -51,7 +52,7 @@ def test_details_go_to_the_node_error_log_in_its_state_folder(
     state = tmp_path / "state"
 
     @with_node_mods
-    def train(msg: Message, context: Context) -> Message:
+    def train(msg: Message, context: Context) -> NoReturn:
         raise KeyError(CANARY)
 
     with pytest.raises(NodeFailure) as err:
@@ -72,7 +73,7 @@ def test_details_go_to_the_node_error_log_in_its_state_folder(
 def test_other_heroes_errors_leave_as_their_type_and_a_fixed_sentence(
         error: Exception, caplog: pytest.LogCaptureFixture) -> None:
     @with_node_mods
-    def train(msg: Message, context: Context) -> Message:
+    def train(msg: Message, context: Context) -> NoReturn:
         raise error
 
     with pytest.raises(NodeFailure) as err:
@@ -86,7 +87,7 @@ def test_other_heroes_errors_leave_as_their_type_and_a_fixed_sentence(
 
 def test_heroes_errors_pass_through() -> None:
     @with_node_mods
-    def train(msg: Message, context: Context) -> Message:
+    def train(msg: Message, context: Context) -> NoReturn:
         raise DataError(FILE_NOT_FOUND, file="adverts_train.csv")
 
     with pytest.raises(DataError, match=re.escape("adverts_train.csv: file not found")):
@@ -98,7 +99,7 @@ def test_a_forwarded_error_is_a_fresh_one_without_its_causes() -> None:
     (a traceback's locals and causes could hold content)."""
 
     @with_node_mods
-    def train(msg: Message, context: Context) -> Message:
+    def train(msg: Message, context: Context) -> NoReturn:
         try:
             raise ValueError(CANARY)
         except ValueError as exc:

@@ -31,6 +31,7 @@ from federation.quarantine import REPORT_JSON, REPORT_TXT, write_quarantine_repo
 from federation.text import normalise_text
 from tests._heroes import HEROES
 from tests._heroes import main as heroes
+from tests._wait import DEADLINE_S
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["advert_id", "posted_at", "site", "language", "category", "text", "phone", "label",
@@ -126,7 +127,9 @@ def test_each_reason_is_quarantined_at_its_row(tmp_path: Path, fmt: str) -> None
     # in the CSV, record 2's text spans two lines (header = line 1).
     d = write_dir(tmp_path / "a", MIXED, fmt, blank_after=4 if fmt == "jsonl" else None)
     got = load_agency(d).train.quarantine
-    lines = {"csv": [5, 7, 8, 10], "jsonl": [3, 6, 7, 9], "parquet": [None] * 4}[fmt]
+    by_format: dict[str, list[int | None]] = {"csv": [5, 7, 8, 10], "jsonl": [3, 6, 7, 9],
+                                              "parquet": [None] * 4}
+    lines = by_format[fmt]
     assert list(got) == [Rejection(rec, line, reason, dup) for (rec, reason, dup), line
                          in zip(EXPECTED, lines, strict=True)]
     if fmt == "csv":
@@ -143,7 +146,7 @@ def test_jsonl_text_of_the_wrong_type_is_set_aside(tmp_path: Path) -> None:
 
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(texts=st.lists(st.text(st.characters(blacklist_categories=("Cs",),
+@given(texts=st.lists(st.text(st.characters(blacklist_categories=["Cs"],
                                             blacklist_characters="\x00"), max_size=40),
                       min_size=1, max_size=8))
 def test_any_text_reads_the_same_in_every_format(tmp_path: Path, texts: list[str]) -> None:
@@ -327,12 +330,12 @@ def test_check_as_a_real_command(tmp_path: Path) -> None:
     done = subprocess.run(
         [*HEROES, "agency", "check", "--data-dir", str(d),
          "--report-dir", str(tmp_path / "r")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE_S, check=False)
     assert done.returncode == 0, done.stderr
     assert_no_canary(done.stdout, done.stderr)
     assert "4 set aside" in done.stdout and (tmp_path / "r" / REPORT_JSON).is_file()
     (d / "manifest.json").unlink()
     done = subprocess.run(
         [*HEROES, "agency", "check", "--data-dir", str(d)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE_S, check=False)
     assert done.returncode == 2 and "no manifest.json in the data directory" in done.stderr

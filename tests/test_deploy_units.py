@@ -32,6 +32,7 @@ from federation.pki import (
     make_server_cert,
 )
 from federation.signing import generate_signing_key, load_private_key, load_public_key
+from server.fleet_gateway import GatewayLimits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -324,13 +325,13 @@ def test_consortium_toml_is_strict_and_lists_every_problem(cons: Path) -> None:
     assert (settings.public_host, settings.public_port, settings.private_port,
             settings.health_port, settings.bind_host) == ("127.0.0.1", 9092, 9093, 9097,
                                                           "127.0.0.1")
-    assert settings.limits == deploy.GatewayLimits() and settings.nginx is None
+    assert settings.limits == GatewayLimits() and settings.nginx is None
     original = (cons / "consortium.toml").read_text()
     _with_toml(cons, original + "bind_host = \"0.0.0.0\"\n\n[gateway]\nmax_body_mib = 16\n"
                "max_connections = 100\nmax_connections_per_source = 10\n")
     settings = home.settings()
     assert settings.bind_host == "0.0.0.0"
-    assert settings.limits == deploy.GatewayLimits(max_body_mib=16, max_connections=100,
+    assert settings.limits == GatewayLimits(max_body_mib=16, max_connections=100,
                                                    max_connections_per_source=10)
     _with_toml(cons, '[consortium]\npublic_address = "127.0.0.1:9092"\nprivate_port = "9093"\n'
                "health_port = true\nprivat_port = 1\n\n[gatway]\nx = 1\n\n[gateway]\n"

@@ -17,7 +17,6 @@ import ssl
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from federation.ledger import Ledger
 from federation.signing import generate_signing_key, load_private_key
 from simulation.generator import generate_federation, load_preset
 from tests._heroes import HEROES
+from tests._wait import DEADLINE_S, RUN_DEADLINE_S, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -50,7 +50,7 @@ def env() -> dict[str, str]:
             "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
 
 
-def heroes(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def heroes(*args: str, timeout: float = DEADLINE_S) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*HEROES, *args], env=env(), capture_output=True, text=True,
                           timeout=timeout, check=False)
 
@@ -119,7 +119,7 @@ class Deployment:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(timeout=60)
+                proc.wait(timeout=DEADLINE_S)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -138,16 +138,6 @@ class Deployment:
         return int(json.loads((self.cons / "aggregator.json").read_text())["gateway_pid"])
 
 
-def wait_for(predicate: object, timeout: float, what: str) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     tmp = tmp_path_factory.mktemp("deploy")
@@ -163,7 +153,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     dep = Deployment(tmp, cons, public, list(manifest.agencies))
     try:
         dep.start("consortium", ["consortium", "serve", "--dir", str(cons)])
-        wait_for(lambda: "aggregator up" in dep.output("consortium"), 90, "the aggregator")
+        wait_for(lambda: "aggregator up" in dep.output("consortium"), "the aggregator",
+                 seen=lambda: dep.output("consortium")[-3000:])
         for agency in dep.agencies:
             dep.init_agency(agency, tmp / "data" / "agencies" / agency)
             r = heroes("consortium", "enroll", agency,
@@ -171,7 +162,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             assert r.returncode == 0, r.stdout + r.stderr
             dep.start(agency, ["agency", "serve", "--dir", str(dep.state(agency))])
         for agency in dep.agencies:
-            wait_for(lambda a=agency: "running" in dep.output(a), 60, f"node {agency}")
+            wait_for(lambda a=agency: "running" in dep.output(a), f"node {agency}",
+                     seen=lambda a=agency: dep.output(a)[-3000:])
         # every agency approves the consortium's signed roster (its peers under secure
         # aggregation); bundles are approved in the tests, after one is refused unapproved
         r = heroes("consortium", "roster", "--dir", str(cons))
@@ -202,7 +194,7 @@ def ledger_rows(state: Path) -> int:
 def _http(address: str, path: str, ca: Path) -> bytes:
     host, port = address.rsplit(":", 1)
     ctx = ssl.create_default_context(cafile=str(ca))
-    with socket.create_connection((host, int(port)), timeout=10) as raw, \
+    with socket.create_connection((host, int(port)), timeout=DEADLINE_S) as raw, \
             ctx.wrap_socket(raw, server_hostname=host) as tls:
         tls.sendall(f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: "
                     "application/protobuf\r\ncontent-length: 0\r\n\r\n".encode())
@@ -223,7 +215,7 @@ def test_agency_facing_address_refuses_runs_and_key_registration(deployment: Dep
         f'"{deployment.public}"\nroot-certificates = "{ca}"\n')
     e = {**env(), "FLWR_HOME": str(home)}
     run = subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "public"], env=e,
-                         capture_output=True, text=True, timeout=120, check=False)
+                         capture_output=True, text=True, timeout=DEADLINE_S, check=False)
     assert run.returncode != 0
     assert "Successfully started run" not in run.stdout
     key = deployment.tmp / "intruder"
@@ -231,7 +223,7 @@ def test_agency_facing_address_refuses_runs_and_key_registration(deployment: Dep
     from federation.pki import make_node_key
     make_node_key(key / "k", key / "k.pub", comment="intruder")
     reg = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(key / "k.pub"),
-                          "public"], env=e, capture_output=True, text=True, timeout=120,
+                          "public"], env=e, capture_output=True, text=True, timeout=DEADLINE_S,
                          check=False)
     assert reg.returncode != 0
     assert "registered successfully" not in reg.stdout
@@ -252,7 +244,7 @@ def test_bundle_signed_by_another_key_is_refused_by_every_node(deployment: Deplo
         [str(BIN / "flwr"), "run", str(ROOT), "consortium", "--stream", "--run-config",
          f'{RUN_CONFIG} paths.output_dir="{deployment.tmp / "forged"}" '
          f'app.signature="{signature}"'],
-        env=e, capture_output=True, text=True, timeout=300, check=False)
+        env=e, capture_output=True, text=True, timeout=DEADLINE_S, check=False)
     text = proc.stdout + proc.stderr
     assert "node refused the app bundle" in text
     assert text.count("failed in training") == 3
@@ -294,7 +286,7 @@ def test_signed_bundle_runs_only_once_every_agency_approved_it(deployment: Deplo
         [str(BIN / "flwr"), "run", str(ROOT), "consortium", "--stream", "--run-config",
          f'{RUN_CONFIG} paths.output_dir="{deployment.tmp / "unapproved"}" '
          f'app.signature="{signature}"'],
-        env=e, capture_output=True, text=True, timeout=300, check=False)
+        env=e, capture_output=True, text=True, timeout=DEADLINE_S, check=False)
     text = proc.stdout + proc.stderr
     assert "node refused the app bundle" in text and "has not approved it" in text
     assert f"heroes agency approve {digest[:16]}" in text
@@ -332,24 +324,24 @@ def test_signed_dp_run_survives_an_aggregator_kill_and_every_ledger_shows_the_sp
     out = deployment.tmp / "run1"
     train = deployment.start("train", ["consortium", "train", "--dir", str(deployment.cons),
                                        "--run-config", RUN_CONFIG, "--out", str(out)])
-    wait_for(lambda: (out / "server" / "checkpoints" / "round-0001.pt").exists(), 600,
-             "round 1's checkpoint")
+    wait_for(lambda: (out / "server" / "checkpoints" / "round-0001.pt").exists(),
+             "round 1's checkpoint", seen=lambda: deployment.output("train")[-3000:])
     link = json.loads((deployment.cons / "aggregator.json").read_text())["superlink_pid"]
     os.kill(link, signal.SIGKILL)  # the aggregator machine "crashes"
     os.killpg(deployment.procs["consortium"].pid, signal.SIGKILL)
     deployment.procs.pop("consortium").wait()
-    assert train.wait(timeout=180) != 0  # the interrupted train says so
+    assert train.wait(timeout=DEADLINE_S) != 0  # the interrupted train says so
     deployment.procs.pop("train")
     deployment.start("consortium", ["consortium", "serve", "--dir", str(deployment.cons)])
-    wait_for(lambda: deployment.output("consortium").count("aggregator up") >= 1, 90,
-             "the restarted aggregator")
+    wait_for(lambda: deployment.output("consortium").count("aggregator up") >= 1,
+             "the restarted aggregator", seen=lambda: deployment.output("consortium")[-3000:])
     resumed = deployment.start("resume", ["consortium", "train", "--dir",
                                           str(deployment.cons), "--resume", str(out)])
     host, port = deployment.public.rsplit(":", 1)
     gateway = deployment.gateway_pid()
     report = attack(host, int(port), deployment.cons / "tls" / "ca.crt",
                     gateway_pids=lambda: process_tree(gateway))
-    assert resumed.wait(timeout=900) == 0, deployment.output("resume")[-3000:]
+    assert resumed.wait(timeout=RUN_DEADLINE_S) == 0, deployment.output("resume")[-3000:]
     deployment.procs.pop("resume")
     # the gateway held: memory, idle connections, bodies, garbage, per-source caps
     print(report.summary())
@@ -359,7 +351,8 @@ def test_signed_dp_run_survives_an_aggregator_kill_and_every_ledger_shows_the_sp
     assert report.garbage == GARBAGE_ANSWERS, report.summary()
     logs = deployment.cons / "logs"
     wait_for(lambda: sorted(statuses_from(logs / "gateway.log", GARBAGE_SOURCE))
-             == GARBAGE_LOGGED, 60, "the malformed requests in the gateway's log")
+             == GARBAGE_LOGGED, "the malformed requests in the gateway's log",
+             seen=lambda: statuses_from(logs / "gateway.log", GARBAGE_SOURCE))
     refused = refusals(logs / "gateway-error.log", "fleet_per_source")
     each = report.slow_opened // len(SLOW_SOURCES)
     for source in SLOW_SOURCES:  # 50 each against a cap of 32: only the excess is refused
@@ -449,7 +442,7 @@ def test_canaries_never_reach_the_consortium(deployment: Deployment) -> None:
 def test_unregistered_and_plaintext_nodes_are_refused(deployment: Deployment) -> None:
     data = deployment.tmp / "data" / "agencies" / deployment.agencies[0]
     deployment.init_agency("stranger", data)
-    r = heroes("agency", "serve", "--dir", str(deployment.state("stranger")), timeout=180)
+    r = heroes("agency", "serve", "--dir", str(deployment.state("stranger")))
     assert r.returncode == 1
     assert "does not accept this node's key" in r.stderr
     r = heroes("agency", "serve", "--dir", str(deployment.state("stranger")), "--insecure")
@@ -463,11 +456,11 @@ def test_revoked_node_is_refused_at_its_next_connection(deployment: Deployment) 
     r = heroes("consortium", "revoke", victim, "--dir", str(deployment.cons))
     assert r.returncode == 0, r.stderr
     proc = deployment.procs[victim]
-    proc.wait(timeout=120)  # the running node is turned away at its next request
+    proc.wait(timeout=DEADLINE_S)  # the running node is turned away at its next request
     assert proc.returncode == 1
     assert "key was revoked" in deployment.output(victim)
     deployment.procs.pop(victim)
-    r = heroes("agency", "serve", "--dir", str(deployment.state(victim)), timeout=180)
+    r = heroes("agency", "serve", "--dir", str(deployment.state(victim)))
     assert r.returncode == 1  # and cannot come back
     assert "does not accept this node's key" in r.stderr
     registry = json.loads((deployment.cons / "registry.json").read_text())

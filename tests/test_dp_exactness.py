@@ -1,6 +1,8 @@
 """DP-SGD as run by train_local's Opacus path: per-record clipping is exact (against a
 per-record reference loop) and the noise covers every parameter."""
 
+from typing import Any
+
 import numpy as np
 import torch
 from opacus import PrivacyEngine
@@ -10,7 +12,7 @@ from federation.tasks import get_task
 from federation.training import SparseDataset
 
 
-def _setup(hidden: int) -> tuple:
+def _setup(hidden: int) -> tuple[Any, ...]:
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(50)]
     texts = [" ".join(rng.choice(words, 12)) for _ in range(64)]
@@ -28,8 +30,8 @@ def _reference_clipped_sum(model: torch.nn.Module, xs: torch.Tensor, ys: torch.T
     for x, y in zip(xs, ys, strict=True):
         model.zero_grad()
         crit(model(x[None]), y[None]).backward()
-        grads = [p.grad.detach().clone() for p in model.parameters()]
-        norm = torch.sqrt(sum((g**2).sum() for g in grads))
+        grads = [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+        norm = torch.sqrt(torch.stack([(g**2).sum() for g in grads]).sum())
         factor = min(1.0, clip / (float(norm) + 1e-6))
         for t, g in zip(total, grads, strict=True):
             t += factor * g

@@ -17,6 +17,7 @@ from federation.ledger import Policy, write_policy
 from federation.pki import make_node_key
 from simulation.generator import generate_federation, load_preset
 from simulation.run import approve_simulated_roster
+from tests._wait import RUN_DEADLINE_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ def run_with_broken_agency(tmp_path: Path, quorum: int) -> tuple[subprocess.Comp
                  "privacy.target_delta": 1e-4})
     proc = subprocess.run(
         [sys.executable, "-c", RUNNER, json.dumps(flat)], cwd=ROOT, capture_output=True,
-        text=True, timeout=600, check=False,
+        text=True, timeout=RUN_DEADLINE_S, check=False,
         env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONWARNINGS": "ignore"},
     )
     return proc, tmp_path / "server"

@@ -46,8 +46,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TASK = get_task("advert-risk", {"num_buckets": 256})
 FLAT = {"task.name": "advert-risk", "task.num_buckets": 256, "privacy.target_epsilon": 3.0,
         "privacy.target_delta": 1e-5}
-#: What a node keeps that others may read (never change): in the state folder's top level.
-PUBLIC = agency.PUBLIC_FILES
 
 
 def free_port() -> int:

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from federation.ledger import Ledger, Policy, write_policy
 from federation.pki import make_node_key
 from simulation.generator import generate_federation, load_preset
 from simulation.run import approve_simulated_roster
+from tests._wait import DEADLINE_S, RUN_DEADLINE_S, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -25,6 +25,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.mark.slow
@@ -55,12 +60,7 @@ def test_flwr_run_against_a_local_simulation_superlink(tmp_path: Path) -> None:
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.5)
+        wait_for(lambda: _listening(port), f"the SuperLink on port {port}")
         out = tmp_path / "server"
         overrides = (f'paths.data_root="{tmp_path / "data"}" paths.output_dir="{out}" '
                      f'paths.state_root="{tmp_path / "state"}" '
@@ -68,7 +68,7 @@ def test_flwr_run_against_a_local_simulation_superlink(tmp_path: Path) -> None:
         proc = subprocess.run(
             [str(BIN / "flwr"), "run", str(ROOT), "test", "--run-config", overrides,
              "--federation-config", "num-supernodes=3", "--stream"],
-            env=env, capture_output=True, text=True, timeout=600, check=False,
+            env=env, capture_output=True, text=True, timeout=RUN_DEADLINE_S, check=False,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         rounds = json.loads((out / "metrics.json").read_text())["rounds"]
@@ -82,7 +82,7 @@ def test_flwr_run_against_a_local_simulation_superlink(tmp_path: Path) -> None:
     finally:
         os.killpg(link.pid, signal.SIGTERM)
         try:
-            link.wait(timeout=30)
+            link.wait(timeout=DEADLINE_S)
         except subprocess.TimeoutExpired:
             os.killpg(link.pid, signal.SIGKILL)
             link.wait()

@@ -275,7 +275,7 @@ def test_damaged_exports_are_read_or_refused(tmp_path: Path, fmt: str, seed: int
 
 # --- through the command: a sample exits 2 with the rule, never a traceback --------------------
 
-HOSTILE: dict[str, Callable[[Path], None]] = {
+HOSTILE: dict[str, Callable[[Path], object]] = {
     "no header": lambda p: p.write_text("\n".join(p.read_text().splitlines()[1:]) + "\n"),
     "semicolons": lambda p: p.write_text(p.read_text().replace(",", ";")),
     "twice label": lambda p: p.write_text(p.read_text().replace("phone", "label", 1)),

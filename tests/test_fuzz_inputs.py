@@ -120,6 +120,11 @@ def policy_documents(draw: st.DrawFn) -> dict[str, Any]:
     return doc
 
 
+def _write_policy(node_dir: Path, doc: dict[str, Any]) -> None:
+    """A drawn document as the node's policy.toml, the file an agency edits by hand."""
+    (node_dir / "policy.toml").write_text(tomli_w.dumps(doc), encoding="utf-8")
+
+
 def _load_policy_and_ledger(state: Path) -> None:
     """What a node does with its policy: read it, then report its ledger against it."""
     policy = load_policy(state)
@@ -131,7 +136,7 @@ def _load_policy_and_ledger(state: Path) -> None:
 @given(doc=policy_documents())
 def test_policy_files_are_used_or_refused_cleanly(node_dir: Path, doc: dict[str, Any]) -> None:
     before = ledger_bytes(node_dir)
-    (node_dir / "policy.toml").write_text(tomli_w.dumps(doc), encoding="utf-8")
+    _write_policy(node_dir, doc)
     try:
         _load_policy_and_ledger(node_dir)
     except Exception as exc:
@@ -179,7 +184,7 @@ def test_misread_policy_values_are_refused_by_name(node_dir: Path, section: str,
                                                    value: object) -> None:
     doc = {s: dict(t) for s, t in _GOOD.items()}
     doc[section][key] = value
-    (node_dir / "policy.toml").write_text(tomli_w.dumps(doc), encoding="utf-8")
+    _write_policy(node_dir, doc)
     before = ledger_bytes(node_dir)
     with pytest.raises(HeroesError) as err:
         _load_policy_and_ledger(node_dir)
@@ -214,7 +219,7 @@ def node_sections(draw: st.DrawFn) -> dict[str, Any]:
 @given(doc=node_sections())
 def test_node_settings_are_used_or_refused_cleanly(node_dir: Path, doc: dict[str, Any]) -> None:
     before = ledger_bytes(node_dir)
-    (node_dir / "policy.toml").write_text(tomli_w.dumps(doc), encoding="utf-8")
+    _write_policy(node_dir, doc)
     try:
         node = AgencyHome(node_dir).node()
     except Exception as exc:
@@ -240,7 +245,7 @@ def test_misread_node_values_are_refused_by_name(node_dir: Path, key: str,
                                                  value: object) -> None:
     node = {**_NODE_GOOD, key: value}
     doc = {"privacy_budget": dict(_GOOD["privacy_budget"]), "node": node}
-    (node_dir / "policy.toml").write_text(tomli_w.dumps(doc), encoding="utf-8")
+    _write_policy(node_dir, doc)
     with pytest.raises(HeroesError) as err:
         AgencyHome(node_dir).node()
     assert_clean(err.value)

@@ -49,6 +49,7 @@ from server.fleet_gateway import (
     render_config,
     rss_bytes,
 )
+from tests._wait import DEADLINE_S, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
@@ -300,7 +301,7 @@ class RssSampler:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=DEADLINE_S)
 
 
 @dataclass
@@ -469,15 +470,6 @@ def front(pki: dict[str, Path], tmp_path: Path, request: pytest.FixtureRequest
         upstream.server_close()
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 # --- the generated configuration -------------------------------------------------------------
 
 def _config(tmp_path: Path, limits: GatewayLimits | None = None) -> str:
@@ -566,7 +558,8 @@ def test_gateway_passes_fleet_routes_only(front: Front) -> None:
         "/v1/fleet/get-run?x=1"}
     # nginx writes a request's line once the connection is done with it, a moment later
     wait_for(lambda: statuses_from(front.gateway.access_log, "127.0.0.1").count(403) == 11,
-             30, "eleven refusals in the access log")
+             "eleven refusals in the access log",
+             seen=lambda: statuses_from(front.gateway.access_log, "127.0.0.1"))
     for log in (front.gateway.access_log, front.gateway.error_log):  # never a body
         assert b"ZQXBODYMARKER" not in log.read_bytes()
 
@@ -583,18 +576,21 @@ def test_body_limit_is_enforced_while_the_body_streams(front: Front) -> None:
     streamed = big_body(front.host, front.port, front.ca, source="127.0.0.7", size=100 * MIB,
                         chunked=True)
     assert streamed.status == 413 and streamed.sent < 100 * MIB
-    wait_for(lambda: len(front.upstream.seen) == 2, 30, "the upstream to see the cut body")
+    wait_for(lambda: len(front.upstream.seen) == 2, "the upstream to see the cut body",
+             seen=lambda: front.upstream.seen)
     cut = front.upstream.seen[-1]
     assert not cut["whole"] and int(str(cut["len"])) <= limit
-    wait_for(lambda: statuses_from(front.gateway.access_log, "127.0.0.7") == [413], 30,
-             "the 413 in the access log")
+    wait_for(lambda: statuses_from(front.gateway.access_log, "127.0.0.7") == [413],
+             "the 413 in the access log",
+             seen=lambda: statuses_from(front.gateway.access_log, "127.0.0.7"))
 
 
 def test_malformed_requests_get_400_and_are_logged(front: Front) -> None:
     got = garbage(front.host, front.port, front.ca, source=GARBAGE_SOURCE)
     assert got == GARBAGE_ANSWERS
     wait_for(lambda: sorted(statuses_from(front.gateway.access_log, GARBAGE_SOURCE))
-             == GARBAGE_LOGGED, 30, "every malformed request in the access log")
+             == GARBAGE_LOGGED, "every malformed request in the access log",
+             seen=lambda: statuses_from(front.gateway.access_log, GARBAGE_SOURCE))
     errors = front.gateway.error_log.read_text(errors="replace")
     assert 'client sent invalid "Content-Length" header' in errors
     assert "client sent plain HTTP request to HTTPS port" in errors
@@ -607,15 +603,17 @@ def test_malformed_requests_get_400_and_are_logged(front: Front) -> None:
 def test_connections_are_capped_per_source_and_in_total(front: Front) -> None:
     held = [connect(front.host, front.port, source="127.0.0.2") for _ in range(4)]
     wait_for(lambda: refusals(front.gateway.error_log, "fleet_per_source") == {"127.0.0.2": 1},
-             30, "the fourth connection from one source to be refused")
+             "the fourth connection from one source to be refused",
+             seen=lambda: refusals(front.gateway.error_log, "fleet_per_source"))
     held += [connect(front.host, front.port, source="127.0.0.3") for _ in range(2)]
     held.append(connect(front.host, front.port, source="127.0.0.4"))
     wait_for(lambda: refusals(front.gateway.error_log, "fleet_total") == {"127.0.0.4": 1},
-             30, "a connection above the total to be refused")
+             "a connection above the total to be refused",
+             seen=lambda: refusals(front.gateway.error_log, "fleet_total"))
     for sock in held:
         sock.close()
     # the refused ones were closed by the gateway; once the others go, a node gets through
-    wait_for(lambda: _passes(front), 60, "a request to pass once the idle connections closed")
+    wait_for(lambda: _passes(front), "a request to pass once the idle connections closed")
 
 
 def _passes(front: Front) -> bool:
@@ -672,7 +670,7 @@ def test_nginx_stops_when_the_process_that_started_it_dies(front: Front, tmp_pat
             assert Path(f"/proc/{master}").exists()
             parent.kill()
             parent.wait()
-            wait_for(lambda: not Path(f"/proc/{master}").exists(), 60, "nginx to exit")
+            wait_for(lambda: not Path(f"/proc/{master}").exists(), "nginx to exit")
         finally:
             parent.kill()
             if master:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests._heroes import HEROES
+from tests._wait import DEADLINE_S
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = "experiment=quick"  # three agencies; every case below is bad in one way
@@ -62,7 +63,7 @@ def _cli_worker() -> Iterator[None]:
         assert proc.stdin is not None
         proc.stdin.close()
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=DEADLINE_S)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

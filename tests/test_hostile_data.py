@@ -31,6 +31,7 @@ from federation.quarantine import quarantine_report
 from federation.schema import (
     DUPLICATE_ID,
     ID_UNUSABLE,
+    LABEL_SCHEMES,
     MISSING_LABEL,
     TEXT_NOT_UNICODE,
     TEXT_TOO_LONG,
@@ -494,7 +495,7 @@ def test_every_rule_in_the_readers_renders_without_a_value(tmp_path: Path) -> No
     rules += list(fd.PARQUET_TYPES.values()) + list(fd.PARQUET_TYPE_RULES.values())
     assert len(rules) > 40
     for rule in rules:
-        fields: dict[str, object] = {}
+        fields: dict[str, Any] = {}
         text = rule.text + rule.fix
         for name in ("line", "byte", "count", "limit", "record"):
             if "{" + name + "}" in text:
@@ -507,6 +508,6 @@ def test_every_rule_in_the_readers_renders_without_a_value(tmp_path: Path) -> No
         if "{counts}" in text:
             fields["counts"] = {MISSING_LABEL: 2}
         if "{scheme}" in text:
-            fields["scheme"] = fd.LABEL_SCHEMES["binary"]
+            fields["scheme"] = LABEL_SCHEMES["binary"]
         message = str(DataError(rule, file="train.csv", **fields))
         assert CANARY not in message and not re.search(r"\{[a-z_]+\}", message), message

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
+import grimp
 import pytest
+
+from tests._wait import DEADLINE_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +25,7 @@ HEAVY = ("torch", "opacus")
 def _imported_after(statement: str) -> set[str]:
     code = f"import sys\n{statement}\nprint(' '.join(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300, check=True).stdout
+                         text=True, timeout=DEADLINE_S, check=True).stdout
     return set(out.split())
 
 
@@ -118,3 +122,73 @@ def test_accountant_names_agree_with_the_accountants() -> None:
     from federation.privacy import ACCOUNTANTS
 
     assert sorted(ACCOUNTANTS) == sorted(PrivacySettings.ACCOUNTANTS)
+
+
+def _first_party_packages() -> list[str]:
+    """The packages import-linter checks (pyproject's [tool.importlinter]): one list."""
+    with (ROOT / "pyproject.toml").open("rb") as fh:
+        return list(tomllib.load(fh)["tool"]["importlinter"]["root_packages"])
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for start in sorted(edges):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(edges[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(edges[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_no_import_cycle_between_first_party_modules() -> None:
+    """A cycle hidden by moving an import into a function is still a cycle: grimp's graph
+    holds every import, at module level or inside a function. (import-linter's layers catch
+    cycles between layers; this catches them inside one.)"""
+    graph = grimp.build_graph(*_first_party_packages())
+    edges = {m: set(graph.find_modules_directly_imported_by(m)) for m in graph.modules}
+    cycles = _cycles(edges)
+    described = []
+    for component in cycles:
+        lines = [f"  {d['importer']}:{d['line_number']} {d['line_contents']}"
+                 for a in component for b in sorted(edges[a] & set(component))
+                 for d in graph.get_import_details(importer=a, imported=b)]
+        described.append(" <-> ".join(component) + "\n" + "\n".join(lines))
+    assert not cycles, "import cycles:\n" + "\n".join(described)
+
+
+def test_the_cycle_finder_finds_a_cycle_and_only_a_cycle() -> None:
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert _cycles(edges) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []

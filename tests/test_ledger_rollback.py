@@ -24,6 +24,7 @@ from federation.ledger import (
 from federation.pki import make_node_key
 from federation.policy import Policy
 from server.ledger_heads import HeadBook
+from tests._wait import DEADLINE_S
 
 REL = Release(dataset="es-police/abc", fingerprint="ab" * 32, run_id="1", round=1,
               task="advert-risk", model="advert-risk:AdvertRiskModel", noise_multiplier=1.0,
@@ -266,7 +267,7 @@ def test_concurrent_writers_never_leave_a_stale_head(state: Path) -> None:
               "        ledger.complete(seq)\n")
     procs = [subprocess.Popen([sys.executable, "-c", script, str(state), run], cwd=root)
              for run in ("a", "b")]
-    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    assert [p.wait(timeout=DEADLINE_S) for p in procs] == [0, 0]
     with Ledger.open(state, create=False) as ledger:
         head = json.loads((state / HEAD_FILE).read_text())
         assert (head["seq"], head["hash"]) == ledger.head() == (68, ledger.hash_at(68))

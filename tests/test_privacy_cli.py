@@ -9,6 +9,7 @@ import pytest
 
 from federation.privacy import epsilon_spent
 from tests._heroes import HEROES
+from tests._wait import DEADLINE_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_privacy(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*HEROES, "privacy", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE_S, check=False,
     )
 
 

@@ -183,7 +183,7 @@ def test_every_status_of_a_real_run_parses(tmp_path: Path) -> None:
 
     root = Path(__file__).resolve().parents[1]
     run = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "simulation.cli", "simulate", "experiment=quick",
+    subprocess.run([sys.executable, "-m", "cli", "simulate", "experiment=quick",
                     "strategy.num_rounds=1", f"hydra.run.dir={run}"],
                    cwd=root, check=True, capture_output=True, timeout=600)
     for path in (run / SUMMARY_FILE, run / "server" / SUMMARY_FILE):

@@ -23,6 +23,7 @@ from clients.receipts import (
 from federation.errors import DeploymentError
 from federation.pki import make_node_key
 from tests._heroes import HEROES
+from tests._wait import DEADLINE_S
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 5
@@ -161,7 +162,7 @@ def test_cli_verify_names_the_break(state: Path) -> None:
     def audit(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*HEROES, "agency", "audit", *args,
                                "--dir", str(state)], cwd=ROOT, capture_output=True,
-                              text=True, timeout=120, check=False,
+                              text=True, timeout=DEADLINE_S, check=False,
                               env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
     ok = audit("verify")
@@ -179,14 +180,8 @@ def test_cli_verify_names_the_break(state: Path) -> None:
 
 
 @pytest.mark.slow
-def test_simulated_nodes_sign_a_receipt_for_every_message(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    proc = subprocess.run(
-        [*HEROES, "simulate", "experiment=quick",
-         f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=900,
-        check=False, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0",
-                          "PYTHONWARNINGS": "ignore"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_simulated_nodes_sign_a_receipt_for_every_message(quick_run: Path) -> None:
+    run = quick_run  # the session's `heroes simulate experiment=quick` (tests/conftest.py)
     summary = json.loads((run / "metrics.json").read_text())
     for agency in summary["agencies"]:
         state = run / "agency_state" / agency["agency"]
@@ -219,6 +214,7 @@ def test_simulated_nodes_sign_a_receipt_for_every_message(tmp_path: Path) -> Non
 def test_an_error_reply_gets_a_receipt_too(tmp_path: Path) -> None:
     import hashlib
     import tomllib
+    from typing import NoReturn
 
     from flwr.app import Context, Message, Metadata
 
@@ -244,7 +240,7 @@ def test_an_error_reply_gets_a_receipt_too(tmp_path: Path) -> None:
                           metadata=meta)
 
     @with_node_mods
-    def train(msg: Message, context: Context) -> Message:
+    def train(msg: Message, context: Context) -> NoReturn:
         raise DataError(FILE_NOT_FOUND, file="t.csv")
 
     with pytest.raises(DataError) as err:

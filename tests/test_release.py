@@ -21,6 +21,7 @@ from server.release import release_run
 from server.server_app import write_outputs
 from server.strategy import NodeOutcome, RunLog
 from tests._heroes import HEROES
+from tests._wait import DEADLINE_S
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAT = {"task.name": "advert-risk", "task.num_buckets": 64, "privacy.target_epsilon": 3.0,
@@ -124,7 +125,7 @@ def test_cli_release(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     proc = subprocess.run(
         [*HEROES, "consortium", "release", str(run),
          "--signing-key", str(keys[0]), "--out", str(tmp_path / "rel"), "--app-bundle", str(fab)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE_S, check=False)
     assert proc.returncode == 0, proc.stderr
     card = json.loads((tmp_path / "rel" / "model_card.json").read_text())
 
@@ -132,5 +133,5 @@ def test_cli_release(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     proc = subprocess.run(
         [*HEROES, "consortium", "release", str(tmp_path / "none"),
          "--signing-key", str(keys[0])],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE_S, check=False)
     assert proc.returncode == 2 and "not a finished run" in proc.stderr

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import shutil
 import struct
@@ -29,7 +28,8 @@ from federation.tasks import get_task
 from simulation.audit import craft_canaries, epsilon_lower_bound
 from simulation.generator import apply_skew, generate_federation, preset_from_mapping
 from simulation.sweep import t_interval
-from tests._heroes import HEROES
+from tests._heroes import heroes
+from tests._wait import DEADLINE_S
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = {"num_buckets": 4096, "hidden": 0, "word_ngrams": 2, "char_min": 3, "char_max": 5,
@@ -37,7 +37,8 @@ TASK = {"num_buckets": 4096, "hidden": 0, "word_ngrams": 2, "char_min": 3, "char
 
 
 def _preset(**changes: object) -> dict[str, object]:
-    data = yaml.safe_load((ROOT / "configs/federation/three_agency.yaml").read_text())
+    data: dict[str, object] = yaml.safe_load(
+        (ROOT / "configs/federation/three_agency.yaml").read_text())
     data.update(changes)
     return data
 
@@ -50,7 +51,7 @@ def test_t_interval_matches_reference_values() -> None:
     assert mean == 2.5
     assert sd == pytest.approx(math.sqrt(5 / 3))
     half = 3.182446305284263 * math.sqrt(5 / 3) / 2
-    assert (lo, hi) == (pytest.approx(2.5 - half), pytest.approx(2.5 + half))
+    assert lo == pytest.approx(2.5 - half) and hi == pytest.approx(2.5 + half)
     assert t_interval([0.7]) == (0.7, None, None, None)  # one seed: no interval
 
 
@@ -122,12 +123,6 @@ def test_canaries_are_unseen_and_never_share_a_bucket(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- end to end
-
-def heroes(args: list[str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([*HEROES, *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
 
 TINY = ["federation=three_agency", "federation.scale=0.1", "strategy.num_rounds=2",
         "baseline=false"]
@@ -214,11 +209,11 @@ def _chromium(html: Path, png: Path, profile: Path) -> str:
               "--no-first-run", "--disable-background-networking",
               "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}"]
     shot = subprocess.run([*common, f"--screenshot={png}", "--window-size=1200,2000",
-                           html.as_uri()], capture_output=True, text=True, timeout=120,
+                           html.as_uri()], capture_output=True, text=True, timeout=DEADLINE_S,
                           check=False)
     assert png.is_file(), shot.stderr[-2000:]
     dom = subprocess.run([*common, "--dump-dom", html.as_uri()], capture_output=True,
-                         text=True, timeout=120, check=False)
+                         text=True, timeout=DEADLINE_S, check=False)
     assert dom.returncode == 0, dom.stderr[-2000:]
     return dom.stdout
 

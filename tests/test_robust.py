@@ -171,7 +171,8 @@ def _reply(node_id: int, content: RecordDict) -> Message:
     meta = Metadata(run_id=1, message_id=f"m{node_id}", src_node_id=node_id, dst_node_id=0,
                     reply_to_message_id=f"i{node_id}", group_id="1", created_at=0.0,
                     ttl=600.0, message_type="train")
-    return Message(content, metadata=meta)
+    # a reply as Flower's own runtime builds one: its public overloads leave metadata out
+    return Message(content, metadata=meta)  # type: ignore[call-overload,no-any-return]
 
 
 def _strategy(**overrides: object) -> tuple[AccountableStrategy, RunLog]:

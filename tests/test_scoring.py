@@ -36,6 +36,7 @@ from server.server_app import write_outputs
 from server.strategy import RunLog
 from simulation.generator import generate_federation, load_preset
 from tests._heroes import HEROES
+from tests._wait import DEADLINE_S
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAT = {"task.name": "advert-risk", "task.num_buckets": 1024, "privacy.target_epsilon": 3.0,
@@ -63,8 +64,8 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
     generate_signing_key(tmp / "c.key", tmp / "c.pub")
     model = TASK.build_model()
     with torch.no_grad():
-        model.net.weight.copy_(torch.from_numpy(RNG_WEIGHTS[None, :]))  # type: ignore[union-attr]
-        model.net.bias.fill_(-1.0)  # type: ignore[union-attr]
+        model.net.weight.copy_(torch.from_numpy(RNG_WEIGHTS[None, :]))  # type: ignore[union-attr,operator]
+        model.net.bias.fill_(-1.0)  # type: ignore[union-attr,operator]
     write_outputs(tmp / "run", RunSettings.from_flat(FLAT), model.state_dict(), RunLog(), 0.0)
     bundle = release_run(tmp / "run", signing_key=tmp / "c.key", out=tmp / "bundle")
     return bundle, tmp / "c.key", tmp / "c.pub"
@@ -156,7 +157,7 @@ def test_scoring_logs_every_consultation(tmp_path: Path, adverts_dir: Path,
 
 def _cli(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*HEROES, *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, check=False,
+                          capture_output=True, text=True, timeout=DEADLINE_S, check=False,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
@@ -202,18 +203,18 @@ def test_lexicon_places_domain_phrases_and_admits_what_it_cannot() -> None:
 
 
 @pytest.mark.slow
-def test_explanations_point_at_rationales_more_often_than_chance(tmp_path: Path) -> None:
+def test_explanations_point_at_rationales_more_often_than_chance(
+        tmp_path: Path, quick_run: Path) -> None:
     """A real federated DP model (three agencies, two rounds), released and used."""
+    import shutil
+
     from federation.signing import load_public_key as load_pub
     from simulation.explain_eval import rationale_hit_rate
 
+    # the session's `heroes simulate experiment=quick` (tests/conftest.py); the release is
+    # written into the run folder, so into a copy of it
     run = tmp_path / "run"
-    proc = subprocess.run(
-        [*HEROES, "simulate", "experiment=quick",
-         f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=900,
-        check=False, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0",
-                          "PYTHONWARNINGS": "ignore"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    shutil.copytree(quick_run, run)
     generate_signing_key(tmp_path / "c.key", tmp_path / "c.pub")
     rel = _cli(["consortium", "release", str(run), "--signing-key", str(tmp_path / "c.key")])
     assert rel.returncode == 0, rel.stderr

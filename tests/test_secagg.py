@@ -123,12 +123,12 @@ def test_train_and_evaluation_sums_of_one_session_use_independent_secrets() -> N
     train_masked = dict(rnd.masked)
     total = finish(fed, rnd, length=64)
     modulus = (1 << rnd.srv.bits) - 1
-    assert np.array_equal(total, sum(train.values()) & modulus)  # type: ignore[arg-type]
+    assert np.array_equal(total, sum(train.values()) & modulus)
     dropper = fed.ids[0]
     ev_masked = {n: fed.step(n, "mask", "evaluate", ev[n]) for n in fed.ids if n != dropper}
     rnd.masked = ev_masked
     total = finish(fed, rnd, sum_name="evaluate", length=16)
-    assert np.array_equal(total, sum(ev[n] for n in ev_masked) & modulus)  # type: ignore[arg-type]
+    assert np.array_equal(total, sum(ev[n] for n in ev_masked) & modulus)
     # the server now holds the dropper's training self-mask seed (it survived training) and
     # its evaluation mask seed (it dropped out of evaluation); with them its training input
     # stays masked, while the true training seeds would have exposed it

@@ -1,5 +1,7 @@
 """privacy.secure_mode: ChaCha20 noise and sampling, checked statistically and in training."""
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -54,7 +56,7 @@ def test_secure_mode_trains_and_accounts_like_the_default() -> None:
     privacy = PrivacySettings(target_epsilon=3.0, target_delta=1e-4, secure_mode=True)
     torch.manual_seed(0)
     model = task.build_model()
-    history: list = []
+    history: list[Any] = []
     for _ in range(2):
         res = train_local(model, x, y, train=TrainSettings(batch_size=32, local_epochs=1,
                                                            learning_rate=2.0),

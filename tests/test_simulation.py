@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 
 from tests._heroes import HEROES
+from tests._wait import DEADLINE_S, RUN_DEADLINE_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def heroes(args: list[str], out: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def heroes(args: list[str], out: Path,
+           timeout: float = RUN_DEADLINE_S) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
         [*HEROES, "simulate", *args,
@@ -104,13 +106,13 @@ def _fails_before_training(proc: subprocess.CompletedProcess[str], out: Path) ->
 )
 def test_bad_config_stops_before_training(tmp_path: Path, override: str, needle: str) -> None:
     out = tmp_path / "run"
-    text = _fails_before_training(heroes(["experiment=quick", override], out, 180), out)
+    text = _fails_before_training(heroes(["experiment=quick", override], out, DEADLINE_S), out)
     assert needle in text
 
 
 def test_unknown_top_level_key_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    text = _fails_before_training(heroes(["experiment=quick", "bogus=1"], out, 180), out)
+    text = _fails_before_training(heroes(["experiment=quick", "bogus=1"], out, DEADLINE_S), out)
     assert "bogus" in text
 
 

@@ -1,5 +1,7 @@
 """Local training with real Opacus on a tiny model: accounting across rounds, learning."""
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -21,13 +23,13 @@ def corpus(n: int) -> tuple[list[str], np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def data() -> tuple:
+def data() -> tuple[Any, ...]:
     task = get_task("advert-risk", {"num_buckets": 256})
     texts, y = corpus(400)
     return task, task.featurize(texts), y
 
 
-def test_dp_epsilon_accumulates_and_stays_within_target(data: tuple) -> None:
+def test_dp_epsilon_accumulates_and_stays_within_target(data: tuple[Any, ...]) -> None:
     task, x, y = data
     torch.manual_seed(0)
     model = task.build_model()
@@ -35,7 +37,7 @@ def test_dp_epsilon_accumulates_and_stays_within_target(data: tuple) -> None:
     train = TrainSettings(batch_size=32, learning_rate=1.0, local_epochs=1)
     plan = plan_noise(num_records=400, batch_size=32, local_epochs=1, planned_rounds=3,
                       target_epsilon=2.0, target_delta=1e-4, accountant="rdp", where="t")
-    history: list = []
+    history: list[Any] = []
     eps = []
     for _ in range(3):
         res = train_local(model, x, y, train=train, privacy=privacy, plan=plan,
@@ -49,7 +51,7 @@ def test_dp_epsilon_accumulates_and_stays_within_target(data: tuple) -> None:
     assert evaluate(model, x, y, k=20)["roc_auc"] > 0.8
 
 
-def test_dp_noise_is_fresh_each_run(data: tuple) -> None:
+def test_dp_noise_is_fresh_each_run(data: tuple[Any, ...]) -> None:
     task, x, y = data
     privacy = PrivacySettings(target_epsilon=2.0, target_delta=1e-4)
     plan = plan_noise(num_records=400, batch_size=32, local_epochs=1, planned_rounds=1,
@@ -64,7 +66,7 @@ def test_dp_noise_is_fresh_each_run(data: tuple) -> None:
     assert not torch.equal(outs[0], outs[1])
 
 
-def test_non_private_training_learns(data: tuple) -> None:
+def test_non_private_training_learns(data: tuple[Any, ...]) -> None:
     task, x, y = data
     torch.manual_seed(0)
     model = task.build_model()
@@ -75,7 +77,7 @@ def test_non_private_training_learns(data: tuple) -> None:
     assert evaluate(model, x, y, k=20)["loss"] < before
 
 
-def test_proximal_term_pulls_towards_the_global_model(data: tuple) -> None:
+def test_proximal_term_pulls_towards_the_global_model(data: tuple[Any, ...]) -> None:
     task, x, y = data
     drift = []
     for mu in (0.0, 1.0):
