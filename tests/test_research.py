@@ -3,7 +3,7 @@
 
 Fast tests pin the statistics (t-intervals, Clopper-Pearson, the audit bound) to reference
 values and check the skew knob and the canaries. The slow tests run the real command:
-a 2 x 2 sweep with two seeds and the audit on, the deliberately broken run, the four
+a sweep of two epsilons and two seeds with the audit on, the deliberately broken run, the four
 baseline arms, and the report opened in a real headless Chromium.
 """
 
@@ -244,8 +244,11 @@ def _check_rendered(dom: str, png: Path) -> None:
 @pytest.mark.slow
 def test_sweep_table_audit_and_report(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
+    # Two points of two seeds: the grouping, the t-intervals and the audit per run. Whether
+    # secure aggregation ran where it was on is checked on every run of test_simulation.py;
+    # an axis of its own here doubled the slowest test of the suite.
     proc = heroes(["simulate", "-m", *TINY, "privacy.target_epsilon=1,8",
-                   "secagg.mode=on,off", "federation.skew=0.5", "seed=0,1",
+                   "secagg.mode=on", "federation.skew=0.5", "seed=0,1",
                    "audit.enabled=true", "audit.mode=blackbox",
                    f"hydra.sweep.dir={sweep_dir}"], timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
@@ -254,9 +257,9 @@ def test_sweep_table_audit_and_report(tmp_path: Path) -> None:
     assert "left out" not in table.stdout  # every run finished
     with (sweep_dir / "sweep.csv").open() as fh:
         points = list(csv.DictReader(fh))
-    assert len(points) == 4
+    assert len(points) == 2
     assert {(float(p["target_epsilon"]), p["secagg"]) for p in points} == {
-        (1.0, "on"), (1.0, "off"), (8.0, "on"), (8.0, "off")}
+        (1.0, "on"), (8.0, "on")}
     assert {float(p["skew"]) for p in points} == {0.5}
     with (sweep_dir / "runs.csv").open() as fh:
         for run in csv.DictReader(fh):  # secure aggregation really ran where it was on
@@ -264,7 +267,7 @@ def test_sweep_table_audit_and_report(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     parquet = pq.read_table(sweep_dir / "sweep.parquet").to_pylist()
-    assert len(parquet) == 4
+    assert len(parquet) == 2
     for p in parquet:
         assert p["n_runs"] == 2 and p["seeds"] == "0 1"
         lo, mean, hi = (p["global_roc_auc_ci95_low"], p["global_roc_auc_mean"],
@@ -273,7 +276,7 @@ def test_sweep_table_audit_and_report(tmp_path: Path) -> None:
         assert p["audit_epsilon_lower_bound_n"] == 2
     # The audit never contradicts an honest run's claim.
     runs = sorted(sweep_dir.glob("[0-9]*/metrics.json"))
-    assert len(runs) == 8
+    assert len(runs) == 4
     for path in runs:
         audit = json.loads(path.read_text())["audit"]
         assert audit["planted"] == 100 and audit["held_out"] == 100
