@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clients import replies, signed_log
+from clients import signed_log
 from clients.signed_log import GENESIS, NODE_KEY, NODE_PUB, Problem, canonical
 from federation.errors import DeploymentError, ProtocolError
 from federation.protocol import AgencyKey, Record, Status
@@ -244,6 +244,9 @@ def record_outgoing(msg: Any, context: Any, reply: Any, kind: str, *,
 
     Raises DeploymentError when the node has no key to sign with, so the reply is not sent.
     """
+    # Flower's records are read only here, inside the node: `heroes agency audit` reads
+    # receipts without importing Flower (tests/test_imports.py).
+    from clients import replies
     from clients.node import resolve_state_dir
     from federation.config import NodeView
 
@@ -273,6 +276,7 @@ def record_error(msg: Any, context: Any, kind: str, error: BaseException) -> dic
     """
     import logging
 
+    from clients import replies  # inside the node only, as in record_for_reply
     from clients.node import resolve_data_dir, resolve_state_dir
     from federation.config import NodeView
     from federation.data import read_manifest

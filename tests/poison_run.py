@@ -79,7 +79,6 @@ def global_roc_auc(tmp: Path, out: Path) -> float:
 
     from federation import metrics
     from federation.config import RunSettings
-    from federation.data import load_agency
     from federation.tasks import get_task
     from federation.training import predict_proba
     from simulation.run import _pool
@@ -88,7 +87,7 @@ def global_roc_auc(tmp: Path, out: Path) -> float:
     settings = RunSettings.from_flat(saved["settings"])
     task = get_task(settings.task_name, settings.task_params)
     manifest = json.loads((tmp / "data" / "federation.json").read_text())
-    agencies = [load_agency(tmp / "data" / "agencies" / a) for a in manifest["agencies"]]
+    agencies = [task.load(tmp / "data" / "agencies" / a) for a in manifest["agencies"]]
     test = _pool(task, agencies, "test")
     model = task.build_model()
     model.load_state_dict(saved["state_dict"])

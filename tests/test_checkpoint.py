@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord
 
 from federation.config import RunSettings
 from federation.errors import ConfigError
+from federation.protocol import Status
 from server.checkpoint import (
     checkpoint_path,
     latest_checkpoint,
@@ -36,7 +37,7 @@ def _log(rounds: int) -> RunLog:
     run_log = RunLog()
     for n in range(1, rounds + 1):
         rec = run_log.round(n)
-        rec.train.append(NodeOutcome(7, "uk-ngo", "ok", metrics={"epsilon": 0.5 * n,
+        rec.train.append(NodeOutcome(7, "uk-ngo", Status.OK, metrics={"epsilon": 0.5 * n,
                                                                 "train_loss": math.nan}))
         rec.train_aggregate = {"max_epsilon": 0.5 * n}
         rec.wall_seconds = 1.0
@@ -64,9 +65,9 @@ def test_checkpoint_roundtrip_keeps_weights_optimiser_and_history(tmp_path: Path
     fresh_log = RunLog()
     fresh = build_strategy(settings, fresh_log)
     restore(fresh, fresh_log, resume)
-    for k, v in moments.items():
-        np.testing.assert_array_equal(fresh.base.m_t[k], v)  # type: ignore[attr-defined]
-        np.testing.assert_array_equal(fresh.base.v_t[k], v ** 2)  # type: ignore[attr-defined]
+    for k, moment in moments.items():
+        np.testing.assert_array_equal(fresh.base.m_t[k], moment)  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(fresh.base.v_t[k], moment ** 2)  # type: ignore[attr-defined]
     assert fresh_log.to_json() == run_log.to_json()  # NaN stays NaN (null in JSON)
 
 

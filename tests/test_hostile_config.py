@@ -218,6 +218,7 @@ import json, sys, time
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 import clients.client_app as node_app
+from clients.mods import with_node_mods
 from simulation.run import run_flower_simulation
 
 app = ClientApp()  # the node's real ClientApp, except that agencies 1 and 2 never answer
@@ -226,11 +227,11 @@ app = ClientApp()  # the node's real ClientApp, except that agencies 1 and 2 nev
 def train(msg: Message, context: Context) -> Message:
     if int(str(context.node_config["partition-id"])) != 0:
         time.sleep(3600)
-    return node_app.train(msg, context)
+    return with_node_mods(node_app.train)(msg, context)  # contained and receipted
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    return node_app.evaluate(msg, context)
+    return with_node_mods(node_app.evaluate)(msg, context)
 
 run_flower_simulation(json.loads(sys.argv[1]), num_nodes=3, client_cpus=1, verbose=False,
                       client_app=app)

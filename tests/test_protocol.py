@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -136,13 +137,14 @@ def test_an_unknown_status_is_refused_without_quoting_it(tmp_path: Path) -> None
     assert "secret-agency-text" not in str(err.value)
 
 
-def _reply(node_id: int, agency: dict[str, str | float]) -> Message:
+def _reply(node_id: int, agency: Mapping[str, str | float]) -> Message:
     meta = Metadata(run_id=1, message_id=f"m{node_id}", src_node_id=node_id, dst_node_id=0,
                     reply_to_message_id=f"i{node_id}", group_id="1", created_at=0.0,
                     ttl=600.0, message_type="train")
-    content = RecordDict({Record.AGENCY: ConfigRecord(agency),
+    content = RecordDict({Record.AGENCY: ConfigRecord(dict(agency)),
                           Record.METRICS: MetricRecord({"num-examples": 5.0})})
-    return Message(content, metadata=meta)
+    msg: Message = Message(content, metadata=meta)  # type: ignore[call-overload]  # flwr stubs
+    return msg
 
 
 def test_a_node_reply_without_its_status_is_an_error_not_ok() -> None:
@@ -161,7 +163,7 @@ def test_a_missing_node_and_a_missing_record_are_named() -> None:
                     reply_to_message_id="i9", group_id="1", created_at=0.0, ttl=600.0,
                     message_type="train")
     bare = Message(RecordDict({Record.METRICS: MetricRecord({"num-examples": 1.0})}),
-                   metadata=meta)
+                   metadata=meta)  # type: ignore[call-overload]  # flwr stubs
     with pytest.raises(ProtocolError, match="lacks the agency record"):
         reply_info(bare)
     outcomes = RunLog().outcomes([9, 10], [bare])

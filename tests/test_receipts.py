@@ -237,7 +237,7 @@ def test_an_error_reply_gets_a_receipt_too(tmp_path: Path) -> None:
                     reply_to_message_id="", group_id="3", created_at=0.0, ttl=600.0,
                     message_type="train")
     instruction = Message(RecordDict({"config": ConfigRecord({"server-round": 3})}),
-                          metadata=meta)
+                          metadata=meta)  # type: ignore[call-overload]  # flwr stubs
 
     @with_node_mods
     def train(msg: Message, context: Context) -> NoReturn:

@@ -15,6 +15,7 @@ from federation.appsign import manifest_digest
 from federation.bundle import verify_bundle
 from federation.config import RunSettings
 from federation.errors import DeploymentError, SignatureError
+from federation.protocol import Status
 from federation.signing import generate_signing_key, key_fingerprint, load_public_key
 from federation.tasks import get_task
 from server.release import release_run
@@ -37,11 +38,11 @@ def _server_output(out: Path) -> Path:
     for rnd in (1, 2):
         rec = run_log.round(rnd)
         for i, name in enumerate(("es-police", "uk-ngo")):
-            rec.train.append(NodeOutcome(i, name, "ok", metrics={
+            rec.train.append(NodeOutcome(i, name, Status.OK, metrics={
                 "num-examples": 100.0 * (i + 1), "epsilon": 1.5 * rnd + i, "delta": 1e-5,
                 "run_epsilon": 1.5 * rnd, "noise_multiplier": 1.1, "sample_rate": 0.05,
                 "steps": 40.0}))
-            rec.evaluate.append(NodeOutcome(i, name, "ok", metrics={
+            rec.evaluate.append(NodeOutcome(i, name, Status.OK, metrics={
                 "num-examples": 50.0, "roc_auc": 0.6 + 0.1 * i}))
         rec.evaluate_aggregate = {"roc_auc": 0.65, "loss": float("nan")}
     write_outputs(out, settings, model.state_dict(), run_log, wall_s=1.0)

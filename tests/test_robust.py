@@ -206,6 +206,7 @@ def test_strategy_rejects_nan_shape_and_100x_and_aggregates_the_rest(
     assert "x the round's median update norm" in status[13][1]
     assert metrics is not None and metrics["agencies"] == 3
     honest_only = robust_aggregate([honest[n] for n in (1, 2, 3)], [100.0] * 3, aggregation)
+    assert arrays is not None
     got = to_numpy(arrays)
     for k in ref:
         np.testing.assert_allclose(got[k], honest_only.arrays[k], rtol=1e-6)
@@ -246,8 +247,10 @@ def test_fedadam_steps_from_the_robust_aggregate() -> None:
         strategy, _ = _strategy(**{"strategy.name": "fedadam", "strategy.max_norm_ratio": 0.0,
                                    "strategy.aggregation": aggregation})
         strategy.begin_round(1, "train", [1, 2, 3, 4, 5], to_record(ref))
-        strategy.base.current_arrays = ref  # Flower's FedOpt sets it in configure_train
+        # Flower's FedOpt sets it in configure_train
+        strategy.base.current_arrays = ref  # type: ignore[attr-defined]
         arrays, _ = strategy.aggregate_train(1, replies)
+        assert arrays is not None
         moved[aggregation] = to_numpy(arrays)["net.weight"] - ref["net.weight"]
     # FedAdam's first step moves every coordinate by about eta in the aggregate's direction:
     # down with the poisoned mean, up (the honest direction) with the median.
