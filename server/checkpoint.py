@@ -15,6 +15,7 @@ update is not in the checkpoint, and the round is run again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterable
@@ -101,7 +102,12 @@ def load_checkpoint(resume_from: Path, settings: RunSettings) -> Resume:
     path = latest_checkpoint(resume_from)
     saved = torch.load(path, weights_only=True)
     problems = []
+    # Compared in today's canonical spelling: a checkpoint from before task parameters
+    # travelled as one ``task.params`` key (issue 14) still resumes. Settings that no longer
+    # parse are compared as they were saved, and every difference is named below.
     before = dict(saved["settings"])
+    with contextlib.suppress(ConfigError):
+        before = dict(RunSettings.from_flat(before, source=f"{path} settings").to_flat())
     now = settings.to_flat()
     for key in sorted(set(before) | set(now)):
         # Where files go, how long to wait and the bundle's signature (a resumed run is

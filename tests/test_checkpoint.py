@@ -90,6 +90,28 @@ def test_resume_refuses_changed_settings_a_finished_run_and_an_empty_folder(
         load_checkpoint(tmp_path / "nothing", replace(settings))
 
 
+def test_a_checkpoint_with_one_key_per_task_parameter_still_resumes(tmp_path: Path) -> None:
+    """Before issue 14 the saved settings spelled every task parameter as its own key
+    (``task.num_buckets``, ...); now they travel as one ``task.params``. The old spelling of
+    the same settings resumes; a real change is still refused, in today's spelling."""
+    settings = RunSettings.from_flat(FLAT)
+    run_log = _log(4)
+    strategy = build_strategy(settings, run_log)
+    arrays = ArrayRecord({"net.weight": torch.zeros(1, 64), "net.bias": torch.zeros(1)})
+    path = write_checkpoint(tmp_path, server_round=2, arrays=arrays, strategy=strategy,
+                            run_log=run_log, settings=settings)
+    saved = torch.load(path, weights_only=True)
+    flat = dict(saved["settings"])
+    params = json.loads(str(flat.pop("task.params")))
+    flat.update({f"task.{k}": v for k, v in params.items()})
+    saved["settings"] = flat
+    torch.save(saved, path)
+    assert load_checkpoint(tmp_path, settings).round == 2
+    wider = RunSettings.from_flat({**FLAT, "task.num_buckets": 128})
+    with pytest.raises(ConfigError, match=r"task\.params was"):
+        load_checkpoint(tmp_path, wider)
+
+
 def _simulate(run: Path, log: Path, *extra: str, **kwargs: object) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
