@@ -29,7 +29,7 @@ from federation.accounting import ACCOUNTANTS, UNIT, AccountantResult, account_a
 from federation.errors import PrivacyConfigError
 
 if TYPE_CHECKING:
-    from federation.privacy import HistoryEntry
+    from federation.epsilon import HistoryEntry
 
 
 # --- validating --------------------------------------------------------------------------

@@ -4,8 +4,8 @@ The unit of privacy is one advert record in one agency's training export. ``acco
 raises for a numerical failure of an accountant: that case comes back as epsilon=None with the
 reason, so a report can still show the other accountant's figure.
 
-federation.privacy brings in Opacus and torch (seconds): it is imported when an epsilon is
-computed, not when this module is.
+federation.epsilon (Opacus' accountant code, loaded without torch; numpy and scipy) is
+imported when an epsilon is computed, not when this module is.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from federation.config import PrivacySettings
 
 if TYPE_CHECKING:
-    from federation.privacy import HistoryEntry
+    from federation.epsilon import HistoryEntry
 
 ACCOUNTANTS = PrivacySettings.ACCOUNTANTS
 
@@ -54,7 +54,7 @@ def account(history: Sequence[HistoryEntry], *, delta: float, accountant: str) -
     """
     import numpy as np
 
-    from federation.privacy import PRV_MAX_GRID_POINTS, epsilon_spent, prv_grid_points
+    from federation.epsilon import PRV_MAX_GRID_POINTS, epsilon_spent, prv_grid_points
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

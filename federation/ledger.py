@@ -66,22 +66,24 @@ from federation.signing import (
 )
 
 if TYPE_CHECKING:
-    from federation.privacy import HistoryEntry, NoisePlan
+    from federation.epsilon import HistoryEntry
+    from federation.privacy import NoisePlan
 
-# The accountants (federation/privacy.py) import Opacus and torch: seconds a node's light
-# stages and the ledger's own integrity checks never need. They are imported on first use.
+# The accountants (federation/epsilon.py: Opacus' accountant code, without torch) still load
+# numpy and scipy, which a node's light stages and the ledger's own integrity checks never
+# need. They are imported on first use.
 ACCOUNTANTS = PrivacySettings.ACCOUNTANTS
 
 
 def epsilon_spent(history: Sequence[HistoryEntry], *, delta: float, accountant: str) -> float:
-    """federation.privacy.epsilon_spent, imported when first needed."""
-    from federation.privacy import epsilon_spent as spent
+    """federation.epsilon.epsilon_spent, imported when first needed."""
+    from federation.epsilon import epsilon_spent as spent
 
     return spent(history, delta=delta, accountant=accountant)
 
 
 def trained_without_dp(history: Sequence[HistoryEntry]) -> bool:
-    from federation.privacy import trained_without_dp as without
+    from federation.epsilon import trained_without_dp as without
 
     return without(history)
 
@@ -219,7 +221,7 @@ def both_epsilons(history: Sequence[HistoryEntry], delta: float) -> dict[str, fl
         return {name: math.inf for name in ACCOUNTANTS}
     out: dict[str, float] = {}
     for name in ACCOUNTANTS:
-        from federation.privacy import PRV_MAX_GRID_POINTS, prv_grid_points
+        from federation.epsilon import PRV_MAX_GRID_POINTS, prv_grid_points
 
         if name == "prv" and prv_grid_points(history, delta=delta) > PRV_MAX_GRID_POINTS:
             out[name] = math.nan  # epsilon far past any budget; PRV would take minutes

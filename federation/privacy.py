@@ -8,27 +8,41 @@ from the complete accountant history, never from one round.
 The history is a list of (noise_multiplier, sample_rate, steps) triples, exactly Opacus'
 accountant history, so it can be stored between rounds (Flower's ``context.state``) and
 re-composed by any accountant.
+
+Epsilon itself is computed in federation/epsilon.py, with Opacus' accountant code loaded
+without torch, so that commands that only report a ledger start fast; its names are
+re-exported here. This module imports Opacus' package (and torch): noise planning
+(``get_noise_multiplier``) and the accountant objects training hands to ``make_private``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.accountant import IAccountant
-from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
 
+from federation.epsilon import (
+    PRV_MAX_GRID_POINTS,
+    HistoryEntry,
+    compress,
+    epsilon_spent,
+    prv_grid_points,
+    trained_without_dp,
+)
 from federation.errors import PrivacyConfigError
+
+__all__ = [  # epsilon's names stay importable from here, where the training path finds them
+    "ACCOUNTANTS", "PRV_MAX_GRID_POINTS", "HistoryEntry", "NoisePlan", "compress",
+    "effective_batch_size", "epsilon_spent", "make_accountant", "plan_noise",
+    "prv_grid_points", "steps_per_epoch", "trained_without_dp", "validate_targets",
+]
 
 #: Accountants by the name used in configuration.
 ACCOUNTANTS: dict[str, type[IAccountant]] = {"rdp": RDPAccountant, "prv": PRVAccountant}
-
-HistoryEntry = tuple[float, float, int]
 
 
 def make_accountant(name: str, history: Sequence[HistoryEntry] = ()) -> IAccountant:
@@ -41,53 +55,6 @@ def make_accountant(name: str, history: Sequence[HistoryEntry] = ()) -> IAccount
         ) from None
     accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
     return accountant
-
-
-def compress(history: Sequence[HistoryEntry]) -> list[HistoryEntry]:
-    """Merge releases with the same mechanism: composition is commutative, so k steps of
-    (sigma, q) here and m there are exactly k + m steps of it. Keeps a long ledger fast."""
-    steps: dict[tuple[float, float], int] = {}
-    for s, q, n in history:
-        key = (float(s), float(q))
-        steps[key] = steps.get(key, 0) + int(n)
-    return [(s, q, n) for (s, q), n in steps.items()]
-
-
-@functools.lru_cache(maxsize=4096)
-def _rdp_per_step(sigma: float, q: float) -> np.ndarray:
-    """RDP of one step of the subsampled Gaussian at Opacus' default orders (cached: a node
-    asks for the same mechanism every round, and each evaluation costs ~0.1 s)."""
-    return np.asarray(rdp_analysis.compute_rdp(
-        q=q, noise_multiplier=sigma, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS))
-
-
-def trained_without_dp(history: Sequence[HistoryEntry]) -> bool:
-    """Whether any release in the history had no noise (noise multiplier 0, or not a
-    positive number at all): such a release is not differentially private."""
-    return any(not float(s) > 0 for s, _, _ in history)
-
-
-def epsilon_spent(history: Sequence[HistoryEntry], *, delta: float, accountant: str) -> float:
-    """Cumulative epsilon at ``delta`` for the whole history (0.0 for no releases).
-
-    RDP is computed exactly as Opacus' RDPAccountant does (same orders, same conversion),
-    with the per-step RDP of each mechanism cached; PRV goes through Opacus' accountant.
-
-    A history with any release without noise (noise multiplier <= 0) gives ``math.inf``
-    under every accountant: one non-private release already bounds nothing, and no later
-    noise can take that back. (Opacus itself would divide by zero or return nonsense.)
-    """
-    if not history:
-        return 0.0
-    if trained_without_dp(history):
-        return math.inf
-    merged = compress(history)
-    if accountant == "rdp":
-        rdp = sum(n * _rdp_per_step(s, q) for s, q, n in merged)
-        eps, _ = rdp_analysis.get_privacy_spent(
-            orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
-        return float(eps)
-    return float(make_accountant(accountant, merged).get_epsilon(delta=delta))
 
 
 def steps_per_epoch(num_records: int, batch_size: int) -> int:
@@ -195,32 +162,3 @@ def plan_noise(
         target_delta=target_delta,
         accountant=accountant,
     )
-
-
-#: Largest grid (points) on which the PRV accountant is asked to discretise a history.
-#: Time and memory grow with it (several float64 arrays of this length plus FFTs): about
-#: 2 s at 3.4e6 points, 15 s at 1.7e7, 110 s and 2.7 GB at 3.7e7 (then epsilon = inf), and
-#: a MemoryError at 2.7e8. Beyond this limit epsilon is far past any usable budget anyway.
-PRV_MAX_GRID_POINTS = 8_000_000
-
-
-def prv_grid_points(history: Sequence[HistoryEntry], *, delta: float) -> int:
-    """Points on the grid Opacus' PRV accountant would use for ``epsilon_spent`` here.
-
-    Costs a few RDP evaluations, so callers can refuse an extreme regime (huge epsilon,
-    very many steps) before the PRV accountant exhausts memory or runs for minutes.
-    Mirrors PRVAccountant.get_epsilon's defaults (eps_error 0.01, delta_error delta/1000)
-    through its domain helper, which is private in Opacus 1.6: re-check on upgrade.
-    """
-    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV
-
-    if not history:
-        return 0
-    entries = [(float(s), float(q), int(n)) for s, q, n in history]
-    domain = PRVAccountant()._get_domain(
-        prvs=[PoissonSubsampledGaussianPRV(q, s) for s, q, _ in entries],
-        num_self_compositions=[n for _, _, n in entries],
-        eps_error=0.01,
-        delta_error=delta / 1000,
-    )
-    return int(domain.size)

@@ -2,8 +2,9 @@
 
 A deployed node starts a fresh ClientApp process for every message, and the secure-aggregation
 stages that only sign, share or reveal need neither torch nor Opacus (seconds of imports);
-nor does any `heroes` command until it trains or computes epsilon. Checked in a clean
-interpreter, since this test process has imported everything already."""
+nor does any `heroes` command until it trains or plans noise (epsilon itself is computed with
+Opacus' accountant code loaded without its package, federation/opacus_analysis.py). Checked
+in a clean interpreter, since this test process has imported everything already."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import grimp
 import pytest
 
+from federation import opacus_analysis
 from tests._wait import DEADLINE_S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,19 +97,40 @@ def test_agency_commands_that_read_state_import_no_training_stack(
     assert sorted(m for m in NOT_AT_START if m in loaded) == []
 
 
+@pytest.fixture(scope="module")
+def trained_node(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real node whose privacy ledger holds two trained rounds, written by the ledger's
+    own code (cli/_coldstart.py makes the folder it times the same way)."""
+    from cli._coldstart import make_state
+
+    return make_state(ROOT, tmp_path_factory.mktemp("trained"))
+
+
+@pytest.mark.parametrize("command", [["agency", "status", "--json"], ["agency", "ledger"],
+                                     ["agency", "ledger", "--json"]])
+def test_reading_a_trained_nodes_epsilon_imports_neither_torch_nor_opacus(
+        trained_node: Path, command: list[str]) -> None:
+    """Epsilon comes from Opacus' accountant files loaded without the opacus package
+    (federation/opacus_analysis.py): no torch, no ``opacus`` top-level package."""
+    code, loaded = _top_level_after([*command, "--dir", str(trained_node)])
+    assert code == 0
+    assert opacus_analysis.PACKAGE in loaded  # an epsilon was computed, torch-free
+    assert sorted(m for m in NOT_AT_START if m in loaded) == []
+
+
 def test_consortium_ledger_heads_imports_no_training_stack(tmp_path: Path) -> None:
     code, loaded = _top_level_after(["consortium", "ledger-heads", "--dir", str(tmp_path)])
     assert code == 0
     assert sorted(m for m in NOT_AT_START if m in loaded) == []
 
 
-def test_privacy_epsilon_imports_neither_flower_nor_hydra() -> None:
-    """Computing epsilon needs Opacus' accountants (and so torch); nothing else heavy."""
+def test_privacy_epsilon_imports_no_training_stack() -> None:
+    """Computing epsilon needs Opacus' accountant code, not its package (and so no torch)."""
     code, loaded = _top_level_after(["privacy", "epsilon", "--noise-multiplier", "1.0",
                                      "--sample-rate", "0.01", "--steps", "100",
                                      "--delta", "1e-5"])
-    assert code == 0 and "opacus" in loaded  # the check sees what the command does import
-    assert sorted(m for m in ("flwr", "hydra", "omegaconf", "simulation") if m in loaded) == []
+    assert code == 0 and opacus_analysis.PACKAGE in loaded  # it did compute an epsilon
+    assert sorted(m for m in NOT_AT_START if m in loaded) == []
 
 
 def test_privacy_input_errors_exit_2_before_importing_the_accountants() -> None:
