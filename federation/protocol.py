@@ -99,6 +99,67 @@ class Stage(StrEnum):
     UNMASK = "secagg_unmask"
 
 
+class SecAggKey(StrEnum):
+    """Keys of the values inside a ``secagg`` record (and the ``secagg_next`` set-up), by
+    stage and direction. The node takes exactly these from the server (clients/secagg.py
+    refuses any other key: a server may not add weights or thresholds)."""
+
+    # set-up, server to node (also the ``secagg_next`` record, with NEXT_ROUND)
+    NONCE = "nonce"
+    SUMS = "sums"
+    # set-up, node to server: its signed public keys
+    AGENCY = "agency"
+    C_PK = "c_pk"
+    S_PKS = "s_pks"  # one per sum, in the set-up's order
+    SIGNATURE = "signature"  # also the consistency reply: over the survivor set
+    # shares, server to node: every node's signed keys
+    IDS = "ids"  # also the unmask reply: whose shares it reveals
+    AGENCIES = "agencies"
+    C_PKS = "c_pks"
+    SIGNATURES = "signatures"  # also the unmask request: the survivors' signatures
+    # shares, node to server: sealed bundles and whom each is for
+    TO = "to"
+    BOXES = "boxes"  # also the masked-input request: the bundles addressed to the node
+    # masked input, server to node
+    FROM = "from"
+    # consistency, server to node
+    SURVIVORS = "survivors"
+    # unmask, server to node
+    SIGNERS = "signers"
+    # unmask, node to server: the revealed shares and the node's share coordinate
+    KINDS = "kinds"
+    SHARES = "shares"
+    X = "x"
+
+
+class ShareKind(StrEnum):
+    """What a revealed share is a share of (the unmask reply's ``kinds``): a survivor's self-
+    mask seed, or a dropped node's mask key seed. Never both for one node."""
+
+    SELF_MASK = "b"
+    MASK_KEY = "s"
+
+
+#: The keys of each stage's request, server to node: exactly these, no more (the masked-
+#: input request of an evaluation that continues a training session is empty).
+SECAGG_REQUEST: dict[Stage, frozenset[SecAggKey]] = {
+    Stage.SETUP: frozenset({SecAggKey.NONCE, SecAggKey.SUMS}),
+    Stage.SHARE: frozenset({SecAggKey.IDS, SecAggKey.AGENCIES, SecAggKey.C_PKS,
+                            SecAggKey.S_PKS, SecAggKey.SIGNATURES}),
+    Stage.MASKED: frozenset({SecAggKey.FROM, SecAggKey.BOXES}),
+    Stage.CONSISTENCY: frozenset({SecAggKey.SURVIVORS}),
+    Stage.UNMASK: frozenset({SecAggKey.SIGNERS, SecAggKey.SIGNATURES}),
+}
+
+def secagg_value(values: Mapping[str, Any], key: SecAggKey, *, where: str) -> Any:
+    """``values[key]`` of a secure-aggregation stage, or a ProtocolError naming the key and
+    the message it is missing from (a KeyError would name neither)."""
+    if key not in values:
+        raise ProtocolError(f"{where} lacks {str(key)!r}; the node and the aggregator must "
+                            "run the same heroes-fl protocol version")
+    return values[key]
+
+
 class Metric(StrEnum):
     """Figures a node sends or keeps, and the aggregates the server records."""
 
