@@ -2,10 +2,10 @@
 
 Every name two processes must agree on lives here, once: the records of a Flower Message's
 content (``Record``), the keys inside them, the node statuses (``Status``), the secure-
-aggregation stages (``Stage``) and the figures nodes send and the server records
-(``Metric``). The clients/ and server/ packages read and write Messages with these names;
-simulation/ and the release tools read the run summary (``RunSummary``, ``metrics.json``)
-through ``RunSummary.read`` only.
+aggregation stages (``Stage``), the keys of each stage's values (``SecAggKey``) and the
+figures nodes send and the server records (``Metric``). The clients/ and server/ packages
+read and write Messages with these names; simulation/ and the release tools read the run
+summary (``RunSummary``, ``metrics.json``) through ``RunSummary.read`` only.
 
 A key that should be there and is not is a ProtocolError that names the key, where it was
 looked for and the fix; nothing here falls back to a default. A field that may legitimately
@@ -209,6 +209,18 @@ def need(data: object, key: str, *, where: str) -> Any:
     return data[key]
 
 
+def figure(table: Mapping[str, float] | None, key: str, *, where: str) -> float | None:
+    """A figure of a part of the summary the run may not have had: None where the part is
+    null (no such part) or the figure is, a ProtocolError naming the key where the part
+    lacks it."""
+    if table is None:
+        return None
+    value = need(table, key, where=where)
+    if value is None:  # null: a figure the run left undefined
+        return None
+    return float(_typed(value, (int, float), key, where))
+
+
 def _typed(value: object, kind: type | tuple[type, ...], key: str, where: str) -> Any:
     """``value`` if it is of ``kind``; JSON true/false (Python bools, which are ints too)
     only where a bool is asked for."""
@@ -303,6 +315,29 @@ class RoundRecord:
                    train_aggregate=_figures(data, "train_aggregate", at),
                    evaluate_aggregate=_figures(data, "evaluate_aggregate", at),
                    wall_seconds=math.nan if wall is None else wall)
+
+
+@dataclass(frozen=True)
+class LocalEntry:
+    """One entry of an agency's own per-round record (clients/local_metrics.py), as the
+    summary's ``agency_rounds`` keeps it for plots. Its figure table holds what the agency
+    computed that round: a figure it did not compute is absent, not a default."""
+
+    round: int
+    kind: str  # "train" or "evaluate"
+    status: str  # a Status value, as the node wrote it
+    figures: dict[str, float]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.OK
+
+    @classmethod
+    def from_json(cls, data: object, *, where: str) -> LocalEntry:
+        return cls(round=int(_typed(need(data, "round", where=where), int, "round", where)),
+                   kind=str(_typed(need(data, "kind", where=where), str, "kind", where)),
+                   status=str(_typed(need(data, "status", where=where), str, "status", where)),
+                   figures=_figures(data, "figures", where))
 
 
 # --- the run summary ------------------------------------------------------------------------
@@ -405,9 +440,10 @@ class RunSummary:
     """``metrics.json``: what a run left behind, written by the ServerApp (the round log,
     the simulation fields null) and by ``heroes simulate`` (the same, filled in).
 
-    The per-agency table, the agencies' own records, the audit and the baselines are the
-    simulation's own reports, kept as JSON objects (their writers own their shape); every
-    key of the summary itself is required, nulls included.
+    The agencies' own records, the audit and the baselines are the simulation's own reports,
+    kept as JSON objects (their writers own their shape, which varies with the audit's mode
+    and each row's status); readers take them strictly (``local_records``, ``gain_rows``,
+    ``need``). Every key of the summary itself is required, nulls included.
     """
 
     rounds: list[RoundRecord]
@@ -443,6 +479,32 @@ class RunSummary:
             "baselines": self.baselines,
             "wall_seconds": self.wall_seconds,
         }
+
+    def local_records(self) -> dict[str, list[LocalEntry]]:
+        """Each agency's own per-round record, read strictly; none where the run kept none
+        (a ServerApp's summary: the agencies' records are theirs)."""
+        where = "'agency_rounds' of the run summary"
+        return {agency: [LocalEntry.from_json(e, where=f"an entry of {agency} in {where}")
+                         for e in _typed(entries, list, agency, where)]
+                for agency, entries in (self.agency_rounds or {}).items()}
+
+    def gain_rows(self) -> list[JSON]:
+        """The baselines' per-agency gains (simulation/baselines.py writes them, smallest
+        agency first); none where the run had no baselines, an error where they lack it."""
+        if self.baselines is None:
+            return []
+        where = "'baselines' of the run summary"
+        rows = _typed(need(self.baselines, "gain", where=where), list, "gain", where)
+        return [_typed(r, dict, "gain", where) for r in rows]
+
+    def arm_pooled(self, arm: str) -> dict[str, float]:
+        """One baseline arm's pooled test figures, strictly (a run with baselines has every
+        arm simulation/baselines.py trains)."""
+        where = "'baselines' of the run summary"
+        arms = need(self.baselines, "arms", where=where)
+        pooled = need(need(arms, arm, where=f"'arms' of {where}"), "pooled",
+                      where=f"arm {arm!r} of {where}")
+        return dict(_typed(pooled, dict, "pooled", f"arm {arm!r} of {where}"))
 
     def write(self, path: Path) -> None:
         """Whole or not at all (a reader never sees half a summary), 0600."""
