@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from federation import secagg as sa
-from federation.errors import FederationError, SignatureError
+from federation.errors import FederationError, ProtocolError, SignatureError
+from federation.protocol import SECAGG_REQUEST, SecAggKey, ShareKind, Stage
 from federation.roster import Roster
 from federation.signing import PrivateKey, sign, verify
 
@@ -67,12 +68,20 @@ def _refuse(text: str) -> FederationError:
     return FederationError(f"secure aggregation refused by this node: {text}")
 
 
-def _exact_keys(cfg: dict[str, Any], expected: set[str], stage: str) -> None:
-    if set(cfg) != expected:
-        extra, missing = sorted(set(cfg) - expected), sorted(expected - set(cfg))
-        raise _refuse(f"the {stage} message must hold exactly {sorted(expected)} (unexpected: "
-                      f"{extra}, missing: {missing}); a server cannot add parameters such as "
-                      "weights or thresholds, which the node derives itself")
+def _exact_keys(cfg: dict[str, Any], stage: Stage, name: str) -> None:
+    """A stage's request holds exactly its keys (federation/protocol.py SECAGG_REQUEST): an
+    extra one is a server adding parameters, a missing one a ProtocolError naming it; both
+    are refusals (FederationError), and every later ``cfg[key]`` of the stage is safe."""
+    expected = {str(k) for k in SECAGG_REQUEST[stage]}
+    if set(cfg) == expected:
+        return
+    extra, missing = sorted(set(cfg) - expected), sorted(expected - set(cfg))
+    text = (f"the {name} message must hold exactly {sorted(expected)} (unexpected: {extra}, "
+            f"missing: {missing}); a server cannot add parameters such as weights or "
+            "thresholds, which the node derives itself")
+    if missing:
+        raise ProtocolError(f"secure aggregation refused by this node: {text}")
+    raise _refuse(text)
 
 
 def _ints(values: object, what: str) -> list[int]:
@@ -132,11 +141,11 @@ class NodeSecAgg:
 
     # --- stage 1: set-up ---------------------------------------------------------------------
     def setup(self, cfg: dict[str, Any], *, server_round: int) -> dict[str, Any]:
-        _exact_keys(cfg, {"nonce", "sums"}, "set-up")
-        nonce = cfg["nonce"]
+        _exact_keys(cfg, Stage.SETUP, "set-up")
+        nonce = cfg[SecAggKey.NONCE]
         if not isinstance(nonce, bytes) or len(nonce) < 16:
             raise _refuse("the session nonce must be at least 16 bytes")
-        names = cfg["sums"]
+        names = cfg[SecAggKey.SUMS]
         if (not isinstance(names, list) or not names or len(set(names)) != len(names)
                 or not set(names) <= set(sa.SUMS)):
             raise _refuse(f"sums must be distinct names from {list(sa.SUMS)}")
@@ -159,16 +168,16 @@ class NodeSecAgg:
         self.state = {"last_round": last, "session": session.hex(), "round": server_round,
                       "order": list(names), "c_sk": c_sk.hex(), "c_pk": c_pk.hex(),
                       "sums": sums}
-        return {"agency": self.me.agency, "c_pk": c_pk, "s_pks": [s_pks[n] for n in names],
-                "signature": signature}
+        return {SecAggKey.AGENCY: self.me.agency, SecAggKey.C_PK: c_pk,
+                SecAggKey.S_PKS: [s_pks[n] for n in names], SecAggKey.SIGNATURE: signature}
 
     # --- stage 2: shares ------------------------------------------------------------------------
     def _verified_peers(self, cfg: dict[str, Any]) -> dict[int, dict[str, Any]]:
-        ids = _ints(cfg["ids"], "ids")
-        agencies = cfg["agencies"]
-        c_pks = _bytes_list(cfg["c_pks"], "c_pks")
-        s_pks = _bytes_list(cfg["s_pks"], "s_pks")
-        sigs = _bytes_list(cfg["signatures"], "signatures")
+        ids = _ints(cfg[SecAggKey.IDS], SecAggKey.IDS)
+        agencies = cfg[SecAggKey.AGENCIES]
+        c_pks = _bytes_list(cfg[SecAggKey.C_PKS], SecAggKey.C_PKS)
+        s_pks = _bytes_list(cfg[SecAggKey.S_PKS], SecAggKey.S_PKS)
+        sigs = _bytes_list(cfg[SecAggKey.SIGNATURES], SecAggKey.SIGNATURES)
         order: list[str] = self.state["order"]
         if not (isinstance(agencies, list) and len(ids) == len(agencies) == len(c_pks)
                 == len(sigs) and len(s_pks) == len(ids) * len(order)):
@@ -200,7 +209,7 @@ class NodeSecAgg:
         return peers
 
     def share(self, cfg: dict[str, Any]) -> dict[str, Any]:
-        _exact_keys(cfg, {"ids", "agencies", "c_pks", "s_pks", "signatures"}, "share")
+        _exact_keys(cfg, Stage.SHARE, "share")
         if "ids" in self.state:
             raise _refuse("a second share request in one session")
         peers = self._verified_peers(cfg)
@@ -244,19 +253,19 @@ class NodeSecAgg:
             c_pks={str(n): peers[n]["c_pk"].hex() for n in nbrs},
             s_pks={str(n): {k: v.hex() for k, v in peers[n]["s_pks"].items()} for n in nbrs},
             held={str(self.me.node_id): shares[self.me.node_id]})
-        return {"to": to, "boxes": boxes}
+        return {SecAggKey.TO: to, SecAggKey.BOXES: boxes}
 
     # --- stage 3: masked input -------------------------------------------------------------------
     def receive_shares(self, cfg: dict[str, Any]) -> None:
         """Open the share bundles the server delivers (once per session)."""
-        _exact_keys(cfg, {"from", "boxes"}, "masked-input")
+        _exact_keys(cfg, Stage.MASKED, "masked-input")
         st = self.state
         if "ids" not in st:
             raise _refuse("shares delivered before this node shared its own")
         if st.get("received"):
             raise _refuse("share bundles delivered twice in one session")
-        senders = _ints(cfg["from"], "from")
-        boxes = _bytes_list(cfg["boxes"], "boxes")
+        senders = _ints(cfg[SecAggKey.FROM], SecAggKey.FROM)
+        boxes = _bytes_list(cfg[SecAggKey.BOXES], SecAggKey.BOXES)
         if len(senders) != len(boxes) or len(set(senders)) != len(senders):
             raise _refuse("share bundles must come one per neighbour")
         c_sk = _b(st["c_sk"])
@@ -306,14 +315,14 @@ class NodeSecAgg:
 
     # --- stage 4: consistency -------------------------------------------------------------------
     def consistency(self, sum_name: str, cfg: dict[str, Any]) -> dict[str, Any]:
-        _exact_keys(cfg, {"survivors"}, "consistency")
+        _exact_keys(cfg, Stage.CONSISTENCY, "consistency")
         mine = self._sum_state(sum_name)
         if not mine.get("masked"):
             raise _refuse(f"asked to confirm survivors of a {sum_name} sum this node did not "
                           "submit to")
         if "survivors" in mine:
             raise _refuse(f"the {sum_name} survivors were already confirmed once")
-        survivors = sorted(set(_ints(cfg["survivors"], "survivors")))
+        survivors = sorted(set(_ints(cfg[SecAggKey.SURVIVORS], SecAggKey.SURVIVORS)))
         known = set(self.state["ids"])
         if not set(survivors) <= known or self.me.node_id not in survivors:
             raise _refuse("the survivor set names nodes outside the session or leaves this "
@@ -328,12 +337,12 @@ class NodeSecAgg:
                           f"its threshold {self.threshold}")
         mine["survivors"] = survivors
         self._put_sum(sum_name, mine)
-        return {"signature": sign(self.me.key,
+        return {SecAggKey.SIGNATURE: sign(self.me.key,
                                   sa.survivors_message(self.session, sum_name, survivors))}
 
     # --- stage 5: unmask ------------------------------------------------------------------------
     def unmask(self, sum_name: str, cfg: dict[str, Any]) -> dict[str, Any]:
-        _exact_keys(cfg, {"signers", "signatures"}, "unmask")
+        _exact_keys(cfg, Stage.UNMASK, "unmask")
         mine = self._sum_state(sum_name)
         if "survivors" not in mine:
             raise _refuse("asked to unmask before confirming the survivor set")
@@ -341,8 +350,8 @@ class NodeSecAgg:
             raise _refuse(f"shares of this {sum_name} sum were already revealed once; "
                           "refusing a second request")
         survivors: list[int] = mine["survivors"]
-        signers = _ints(cfg["signers"], "signers")
-        sigs = _bytes_list(cfg["signatures"], "signatures")
+        signers = _ints(cfg[SecAggKey.SIGNERS], SecAggKey.SIGNERS)
+        sigs = _bytes_list(cfg[SecAggKey.SIGNATURES], SecAggKey.SIGNATURES)
         if len(signers) != len(sigs) or len(set(signers)) != len(signers):
             raise _refuse("the consistency signatures must come one per signer")
         allowed = set(survivors) & set(self._group())
@@ -371,14 +380,14 @@ class NodeSecAgg:
         ids, kinds, shares = [], [], []
         for owner, held in self.state["held"].items():
             if int(owner) in survivors:
-                kinds.append("b")
+                kinds.append(ShareKind.SELF_MASK.value)
                 shares.append(int(held[2 * k + 1]).to_bytes(sa.SHARE_BYTES, "big"))
             else:
-                kinds.append("s")
+                kinds.append(ShareKind.MASK_KEY.value)
                 shares.append(int(held[2 * k]).to_bytes(sa.SHARE_BYTES, "big"))
             ids.append(owner)
-        return {"ids": ids, "kinds": kinds, "shares": shares,
-                "x": int(self.state["xs"][str(self.me.node_id)])}
+        return {SecAggKey.IDS: ids, SecAggKey.KINDS: kinds, SecAggKey.SHARES: shares,
+                SecAggKey.X: int(self.state["xs"][str(self.me.node_id)])}
 
     # --- persistence ---------------------------------------------------------------------------
     def dump(self) -> str:

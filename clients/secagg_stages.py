@@ -22,7 +22,7 @@ from clients.secagg import Identity, NodeSecAgg, Safety
 from federation import metrics as fm
 from federation import secagg as sa
 from federation.config import NodeView
-from federation.errors import FederationError
+from federation.errors import FederationError, ProtocolError
 from federation.policy import Policy
 from federation.protocol import MASKED_ARRAY, NEXT_ROUND, Metric, Record, Stage
 from federation.signing import load_private_key
@@ -53,7 +53,21 @@ def _save(context: Context, node: NodeSecAgg) -> None:
 
 
 def _cfg(msg: Message) -> dict[str, Any]:
+    """The stage's values; a stage without its record is a ProtocolError (a refusal)."""
+    if Record.SECAGG not in msg.content.config_records:
+        raise ProtocolError(f"secure aggregation refused by this node: the "
+                            f"{msg.metadata.message_type} message lacks the "
+                            f"{Record.SECAGG!s} record")
     return dict(msg.content.config_records[Record.SECAGG])
+
+
+def _next_round(nxt: dict[str, Any]) -> int:
+    """The round a riding set-up belongs to, taken out of its values (the set-up itself
+    then holds exactly its own keys); absent, a ProtocolError (a refusal) naming it."""
+    if NEXT_ROUND not in nxt:
+        raise ProtocolError(f"secure aggregation refused by this node: the "
+                            f"{Record.SECAGG_NEXT!s} record lacks {NEXT_ROUND!r}")
+    return int(cast(int, nxt.pop(NEXT_ROUND)))
 
 
 def _sum_of(msg: Message) -> str:
@@ -194,7 +208,7 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
     if Record.SECAGG_NEXT not in msg.content.config_records:
         return _secagg_reply(msg, w.agency, values)
     nxt = dict(msg.content.config_records[Record.SECAGG_NEXT])
-    server_round = int(cast(int, nxt.pop(NEXT_ROUND, -1)))
+    server_round = _next_round(nxt)
     if server_round != replies.server_round(msg) + 1:
         raise FederationError("secure aggregation refused by this node: a set-up for a round "
                               "other than the next one")

@@ -2,10 +2,10 @@
 
 Every name two processes must agree on lives here, once: the records of a Flower Message's
 content (``Record``), the keys inside them, the node statuses (``Status``), the secure-
-aggregation stages (``Stage``) and the figures nodes send and the server records
-(``Metric``). The clients/ and server/ packages read and write Messages with these names;
-simulation/ and the release tools read the run summary (``RunSummary``, ``metrics.json``)
-through ``RunSummary.read`` only.
+aggregation stages (``Stage``), the keys of each stage's values (``SecAggKey``) and the
+figures nodes send and the server records (``Metric``). The clients/ and server/ packages
+read and write Messages with these names; simulation/ and the release tools read the run
+summary (``RunSummary``, ``metrics.json``) through ``RunSummary.read`` only.
 
 A key that should be there and is not is a ProtocolError that names the key, where it was
 looked for and the fix; nothing here falls back to a default. A field that may legitimately
@@ -99,6 +99,67 @@ class Stage(StrEnum):
     UNMASK = "secagg_unmask"
 
 
+class SecAggKey(StrEnum):
+    """Keys of the values inside a ``secagg`` record (and the ``secagg_next`` set-up), by
+    stage and direction. The node takes exactly these from the server (clients/secagg.py
+    refuses any other key: a server may not add weights or thresholds)."""
+
+    # set-up, server to node (also the ``secagg_next`` record, with NEXT_ROUND)
+    NONCE = "nonce"
+    SUMS = "sums"
+    # set-up, node to server: its signed public keys
+    AGENCY = "agency"
+    C_PK = "c_pk"
+    S_PKS = "s_pks"  # one per sum, in the set-up's order
+    SIGNATURE = "signature"  # also the consistency reply: over the survivor set
+    # shares, server to node: every node's signed keys
+    IDS = "ids"  # also the unmask reply: whose shares it reveals
+    AGENCIES = "agencies"
+    C_PKS = "c_pks"
+    SIGNATURES = "signatures"  # also the unmask request: the survivors' signatures
+    # shares, node to server: sealed bundles and whom each is for
+    TO = "to"
+    BOXES = "boxes"  # also the masked-input request: the bundles addressed to the node
+    # masked input, server to node
+    FROM = "from"
+    # consistency, server to node
+    SURVIVORS = "survivors"
+    # unmask, server to node
+    SIGNERS = "signers"
+    # unmask, node to server: the revealed shares and the node's share coordinate
+    KINDS = "kinds"
+    SHARES = "shares"
+    X = "x"
+
+
+class ShareKind(StrEnum):
+    """What a revealed share is a share of (the unmask reply's ``kinds``): a survivor's self-
+    mask seed, or a dropped node's mask key seed. Never both for one node."""
+
+    SELF_MASK = "b"
+    MASK_KEY = "s"
+
+
+#: The keys of each stage's request, server to node: exactly these, no more (the masked-
+#: input request of an evaluation that continues a training session is empty).
+SECAGG_REQUEST: dict[Stage, frozenset[SecAggKey]] = {
+    Stage.SETUP: frozenset({SecAggKey.NONCE, SecAggKey.SUMS}),
+    Stage.SHARE: frozenset({SecAggKey.IDS, SecAggKey.AGENCIES, SecAggKey.C_PKS,
+                            SecAggKey.S_PKS, SecAggKey.SIGNATURES}),
+    Stage.MASKED: frozenset({SecAggKey.FROM, SecAggKey.BOXES}),
+    Stage.CONSISTENCY: frozenset({SecAggKey.SURVIVORS}),
+    Stage.UNMASK: frozenset({SecAggKey.SIGNERS, SecAggKey.SIGNATURES}),
+}
+
+def secagg_value(values: Mapping[str, Any], key: SecAggKey, *, where: str) -> Any:
+    """``values[key]`` of a secure-aggregation stage, or a ProtocolError naming the key and
+    the message it is missing from (a KeyError would name neither)."""
+    if key not in values:
+        raise ProtocolError(f"{where} lacks {str(key)!r}; the node and the aggregator must "
+                            "run the same heroes-fl protocol version")
+    return values[key]
+
+
 class Metric(StrEnum):
     """Figures a node sends or keeps, and the aggregates the server records."""
 
@@ -146,6 +207,18 @@ def need(data: object, key: str, *, where: str) -> Any:
         raise ProtocolError(f"{where} lacks {str(key)!r}; it was not written by this heroes-fl "
                             "version (or was edited): rerun the step that wrote it")
     return data[key]
+
+
+def figure(table: Mapping[str, float] | None, key: str, *, where: str) -> float | None:
+    """A figure of a part of the summary the run may not have had: None where the part is
+    null (no such part) or the figure is, a ProtocolError naming the key where the part
+    lacks it."""
+    if table is None:
+        return None
+    value = need(table, key, where=where)
+    if value is None:  # null: a figure the run left undefined
+        return None
+    return float(_typed(value, (int, float), key, where))
 
 
 def _typed(value: object, kind: type | tuple[type, ...], key: str, where: str) -> Any:
@@ -242,6 +315,29 @@ class RoundRecord:
                    train_aggregate=_figures(data, "train_aggregate", at),
                    evaluate_aggregate=_figures(data, "evaluate_aggregate", at),
                    wall_seconds=math.nan if wall is None else wall)
+
+
+@dataclass(frozen=True)
+class LocalEntry:
+    """One entry of an agency's own per-round record (clients/local_metrics.py), as the
+    summary's ``agency_rounds`` keeps it for plots. Its figure table holds what the agency
+    computed that round: a figure it did not compute is absent, not a default."""
+
+    round: int
+    kind: str  # "train" or "evaluate"
+    status: str  # a Status value, as the node wrote it
+    figures: dict[str, float]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.OK
+
+    @classmethod
+    def from_json(cls, data: object, *, where: str) -> LocalEntry:
+        return cls(round=int(_typed(need(data, "round", where=where), int, "round", where)),
+                   kind=str(_typed(need(data, "kind", where=where), str, "kind", where)),
+                   status=str(_typed(need(data, "status", where=where), str, "status", where)),
+                   figures=_figures(data, "figures", where))
 
 
 # --- the run summary ------------------------------------------------------------------------
@@ -344,9 +440,10 @@ class RunSummary:
     """``metrics.json``: what a run left behind, written by the ServerApp (the round log,
     the simulation fields null) and by ``heroes simulate`` (the same, filled in).
 
-    The per-agency table, the agencies' own records, the audit and the baselines are the
-    simulation's own reports, kept as JSON objects (their writers own their shape); every
-    key of the summary itself is required, nulls included.
+    The agencies' own records, the audit and the baselines are the simulation's own reports,
+    kept as JSON objects (their writers own their shape, which varies with the audit's mode
+    and each row's status); readers take them strictly (``local_records``, ``gain_rows``,
+    ``need``). Every key of the summary itself is required, nulls included.
     """
 
     rounds: list[RoundRecord]
@@ -382,6 +479,32 @@ class RunSummary:
             "baselines": self.baselines,
             "wall_seconds": self.wall_seconds,
         }
+
+    def local_records(self) -> dict[str, list[LocalEntry]]:
+        """Each agency's own per-round record, read strictly; none where the run kept none
+        (a ServerApp's summary: the agencies' records are theirs)."""
+        where = "'agency_rounds' of the run summary"
+        return {agency: [LocalEntry.from_json(e, where=f"an entry of {agency} in {where}")
+                         for e in _typed(entries, list, agency, where)]
+                for agency, entries in (self.agency_rounds or {}).items()}
+
+    def gain_rows(self) -> list[JSON]:
+        """The baselines' per-agency gains (simulation/baselines.py writes them, smallest
+        agency first); none where the run had no baselines, an error where they lack it."""
+        if self.baselines is None:
+            return []
+        where = "'baselines' of the run summary"
+        rows = _typed(need(self.baselines, "gain", where=where), list, "gain", where)
+        return [_typed(r, dict, "gain", where) for r in rows]
+
+    def arm_pooled(self, arm: str) -> dict[str, float]:
+        """One baseline arm's pooled test figures, strictly (a run with baselines has every
+        arm simulation/baselines.py trains)."""
+        where = "'baselines' of the run summary"
+        arms = need(self.baselines, "arms", where=where)
+        pooled = need(need(arms, arm, where=f"'arms' of {where}"), "pooled",
+                      where=f"arm {arm!r} of {where}")
+        return dict(_typed(pooled, dict, "pooled", f"arm {arm!r} of {where}"))
 
     def write(self, path: Path) -> None:
         """Whole or not at all (a reader never sees half a summary), 0600."""

@@ -43,13 +43,17 @@ from federation.errors import FederationError, ProtocolError
 from federation.protocol import (
     BYTES_SENT,
     MASKED_ARRAY,
+    NEXT_ROUND,
     SERVER_ROUND,
     SUM_KEY,
     AgencyKey,
     Metric,
     Record,
+    SecAggKey,
+    ShareKind,
     Stage,
     Status,
+    secagg_value,
 )
 from server.robust import to_numpy, to_record
 
@@ -93,49 +97,50 @@ class ServerSession:
         return sa.modulus_bits(self.settings.quantization_bits, len(self.ids))
 
     def setup_config(self) -> dict[str, Any]:
-        return {"nonce": self.nonce, "sums": list(self.sums)}
+        return {SecAggKey.NONCE: self.nonce, SecAggKey.SUMS: list(self.sums)}
 
     def share_config(self, replies: dict[int, dict[str, Any]]) -> dict[str, Any]:
         """One message for everyone: every node's signed keys (each node checks them all)."""
         for n, r in replies.items():
-            self.keys[n] = {"agency": str(r["agency"]), "c_pk": bytes(r["c_pk"]),
-                            "s_pks": [bytes(v) for v in r["s_pks"]],
-                            "signature": bytes(r["signature"])}
+            self.keys[n] = _signed_keys(r, where=f"node {n}'s set-up reply")
         self.ids = sorted(self.keys)
         self.graph = sa.neighbours(self.ids, self.settings.num_neighbours)
         self.xs = {n: i + 1 for i, n in enumerate(self.ids)}
         self.thresholds = {n: sa.share_threshold(len(self.graph[n]) + 1,
                                                  self.settings.threshold) for n in self.ids}
-        return {"ids": [str(n) for n in self.ids],
-                "agencies": [self.keys[n]["agency"] for n in self.ids],
-                "c_pks": [self.keys[n]["c_pk"] for n in self.ids],
-                "s_pks": [pk for n in self.ids for pk in self.keys[n]["s_pks"]],
-                "signatures": [self.keys[n]["signature"] for n in self.ids]}
+        return {SecAggKey.IDS: [str(n) for n in self.ids],
+                SecAggKey.AGENCIES: [self.keys[n][SecAggKey.AGENCY] for n in self.ids],
+                SecAggKey.C_PKS: [self.keys[n][SecAggKey.C_PK] for n in self.ids],
+                SecAggKey.S_PKS: [pk for n in self.ids for pk in self.keys[n][SecAggKey.S_PKS]],
+                SecAggKey.SIGNATURES: [self.keys[n][SecAggKey.SIGNATURE] for n in self.ids]}
 
     def masked_configs(self, replies: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
         """Deliver each node the sealed bundles addressed to it."""
         self.sharers = sorted(replies)
         inbox: dict[int, tuple[list[str], list[bytes]]] = {n: ([], []) for n in self.sharers}
         for sender, r in replies.items():
-            for to, box in zip(r["to"], r["boxes"], strict=True):
+            at = f"node {sender}'s share reply"
+            for to, box in zip(secagg_value(r, SecAggKey.TO, where=at),
+                               secagg_value(r, SecAggKey.BOXES, where=at), strict=True):
                 if int(to) in inbox:
                     inbox[int(to)][0].append(str(sender))
                     inbox[int(to)][1].append(bytes(box))
-        return {n: {"from": inbox[n][0], "boxes": inbox[n][1]} for n in self.sharers}
+        return {n: {SecAggKey.FROM: inbox[n][0], SecAggKey.BOXES: inbox[n][1]}
+                for n in self.sharers}
 
     def consistency_config(self, sum_name: str, survivors: Iterable[int]) -> dict[str, Any]:
         self.survivors[sum_name] = sorted(survivors)
-        return {"survivors": [str(n) for n in self.survivors[sum_name]]}
+        return {SecAggKey.SURVIVORS: [str(n) for n in self.survivors[sum_name]]}
 
     def unmask_configs(self, sum_name: str, signatures: dict[int, bytes]
                        ) -> dict[int, dict[str, Any]]:
         """Each signer gets the signatures of the survivors in its own neighbourhood."""
-        out = {}
+        out: dict[int, dict[str, Any]] = {}
         for n in signatures:
             group = {*self.graph[n], n}
             mine = sorted(m for m in signatures if m in group)
-            out[n] = {"signers": [str(m) for m in mine],
-                      "signatures": [signatures[m] for m in mine]}
+            out[n] = {SecAggKey.SIGNERS: [str(m) for m in mine],
+                      SecAggKey.SIGNATURES: [signatures[m] for m in mine]}
         return out
 
     def unmask(self, sum_name: str, masked: dict[int, bytes], length: int,
@@ -150,10 +155,12 @@ class ServerSession:
             total = (total + sa.unpack(masked[n], bits, length)) & modulus
         b_shares: dict[int, dict[int, int]] = {n: {} for n in survivors}
         s_shares: dict[int, dict[int, int]] = {n: {} for n in dropped}
-        for r in reveals.values():
-            x = int(r["x"])
-            for owner, kind, share in zip(r["ids"], r["kinds"], r["shares"], strict=True):
-                target = b_shares if kind == "b" else s_shares
+        for n, r in reveals.items():
+            at = f"node {n}'s unmask reply"
+            x = int(secagg_value(r, SecAggKey.X, where=at))
+            for owner, kind, share in zip(*(secagg_value(r, k, where=at) for k in (
+                    SecAggKey.IDS, SecAggKey.KINDS, SecAggKey.SHARES)), strict=True):
+                target = b_shares if kind == ShareKind.SELF_MASK else s_shares
                 if int(owner) in target:
                     target[int(owner)][x] = int.from_bytes(bytes(share), "big")
         for n in survivors:
@@ -166,12 +173,22 @@ class ServerSession:
             for i in self.graph[j]:
                 if i not in survivors:
                     continue
-                key = sa.agree(s_sk, self.keys[i]["s_pks"][k], info=sa.MASK_INFO,
+                key = sa.agree(s_sk, self.keys[i][SecAggKey.S_PKS][k], info=sa.MASK_INFO,
                                context=sa.pair_context(self.session_id, sum_name, i, j))
                 m = sa.mask_stream(key, length, bits)
                 # i added +m if i < j, else -m: take it back out
                 total = (total - m) & modulus if i < j else (total + m) & modulus
         return total
+
+
+def _signed_keys(reply: dict[str, Any], *, where: str) -> dict[str, Any]:
+    """A node's set-up reply, strictly: its agency, its public keys and their signature
+    (the other nodes check the signature; the server only relays)."""
+    return {SecAggKey.AGENCY: str(secagg_value(reply, SecAggKey.AGENCY, where=where)),
+            SecAggKey.C_PK: bytes(secagg_value(reply, SecAggKey.C_PK, where=where)),
+            SecAggKey.S_PKS: [bytes(v) for v in secagg_value(reply, SecAggKey.S_PKS,
+                                                             where=where)],
+            SecAggKey.SIGNATURE: bytes(secagg_value(reply, SecAggKey.SIGNATURE, where=where))}
 
 
 def active(settings: RunSettings, num_nodes: int) -> bool:
@@ -208,6 +225,16 @@ def _round_of(msg: Message) -> int:
 
 def _cfg(msg: Message) -> dict[str, Any]:
     return dict(msg.content.config_records[RECORD])
+
+
+def _masked_bytes(n: int, msg: Message) -> bytes:
+    """A node's packed masked vector; its array record without it is a ProtocolError."""
+    record = msg.content.array_records[RECORD]
+    if MASKED_ARRAY not in record:
+        raise ProtocolError(f"the {RECORD!s} array record of node {n}'s masked-input reply "
+                            f"lacks {MASKED_ARRAY!r}; the node must run the same heroes-fl "
+                            "protocol version as the aggregator")
+    return bytes(record[MASKED_ARRAY].numpy().tobytes())
 
 
 def _agency_of(msg: Message) -> str:
@@ -250,7 +277,7 @@ class SecAggGrid:
             return None
         session = ServerSession(self.settings.secagg, sums=sa.SUMS)
         self._prepared = (self._round + 1, session, {})
-        return {**session.setup_config(), "server_round": self._round + 1}
+        return {**session.setup_config(), NEXT_ROUND: self._round + 1}
 
     def _take_prepared(self) -> tuple[ServerSession, dict[int, dict[str, Any]]] | None:
         prepared, self._prepared = self._prepared, None
@@ -333,10 +360,10 @@ class SecAggGrid:
             return live.abort("the agencies in the sum reported no training examples")
         mean = cap * sums["update"] / examples
         new_arrays = to_record(sa.unflatten(flat + mean, layout))
-        pooled = {"train_loss": float(cap * sums["loss"][0] / examples),
-                  "examples": examples,
-                  "rows_set_aside": float(sums["rows_set_aside"][0]),
-                  "agencies_in_sum": float(len(live.in_sum))}
+        pooled: dict[str, float] = {Metric.TRAIN_LOSS: float(cap * sums["loss"][0] / examples),
+                  Metric.EXAMPLES: examples,
+                  Metric.ROWS_SET_ASIDE: float(sums["rows_set_aside"][0]),
+                  Metric.AGENCIES_IN_SUM: float(len(live.in_sum))}
         live.finish(lambda n: RecordDict({Record.ARRAYS: new_arrays}), pooled)
         self.rounds_masked += 1
         log.info("secure aggregation: %d of %d agencies in the sum, %d dropped, %d-bit "
@@ -376,10 +403,11 @@ class SecAggGrid:
         cap = float(self.settings.secagg.max_weight)
         pooled = fm.from_histograms(sums["positives"], sums["negatives"],
                                     k=self.settings.eval.k)
-        pooled["loss"] = float(cap * sums["loss"][0] / examples) if examples else math.nan
-        pooled["brier"] = float(cap * sums["brier"][0] / examples) if examples else math.nan
-        pooled["examples"] = examples
-        pooled["agencies_in_sum"] = float(len(live.in_sum))
+        pooled[Metric.LOSS] = float(cap * sums["loss"][0] / examples) if examples else math.nan
+        pooled[Metric.BRIER] = (float(cap * sums["brier"][0] / examples) if examples
+                                else math.nan)
+        pooled[Metric.EXAMPLES] = examples
+        pooled[Metric.AGENCIES_IN_SUM] = float(len(live.in_sum))
         live.finish(lambda n: RecordDict(), pooled)
         self.evaluations_masked += 1
         log.info("secure evaluation: %d of %d agencies in the sum, %.2f s", len(live.in_sum),
@@ -534,8 +562,7 @@ class _Live:
         self.used.add(name)
         configs = {n: self.boxes.get(n, {}) for n in self.pending}
         replies = self.grid._stage(self.kind, STAGES[2], configs, extra, self.timeout)
-        masked = {n: m.content.array_records[RECORD][MASKED_ARRAY].numpy().tobytes()
-                  for n, m in replies.items()
+        masked = {n: _masked_bytes(n, m) for n, m in replies.items()
                   if self._accepted("masked input", n, m, carries="array")}
         if len(masked) < 2:
             self.abort(f"only {len(masked)} agency(ies) submitted a masked input; unmasking "
@@ -544,7 +571,9 @@ class _Live:
         r4 = self._usable("consistency", self.grid._stage(
             self.kind, STAGES[3], {n: s.consistency_config(name, masked) for n in masked},
             None, self.timeout))
-        signatures = {n: bytes(c["signature"]) for n, c in r4.items()}
+        signatures = {n: bytes(secagg_value(c, SecAggKey.SIGNATURE,
+                                            where=f"node {n}'s consistency reply"))
+                      for n, c in r4.items()}
         attach = self.grid._next_setup(name)
         replies = self.grid._stage(self.kind, STAGES[4], s.unmask_configs(name, signatures),
                                    None, self.timeout, attach=attach)
@@ -568,7 +597,7 @@ class _Live:
         for n in self.in_sum:
             rec = content(n)
             rec[Record.METRICS] = MetricRecord({Metric.NUM_EXAMPLES: 1.0, SUM_RECORD: 1.0,
-                                                **{k: float(v) for k, v in pooled.items()}})
+                                                **{str(k): float(v) for k, v in pooled.items()}})
             rec[Record.AGENCY] = ConfigRecord({
                 AgencyKey.AGENCY: self.agency.get(n, f"node {n}"),
                 AgencyKey.STATUS: Status.OK.value, AgencyKey.REASON: ""})

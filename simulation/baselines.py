@@ -36,9 +36,12 @@ from federation.privacy import epsilon_spent, plan_noise
 from federation.protocol import (
     SUMMARY_FILE,
     AgencyRow,
+    Metric,
     PrivacySummary,
     RoundRecord,
     RunSummary,
+    figure,
+    need,
 )
 from federation.tasks import Task, get_task
 from federation.text import SparseRows
@@ -245,8 +248,8 @@ def run_baselines(cfg: DictConfig, out_dir: Path, *, flat: dict[str, Scalar],
         from simulation.tracking import write_tensorboard  # torch's tensorboard: only here
 
         write_tensorboard(summary, out_dir / "tensorboard")
-    print(render(summary.to_json()), flush=True)
-    print(render_gain(summary.to_json()), flush=True)
+    print(render(summary), flush=True)
+    print(render_gain(summary), flush=True)
     print(f"outputs: {out_dir}", flush=True)
     return summary
 
@@ -291,32 +294,46 @@ def _f(v: float | None, digits: int = 3, sign: bool = False) -> str:
     return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
 
 
-def render_gain(summary: dict[str, Any]) -> str:
+def _gain_line(r: dict[str, Any]) -> str:
+    """One agency's row of the gain table, read strictly (simulation/baselines.py's
+    ``gain_table`` writes every key)."""
+    where = "a gain row of the run summary's baselines"
+
+    def k(key: str) -> Any:
+        return need(r, key, where=where)
+
+    eps = ("no DP" if k("alone_epsilon") is None
+           else f"{k('alone_epsilon'):.2f} ({k('alone_delta'):.0e})")
+    return (f"{k('agency'):<22}{k('train_examples'):>7}{k('test_positives'):>6}"
+            f"{_f(k('alone_dp_roc_auc')):>8}{_f(k('federated_dp_roc_auc')):>8}"
+            f"{_f(k('gain_own_test'), sign=True):>8}"
+            f"{_f(k('alone_dp_pooled_roc_auc')):>16}{_f(k('federated_dp_pooled_roc_auc')):>8}"
+            f"{_f(k('gain_pooled_test'), sign=True):>8}"
+            f"{_f(k('federated_non_private_roc_auc')):>12}"
+            f"{_f(k('centralised_non_private_roc_auc')):>9}  {eps}")
+
+
+def _arm_roc_auc(summary: RunSummary, arm: str) -> float | None:
+    return figure(summary.arm_pooled(arm), Metric.ROC_AUC,
+                  where=f"the pooled figures of arm {arm!r}")
+
+
+def render_gain(summary: RunSummary) -> str:
     """The baselines table: smallest agencies first."""
-    b = summary["baselines"]
     lines = ["", "gain from federating (ROC-AUC; federated DP minus the agency alone with "
              "the same DP), smallest agencies first",
              f"{'agency':<22}{'train':>7}{'test+':>6}{'alone':>8}{'fed DP':>8}{'gain':>8}"
              f"{'| pooled: alone':>16}{'fed DP':>8}{'gain':>8}{'| fed no-DP':>12}"
              f"{'central':>9}  alone epsilon (delta)"]
-    for r in b["gain"]:
-        eps = ("no DP" if r["alone_epsilon"] is None
-               else f"{r['alone_epsilon']:.2f} ({r['alone_delta']:.0e})")
-        lines.append(
-            f"{r['agency']:<22}{r['train_examples']:>7}{r['test_positives']:>6}"
-            f"{_f(r['alone_dp_roc_auc']):>8}{_f(r['federated_dp_roc_auc']):>8}"
-            f"{_f(r['gain_own_test'], sign=True):>8}"
-            f"{_f(r['alone_dp_pooled_roc_auc']):>16}{_f(r['federated_dp_pooled_roc_auc']):>8}"
-            f"{_f(r['gain_pooled_test'], sign=True):>8}"
-            f"{_f(r['federated_non_private_roc_auc']):>12}"
-            f"{_f(r['centralised_non_private_roc_auc']):>9}  {eps}")
+    lines += [_gain_line(r) for r in summary.gain_rows()]
     lines.append("pooled test split ROC-AUC: " + "; ".join(
-        f"{ARM_LABELS[a]} {_f(b['arms'][a]['pooled']['roc_auc'])}"
+        f"{ARM_LABELS[a]} {_f(_arm_roc_auc(summary, a))}"
         for a in ("centralised_non_private", "federated_non_private", "federated_dp")))
-    p = summary["privacy"]
-    if p["enabled"]:
+    p = summary.privacy
+    if p.enabled:
+        delta = "None" if p.target_delta is None else f"{p.target_delta:g}"
         lines.append(f"alone epsilon: each agency's epsilon for its local-only run (same "
-                     f"noise plan as federating: {p['target_epsilon']} at delta="
-                     f"{p['target_delta']:g}, per {p['unit']}); the agency alone column "
+                     f"noise plan as federating: {p.target_epsilon} at delta="
+                     f"{delta}, per {p.unit}); the agency alone column "
                      f"is n/a where its test split has one class")
     return "\n".join(lines)

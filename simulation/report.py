@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from federation.errors import ConfigError
-from federation.protocol import SUMMARY_FILE, RunSummary, Status
+from federation.protocol import (
+    SUMMARY_FILE,
+    AgencyRow,
+    LocalEntry,
+    Metric,
+    PrivacySummary,
+    RoundRecord,
+    RunSummary,
+    figure,
+    need,
+)
 from simulation import sweep
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
@@ -231,182 +241,255 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]])
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _privacy_line(summary: Mapping[str, Any]) -> str:
-    p = summary["privacy"]
-    if not p["enabled"]:
+def _privacy_line(p: PrivacySummary) -> str:
+    if not p.enabled:
         return "<p class='bad'>Differential privacy was OFF in this run.</p>"
-    return (f"<p class='note'>Privacy: target epsilon {_num(p['target_epsilon'], 2)} at delta "
-            f"{p['target_delta']:g} per {_e(p['unit'])} ({_e(p['accountant'])} accountant). "
+    delta = "None" if p.target_delta is None else f"{p.target_delta:g}"
+    return (f"<p class='note'>Privacy: target epsilon {_num(p.target_epsilon, 2)} at delta "
+            f"{delta} per {_e(p.unit)} ({_e(p.accountant)} accountant). "
             "Every epsilon below is cumulative over every round of every run on the "
             "agency's dataset (its ledger), at the delta shown beside it.</p>")
 
 
-def run_sections(summary: Mapping[str, Any], title: str) -> list[str]:
-    """The report of one run."""
-    parts = [f"<h2>{_e(title)}</h2>", _privacy_line(summary)]
-    rounds = summary.get("rounds", [])
-    if rounds:
-        xs = [r["round"] for r in rounds]
-        curves: list[dict[str, Any]] = [
-            {"name": "train loss (pooled over agencies)",
-             "points": [(x, r.get("train_aggregate", {}).get("train_loss"), None, None)
-                        for x, r in zip(xs, rounds, strict=True)]},
-            {"name": "evaluation loss", "points": [
-                (x, r.get("evaluate_aggregate", {}).get("loss"), None, None)
-                for x, r in zip(xs, rounds, strict=True)]},
-        ]
-        aucs: list[dict[str, Any]] = [
-            {"name": "ROC-AUC (agencies' test splits)", "points": [
-                (x, r.get("evaluate_aggregate", {}).get("roc_auc"), None, None)
-                for x, r in zip(xs, rounds, strict=True)]},
-        ]
-        local = summary.get("agency_rounds", {})
-        worst = []
-        for x in xs:  # from each agency's own record: a consortium never sees these
-            vals = [e["figures"].get("roc_auc") for entries in local.values() for e in entries
-                    if e["kind"] == "evaluate" and e["round"] == x and e["status"] == Status.OK]
-            vals = [v for v in vals if v is not None and math.isfinite(v)]
-            worst.append((x, min(vals) if vals else None, None, None))
-        if any(p[1] is not None for p in worst):
-            aucs.append({"name": "worst agency ROC-AUC (agency-local)", "dashed": True,
-                         "points": worst})
-        eps_series: list[dict[str, Any]] = []
-        for a in summary.get("agencies", []):
-            pts = [(e["round"], e["figures"].get("epsilon"), None, None)
-                   for e in local.get(a["agency"], [])
-                   if e["kind"] == "train" and e["status"] == Status.OK
-                   and e["figures"].get("epsilon") is not None
-                   and math.isfinite(e["figures"]["epsilon"])]
-            if pts:
-                eps_series.append({"name": f"{a['agency']} (delta {a['delta']:g})",
-                                   "points": pts})
-        parts.append("<h3>Per round</h3><div class='plots'>"
-                     + line_chart("Loss per round", curves, x_label="round", y_label="loss")
-                     + line_chart("ROC-AUC per round", aucs, x_label="round",
-                                  y_label="ROC-AUC")
-                     + (line_chart("Epsilon spent per agency (cumulative)", eps_series,
-                                   x_label="round", y_label="epsilon", y_floor=0.0)
-                        if eps_series else "")
-                     + "</div>")
-    agencies = summary.get("agencies", [])
-    if agencies:
-        parts.append("<h3>Per agency</h3>" + table(agencies, [
-            ("agency", "agency"), ("train_examples", "train"), ("test_examples", "test"),
-            ("rounds_trained", "rounds"), ("epsilon", "epsilon (cumulative)"),
-            ("delta", "delta"), ("noise_multiplier", "noise multiplier"),
-            ("budget_remaining", "budget left"), ("local_roc_auc", "local ROC-AUC"),
-            ("local_oracle_roc_auc", "oracle"), ("rows_set_aside", "set aside"),
-            ("failed_rounds", "failed"), ("rejected_rounds", "rejected"),
-            ("stopped", "stopped")]))
-        eps = [a["epsilon"] if isinstance(a.get("epsilon"), int | float) else None
-               for a in agencies]
-        delta = next((a["delta"] for a in agencies if a.get("delta")), None)
-        if any(v is not None and math.isfinite(v) for v in eps):
-            parts.append(bar_chart(
-                f"Epsilon spent per agency (delta {delta:g}, per advert record)"
-                if delta else "Epsilon spent per agency",
-                [a["agency"] for a in agencies], [("epsilon (cumulative)", eps)],
-                y_label="epsilon",
-                reference=("target", summary["privacy"]["target_epsilon"])
-                if summary["privacy"].get("target_epsilon") else None))
-    parts += _baseline_sections(summary)
-    if "audit" in summary:
-        parts.append(_audit_section(summary["audit"]))
+def _aggregate(table: Mapping[str, float], key: str) -> float | None:
+    """A figure of a round's aggregate table, which holds only what the round had (a round
+    whose evaluation did not run has no evaluation loss): absent is a gap in the curve."""
+    return table.get(key)
+
+
+def _round_curves(rounds: list[RoundRecord]) -> tuple[list[dict[str, Any]],
+                                                      list[dict[str, Any]]]:
+    """The loss and the ROC-AUC curves the server recorded, per round."""
+    curves: list[dict[str, Any]] = [
+        {"name": "train loss (pooled over agencies)", "points": [
+            (r.round, _aggregate(r.train_aggregate, Metric.TRAIN_LOSS), None, None)
+            for r in rounds]},
+        {"name": "evaluation loss", "points": [
+            (r.round, _aggregate(r.evaluate_aggregate, Metric.LOSS), None, None)
+            for r in rounds]},
+    ]
+    aucs: list[dict[str, Any]] = [
+        {"name": "ROC-AUC (agencies' test splits)", "points": [
+            (r.round, _aggregate(r.evaluate_aggregate, Metric.ROC_AUC), None, None)
+            for r in rounds]},
+    ]
+    return curves, aucs
+
+
+def _finite_figure(e: LocalEntry, key: str) -> float | None:
+    """A figure the agency computed and is a number (an entry holds only what it computed)."""
+    v = e.figures.get(key)
+    return v if v is not None and math.isfinite(v) else None
+
+
+def _worst_agency(xs: list[int], local: Mapping[str, list[LocalEntry]]) -> list[Any]:
+    """Per round, the lowest ROC-AUC an agency measured on its own test split."""
+    worst = []
+    for x in xs:  # from each agency's own record: a consortium never sees these
+        vals = [v for entries in local.values() for e in entries
+                if e.kind == "evaluate" and e.round == x and e.ok
+                and (v := _finite_figure(e, Metric.ROC_AUC)) is not None]
+        worst.append((x, min(vals) if vals else None, None, None))
+    return worst
+
+
+def _epsilon_series(summary: RunSummary, local: Mapping[str, list[LocalEntry]]
+                    ) -> list[dict[str, Any]]:
+    """Each agency's cumulative epsilon per round, from its own record."""
+    series: list[dict[str, Any]] = []
+    if summary.agencies is None or summary.agency_rounds is None:
+        return series
+    where = "'agency_rounds' of the run summary"
+    for a in summary.agencies:
+        entries: list[LocalEntry] = need(local, a.agency, where=where)
+        pts = [(e.round, v, None, None) for e in entries
+               if e.kind == "train" and e.ok
+               and (v := _finite_figure(e, Metric.EPSILON)) is not None]
+        if pts:
+            delta = "None" if a.delta is None else f"{a.delta:g}"
+            series.append({"name": f"{a.agency} (delta {delta})", "points": pts})
+    return series
+
+
+def _round_sections(summary: RunSummary) -> str:
+    """The per-round plots: loss, ROC-AUC (with the worst agency) and epsilon spent."""
+    local = summary.local_records()
+    curves, aucs = _round_curves(summary.rounds)
+    worst = _worst_agency([r.round for r in summary.rounds], local)
+    if any(p[1] is not None for p in worst):
+        aucs.append({"name": "worst agency ROC-AUC (agency-local)", "dashed": True,
+                     "points": worst})
+    eps_series = _epsilon_series(summary, local)
+    return ("<h3>Per round</h3><div class='plots'>"
+            + line_chart("Loss per round", curves, x_label="round", y_label="loss")
+            + line_chart("ROC-AUC per round", aucs, x_label="round", y_label="ROC-AUC")
+            + (line_chart("Epsilon spent per agency (cumulative)", eps_series,
+                          x_label="round", y_label="epsilon", y_floor=0.0)
+               if eps_series else "")
+            + "</div>")
+
+
+def _agency_sections(agencies: list[AgencyRow], p: PrivacySummary) -> list[str]:
+    """The per-agency table and the epsilon each agency spent beside the target."""
+    parts = ["<h3>Per agency</h3>" + table([a.to_json() for a in agencies], [
+        ("agency", "agency"), ("train_examples", "train"), ("test_examples", "test"),
+        ("rounds_trained", "rounds"), ("epsilon", "epsilon (cumulative)"),
+        ("delta", "delta"), ("noise_multiplier", "noise multiplier"),
+        ("budget_remaining", "budget left"), ("local_roc_auc", "local ROC-AUC"),
+        ("local_oracle_roc_auc", "oracle"), ("rows_set_aside", "set aside"),
+        ("failed_rounds", "failed"), ("rejected_rounds", "rejected"),
+        ("stopped", "stopped")])]
+    eps = [a.epsilon for a in agencies]
+    delta = next((a.delta for a in agencies if a.delta), None)
+    if any(v is not None and math.isfinite(v) for v in eps):
+        parts.append(bar_chart(
+            f"Epsilon spent per agency (delta {delta:g}, per advert record)"
+            if delta else "Epsilon spent per agency",
+            [a.agency for a in agencies], [("epsilon (cumulative)", eps)],
+            y_label="epsilon",
+            reference=("target", p.target_epsilon) if p.target_epsilon else None))
     return parts
 
 
-def _baseline_sections(summary: Mapping[str, Any]) -> list[str]:
-    oracle = summary.get("oracle_roc_auc")
-    pooled: list[tuple[str, float | None]] = []
-    b = summary.get("baselines")
+def run_sections(summary: RunSummary, title: str) -> list[str]:
+    """The report of one run; a part the run did not have (None) is left out."""
+    parts = [f"<h2>{_e(title)}</h2>", _privacy_line(summary.privacy)]
+    if summary.rounds:
+        parts.append(_round_sections(summary))
+    if summary.agencies:
+        parts += _agency_sections(summary.agencies, summary.privacy)
+    parts += _baseline_sections(summary)
+    if summary.audit is not None:
+        parts.append(_audit_section(summary.audit))
+    return parts
+
+
+def _pooled_bars(summary: RunSummary) -> list[tuple[str, float | None]]:
+    """Pooled test split ROC-AUC: the baselines' arms, or this run and the centralised
+    model; each read strictly (a part without its ROC-AUC is an error)."""
+    b = summary.baselines
     if b:
         from simulation.baselines import ARM_LABELS  # torch: only for a baselines report
 
-        for arm in ("centralised_non_private", "federated_non_private", "federated_dp"):
-            pooled.append((ARM_LABELS[arm], b["arms"][arm]["pooled"]["roc_auc"]))
-    else:
-        if "global" in summary:
-            pooled.append(("federated (this run)", summary["global"]["roc_auc"]))
-        if "centralised_baseline" in summary:
-            pooled.append(("centralised, non-private",
-                           summary["centralised_baseline"]["roc_auc"]))
-    parts = ["<h3>Baseline comparison</h3>"]
-    if pooled:
-        parts.append(bar_chart("Pooled test split ROC-AUC", [n for n, _ in pooled],
-                               [("ROC-AUC", [v for _, v in pooled])], y_label="ROC-AUC",
-                               y_floor=0.0, reference=("oracle", oracle) if oracle else None))
-    if b:
-        gain = b["gain"]
-        parts.append(bar_chart(
-            "Own test split ROC-AUC, smallest agencies first",
-            [g["agency"] for g in gain],
-            [("alone, same DP", [g["alone_dp_roc_auc"] for g in gain]),
-             ("federated, DP", [g["federated_dp_roc_auc"] for g in gain]),
-             ("federated, non-private", [g["federated_non_private_roc_auc"] for g in gain]),
-             ("centralised, non-private", [g["centralised_non_private_roc_auc"]
-                                           for g in gain])],
-            y_label="ROC-AUC", width=720))
-        parts.append(table(gain, [
+        return [(ARM_LABELS[arm], figure(summary.arm_pooled(arm), Metric.ROC_AUC,
+                                         where=f"the pooled figures of arm {arm!r}"))
+                for arm in ("centralised_non_private", "federated_non_private",
+                            "federated_dp")]
+    pooled: list[tuple[str, float | None]] = []
+    for label, key, part in (
+            ("federated (this run)", "global", summary.global_metrics),
+            ("centralised, non-private", "centralised_baseline",
+             summary.centralised_baseline)):
+        if part is not None:
+            pooled.append((label, figure(part, Metric.ROC_AUC,
+                                         where=f"{key!r} of the run summary")))
+    return pooled
+
+
+def _gain_sections(gain: list[dict[str, Any]]) -> list[str]:
+    """Each agency's own-test ROC-AUC in every arm, and the gain table."""
+    where = "a gain row of the run summary's baselines"
+
+    def col(key: str) -> list[Any]:
+        return [need(g, key, where=where) for g in gain]
+
+    return [bar_chart(
+        "Own test split ROC-AUC, smallest agencies first", col("agency"),
+        [("alone, same DP", col("alone_dp_roc_auc")),
+         ("federated, DP", col("federated_dp_roc_auc")),
+         ("federated, non-private", col("federated_non_private_roc_auc")),
+         ("centralised, non-private", col("centralised_non_private_roc_auc"))],
+        y_label="ROC-AUC", width=720), table(gain, [
             ("agency", "agency (smallest first)"), ("train_examples", "train"),
             ("test_positives", "test positives"), ("alone_dp_roc_auc", "alone, DP"),
             ("federated_dp_roc_auc", "federated, DP"), ("gain_own_test", "gain (own test)"),
             ("alone_dp_pooled_roc_auc", "alone on pooled"),
             ("gain_pooled_test", "gain (pooled)"), ("alone_epsilon", "alone epsilon"),
-            ("alone_delta", "delta"), ("federated_epsilon", "federated epsilon")]))
-        parts.append("<p class='note'>Gain: federated DP ROC-AUC minus the agency's own "
-                     "model trained alone with the same DP plan (same rounds, epochs and noise "
-                     "calibration, so the same epsilon at the same delta). n/a: the agency's "
-                     "test split has one class.</p>")
+            ("alone_delta", "delta"), ("federated_epsilon", "federated epsilon")]),
+        "<p class='note'>Gain: federated DP ROC-AUC minus the agency's own "
+        "model trained alone with the same DP plan (same rounds, epochs and noise "
+        "calibration, so the same epsilon at the same delta). n/a: the agency's "
+        "test split has one class.</p>"]
+
+
+def _baseline_sections(summary: RunSummary) -> list[str]:
+    oracle = summary.oracle_roc_auc
+    pooled = _pooled_bars(summary)
+    parts = ["<h3>Baseline comparison</h3>"]
+    if pooled:
+        parts.append(bar_chart("Pooled test split ROC-AUC", [n for n, _ in pooled],
+                               [("ROC-AUC", [v for _, v in pooled])], y_label="ROC-AUC",
+                               y_floor=0.0, reference=("oracle", oracle) if oracle else None))
+    if summary.baselines:
+        parts += _gain_sections(summary.gain_rows())
     elif len(pooled) <= 1:
         parts.append("<p class='note'>No baselines in this run (run with "
                      "<code>mode=baselines</code> for all four arms).</p>")
     return parts
 
 
+def _audit_row(r: Mapping[str, Any], *, whitebox: bool) -> dict[str, Any]:
+    """One audited agency's row, read strictly: every row names its claim, its bound (None:
+    not audited, ``status`` says why) and whether it was caught; a white-box audited row
+    also its guesses, its ceiling and whether the claim is testable at all."""
+    where = "an agency row of the run summary's audit"
+
+    def k(key: str) -> Any:
+        return need(r, key, where=where)
+
+    claimed, bound = k("claimed_epsilon"), k("epsilon_lower_bound")
+    finite = isinstance(claimed, int | float) and math.isfinite(claimed)
+    audited_wb = whitebox and bound is not None
+    untestable = audited_wb and k("untestable")
+    return {
+        **r,
+        "claim": ("none (trained no DP round)" if claimed is None else
+                  f"{claimed:.2f} at delta {k('claimed_delta'):g}" if finite else "no DP"),
+        "bound": (None if bound is None else
+                  f"{bound:.2f} at delta {k('claimed_delta') or 0:g} "
+                  f"({k('confidence'):.1%} confidence)"),
+        "ceiling": f"{k('best_possible_bound'):.2f}" if audited_wb else None,
+        "verdict": (k("status") if bound is None else
+                    "FAILED: the lower bound exceeds the claim" if k("caught")
+                    else "INCONCLUSIVE: the claim is at or above the most this design "
+                    f"can certify ({k('ceiling_note')})" if untestable
+                    else "not contradicted"),
+        "guessed": (f"{k('correct')} of {k('guesses')} ({k('canaries')} canaries)"
+                    if audited_wb else None),
+    }
+
+
 def _audit_section(audit: Mapping[str, Any]) -> str:
     """The privacy audit: per audited agency, the empirical lower bound beside the claim,
-    each epsilon with its delta and the unit of privacy."""
+    each epsilon with its delta and the unit of privacy. Read strictly: both modes write
+    the keys read here (simulation/audit.py); only a white-box audit says ``inconclusive``."""
+    where = "the run summary's audit"
+
+    def k(key: str) -> Any:
+        return need(audit, key, where=where)
+
+    whitebox = k("mode") == "whitebox"
     warn = ("<p class='bad'>This run trained WITHOUT noise on purpose "
             "(audit.break_noise_for_testing): its privacy claims are false.</p>"
-            if audit.get("break_noise_for_testing") else "")
-    unit = audit.get("unit", "one advert record in one agency's training export")
-    rows = []
-    for r in audit.get("agencies") or [audit]:
-        claimed = r.get("claimed_epsilon")
-        finite = isinstance(claimed, int | float) and math.isfinite(claimed)
-        rows.append({
-            **r,
-            "claim": ("none (trained no DP round)" if claimed is None else
-                      f"{claimed:.2f} at delta {r['claimed_delta']:g}" if finite else "no DP"),
-            "bound": (None if r.get("epsilon_lower_bound") is None else
-                      f"{r['epsilon_lower_bound']:.2f} at delta {r['claimed_delta'] or 0:g} "
-                      f"({r['confidence']:.1%} confidence)"),
-            "ceiling": (f"{r['best_possible_bound']:.2f}" if "best_possible_bound" in r
-                        else None),
-            "verdict": (r.get("status") if r.get("epsilon_lower_bound") is None else
-                        "FAILED: the lower bound exceeds the claim" if r.get("caught")
-                        else "INCONCLUSIVE: the claim is at or above the most this design "
-                        f"can certify ({r.get('ceiling_note', '')})" if r.get("untestable")
-                        else "not contradicted"),
-            "guessed": (f"{r['correct']} of {r['guesses']} ({r['canaries']} canaries)"
-                        if "guesses" in r else None),
-        })
+            if k("break_noise_for_testing") else "")
+    unit = k("unit")
+    rows = [_audit_row(r, whitebox=whitebox) for r in k("agencies") or [audit]]
     verdict = ("<span class='bad'>FAILED: a lower bound exceeds its claim</span>"
-               if audit.get("caught") else
+               if k("caught") else
                "<span class='bad'>INCONCLUSIVE: a claim at or above the most the design can "
                "certify, which no run could contradict</span>"
-               if audit.get("inconclusive") else "<span class='ok'>not contradicted</span>")
+               if whitebox and k("inconclusive") else "<span class='ok'>not contradicted</span>")
     bars = bar_chart("Privacy audit: epsilon per audited agency (per advert record)",
                      [r["agency"] for r in rows],
-                     [("empirical lower bound", [r.get("epsilon_lower_bound") for r in rows]),
-                      ("claimed", [r["claimed_epsilon"] if isinstance(r.get("claimed_epsilon"),
+                     [("empirical lower bound", [r["epsilon_lower_bound"] for r in rows]),
+                      ("claimed", [r["claimed_epsilon"] if isinstance(r["claimed_epsilon"],
                                                                       int | float) else None
                                    for r in rows])],
                      y_label="epsilon", width=max(360, 120 * len(rows) + 120), height=260)
     columns = [("agency", "audited agency"),
                ("bound", "empirical epsilon lower bound, per advert record"),
                ("claim", "claimed epsilon, per advert record"), ("verdict", "verdict")]
-    if audit.get("mode") == "whitebox":
+    if whitebox:
         head = ("<h3>Privacy audit (white-box, Dirac gradient canaries)</h3>" + warn
                 + f"<p>Each audited agency trained a side copy of its DP rounds with gradient "
                 f"canaries, which it alone sees and which never reach the federation; the "
@@ -420,16 +503,16 @@ def _audit_section(audit: Mapping[str, Any]) -> str:
                 "1e-5) about 8.2 at delta 1e-5, the most the one-run theorem allows whatever "
                 "the run leaks (about 7.5 when the plan's few steps allow only 'member' "
                 "guesses), so a claim above that cannot be tested by one run. Method: "
-                + _e(audit.get("method", "")) + ".</p>")
+                + _e(k("method")) + ".</p>")
     else:
         head = ("<h3>Privacy audit (black-box canaries)</h3>" + warn
-                + f"<p>{audit['planted']} canary adverts planted in {_e(audit['agency'])}'s "
-                f"training export, {audit['held_out']} held out. Membership ROC-AUC "
-                f"{_num(audit['membership_roc_auc'])}; claim per {_e(unit)}: {verdict}.</p>")
+                + f"<p>{k('planted')} canary adverts planted in {_e(k('agency'))}'s "
+                f"training export, {k('held_out')} held out. Membership ROC-AUC "
+                f"{_num(k('membership_roc_auc'))}; claim per {_e(unit)}: {verdict}.</p>")
         note = ("<p class='note'>One run and a few hundred canaries give a loose bound "
                 "(at most about 2.4 here even with perfect separation): it cannot fail a run "
                 "at the default budget (audit.mode=whitebox can). Method: "
-                + _e(audit.get("method", "")) + ".</p>")
+                + _e(k("method")) + ".</p>")
     return head + table(rows, columns) + bars + note
 
 
@@ -502,17 +585,15 @@ def sweep_sections(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
 def build(path: Path) -> str:
     """The whole HTML document for a run or a sweep folder."""
     path = Path(path)
-    if (path / "metrics.json").is_file():
-        read = RunSummary.read(path / SUMMARY_FILE)
-        summary = {k: v for k, v in read.to_json().items() if v is not None}
-        body = run_sections(summary, f"Run: {read.preset} seed {read.seed}")
+    if (path / SUMMARY_FILE).is_file():
+        summary = RunSummary.read(path / SUMMARY_FILE)
+        body = run_sections(summary, f"Run: {summary.preset} seed {summary.seed}")
         heading = f"heroes-fl run report: {path}"
     else:
         body, runs = sweep_sections(path)
         first = Path(runs[0]["run"])
-        summary = {k: v for k, v in RunSummary.read(first / SUMMARY_FILE).to_json().items()
-                   if v is not None}  # run_sections leaves out a part the run did not have
-        body += run_sections(summary, f"First run of the sweep: {first.name}")
+        body += run_sections(RunSummary.read(first / SUMMARY_FILE),
+                             f"First run of the sweep: {first.name}")
         heading = f"heroes-fl sweep report: {path}"
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{_e(heading)}</title><style>{CSS}</style></head><body>"

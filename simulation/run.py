@@ -171,7 +171,7 @@ def run(cfg: DictConfig, out_dir: Path) -> RunSummary:
         write_tensorboard(summary, out_dir / "tensorboard")
     if cfg.mode == "federated":
         shutil.copyfile(server_out / "model.pt", out_dir / "model.pt")
-    print(render(summary.to_json()), flush=True)
+    print(render(summary), flush=True)
     if summary.audit is not None:
         print(render_audit(summary.audit), flush=True)
     print(f"outputs: {out_dir}", flush=True)

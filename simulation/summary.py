@@ -13,7 +13,15 @@ from typing import Any
 from clients import local_metrics
 from federation.data import AgencyRecords
 from federation.ledger import Ledger, load_policy
-from federation.protocol import AgencyRow, Metric, RoundRecord, Status
+from federation.protocol import (
+    AgencyRow,
+    Metric,
+    PrivacySummary,
+    RoundRecord,
+    RunSummary,
+    Status,
+    figure,
+)
 from simulation.sweep import secure_rounds
 
 
@@ -92,61 +100,81 @@ def _finite_or_none(v: float | None) -> float | None:
     return None if v is None or math.isnan(v) else float(v)
 
 
-def render(summary: Mapping[str, Any]) -> str:
-    """The end-of-run table a researcher reads, from a summary's JSON form
-    (``RunSummary.to_json()``): a part the run did not have (null) is left out."""
-    summary = {k: v for k, v in summary.items() if v is not None}
-    lines = [""]
-    p = summary["privacy"]
-    if "agencies" in summary:
-        lines.append(f"{'agency':<22}{'train':>7}{'test':>6}{'rounds':>7}  "
-                     f"{'epsilon (delta)':<18}{'budget left':>12}{'local ROC-AUC':>14}"
-                     f"{'(oracle)':>9}{'set aside':>10}{'failed':>7}")
-        for r in summary["agencies"]:
-            eps = (f"{fmt(r['epsilon'], 2)} ({r['delta']:.0e})" if p["enabled"]
-                   and r["epsilon"] is not None else ("no DP" if not p["enabled"] else "-"))
-            lines.append(f"{r['agency']:<22}{r['train_examples']:>7}{r['test_examples']:>6}"
-                         f"{r['rounds_trained']:>7}  {eps:<18}"
-                         f"{fmt(r['budget_remaining'], 2):>12}{fmt(r['local_roc_auc']):>14}"
-                         f"{fmt(r['local_oracle_roc_auc']):>9}{r['rows_set_aside']:>10}"
-                         f"{r['failed_rounds']:>7}")
-        for r in summary["agencies"]:
-            if r["stopped"]:
-                lines.append(f"STOPPED {r['agency']}: {r['stopped']}")
-            if r.get("rejected"):
-                lines.append(f"REJECTED {r['agency']}: {r['rejected']}")
-        aucs = [r["local_roc_auc"] for r in summary["agencies"] if r["local_roc_auc"] is not None]
-        if aucs:
-            worst = min(summary["agencies"], key=lambda r: r["local_roc_auc"] if
-                        r["local_roc_auc"] is not None else math.inf)
-            lines.append(f"worst agency: {worst['agency']} (local ROC-AUC "
-                         f"{fmt(worst['local_roc_auc'])})")
-        if p["enabled"]:
-            lines.append(f"epsilon: cumulative over every round of every run on each "
-                         f"agency's dataset (its privacy ledger), per {p['unit']}, at the "
-                         f"agency's delta ({p['accountant']} accountant); this run's target "
-                         f"was {p['target_epsilon']} at delta={p['target_delta']:g}")
-        rounds = summary.get("rounds", [])
-        masked = secure_rounds(rounds)
-        lines.append(f"secure aggregation (SecAgg+): {masked} of {len(rounds)} rounds; in those "
-                     "the server saw only sums: the agencies' summed update and count, pooled "
-                     "loss and pooled evaluation")
-        sharing = [r["agency"] for r in summary["agencies"] if r.get("shared_with_consortium")]
-        lines.append("the figures per agency above are read from each agency's own state "
-                     "folder (the simulator owns them); a consortium sees them only where the "
-                     "agency's policy shares them: "
-                     + (", ".join(sharing) if sharing else "none here"))
-        lines.append("")
-    oracle = summary["oracle_roc_auc"]
-    lines.append(f"{'pooled test split':<30}{'ROC-AUC':>9}{'PR-AUC':>8}{'Brier':>8}"
-                 f"{'vs oracle':>11}")
-    for label, key in (("federated (this run)", "global"),
-                       ("centralised, non-private", "centralised_baseline")):
-        if key in summary:
-            m = summary[key]
-            lines.append(f"{label:<30}{fmt(m['roc_auc']):>9}{fmt(m['pr_auc']):>8}"
-                         f"{fmt(m['brier']):>8}{fmt(m['roc_auc'] / oracle, 2) + 'x':>11}")
-    lines.append(f"{'oracle (generator latent risk)':<30}{fmt(oracle):>9}")
-    lines.append(f"wall time {summary['wall_seconds']:.1f} s")
-    return "\n".join(lines)
+def _agency_lines(rows: list[AgencyRow], p: PrivacySummary) -> list[str]:
+    """The per-agency table, then who stopped or was rejected and the worst agency."""
+    lines = [f"{'agency':<22}{'train':>7}{'test':>6}{'rounds':>7}  "
+             f"{'epsilon (delta)':<18}{'budget left':>12}{'local ROC-AUC':>14}"
+             f"{'(oracle)':>9}{'set aside':>10}{'failed':>7}"]
+    for r in rows:
+        eps = (f"{fmt(r.epsilon, 2)} ({r.delta:.0e})" if p.enabled and r.epsilon is not None
+               and r.delta is not None else ("no DP" if not p.enabled else "-"))
+        lines.append(f"{r.agency:<22}{r.train_examples:>7}{r.test_examples:>6}"
+                     f"{r.rounds_trained:>7}  {eps:<18}"
+                     f"{fmt(r.budget_remaining, 2):>12}{fmt(r.local_roc_auc):>14}"
+                     f"{fmt(r.local_oracle_roc_auc):>9}{r.rows_set_aside:>10}"
+                     f"{r.failed_rounds:>7}")
+    for r in rows:
+        if r.stopped:
+            lines.append(f"STOPPED {r.agency}: {r.stopped}")
+        if r.rejected:
+            lines.append(f"REJECTED {r.agency}: {r.rejected}")
+    rated = [r for r in rows if r.local_roc_auc is not None]
+    if rated:
+        worst = min(rated, key=lambda r: r.local_roc_auc or 0.0)
+        lines.append(f"worst agency: {worst.agency} (local ROC-AUC "
+                     f"{fmt(worst.local_roc_auc)})")
+    return lines
 
+
+def _federation_lines(summary: RunSummary, rows: list[AgencyRow]) -> list[str]:
+    """What the epsilons mean, how many rounds were secure and who shares its figures."""
+    p, lines = summary.privacy, []
+    if p.enabled:
+        delta = "None" if p.target_delta is None else f"{p.target_delta:g}"
+        lines.append(f"epsilon: cumulative over every round of every run on each "
+                     f"agency's dataset (its privacy ledger), per {p.unit}, at the "
+                     f"agency's delta ({p.accountant} accountant); this run's target "
+                     f"was {p.target_epsilon} at delta={delta}")
+    masked = secure_rounds(summary.rounds)
+    lines.append(f"secure aggregation (SecAgg+): {masked} of {len(summary.rounds)} rounds; in "
+                 "those the server saw only sums: the agencies' summed update and count, "
+                 "pooled loss and pooled evaluation")
+    sharing = [r.agency for r in rows if r.shared_with_consortium]
+    lines.append("the figures per agency above are read from each agency's own state "
+                 "folder (the simulator owns them); a consortium sees them only where the "
+                 "agency's policy shares them: "
+                 + (", ".join(sharing) if sharing else "none here"))
+    return lines
+
+
+def _pooled_lines(summary: RunSummary) -> list[str]:
+    """The pooled test split: this run, the centralised baseline, the oracle."""
+    oracle = summary.oracle_roc_auc
+    lines = [f"{'pooled test split':<30}{'ROC-AUC':>9}{'PR-AUC':>8}{'Brier':>8}"
+             f"{'vs oracle':>11}"]
+    for label, key, table in (
+            ("federated (this run)", "global", summary.global_metrics),
+            ("centralised, non-private", "centralised_baseline", summary.centralised_baseline)):
+        if table is None:
+            continue
+        where = f"{key!r} of the run summary"
+        auc = figure(table, Metric.ROC_AUC, where=where)
+        ratio = None if auc is None or not oracle else auc / oracle
+        lines.append(f"{label:<30}{fmt(auc):>9}{fmt(figure(table, Metric.PR_AUC, where=where)):>8}"
+                     f"{fmt(figure(table, Metric.BRIER, where=where)):>8}"
+                     f"{fmt(ratio, 2) + 'x':>11}")
+    lines.append(f"{'oracle (generator latent risk)':<30}{fmt(oracle):>9}")
+    return lines
+
+
+def render(summary: RunSummary) -> str:
+    """The end-of-run table a researcher reads, from the typed summary: a part the run did
+    not have (None) is left out, and a part without a figure it must hold is an error."""
+    lines = [""]
+    if summary.agencies is not None:
+        lines += _agency_lines(summary.agencies, summary.privacy)
+        lines += _federation_lines(summary, summary.agencies)
+        lines.append("")
+    lines += _pooled_lines(summary)
+    lines.append(f"wall time {summary.wall_seconds:.1f} s")
+    return "\n".join(lines)

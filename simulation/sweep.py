@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from federation.errors import ConfigError
-from federation.protocol import SUMMARY_FILE, RunSummary
+from federation.protocol import SUMMARY_FILE, Metric, RoundRecord, RunSummary, figure, need
 
 AXES = ("mode", "privacy_enabled", "target_epsilon", "target_delta", "federation",
         "num_agencies", "scale", "skew", "strategy", "num_rounds", "secagg",
@@ -103,40 +103,50 @@ def run_row(run: Path) -> dict[str, Any]:
         "secagg": cfg.get("secagg", {}).get("mode"),
         "other_overrides": " ".join(other),
     }
-    # A part the run did not have is null in the summary; its columns are empty here.
-    g = summary.global_metrics or {}
+    row.update(_headline(summary))
+    return row
+
+
+def _headline(summary: RunSummary) -> dict[str, Any]:
+    """A run's headline metrics. A part the run did not have is None in the summary; its
+    columns are empty here. A part that lacks a figure it must hold is a ProtocolError."""
+    g, where = summary.global_metrics, "'global' of the run summary"
     oracle = _finite(summary.oracle_roc_auc)
-    auc = _finite(g.get("roc_auc"))
+    auc = _finite(figure(g, Metric.ROC_AUC, where=where))
     agencies = summary.agencies or []
     local = [v for v in (_finite(a.local_roc_auc) for a in agencies) if v is not None]
     eps = [v for v in (_finite(a.epsilon) for a in agencies) if v is not None]
-    gain = (summary.baselines or {}).get("gain", [])
-    own = [v for v in (_finite(r["gain_own_test"]) for r in gain) if v is not None]
-    pooled = [v for v in (_finite(r["gain_pooled_test"]) for r in gain) if v is not None]
-    audit = summary.audit or {}
-    row.update({
+    gain = summary.gain_rows()
+    at = "a gain row of the run summary's baselines"
+    own = [v for v in (_finite(need(r, "gain_own_test", where=at)) for r in gain)
+           if v is not None]
+    pooled = [v for v in (_finite(need(r, "gain_pooled_test", where=at)) for r in gain)
+              if v is not None]
+    audit, at = summary.audit, "'audit' of the run summary"
+    return {
         "global_roc_auc": auc,
-        "global_pr_auc": _finite(g.get("pr_auc")),
-        "global_brier": _finite(g.get("brier")),
+        "global_pr_auc": _finite(figure(g, Metric.PR_AUC, where=where)),
+        "global_brier": _finite(figure(g, Metric.BRIER, where=where)),
         "oracle_roc_auc": oracle,
         "ratio_to_oracle": auc / oracle if auc is not None and oracle else None,
-        "centralised_roc_auc": _finite((summary.centralised_baseline or {}).get("roc_auc")),
+        "centralised_roc_auc": _finite(figure(summary.centralised_baseline, Metric.ROC_AUC,
+                                              where="'centralised_baseline' of the run "
+                                                    "summary")),
         "worst_agency_local_roc_auc": min(local) if local else None,
         "max_agency_epsilon": max(eps) if eps else None,
         "mean_gain_own_test": sum(own) / len(own) if own else None,
         "mean_gain_pooled_test": sum(pooled) / len(pooled) if pooled else None,
-        "audit_epsilon_lower_bound": _finite(audit.get("epsilon_lower_bound")),
-        "audit_claimed_epsilon": _finite(audit.get("claimed_epsilon")),
+        "audit_epsilon_lower_bound": _finite(figure(audit, "epsilon_lower_bound", where=at)),
+        "audit_claimed_epsilon": _finite(figure(audit, "claimed_epsilon", where=at)),
         "wall_seconds": _finite(summary.wall_seconds),
-        "secagg_rounds": secure_rounds([r.to_json() for r in summary.rounds]),
-    })
-    return row
+        "secagg_rounds": secure_rounds(summary.rounds),
+    }
 
 
-def secure_rounds(rounds: Sequence[Mapping[str, Any]]) -> int:
-    """Rounds whose training the server saw only as a secure sum."""
-    return sum(1 for r in rounds if any((o.get("metrics") or {}).get("secure_sum")
-                                        for o in r.get("train", [])))
+def secure_rounds(rounds: Sequence[RoundRecord]) -> int:
+    """Rounds whose training the server saw only as a secure sum (its replies carry the
+    pooled result's mark; a figure table holds only the figures a reply had)."""
+    return sum(1 for r in rounds if any(Metric.SECURE_SUM in o.metrics for o in r.train))
 
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from federation.protocol import Metric, RunSummary, Status
+from federation.protocol import Metric, RunSummary, figure, need
 
 
 def _ok(v: object) -> bool:
@@ -24,31 +24,40 @@ def _ok(v: object) -> bool:
 
 
 def _local_values(summary: RunSummary, kind: str, name: str, step: int) -> dict[str, float]:
-    """One figure of every agency in one round, from the agencies' own records."""
+    """One figure of every agency in one round, from the agencies' own records (a figure
+    table holds only what the agency computed that round)."""
     out = {}
-    for agency, entries in (summary.agency_rounds or {}).items():
+    for agency, entries in summary.local_records().items():
         for e in entries:
-            v = e["figures"].get(name)  # a figure table: absent where it was undefined
-            if (e["kind"] == kind and e["round"] == step and e["status"] == Status.OK
-                    and _ok(v)):
-                out[agency] = float(v)
+            if (e.kind == kind and e.round == step and e.ok and name in e.figures
+                    and _ok(e.figures[name])):
+                out[agency] = e.figures[name]
     return out
 
 
 def _finals(summary: RunSummary) -> dict[str, Any]:
-    pooled = summary.global_metrics or {}
-    final = {"final/pooled_roc_auc": pooled.get(Metric.ROC_AUC),
-             "final/pooled_pr_auc": pooled.get(Metric.PR_AUC),
+    """The end-of-run scalars; a part the run did not have (None) gives None, which writes
+    nothing, and a part that lacks a figure it must hold is a ProtocolError."""
+    at = "'audit' of the run summary"
+    final = {"final/pooled_roc_auc": figure(summary.global_metrics, Metric.ROC_AUC,
+                                            where="'global' of the run summary"),
+             "final/pooled_pr_auc": figure(summary.global_metrics, Metric.PR_AUC,
+                                           where="'global' of the run summary"),
              "final/oracle_roc_auc": summary.oracle_roc_auc,
-             "final/centralised_roc_auc":
-                 (summary.centralised_baseline or {}).get(Metric.ROC_AUC),
+             "final/centralised_roc_auc": figure(
+                 summary.centralised_baseline, Metric.ROC_AUC,
+                 where="'centralised_baseline' of the run summary"),
              "final/wall_seconds": summary.wall_seconds}
     if summary.audit:
-        final["audit/epsilon_lower_bound"] = summary.audit.get("epsilon_lower_bound")
-        final["audit/claimed_epsilon"] = summary.audit.get("claimed_epsilon")
-    for g in (summary.baselines or {}).get("gain", []):
-        final[f"baselines/gain_own_test/{g['agency']}"] = g["gain_own_test"]
-        final[f"baselines/gain_pooled_test/{g['agency']}"] = g["gain_pooled_test"]
+        final["audit/epsilon_lower_bound"] = figure(summary.audit, "epsilon_lower_bound",
+                                                    where=at)
+        final["audit/claimed_epsilon"] = figure(summary.audit, "claimed_epsilon", where=at)
+    where = "a gain row of the run summary's baselines"
+    for g in summary.gain_rows():
+        agency = need(g, "agency", where=where)
+        final[f"baselines/gain_own_test/{agency}"] = need(g, "gain_own_test", where=where)
+        final[f"baselines/gain_pooled_test/{agency}"] = need(g, "gain_pooled_test",
+                                                             where=where)
     return final
 
 
@@ -70,6 +79,7 @@ def write_tensorboard(summary: RunSummary, log_dir: Path) -> Path:
         # a consortium's round log holds only pooled sums and statuses.
         for r in summary.rounds:
             step = r.round
+            # aggregate tables hold what the round had (no evaluation: no loss)
             tr, ev = r.train_aggregate, r.evaluate_aggregate
             eps = _local_values(summary, "train", Metric.EPSILON, step)
             aucs = _local_values(summary, "evaluate", Metric.ROC_AUC, step)

@@ -218,3 +218,43 @@ def test_the_round_log_in_json_form_holds_plain_types_only(tmp_path: Path) -> No
     assert torch.load(tmp_path / "c.pt", weights_only=True)["rounds"] == [saved]
     outcome = saved["train"][0]
     assert {type(k) for k in outcome["metrics"]} == {str} and type(outcome["status"]) is str
+
+
+def test_a_secagg_stage_without_a_key_is_a_refusal_naming_it() -> None:
+    """A server's stage message that lacks a key: the node refuses (a FederationError, the
+    ProtocolError kind) and names the key; the server reading a node's reply likewise."""
+    from federation.protocol import SecAggKey
+    from tests.secagg_driver import Federation, open_session, set_up
+
+    fed = Federation(k=3, min_agencies=2)
+    srv, setup = set_up(fed)
+    share_cfg = srv.share_config(setup)
+    del share_cfg[SecAggKey.C_PKS]
+    with pytest.raises(ProtocolError, match=r"secure aggregation refused by this node: .*"
+                                            r"missing: \['c_pks'\]"):
+        fed.step(fed.ids[0], "share", share_cfg)
+    n = fed.ids[0]
+    srv, setup = set_up(fed, server_round=2)
+    unsigned = {k: v for k, v in setup[n].items() if k != SecAggKey.SIGNATURE}
+    with pytest.raises(ProtocolError, match=rf"node {n}'s set-up reply lacks 'signature'"):
+        srv.share_config({**setup, n: unsigned})
+    rnd = open_session(Federation(k=3, min_agencies=2))
+    with pytest.raises(ProtocolError, match=rf"node {n}'s share reply lacks 'boxes'"):
+        rnd.srv.masked_configs({n: {SecAggKey.TO: []}})
+
+
+def test_the_renderers_refuse_a_part_without_a_figure_it_must_hold(tmp_path: Path) -> None:
+    """A part of the summary the run had, lacking a figure, is an error naming the figure
+    (never a blank): the printed table, the sweep row and the HTML report."""
+    from simulation import report
+    from simulation.summary import render
+    from simulation.sweep import secure_rounds
+
+    summary = _summary()
+    summary.global_metrics = {"roc_auc": 0.7, "pr_auc": 0.2}  # no Brier
+    with pytest.raises(ProtocolError, match=r"'global' of the run summary lacks 'brier'"):
+        render(summary)
+    summary.global_metrics, summary.audit = None, {"mode": "whitebox"}
+    with pytest.raises(ProtocolError, match=r"the run summary's audit lacks "):
+        report.run_sections(summary, "run")
+    assert secure_rounds(summary.rounds) == 0

@@ -320,15 +320,19 @@ def test_one_poisoned_agency_of_five_moves_robust_roc_auc_by_under_two_points() 
 
 
 def test_simulation_table_names_rejected_agencies() -> None:
+    from federation.protocol import AgencyRow, PrivacySummary, RunSummary
     from simulation.run import render
 
-    row = {"agency": "uk-ie-ngo", "train_examples": 10, "test_examples": 5, "rounds_trained": 1,
-           "epsilon": None, "delta": None, "budget_remaining": None, "local_roc_auc": 0.7,
-           "local_oracle_roc_auc": 0.8, "rows_set_aside": 0, "failed_rounds": 0,
-           "rejected_rounds": 2, "stopped": None,
-           "rejected": "rejected in round(s) 1, 2; last: update rejected: array 'net.bias' "
-                       "holds 1 non-finite values (NaN or infinity)"}
-    text = render({"privacy": {"enabled": False}, "agencies": [row], "oracle_roc_auc": 0.9,
-                   "wall_seconds": 1.0})
+    row = AgencyRow(
+        agency="uk-ie-ngo", train_examples=10, test_examples=5, rounds_trained=1, epsilon=None,
+        delta=None, run_epsilon=None, ledger_epsilon=None, budget_remaining=None,
+        noise_multiplier=None, local_roc_auc=0.7, local_oracle_roc_auc=0.8, rows_set_aside=0,
+        failed_rounds=0, rejected_rounds=2, stopped=None, shared_with_consortium=False,
+        rejected="rejected in round(s) 1, 2; last: update rejected: array 'net.bias' "
+                 "holds 1 non-finite values (NaN or infinity)")
+    privacy = PrivacySummary(enabled=False, target_epsilon=None, target_delta=None, unit="",
+                             accountant="prv")
+    text = render(RunSummary(rounds=[], wall_seconds=1.0, privacy=privacy, agencies=[row],
+                             oracle_roc_auc=0.9))
     assert ("REJECTED uk-ie-ngo: rejected in round(s) 1, 2; last: update rejected: array "
             "'net.bias' holds 1 non-finite values") in text
