@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -116,6 +117,25 @@ def _with_arrays(msg: Message, arrays: dict[str, Any]) -> Message:
     return cast(Message, Message(content, metadata=msg.metadata))  # type: ignore[call-overload]
 
 
+def await_nodes(node_ids: Callable[[], Iterable[int]], needed: int, *,
+                poll_s: float = 1.0) -> int:
+    """Wait until ``needed`` nodes are connected; return how many are.
+
+    Flower's FedAvg sizes its sample from the nodes connected *before* it waits for
+    ``min_available_nodes`` (flwr/serverapp/strategy/fedavg.py, ``configure_train``): while
+    the nodes of a simulation are still registering, a round of three agencies could be
+    sampled as two, and a secure session of two is below every agency's ``min_agencies``.
+    Waiting here first makes the sample whole. Unbounded, as Flower's own wait is: a
+    deployment waits for its agencies to come online."""
+    waited = False
+    while (connected := len(list(node_ids()))) < needed:
+        if not waited:
+            log.info("waiting for agencies to connect: %d of %d", connected, needed)
+            waited = True
+        time.sleep(poll_s)
+    return connected
+
+
 @dataclass(frozen=True)
 class Accounting:
     """What the accountable wrapper enforces, from ``strategy.*`` in the run settings."""
@@ -123,6 +143,8 @@ class Accounting:
     quorum: int
     num_rounds: int
     max_norm_ratio: float = 0.0
+    # Nodes connected before a round is sampled (``max(min_nodes, min_available)``).
+    min_available: int = 0
     # Validation needs each agency's update in the clear; a secure-aggregation path, which
     # only ever holds masked values, turns it off.
     validate_updates: bool = True
@@ -159,12 +181,14 @@ class AccountableStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        await_nodes(grid.get_node_ids, self.accounting.min_available)
         msgs = list(self.inner.configure_train(server_round, arrays, config, grid))
         self.begin_round(server_round, "train", [m.metadata.dst_node_id for m in msgs], arrays)
         return msgs
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        await_nodes(grid.get_node_ids, self.accounting.min_available)
         msgs = list(self.inner.configure_evaluate(server_round, arrays, config, grid))
         self.begin_round(server_round, "evaluate", [m.metadata.dst_node_id for m in msgs])
         return msgs
@@ -341,4 +365,5 @@ def build_strategy(settings: RunSettings, run_log: RunLog, heads: HeadBook | Non
     inner = RobustAggregation(_base(settings), aggregation=s.aggregation,
                               trim_fraction=s.trim_fraction, krum_byzantine=s.krum_byzantine)
     return AccountableStrategy(inner, run_log, Accounting(
-        quorum=s.quorum, num_rounds=s.num_rounds, max_norm_ratio=s.max_norm_ratio), heads)
+        quorum=s.quorum, num_rounds=s.num_rounds, max_norm_ratio=s.max_norm_ratio,
+        min_available=max(s.min_nodes, s.min_available)), heads)

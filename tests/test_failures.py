@@ -84,3 +84,33 @@ def test_below_quorum_the_run_fails_loudly_and_keeps_what_it_had(tmp_path: Path)
     assert not (out / "model.pt").exists()
     partial = json.loads((out / "partial" / "metrics.json").read_text())["rounds"]
     assert partial[0]["train"]  # round 1's outcomes were kept
+
+
+def test_a_round_waits_for_every_agency_before_it_is_sized() -> None:
+    """Flower's FedAvg counts the connected nodes before it waits for enough of them, so a
+    round begun while the third agency was still registering went to two (seen as a secure
+    session below min_agencies under load). ``await_nodes`` waits first: here the third
+    node connects only once the wait has begun, and the wait returns all three."""
+    import threading
+
+    from server.strategy import await_nodes
+
+    nodes = [11, 12]
+    asked = threading.Event()
+
+    def node_ids() -> list[int]:
+        asked.set()
+        return list(nodes)
+
+    def connect_late() -> None:
+        assert asked.wait(RUN_DEADLINE_S)
+        nodes.append(13)
+
+    late = threading.Thread(target=connect_late)
+    late.start()
+    try:
+        assert await_nodes(node_ids, 3, poll_s=0.01) == 3
+    finally:
+        late.join(RUN_DEADLINE_S)
+    assert not late.is_alive()
+    assert await_nodes(lambda: [1, 2, 3, 4], 3) == 4  # never waits once enough are there
