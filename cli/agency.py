@@ -339,8 +339,9 @@ def _register_lifecycle(sub: Subparsers) -> None:
                    help="the consortium's public signing key (PEM or OpenSSH)")
     p.add_argument("--purpose", required=True,
                    help="why these adverts are being scored (recorded in the log)")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="flag adverts whose probability is at or above this (default 0.5)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="flag records whose probability is at or above this (default: the "
+                        "task's operating point, 0.5 for advert-risk)")
     p.add_argument("--analyst", default=None,
                    help="who is consulting the model (default: the OS user)")
     p.add_argument("--out", type=Path, default=None,

@@ -1,6 +1,6 @@
 """Suite-wide hygiene: every test leaves Python's logging as it found it.
 
-Several tests call the real `heroes` entry point in-process (simulation/cli.py main), and
+Several tests call the real `heroes` entry point in-process (cli/main.py main), and
 Hydra's `@hydra.main` configures logging with `logging.config.dictConfig`: it replaces the
 root logger's handlers with stream handlers bound to whatever sys.stdout and sys.stderr are
 at that moment, which inside a test are pytest's capture buffers. Those buffers are closed
