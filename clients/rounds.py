@@ -127,17 +127,25 @@ def _refusal(node: NodeData, policy: Policy, exc: BudgetExceeded) -> Trained:
                    status=Status.REFUSED, reason=str(exc))
 
 
-def train_once(msg: Message, context: Context) -> Trained:
-    """Local DP-SGD on the message's arrays, with the ledger written first (write-ahead);
-    or a clean refusal. Shared by plain rounds and secure-aggregation rounds."""
+def _received_model(msg: Message, context: Context, *, split: str
+                    ) -> tuple[RunSettings, NodeData, Policy, torch.nn.Module]:
+    """What training and evaluation both start from: the run's settings, the agency's data
+    split, its policy, and the task's model holding the arrays the server sent."""
     import torch
 
     settings = RunSettings.from_flat(context.run_config, source="run config (client)")
-    node = load_node_data(context.node_config, settings, split="train")
+    node = load_node_data(context.node_config, settings, split=split)
     policy = load_policy(node.state_dir)
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # one intra-op thread per node: several share the machine
     model = node.task.build_model()
     model.load_state_dict(msg.content.array_records[Record.ARRAYS].to_torch_state_dict())
+    return settings, node, policy, model
+
+
+def train_once(msg: Message, context: Context) -> Trained:
+    """Local DP-SGD on the message's arrays, with the ledger written first (write-ahead);
+    or a clean refusal. Shared by plain rounds and secure-aggregation rounds."""
+    settings, node, policy, model = _received_model(msg, context, split="train")
     config = msg.content.config_records[Record.CONFIG]
     # FedProx sends its weight; FedAvg and FedAdam send none (no proximal term).
     mu = float(cast(float, config[PROXIMAL_MU])) if PROXIMAL_MU in config else 0.0
@@ -253,16 +261,9 @@ class Evaluated:
 
 
 def evaluate_once(msg: Message, context: Context) -> Evaluated:
-    import torch
-
     from federation.training import predict_proba
 
-    settings = RunSettings.from_flat(context.run_config, source="run config (client)")
-    node = load_node_data(context.node_config, settings, split="test")
-    policy = load_policy(node.state_dir)
-    torch.set_num_threads(1)
-    model = node.task.build_model()
-    model.load_state_dict(msg.content.array_records[Record.ARRAYS].to_torch_state_dict())
+    settings, node, policy, model = _received_model(msg, context, split="test")
     proba = predict_proba(model, node.features).astype(np.float64)
     clipped = np.clip(proba, 1e-7, 1 - 1e-7)
     y = node.labels
