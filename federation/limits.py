@@ -26,6 +26,17 @@ from __future__ import annotations
 #: set aside like a long JSONL or Parquet text) and in scoring.
 MAX_TEXT_CHARS = 65_536
 
+#: Messages in one conversation record. Seized chat logs run to thousands of lines, but a
+#: record is one conversation thread; a longer one is set aside ("too many messages") and
+#: the agency splits it into threads. The model reads at most the first and last messages
+#: of a conversation (federation/tasks/conversation_risk.py), so this bounds the reader's
+#: work, not what is learnt.
+MAX_MESSAGES = 2_000
+
+#: Characters in one message of a conversation, after NFC normalisation: chat messages are
+#: short; a longer one ("message too long") is a paste or a broken export.
+MAX_MESSAGE_CHARS = 8_192
+
 #: Characters in an ``advert_id`` or ``category`` cell: identifiers and labels, not prose.
 MAX_FIELD_CHARS = 1_024
 

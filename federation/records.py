@@ -15,6 +15,14 @@ Column types, and what a value that cannot be used sets aside (the reason, by ru
 - ``str``: a short optional value (a category); "<name> unusable".
 - ``list[str]`` (``text=True``): a list of free texts (JSONL or Parquet lists; a CSV cell
   is never a list), each normalised; "<name> not a list", or a text reason of an item.
+- ``messages`` (``text=True``): a conversation's ordered messages, each a
+  :class:`Message` (sender role, optional timestamp, normalised text). JSONL: a list of
+  objects ``{"role", "timestamp", "text"}`` in order; Parquet: a list of structs with those
+  fields; CSV: one row per message, grouped by the schema's id column and ordered by its
+  ``position`` column (see federation/data.py). A conversation with no message, more than
+  federation.limits.MAX_MESSAGES messages, a message over MAX_MESSAGE_CHARS characters, a
+  role outside the schema's ``roles`` or an unusable timestamp or position is set aside
+  whole, for the first of those reasons (``MESSAGE_REASONS``), or a text reason of a message.
 - ``label``: the label in the agency's label scheme; "missing <name>"; a value outside the
   scheme stops the file (a DataError), as a shifted column would fill it with text.
 - ``any``: the header must have it; its values are not read.
@@ -44,7 +52,19 @@ TEXT_NOT_UNICODE = "text not usable Unicode"  # a lone surrogate, or a run of > 
 TEXT_TOO_LONG = "text too long"  # over federation.limits.MAX_TEXT_CHARS
 TEXT_REASONS: tuple[str, ...] = (EMPTY_TEXT, TEXT_NOT_STRING, TEXT_NOT_UNICODE, TEXT_TOO_LONG)
 
-COLUMN_TYPES: tuple[str, ...] = ("id", "str", "list[str]", "label", "any")
+NO_MESSAGES = "no messages"
+TOO_MANY_MESSAGES = "too many messages"  # over federation.limits.MAX_MESSAGES
+MESSAGE_TOO_LONG = "message too long"  # over federation.limits.MAX_MESSAGE_CHARS
+ROLE_UNUSABLE = "role unusable"  # not one of the schema's roles
+TIMESTAMP_UNUSABLE = "timestamp unusable"  # present but not an ISO 8601 date-time
+POSITION_UNUSABLE = "position unusable"  # CSV: not a whole number >= 0
+POSITION_REPEATED = "position repeated"  # CSV: two messages at one position
+LABEL_DIFFERS = "label differs within conversation"  # CSV: message rows disagree
+MESSAGE_REASONS: tuple[str, ...] = (
+    NO_MESSAGES, TOO_MANY_MESSAGES, MESSAGE_TOO_LONG, ROLE_UNUSABLE, TIMESTAMP_UNUSABLE,
+    POSITION_UNUSABLE, POSITION_REPEATED, LABEL_DIFFERS)
+
+COLUMN_TYPES: tuple[str, ...] = ("id", "str", "list[str]", "messages", "label", "any")
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 
 _COLUMNS: set[str] = set()
@@ -62,12 +82,24 @@ def declared_reasons() -> frozenset[str]:
 
 
 @dataclass(frozen=True)
+class Message:
+    """One message of a conversation record: who sent it (one of the schema's roles), when
+    (ISO 8601 as the export gave it, or None) and its normalised text."""
+
+    role: str
+    text: str
+    timestamp: str | None = None
+
+
+@dataclass(frozen=True)
 class LabelScheme:
     """A label scheme: the values it allows and which of them count as positive."""
 
     name: str
     values: tuple[int, ...]
     positive_from: int
+    #: What each value means, where the scheme names them (the conversation stage scheme).
+    names: tuple[str, ...] = ()
 
     def is_positive(self, value: int) -> bool:
         return value >= self.positive_from
@@ -78,6 +110,9 @@ class LabelScheme:
             raise ValueError(f"expert level {expert} is outside 0-6")
         if self.name == "0-6":
             return expert
+        if self.names:
+            raise ValueError(f"scheme {self.name!r} names stages; it is not derived from "
+                             "the expert 0-6 scale")
         if self.name == "3-level":
             return 0 if expert <= 1 else (1 if expert <= 3 else 2)
         return 1 if expert >= EXPERT_POSITIVE_FROM else 0
@@ -106,8 +141,8 @@ class Column:
         if self.type not in COLUMN_TYPES:
             raise ValueError(f"column {self.name!r}: type {self.type!r} is not one of "
                              f"{list(COLUMN_TYPES)}")
-        if self.type == "list[str]" and not self.text:
-            raise ValueError(f"column {self.name!r}: a list[str] column holds free text")
+        if self.type in ("list[str]", "messages") and not self.text:
+            raise ValueError(f"column {self.name!r}: a {self.type} column holds free text")
         if self.unique and self.type != "id":
             raise ValueError(f"column {self.name!r}: only an id column can be unique")
 
@@ -120,6 +155,8 @@ class Column:
             return (f"missing {self.name}",)
         if self.type == "list[str]":
             return (f"{self.name} not a list", *TEXT_REASONS)
+        if self.type == "messages":
+            return (f"{self.name} not a list", *MESSAGE_REASONS, *TEXT_REASONS)
         if self.type == "str":
             return TEXT_REASONS if self.text else (f"{self.name} unusable",)
         return ()
@@ -129,11 +166,16 @@ class Column:
 class RecordSchema:
     """A task's records: named, versioned, with one label column and at most one id column.
 
-    ``label_schemes`` are the schemes an agency's manifest may name for this schema."""
+    ``label_schemes`` are the schemes an agency's manifest may name for this schema.
+    ``roles`` are the sender roles a ``messages`` column allows; ``position`` names the CSV
+    column that orders a conversation's message rows (CSV only: JSONL and Parquet keep the
+    messages as a list)."""
 
     name: str
     columns: tuple[Column, ...]
     label_schemes: Mapping[str, LabelScheme]
+    roles: tuple[str, ...] = ()
+    position: str = ""
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.columns]
@@ -145,7 +187,13 @@ class RecordSchema:
             raise ValueError(f"schema {self.name!r} has more than one id column")
         if not self.label_schemes:
             raise ValueError(f"schema {self.name!r} needs at least one label scheme")
+        if any(c.type == "messages" for c in self.columns) and not (
+                self.roles and self.position and self.id is not None):
+            raise ValueError(f"schema {self.name!r}: a messages column needs roles, a CSV "
+                             "position column and an id column")
         _COLUMNS.update(names)
+        if self.position:
+            _COLUMNS.update((self.position, "role", "timestamp", "text"))
         for c in self.columns:
             _REASONS.update(c.reasons())
 
@@ -192,8 +240,9 @@ class RecordTable:
     """The usable rows of one file of a schema, plus what was set aside and why.
 
     ``values`` maps each read column (not the label, the id or ``any`` columns) to its
-    cleaned values, one per usable row: a ``str`` (normalised when it is text) or, for
-    ``list[str]``, a tuple of normalised texts."""
+    cleaned values, one per usable row: a ``str`` (normalised when it is text), for
+    ``list[str]`` a tuple of normalised texts, for ``messages`` a tuple of
+    :class:`Message` in conversation order."""
 
     path: Path  # the file read (symbolic links resolved)
     schema: RecordSchema

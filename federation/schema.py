@@ -100,3 +100,41 @@ ADVERT_RECORDS = RecordSchema(
 )
 assert ADVERT_RECORDS.required == REQUIRED_COLUMNS
 assert set(ADVERT_RECORDS.reasons()) == set(SET_ASIDE_REASONS)
+
+
+# --- conversations (the conversation-risk task) ---------------------------------------------
+
+CONVERSATION_SCHEMA_VERSION = "conversation-export/1"
+
+#: Sender roles of a conversation's messages: ``reported`` is the account the conversation
+#: was reported or seized for (the one whose moves are assessed), ``contact`` the person it
+#: writes to (who may be a victim), ``other`` anyone else (a third person, a system line).
+CONVERSATION_ROLES: tuple[str, ...] = ("reported", "contact", "other")
+
+#: Per-conversation stage labels, in the order a grooming or extortion conversation moves
+#: through them (O'Connell 2003; Olson et al. 2007); positive from grooming.
+STAGES: tuple[str, ...] = ("none", "contact", "grooming", "sexual solicitation", "extortion")
+
+CONVERSATION_LABEL_SCHEMES: dict[str, LabelScheme] = {
+    "binary": LABEL_SCHEMES["binary"],
+    "stage": LabelScheme("stage", tuple(range(len(STAGES))), positive_from=2, names=STAGES),
+    "0-6": LABEL_SCHEMES["0-6"],
+}
+
+#: A conversation export: JSONL or Parquet hold one conversation per record, with its
+#: ``messages`` as a list of {role, timestamp, text}; CSV holds one message per row with
+#: ``conversation_id``, ``position``, ``role``, optional ``timestamp``, ``text`` and the
+#: conversation's ``label`` (repeated on each of its rows). ``synthetic`` is optional, as
+#: for adverts.
+CONVERSATION_RECORDS = RecordSchema(
+    name=CONVERSATION_SCHEMA_VERSION,
+    columns=(
+        Column("conversation_id", "id", unique=True),
+        Column("messages", "messages", text=True),
+        Column("label", "label"),
+        Column("synthetic", "any", required=False),
+    ),
+    label_schemes=MappingProxyType(CONVERSATION_LABEL_SCHEMES),
+    roles=CONVERSATION_ROLES,
+    position="position",
+)

@@ -58,6 +58,10 @@ class Explanation:
     spans: list[tuple[int, int] | None]
     shares: np.ndarray
     features: dict[int, float]
+    #: Per unit, the indicator phrases found in it: (category, start, end) offsets into
+    #: that unit's text (conversations: each message's lexicon hits); empty where a task
+    #: has no lexicon.
+    indicators: tuple[tuple[tuple[str, int, int], ...], ...] = ()
 
 
 class Explainer(Protocol):
