@@ -301,14 +301,16 @@ def _check(args: argparse.Namespace) -> int:
     fix, never a value from the files) when it is not.
 
     The export is read exactly as the node reads it before every round (federation/data.py,
-    within the limits of federation/limits.py), so an export that passes here trains.
+    within the limits of federation/limits.py), so an export that passes here trains. The
+    manifest's ``schema_version`` says which schema it is (adverts, or conversations for
+    "conversation-export/1").
     """
-    from federation.data import load_agency
+    from federation.data import load_export
     from federation.errors import HeroesError
     from federation.quarantine import quarantine_report, render_summary, write_quarantine_report
 
     try:
-        data = load_agency(args.data_dir)
+        data = load_export(args.data_dir)
         report = None
         if args.report_dir is not None:
             report = write_quarantine_report(data, args.report_dir)
