@@ -107,7 +107,7 @@ def test_layers_clipping_equals_a_per_record_loop_and_opacus_hooks(kind: str) ->
 def test_the_bag_baseline_is_not_taken_for_a_fused_logistic_head() -> None:
     """Its one Linear reads the sum of slots, not the row: the row-based fused norms would
     be wrong, so the model's own ``dp_clipping`` keeps it on the layers path."""
-    task, xs, ys = _batch("linear")
+    task, _, _ = _batch("linear")
     model = task.build_model()
     assert linear_head(model) is not None and model.dp_clipping == "layers"
 
@@ -130,7 +130,7 @@ class _Recorder:
 
 @pytest.mark.parametrize("secure", [False, True])
 def test_train_local_runs_dp_on_the_layers_path_with_the_audit_observer(secure: bool) -> None:
-    task, xs, ys = _batch("order", 48)
+    task, _, ys = _batch("order", 48)
     features = task.featurize(_conversations(48, 1))
     labels = ys.numpy()
     train = TrainSettings(local_epochs=1, batch_size=16, learning_rate=0.1)

@@ -54,7 +54,8 @@ _PHRASES: dict[str, tuple[str, ...]] = {
         r"apaga (?:as|nossas|essas) (?:mensagens|conversas)",
     ),
     "platform_move": (
-        r"(?:let'?s )?talk on another app", r"add me on", r"switch to (?:a )?(?:private|another|encrypted) app",
+        r"(?:let'?s )?talk on another app", r"add me on",
+        r"switch to (?:a )?(?:private|another|encrypted) app",
         r"(?:hablamos|habla(?:r|mos)) por otra app", r"agr[eé]game (?:en|a)",
         r"p[aá]sate a otra app",
         r"(?:vamos )?(?:falar|conversar) (?:em|no|por) outro app", r"me adiciona no",
@@ -97,12 +98,14 @@ _PHRASES: dict[str, tuple[str, ...]] = {
         r"antes da meia[- ]noite",
     ),
     "debt_bondage": (
-        r"when the debt is paid", r"you (?:still )?owe (?:me|us)", r"pay (?:off )?(?:your|the) debt",
+        r"when the debt is paid", r"you (?:still )?owe (?:me|us)",
+        r"pay (?:off )?(?:your|the) debt",
         r"cuando pagues la deuda", r"(?:me|nos) debes", r"tu deuda",
         r"quando pagar a d[ií]vida", r"(?:voc[eê]|vc) (?:me|nos) deve", r"sua d[ií]vida",
     ),
     "documents_retained": (
-        r"i keep your (?:passport|documents|papers|id)", r"you(?:'ll)? get your (?:passport|papers) back",
+        r"i keep your (?:passport|documents|papers|id)",
+        r"you(?:'ll)? get your (?:passport|papers) back",
         r"yo guardo tu (?:pasaporte|documento)s?", r"tu pasaporte (?:lo tengo|se queda)",
         r"eu fico com (?:o )?seu (?:passaporte|documento)s?", r"seu passaporte fica comigo",
     ),

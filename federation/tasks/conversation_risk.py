@@ -245,19 +245,23 @@ class ConversationBagModel(nn.Module):
 
     def __init__(self, *, num_buckets: int, max_messages: int) -> None:
         super().__init__()
+        self.num_buckets = num_buckets
         self.slots = max_messages
         self.slot_width = num_buckets + RESERVED
         self.readout = nn.Linear(self.slot_width, 1)
 
+    def _slots(self, x: torch.Tensor) -> torch.Tensor:
+        """The real messages' rows [b, M, S]; empty slots are zeroed whatever they hold."""
+        s = x.view(x.shape[0], self.slots, self.slot_width)
+        return s * (s[..., self.num_buckets + PRESENT] > 0).to(x.dtype)[..., None]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.view(x.shape[0], self.slots, self.slot_width).sum(dim=1)
-        out: torch.Tensor = self.readout(s).squeeze(-1)
+        out: torch.Tensor = self.readout(self._slots(x).sum(dim=1)).squeeze(-1)
         return out
 
     @torch.no_grad()
     def contributions(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.view(x.shape[0], self.slots, self.slot_width)
-        shares: torch.Tensor = s.matmul(self.readout.weight[0])
+        shares: torch.Tensor = self._slots(x).matmul(self.readout.weight[0])
         return shares
 
 
