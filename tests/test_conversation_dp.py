@@ -75,7 +75,7 @@ def _hooks(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, clip: float
     gsm = GradSampleModule(model, loss_reduction="sum")
     nn.functional.binary_cross_entropy_with_logits(gsm(xs), ys, reduction="sum").backward()
     samples = [p.grad_sample for p in model.parameters()]  # type: ignore[attr-defined]
-    norms = torch.sqrt(sum((g.reshape(len(g), -1) ** 2).sum(1) for g in samples))  # type: ignore[arg-type]
+    norms = torch.sqrt(sum((g.reshape(len(g), -1) ** 2).sum(1) for g in samples))
     factors = (clip / (norms + 1e-6)).clamp(max=1.0)
     out = [torch.einsum("i,i...->...", factors, g) for g in samples]
     gsm._close()
