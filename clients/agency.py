@@ -221,7 +221,7 @@ def _parse_exports(n: dict[str, Any], problems: list[str]) -> dict[str, TaskExpo
     A task with a folder must be allowed, and advert-risk has one folder, not two."""
     where = f"[{NODE_SECTION}.datasets]"
     tables = n.get("datasets", {})
-    allowed = n.get("allowed_tasks", DEFAULT_TASKS)
+    allowed = n.get("allowed_tasks", list(DEFAULT_TASKS))
     out: dict[str, TaskExport] = {}
     if isinstance(tables, dict):
         for number, (task, table) in enumerate(tables.items(), start=1):
@@ -236,9 +236,11 @@ def _parse_exports(n: dict[str, Any], problems: list[str]) -> dict[str, TaskExpo
                                 + _DATASETS_EXAMPLE)
                 continue
             bad = False
-            for key in sorted(set(table) - set(EXPORT_KEYS)):
-                problems.append(f"{place}: {key!r} is not a known key; allowed: "
-                                f"{sorted(EXPORT_KEYS)}. Fix: correct its spelling or remove it")
+            unknown = set(table) - set(EXPORT_KEYS)
+            if unknown:  # counted, not shown: whatever a mistyped key holds stays here
+                problems.append(f"{place} has {len(unknown)} key(s) that are not known; "
+                                f"allowed: {sorted(EXPORT_KEYS)}. Fix: correct their spelling "
+                                "or remove them")
                 bad = True
             for key, required in EXPORT_KEYS.items():
                 if key not in table:
