@@ -233,7 +233,8 @@ def _record_rows(table: Any) -> list[int]:
     if rows is not None:
         return [int(r) for r in rows]
     set_aside = sorted(r.record for r in table.quarantine)
-    out, record, k = [], 0, 0
+    out: list[int] = []
+    record, k = 0, 0
     while len(out) < len(table.ids):
         record += 1
         if k < len(set_aside) and set_aside[k] == record:
@@ -667,7 +668,8 @@ def render_report(report: ScoreReport, *, show: int = 10) -> str:
     for x in flagged[:show]:
         if noun != "advert":
             lines.append(f"  {x.record_id}  p={x.probability:.3f}  messages that raised it:")
-            lines += [f"    {u.brief()}" for u in x.units] or ["    (no message with a positive share)"]
+            lines += [f"    {u.brief()}" for u in x.units] or [
+                "    (no message with a positive share)"]
             continue
         reasons = "; ".join(f"\"{p.text}\" ({p.category}, {BY_NAME[p.category].evidence})"
                             if p.category in BY_NAME else f"\"{p.text}\" (unlisted)"
