@@ -2,9 +2,10 @@
 
     heroes agency init --dir DIR --name NAME --data-dir DATA --consortium HOST:PORT \\
         --ca-cert ca.crt --consortium-key signing.pub --max-epsilon 10 --delta 1e-5
+        [--data TASK=DIR ...] [--task-dataset-id TASK=ID ...] [--allowed-task TASK ...]
     heroes agency serve --dir DIR [--insecure]
     heroes agency status --dir DIR [--json]          health, connection, budget left
-    heroes agency ledger --dir DIR [--json]          privacy spent and left, per dataset
+    heroes agency ledger --dir DIR [--json]          privacy spent and left, per (task, dataset)
     heroes agency check --data-dir DATA [--report-dir DIR] [--json]
                                                      validate the export; quarantine report
     heroes agency approve TARGET --dir DIR [--yes]   a roster, a .fab, or a refused bundle's digest
@@ -62,15 +63,23 @@ def _register_node(sub: Subparsers) -> None:
                 "consortium's CA certificate and signing key")
     _dir(p)
     p.add_argument("--name", required=True, help="the agency's name as the consortium knows it")
-    p.add_argument("--data-dir", type=Path, required=True,
-                   help="the export folder (manifest.json and the files it names)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="the advert-risk export folder (manifest.json and the files it "
+                   "names); or name each task's export with --data")
+    p.add_argument("--data", action="append", default=[], metavar="TASK=DIR",
+                   help="the export folder of one task, e.g. conversation-risk=/srv/chats "
+                   "(repeatable: one per task; a round of a task reads only its own)")
+    p.add_argument("--task-dataset-id", action="append", default=[], metavar="TASK=ID",
+                   help="a stable ledger name for the dataset of a task named by --data")
     p.add_argument("--consortium", required=True, help="the consortium's address, HOST:PORT")
     p.add_argument("--ca-cert", type=Path, required=True,
                    help="the consortium's ca.crt (received out of band)")
     p.add_argument("--consortium-key", type=Path, required=True,
                    help="the consortium's signing.pub (received out of band)")
     p.add_argument("--max-epsilon", type=float, required=True,
-                   help="lifetime privacy budget per dataset (unit: one advert record)")
+                   help="lifetime privacy budget per dataset (unit: one record of the "
+                   "task that trains it, e.g. one advert, one conversation; the tasks "
+                   "trained on one dataset share its budget)")
     p.add_argument("--delta", type=float, required=True,
                    help="delta for every epsilon; well below 1/(training records)")
     p.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
@@ -90,8 +99,10 @@ def _register_node(sub: Subparsers) -> None:
                    help="send per-agency figures (loss, epsilon, evaluation) in the clear; "
                    "off: only secure sums and statuses leave")
     p.add_argument("--allowed-task", action="append", default=None,
-                   help="task this node agrees to train (repeatable; default: advert-risk)")
-    p.add_argument("--dataset-id", default="", help="a stable name for the ledger's key")
+                   help="task this node agrees to train (repeatable; default: the tasks "
+                   "given a data folder, advert-risk for --data-dir)")
+    p.add_argument("--dataset-id", default="",
+                   help="a stable ledger name for the --data-dir (advert-risk) dataset")
     p.add_argument("--runtime-port", type=int, default=9094,
                    help="local Runtime API port (loopback; differs per node on one host)")
     p.add_argument("--health-port", type=int, default=9098, help="local gRPC health port")
@@ -132,12 +143,18 @@ def _init(args: argparse.Namespace) -> int:
                     secure_min_agencies=args.secure_min_agencies,
                     require_secure_aggregation=args.require_secure_aggregation,
                     share_local_metrics=args.share_local_metrics)
+    datasets = agency.task_exports(args.data, args.task_dataset_id)
+    if args.data_dir is None and not datasets:
+        print("heroes agency init: no data folder. Fix: --data-dir DIR (the advert-risk "
+              "export) or --data TASK=DIR for each task", file=sys.stderr)
+        return exit.USAGE
+    named = (["advert-risk"] if args.data_dir is not None else []) + sorted(datasets)
     home = agency.init(args.dir, name=args.name, data_dir=args.data_dir,
                        consortium=args.consortium, ca_cert=args.ca_cert,
                        consortium_key=args.consortium_key, policy=policy,
-                       allowed_tasks=args.allowed_task or list(agency.DEFAULT_TASKS),
+                       allowed_tasks=args.allowed_task or named,
                        runtime_port=args.runtime_port, health_port=args.health_port,
-                       dataset_id=args.dataset_id)
+                       dataset_id=args.dataset_id, datasets=datasets)
     print(f"node {args.name} initialised in {home.root}\n"
           f"  send to the consortium: {home.node_pub} (public; the private node.key stays "
           "here)\n"
@@ -194,15 +211,25 @@ def status(args: argparse.Namespace) -> int:
     print(f"  runs only bundles signed by {s['consortium_key']} and approved here")
     print(f"  {s['approvals']}")
     budget = s["budget"]
+    for task, export in s["tasks"].items():
+        print(f"  task {task}: export {export['data_dir']}"
+              + (f" (dataset {export['dataset_id']})" if export["dataset_id"] else ""))
+    for task in s["allowed_tasks"]:
+        if task not in s["tasks"]:
+            print(f"  task {task}: allowed, but no data folder: its rounds are refused")
     for d in s["datasets"]:
         eps = d["epsilon"]
         last = d["last_round"]
-        print(f"  dataset {d['dataset']}: epsilon {_fmt(eps.get('rdp'))} (RDP) / "
-              f"{_fmt(eps.get('prv'))} (PRV) at delta={d['delta']:g} per {d['unit']}, over "
-              "every round of every run")
+        print(f"  task {d['task']}, dataset {d['dataset']}: epsilon {_fmt(eps.get('rdp'))} "
+              f"(RDP) / {_fmt(eps.get('prv'))} (PRV) at delta={d['delta']:g} per "
+              f"{d['unit']}, over every round of every run")
+        if len(d["tasks_on_dataset"]) > 1:
+            print(f"    the dataset is trained by {', '.join(d['tasks_on_dataset'])}: its "
+                  "epsilon composes all of them (this task's rounds alone: "
+                  f"{_fmt(d['stream_epsilon'].get('rdp'))} RDP)")
         if budget:
-            print(f"    budget {budget['max_epsilon']:g} ({budget['accountant']}), remaining "
-                  f"{_fmt(d['remaining'])}")
+            print(f"    budget {d['budget']:g} ({budget['accountant']}) for this dataset, "
+                  f"remaining {_fmt(d['remaining'])}")
         if last:
             print(f"    last round: run {last['run']} round {last['round']} at {last['at']} "
                   f"({last['status']})")
@@ -226,7 +253,8 @@ def status(args: argparse.Namespace) -> int:
 
 def _register_privacy(sub: Subparsers) -> None:
     p = command(sub, "ledger", _ledger,
-                help="privacy spent and remaining per dataset, from the node's ledger")
+                help="privacy spent and remaining per (task, dataset) stream, from the "
+                "node's ledger (budgets are per dataset)")
     _dir(p, "the node's state folder (holds privacy-ledger.sqlite)")
     _json(p)
     p = command(sub, "check", _check, help="validate the data directory; report rows set "
@@ -244,7 +272,8 @@ def render_ledger(report: list[dict[str, Any]], policy: Policy | None) -> str:
     lines = []
     for item in report:
         d = item["delta"]
-        lines.append(f"dataset {item['dataset']} (unit of privacy: {item['unit']})")
+        lines.append(f"task {item['task']}, dataset {item['dataset']} (unit of privacy: "
+                     f"{item['unit']})")
         lines.append(f"  {'#':>4} {'recorded':<21}{'run':>12}{'round':>6}{'sigma':>8}"
                      f"{'q':>8}{'steps':>6}  {'epsilon rdp':>11}{'epsilon prv':>12}  status")
         for e in item["releases"]:
@@ -264,8 +293,13 @@ def render_ledger(report: list[dict[str, Any]], policy: Policy | None) -> str:
             lines.append(f"  total: epsilon {_fmt(eps['rdp'])} (RDP) / {_fmt(eps['prv'])} "
                          f"(PRV) at delta={d:g}, over {len(item['releases'])} release(s) in "
                          "every run")
+        if len(item["tasks_on_dataset"]) > 1:
+            lines.append(f"  the dataset is trained by {', '.join(item['tasks_on_dataset'])}: "
+                         "the total composes every task's releases on it (this task's "
+                         f"alone: {_fmt(item['stream_epsilon']['rdp'])} RDP)")
         if policy is not None:
-            lines.append(f"  budget {policy.max_epsilon:g} ({policy.accountant}): "
+            own = " (this dataset's own)" if item["own_budget"] else ""
+            lines.append(f"  budget {item['budget']:g}{own} ({policy.accountant}): "
                          f"remaining {_fmt(item['remaining'])}")
         if item["not_completed"]:
             lines.append(f"  {item['not_completed']} release(s) reserved but not completed "
@@ -301,14 +335,16 @@ def _check(args: argparse.Namespace) -> int:
     fix, never a value from the files) when it is not.
 
     The export is read exactly as the node reads it before every round (federation/data.py,
-    within the limits of federation/limits.py), so an export that passes here trains.
+    within the limits of federation/limits.py), so an export that passes here trains. The
+    manifest's ``schema_version`` says which schema it is (adverts, or conversations for
+    "conversation-export/1").
     """
-    from federation.data import load_agency
+    from federation.data import load_export
     from federation.errors import HeroesError
     from federation.quarantine import quarantine_report, render_summary, write_quarantine_report
 
     try:
-        data = load_agency(args.data_dir)
+        data = load_export(args.data_dir)
         report = None
         if args.report_dir is not None:
             report = write_quarantine_report(data, args.report_dir)
@@ -330,18 +366,22 @@ def _check(args: argparse.Namespace) -> int:
 
 def _register_lifecycle(sub: Subparsers) -> None:
     p = command(sub, "score", _score,
-                help="score adverts with a signed model release; every use is logged")
+                help="score adverts or conversations with a signed model release; every use "
+                     "is logged")
     p.add_argument("--model", type=Path, required=True,
                    help="the released bundle folder (heroes consortium release)")
     p.add_argument("--input", type=Path, required=True,
-                   help="adverts to score: .csv, .jsonl or .parquet with advert_id and text")
+                   help="records to score (.csv, .jsonl or .parquet, in the release's task "
+                        "schema): adverts with advert_id and text, or conversations")
     p.add_argument("--consortium-key", type=Path, required=True,
                    help="the consortium's public signing key (PEM or OpenSSH)")
     p.add_argument("--purpose", required=True,
-                   help="why these adverts are being scored (recorded in the log)")
+                   help="why these records are being scored (recorded in the log)")
     p.add_argument("--threshold", type=float, default=None,
                    help="flag records whose probability is at or above this (default: the "
-                        "task's operating point, 0.5 for advert-risk)")
+                        "operating point the release card records, chosen by the consortium "
+                        "from secure sums of the pooled evaluation; for a card without one, "
+                        "the task's default, with a notice)")
     p.add_argument("--analyst", default=None,
                    help="who is consulting the model (default: the OS user)")
     p.add_argument("--out", type=Path, default=None,

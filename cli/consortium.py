@@ -6,7 +6,8 @@
     heroes consortium serve --dir DIR                             SuperLink + Fleet-only front
     heroes consortium roster --dir DIR [--out FILE] [--json]      sign the member roster
     heroes consortium bundle --dir DIR [--app DIR] --out FILE.fab the app bundle, for review
-    heroes consortium train --dir DIR [--run-config 'KEY=VALUE ...'] [--out DIR] [--resume RUN]
+    heroes consortium train --dir DIR [--task NAME] [--run-config 'KEY=VALUE ...'] [--out DIR]
+                            [--resume RUN]
     heroes consortium release RUN_DIR --signing-key DIR/signing.key
     heroes consortium ledger-heads --dir DIR [--json] [--forget NAME]  agencies' last heads
 
@@ -94,6 +95,10 @@ def _register_deployment(sub: Subparsers) -> None:
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the run")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN",
                    help="continue an interrupted run from its last checkpoint (its folder)")
+    p.add_argument("--task", default="advert-risk", metavar="NAME",
+                   help="the shared classifier to train (a registered task, e.g. advert-risk "
+                   "or conversation-risk; default advert-risk). Every agency trains it on "
+                   "its own export of that task, if its policy allows the task")
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -193,7 +198,7 @@ def _train(args: argparse.Namespace) -> int:
 
     run_dir = deploy.train(args.dir, app=args.app or deploy.APP_ROOT,
                            overrides=args.run_config, out=args.out, timeout=args.timeout,
-                           resume=args.resume)
+                           resume=args.resume, task=args.task)
     print(f"run finished: model and metrics in {run_dir}")
     return exit.OK
 

@@ -1,8 +1,10 @@
 """An agency's node in a real deployment: its folder, its key, its processes.
 
     STATE_DIR/                 (the node's state folder; back it up, keep it private)
-      policy.toml              [privacy_budget] (the ledger's budget) and [node] (data folder,
-                               consortium address, allowed tasks, local ports)
+      policy.toml              [privacy_budget] (the ledger's budget, per dataset) and [node]
+                               (consortium address, allowed tasks, local ports, and the
+                               export of each task: data_dir for advert-risk, or one
+                               [node.datasets."<task>"] table per task)
       node.key                 EC P-256 private key (OpenSSH): proves the node to the consortium
       node.key.pub             send this to the consortium to be enrolled
       consortium-ca.crt        the consortium CA: the node talks only to a SuperLink it issued
@@ -37,11 +39,13 @@ import subprocess
 import sys
 import time
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clients import approvals
+from clients import node_config as nc
 from federation.errors import ConfigError, DataError, DeploymentError, HeroesError, Rule
 from federation.files import loose_mode, open_private, private_dir, write_atomic
 from federation.ledger import Ledger, LedgerError, Policy, load_policy, write_policy
@@ -56,27 +60,54 @@ DEFAULT_TASKS = ("advert-risk",)
 NODE_SECTION = "node"
 _TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _STRING, _INTEGER, _TASKS = "a string", "a whole number", "an array of task names"
-#: [node] key -> (kind, required, example for the fix)
+_EXPORTS = "a table of one table per task"
+_DATASETS_EXAMPLE = ('[node.datasets."conversation-risk"] with data_dir = "/srv/heroes/chats" '
+                     '(and optionally dataset_id = "eu-police-north/chats-2026")')
+#: [node] key -> (kind, required, example for the fix). A node needs a data folder: the
+#: advert-risk export's ``data_dir``, or a [node.datasets."<task>"] table, or both.
 NODE_KEYS: dict[str, tuple[str, bool, str]] = {
     "name": (_STRING, True, 'name = "eu-police-north"'),
-    "data_dir": (_STRING, True, 'data_dir = "/srv/heroes/export"'),
+    "data_dir": (_STRING, False, 'data_dir = "/srv/heroes/export"'),
     "consortium": (_STRING, True, 'consortium = "fl.consortium.example:9092"'),
     "allowed_tasks": (_TASKS, False, 'allowed_tasks = ["advert-risk"]'),
     "runtime_port": (_INTEGER, False, "runtime_port = 9094"),
     "health_port": (_INTEGER, False, "health_port = 9098"),
     "dataset_id": (_STRING, False, 'dataset_id = "eu-police-north/adverts-2026"'),
+    "datasets": (_EXPORTS, False, _DATASETS_EXAMPLE),
 }
+#: [node.datasets."<task>"] key -> required
+EXPORT_KEYS = {"data_dir": True, "dataset_id": False}
+
+
+@dataclass(frozen=True)
+class TaskExport:
+    """One task's export at this node: its folder and its ledger key ("" for the default,
+    agency/fingerprint of the training file)."""
+
+    data_dir: Path
+    dataset_id: str = ""
 
 
 @dataclass(frozen=True)
 class NodeSettings:
     name: str
-    data_dir: Path
+    #: The advert-risk export of a node configured before several tasks (``data_dir``);
+    #: None when every export is in [node.datasets].
+    data_dir: Path | None
     consortium: str
     allowed_tasks: tuple[str, ...]
     runtime_port: int
     health_port: int
     dataset_id: str
+    #: [node.datasets."<task>"]: the exports of the tasks named there.
+    datasets: Mapping[str, TaskExport] = field(default_factory=dict)
+
+    def exports(self) -> dict[str, TaskExport]:
+        """Every task's export, ``data_dir`` included as advert-risk's."""
+        out = dict(self.datasets)
+        if self.data_dir is not None:
+            out[nc.LEGACY_TASK] = TaskExport(self.data_dir, self.dataset_id)
+        return dict(sorted(out.items()))
 
 
 @dataclass(frozen=True)
@@ -167,18 +198,82 @@ def parse_node(data: dict[str, Any], *, source: str) -> NodeSettings:
         problem = _node_value_problem(key, kind, n[key])
         if problem:
             problems.append(f"[{NODE_SECTION}] {key} {problem}. Fix: e.g. `{example}`")
+    exports = _parse_exports(n, problems)
     ports = [n.get(k) for k in ("runtime_port", "health_port")]
     if ports[0] is not None and ports[0] == ports[1] and isinstance(ports[0], int):
         problems.append(f"[{NODE_SECTION}] runtime_port and health_port are both {ports[0]}; "
                         "two services cannot share a port. Fix: give them different ports")
     if problems:
         raise ConfigError(problems, source=source)
-    return NodeSettings(name=n["name"], data_dir=Path(n["data_dir"]),
+    return NodeSettings(name=n["name"],
+                        data_dir=Path(n["data_dir"]) if "data_dir" in n else None,
                         consortium=n["consortium"],
                         allowed_tasks=tuple(n.get("allowed_tasks", DEFAULT_TASKS)),
                         runtime_port=n.get("runtime_port", 9094),
                         health_port=n.get("health_port", 9098),
-                        dataset_id=n.get("dataset_id", ""))
+                        dataset_id=n.get("dataset_id", ""), datasets=exports)
+
+
+def _parse_exports(n: dict[str, Any], problems: list[str]) -> dict[str, TaskExport]:
+    """[node.datasets]: one table per task, each with data_dir (and dataset_id). A table
+    is named by its place in the file, never by what the agency wrote (its task name may
+    be mistyped with anything in it); the values' problems come from _node_value_problem.
+    A task with a folder must be allowed, and advert-risk has one folder, not two."""
+    where = f"[{NODE_SECTION}.datasets]"
+    tables = n.get("datasets", {})
+    allowed = n.get("allowed_tasks", list(DEFAULT_TASKS))
+    out: dict[str, TaskExport] = {}
+    if isinstance(tables, dict):
+        for number, (task, table) in enumerate(tables.items(), start=1):
+            place = f"{where}: table {number} (counting from 1, in file order)"
+            if not _TASK_NAME.match(task):
+                problems.append(f"{place} is not named after a task (lower-case letters, "
+                                "digits, '-', '_' or '.', at most 64). Fix: e.g. "
+                                + _DATASETS_EXAMPLE)
+                continue
+            if not isinstance(table, dict):
+                problems.append(f"{place} must be a table, not {toml_type(table)}. Fix: e.g. "
+                                + _DATASETS_EXAMPLE)
+                continue
+            bad = False
+            unknown = set(table) - set(EXPORT_KEYS)
+            if unknown:  # counted, not shown: whatever a mistyped key holds stays here
+                problems.append(f"{place} has {len(unknown)} key(s) that are not known; "
+                                f"allowed: {sorted(EXPORT_KEYS)}. Fix: correct their spelling "
+                                "or remove them")
+                bad = True
+            for key, required in EXPORT_KEYS.items():
+                if key not in table:
+                    if required:
+                        problems.append(f"{place} has no {key}. Fix: e.g. {_DATASETS_EXAMPLE}")
+                        bad = True
+                    continue
+                problem = _node_value_problem(key, _STRING, table[key])
+                if problem:
+                    problems.append(f"{place}: {key} {problem}. Fix: e.g. {_DATASETS_EXAMPLE}")
+                    bad = True
+            if isinstance(allowed, list) and task not in allowed:
+                problems.append(f"{place} names an export for a task that is not in "
+                                f"allowed_tasks. Fix: add the task to [{NODE_SECTION}] "
+                                "allowed_tasks if the agency agrees to train it, or remove "
+                                "the table")
+                bad = True
+            if task == nc.LEGACY_TASK and "data_dir" in n:
+                problems.append(f"{place} gives advert-risk a data folder and so does "
+                                f"[{NODE_SECTION}] data_dir; a task reads one export. Fix: "
+                                "keep one of the two")
+                bad = True
+            if not bad:
+                out[task] = TaskExport(Path(table["data_dir"]), table.get("dataset_id", ""))
+    if "dataset_id" in n and "data_dir" not in n:
+        problems.append(f"[{NODE_SECTION}] dataset_id names the dataset of data_dir, which is "
+                        "missing. Fix: add data_dir, or move dataset_id into the task's "
+                        f"table, e.g. {_DATASETS_EXAMPLE}")
+    if "data_dir" not in n and not tables:
+        problems.append(f"[{NODE_SECTION}] has no data folder. Fix: add `data_dir = "
+                        f'"/srv/heroes/export"` (the advert-risk export) or, per task, '
+                        + _DATASETS_EXAMPLE)
+    return out
 
 
 def _node_value_problem(key: str, kind: str, value: object) -> str | None:
@@ -189,6 +284,10 @@ def _node_value_problem(key: str, kind: str, value: object) -> str | None:
         if not 1 <= value <= 65535:
             return f"={value} is not a port; it must be in 1-65535"
         return None
+    if kind == _EXPORTS:
+        if not isinstance(value, dict):
+            return f"must be {_EXPORTS}, not {toml_type(value)}"
+        return None  # each table is checked by _parse_exports
     if kind == _TASKS:
         if not isinstance(value, list) or not value:
             return f"must be a non-empty array of task names, not {toml_type(value)}"
@@ -219,21 +318,33 @@ def _toml_str(v: object) -> str:
     return json.dumps(str(v))
 
 
-def init(root: Path, *, name: str, data_dir: Path, consortium: str, ca_cert: Path,
+def init(root: Path, *, name: str, data_dir: Path | None, consortium: str, ca_cert: Path,
          consortium_key: Path, policy: Policy, allowed_tasks: list[str], runtime_port: int,
-         health_port: int, dataset_id: str = "") -> AgencyHome:
-    """Make the node key, install the consortium's CA and key, write the policy."""
+         health_port: int, dataset_id: str = "",
+         datasets: Mapping[str, TaskExport] | None = None) -> AgencyHome:
+    """Make the node key, install the consortium's CA and key, write the policy.
+
+    ``data_dir`` (and ``dataset_id``) is the advert-risk export, as nodes had before several
+    tasks; ``datasets`` gives any task its own export and dataset id."""
     home = AgencyHome(root)
     if home.policy_path.exists() or home.node_key.exists():
         raise DeploymentError(
             f"{root} already holds a node (policy.toml or node.key exists); refusing to "
             "overwrite its key and ledger. Use another --dir")
     parse_address(consortium, what="consortium address")
-    node: dict[str, Any] = {"name": name, "data_dir": str(data_dir.resolve()),
-                            "consortium": consortium, "allowed_tasks": list(allowed_tasks),
+    exports = {task: TaskExport(e.data_dir.resolve(), e.dataset_id)
+               for task, e in sorted((datasets or {}).items())}
+    node: dict[str, Any] = {"name": name, "consortium": consortium,
+                            "allowed_tasks": list(allowed_tasks),
                             "runtime_port": runtime_port, "health_port": health_port}
+    if data_dir is not None:
+        node["data_dir"] = str(data_dir.resolve())
     if dataset_id:
         node["dataset_id"] = dataset_id
+    if exports:
+        node["datasets"] = {task: {"data_dir": str(e.data_dir),
+                                   **({"dataset_id": e.dataset_id} if e.dataset_id else {})}
+                            for task, e in exports.items()}
     parse_node({NODE_SECTION: node}, source="the node settings given")  # before writing
     check_certificate(ca_cert, what="consortium CA certificate")
     load_public_key(consortium_key)  # refuse a missing or malformed key before writing
@@ -243,14 +354,7 @@ def init(root: Path, *, name: str, data_dir: Path, consortium: str, ca_cert: Pat
     write_atomic(home.consortium_key, consortium_key.read_bytes())
     write_policy(root, policy)
     with home.policy_path.open("a", encoding="utf-8") as f:
-        f.write("\n[node]\n"
-                f"name = {_toml_str(name)}\n"
-                f"data_dir = {_toml_str(data_dir.resolve())}\n"
-                f"consortium = {_toml_str(consortium)}\n"
-                f"allowed_tasks = [{', '.join(_toml_str(t) for t in allowed_tasks)}]\n"
-                f"runtime_port = {runtime_port}\n"
-                f"health_port = {health_port}\n"
-                + (f"dataset_id = {_toml_str(dataset_id)}\n" if dataset_id else ""))
+        f.write(_node_toml(node))
     make_node_key(home.node_key, home.node_pub, comment=f"heroes-fl node {name}")
     fd = open_private(home.secret, os.O_WRONLY | os.O_EXCL)
     with os.fdopen(fd, "w") as f:
@@ -259,20 +363,85 @@ def init(root: Path, *, name: str, data_dir: Path, consortium: str, ca_cert: Pat
     return home
 
 
+def task_exports(data: list[str], dataset_ids: list[str]) -> dict[str, TaskExport]:
+    """``--data TASK=DIR`` and ``--task-dataset-id TASK=ID`` (each repeatable) as one
+    export per task. A task named twice, or an id for a task without a folder, is an
+    error, since the node would not know which one was meant."""
+    def pairs(values: list[str], flag: str) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for value in values:
+            task, sep, rest = value.partition("=")
+            if not sep or not task or not rest:
+                raise ConfigError([f"{flag} takes TASK=VALUE, e.g. {flag} "
+                                   "conversation-risk=..."], source="the command line")
+            if task in out:
+                raise ConfigError([f"{flag} names task {task!r} twice; a task has one"],
+                                  source="the command line")
+            out[task] = rest
+        return out
+
+    folders, ids = pairs(data, "--data"), pairs(dataset_ids, "--task-dataset-id")
+    stray = sorted(set(ids) - set(folders))
+    if stray:
+        raise ConfigError([f"--task-dataset-id names {stray} without a --data folder. Fix: "
+                           "add --data TASK=DIR for each"], source="the command line")
+    return {task: TaskExport(Path(folder), ids.get(task, "")) for task, folder in
+            folders.items()}
+
+
+def _node_toml(node: dict[str, Any]) -> str:
+    """The [node] section (and one [node.datasets."<task>"] table per task), appended to
+    the policy file write_policy wrote."""
+    lines = ["", f"[{NODE_SECTION}]"]
+    for key in ("name", "data_dir", "consortium"):
+        if key in node:
+            lines.append(f"{key} = {_toml_str(node[key])}")
+    lines.append(f"allowed_tasks = [{', '.join(_toml_str(t) for t in node['allowed_tasks'])}]")
+    lines += [f"runtime_port = {node['runtime_port']}", f"health_port = {node['health_port']}"]
+    if "dataset_id" in node:
+        lines.append(f"dataset_id = {_toml_str(node['dataset_id'])}")
+    for task, table in node.get("datasets", {}).items():
+        lines += ["", f"[{NODE_SECTION}.datasets.{_toml_str(task)}]"]
+        lines += [f"{key} = {_toml_str(value)}" for key, value in table.items()]
+    return "\n".join(lines) + "\n"
+
+
 def validate_data(home: AgencyHome, node: NodeSettings) -> str:
-    """Read and validate the whole export before anything connects; write the quarantine
-    report. Returns a one-line summary; raises DataError when the export is unusable."""
-    from federation.data import load_agency
+    """Read and validate every task's whole export before anything connects, each through
+    its task's own record schema; write the quarantine reports (advert-risk's in the state
+    folder, as before; another task's in quarantine/<task>/). Returns a summary, a line per
+    task; raises DataError when an export is unusable, TaskError for a task this version
+    does not know."""
+    lines = []
+    for task, export in node.exports().items():
+        lines.append(f"{task}: {_validate_export(home, task, export.data_dir)}")
+    for task in node.allowed_tasks:
+        if task not in node.exports():
+            lines.append(f"{task}: allowed, but no data folder: its rounds are refused until "
+                         f'[{NODE_SECTION}.datasets."{task}"] data_dir names its export')
+    return "\n".join(lines)
+
+
+def _validate_export(home: AgencyHome, task: str, data_dir: Path) -> str:
     from federation.quarantine import write_quarantine_report
 
-    if not node.data_dir.is_dir():
+    if not data_dir.is_dir():
         raise DataError(Rule("the data folder does not exist", "put the export there, or "
-                             "correct data_dir in the node's policy.toml ([node])"),
-                        file=node.data_dir)
-    data = load_agency(node.data_dir)
+                             "correct data_dir in the node's policy.toml ([node], or the "
+                             "task's [node.datasets] table)"), file=data_dir)
+    if task == nc.LEGACY_TASK:
+        from federation.data import load_agency
+
+        data: Any = load_agency(data_dir)
+        out = home.root
+    else:
+        from federation.tasks import get_task
+
+        data = get_task(task, {}).load(data_dir)  # the task's own schema and limits
+        out = home.root / "quarantine" / task
     summary = (f"export of {data.agency}: {len(data.train)} training and {len(data.test)} test "
                f"rows usable, {data.train.rejected_total + data.test.rejected_total} set aside")
-    report = write_quarantine_report(data, home.root)
+    report = write_quarantine_report(data, out)
     return f"{summary} (quarantine report: {report})"
 
 
@@ -320,10 +489,18 @@ def preflight(home: AgencyHome, node: NodeSettings, *, insecure: bool) -> str:
 
 
 def node_config(home: AgencyHome, node: NodeSettings) -> str:
-    items = {"data_dir": str(node.data_dir), "state_dir": str(home.root.resolve()),
-             "allowed_tasks": ",".join(node.allowed_tasks)}
-    if node.dataset_id:
-        items["dataset_id"] = node.dataset_id
+    """The SuperNode's --node-config: the keys of clients/node_config.py, which the
+    ClientApp reads (clients/node.py)."""
+    items = {nc.STATE_DIR: str(home.root.resolve()),
+             nc.ALLOWED_TASKS: ",".join(node.allowed_tasks)}
+    if node.data_dir is not None:
+        items[nc.DATA_DIR] = str(node.data_dir)
+        if node.dataset_id:
+            items[nc.DATASET_ID] = node.dataset_id
+    for task, export in node.datasets.items():
+        items[nc.task_data_dir_key(task)] = str(export.data_dir)
+        if export.dataset_id:
+            items[nc.task_dataset_id_key(task)] = export.dataset_id
     return " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
 
 
@@ -521,11 +698,14 @@ def status(root: Path) -> dict[str, Any]:
     except LedgerError as exc:  # refused: say so, never show "nothing spent" instead
         state["ledger"] = f"REFUSED: {exc}"
         report = []
-    for item in report:
+    for item in report:  # one per (task, dataset) stream; budgets are per dataset
         last = item["releases"][-1] if item["releases"] else None
         datasets.append({
-            "dataset": item["dataset"], "unit": item["unit"], "delta": item["delta"],
-            "epsilon": item["epsilon"], "remaining": item["remaining"],
+            "task": item["task"], "dataset": item["dataset"], "unit": item["unit"],
+            "delta": item["delta"], "epsilon": item["epsilon"],
+            "stream_epsilon": item["stream_epsilon"],
+            "tasks_on_dataset": item["tasks_on_dataset"],
+            "budget": item.get("budget"), "remaining": item.get("remaining"),
             "last_round": None if last is None else {
                 "run": last["run_id"], "round": last["round"], "at": last["recorded_at"],
                 "status": last["status"]},
@@ -533,7 +713,10 @@ def status(root: Path) -> dict[str, Any]:
     state["datasets"] = datasets
     state["budget"] = None if policy is None else {
         "max_epsilon": policy.max_epsilon, "delta": policy.delta,
-        "accountant": policy.accountant}
+        "accountant": policy.accountant, "datasets": dict(policy.dataset_budgets)}
+    state["tasks"] = {task: {"data_dir": str(e.data_dir), "dataset_id": e.dataset_id or None}
+                      for task, e in node.exports().items()}
+    state["allowed_tasks"] = list(node.allowed_tasks)
     state["consortium_key"] = key_fingerprint(load_public_key(home.consortium_key))
     state["local"] = _last_local(root, policy)
     try:

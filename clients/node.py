@@ -1,6 +1,10 @@
 """Where a node's data lives and how it becomes features.
 
-Deployment: the node configuration names the agency's export folder (``data_dir``).
+Deployment: the node configuration names one export folder per task
+(``datasets.<task>.data_dir``, clients/node_config.py), or the single ``data_dir`` of a
+node from before several tasks, which is the advert-risk export. Which folder a round
+reads is chosen by the run's ``task.name`` alone, after the node checked that its agency
+allows that task.
 Simulation: Flower gives each virtual node a ``partition-id``; the run's
 ``paths.data_root`` holds ``federation.json`` (agencies in partition order) and one folder
 per agency under ``agencies/``.
@@ -18,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clients import node_config as nc
 from federation.config import RunPaths, RunSettings
 from federation.errors import ConfigError, DataError, Rule, TaskError
 from federation.files import open_private, private_dir
@@ -41,9 +46,49 @@ class NodeData:
     rows_set_aside: int
 
 
-def resolve_data_dir(node_config: Mapping[str, object], paths: RunPaths) -> Path:
-    if "data_dir" in node_config:
-        return Path(str(node_config["data_dir"]))
+def _per_task_folders(node_config: Mapping[str, object]) -> list[str]:
+    """The node-config keys of every per-task export folder, in a stable order."""
+    prefix, suffix = f"{nc.DATASETS}.", f".{nc.DATA_DIR}"
+    return sorted(k for k in node_config if k.startswith(prefix) and k.endswith(suffix))
+
+
+def resolve_export(node_config: Mapping[str, object], paths: RunPaths, task: str | None
+                   ) -> tuple[Path, str]:
+    """The export folder a round of ``task`` reads, and the dataset id the node config
+    gives it ("" when none: the ledger key is then agency/fingerprint).
+
+    ``task`` None asks for any of the node's exports, only to read the agency's name from
+    its manifest (the state folder of a simulated node is named after it). A deployed
+    node (one that lists its ``allowed_tasks``) reads its single ``data_dir`` for
+    advert-risk only: another task without a folder of its own is refused, naming the fix,
+    rather than read from an export made for something else.
+    """
+    if task is not None and nc.task_data_dir_key(task) in node_config:
+        return (Path(str(node_config[nc.task_data_dir_key(task)])),
+                str(node_config.get(nc.task_dataset_id_key(task)) or ""))
+    per_task = _per_task_folders(node_config)
+    legacy = nc.DATA_DIR in node_config
+    if legacy and (task in (None, nc.LEGACY_TASK) or nc.ALLOWED_TASKS not in node_config):
+        return (Path(str(node_config[nc.DATA_DIR])),
+                str(node_config.get(nc.DATASET_ID) or ""))
+    if task is None and per_task:
+        return Path(str(node_config[per_task[0]])), ""
+    if legacy or per_task:
+        raise TaskError(
+            f"task {task!r} is allowed at this node but has no data folder of its own; the "
+            f"agency names its export in policy.toml, [node.datasets.\"{task}\"] "
+            'data_dir = "/path/to/export" (or `heroes agency init --data '
+            f'{task}=DIR`), and restarts `heroes agency serve`')
+    return _simulated_export(node_config, paths), ""
+
+
+def resolve_data_dir(node_config: Mapping[str, object], paths: RunPaths,
+                     task: str | None = None) -> Path:
+    """The export folder of ``task`` (see ``resolve_export``)."""
+    return resolve_export(node_config, paths, task)[0]
+
+
+def _simulated_export(node_config: Mapping[str, object], paths: RunPaths) -> Path:
     if "partition-id" in node_config:
         root = Path(paths.data_root)
         if not paths.data_root:
@@ -65,7 +110,8 @@ def resolve_data_dir(node_config: Mapping[str, object], paths: RunPaths) -> Path
         return root / "agencies" / str(agencies[pid])
     raise ConfigError(
         ["node config has no data_dir; start the node with --node-config "
-         "'data_dir=\"/path/to/export\"'"],
+         "'data_dir=\"/path/to/export\"' (or one folder per task: "
+         "'datasets.TASK.data_dir=\"/path/to/export\"')"],
         source="node config",
     )
 
@@ -73,8 +119,8 @@ def resolve_data_dir(node_config: Mapping[str, object], paths: RunPaths) -> Path
 def resolve_state_dir(node_config: Mapping[str, object], paths: RunPaths,
                       agency: str) -> Path:
     """Where the node keeps its privacy ledger and policy."""
-    if "state_dir" in node_config:
-        return Path(str(node_config["state_dir"]))
+    if nc.STATE_DIR in node_config:
+        return Path(str(node_config[nc.STATE_DIR]))
     if "partition-id" in node_config and paths.state_root:
         return Path(paths.state_root) / agency
     raise ConfigError(
@@ -87,9 +133,9 @@ def resolve_state_dir(node_config: Mapping[str, object], paths: RunPaths,
 def check_task_allowed(node_config: Mapping[str, object], task_name: str) -> None:
     """A deployed node trains only the tasks its agency agreed to (policy.toml [node]
     allowed_tasks, passed as node config ``allowed_tasks``); simulation nodes set none."""
-    if "allowed_tasks" not in node_config:
+    if nc.ALLOWED_TASKS not in node_config:
         return
-    allowed = [t for t in str(node_config["allowed_tasks"]).split(",") if t]
+    allowed = [t for t in str(node_config[nc.ALLOWED_TASKS]).split(",") if t]
     if task_name not in allowed:
         raise TaskError(f"task {task_name!r} is not among the tasks this agency allows "
                         f"({allowed}); the agency adds it to allowed_tasks in its policy.toml "
@@ -135,15 +181,17 @@ def cached_features(task: Task, export_sha256: str, records: list[Any], cache_di
 def load_node_data(
     node_config: Mapping[str, object], settings: RunSettings, *, split: str
 ) -> NodeData:
-    """Validate the agency's whole export, then featurise the requested split."""
+    """Validate the agency's whole export for the run's task (the folder that task.name
+    selects), then featurise the requested split."""
     from federation.ledger import fingerprint_file
     from federation.tasks import get_task
 
     check_task_allowed(node_config, settings.task_name)
+    data_dir, dataset_id = resolve_export(node_config, settings.paths, settings.task_name)
     task = get_task(settings.task_name, settings.task_params)
-    data = task.load(resolve_data_dir(node_config, settings.paths))
+    data = task.load(data_dir)
     fingerprint = fingerprint_file(data.train.path)
-    dataset = str(node_config.get("dataset_id") or f"{data.agency}/{fingerprint[:16]}")
+    dataset = dataset_id or f"{data.agency}/{fingerprint[:16]}"
     table = data.train if split == "train" else data.test
     table_sha256 = fingerprint if split == "train" else fingerprint_file(table.path)
     rows = task.rows(table)

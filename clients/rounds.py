@@ -135,7 +135,8 @@ def _received_model(msg: Message, context: Context, *, split: str
 
     settings = RunSettings.from_flat(context.run_config, source="run config (client)")
     node = load_node_data(context.node_config, settings, split=split)
-    policy = load_policy(node.state_dir)
+    # The policy as it applies to this dataset: its own budget, if the agency gave it one.
+    policy = load_policy(node.state_dir).for_dataset(node.dataset)
     torch.set_num_threads(1)  # one intra-op thread per node: several share the machine
     model = node.task.build_model()
     model.load_state_dict(msg.content.array_records[Record.ARRAYS].to_torch_state_dict())
@@ -155,7 +156,7 @@ def train_once(msg: Message, context: Context) -> Trained:
         round=server_round, task=settings.task_name, model=node.model_name,
         noise_multiplier=0.0, sample_rate=0.0, steps=0,
         max_grad_norm=settings.privacy.max_grad_norm, delta=policy.delta,
-        accountant=policy.accountant,
+        accountant=policy.accountant, unit=node.task.privacy_unit,
     )
     if not settings.privacy.enabled:
         if not policy.allow_non_private:

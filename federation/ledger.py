@@ -101,9 +101,25 @@ GENESIS = "0" * 64  # the prev_hash of the first entry
 PREVIOUS_HEADS = 8
 
 __all__ = [
-    "FORMAT", "HEAD_FILE", "LEDGER_FILE", "POLICY_FILE", "REPORTED_FILE", "BudgetExceeded",
-    "Ledger", "LedgerError", "LedgerRow", "Policy", "Release", "both_epsilons",
-    "calibrate_to_budget", "fingerprint_file", "head_message", "json_safe", "load_policy",
+    "FORMAT",
+    "HEAD_FILE",
+    "LEDGER_FILE",
+    "LEGACY_UNITS",
+    "POLICY_FILE",
+    "REPORTED_FILE",
+    "BudgetExceeded",
+    "Ledger",
+    "LedgerError",
+    "LedgerRow",
+    "Policy",
+    "Release",
+    "both_epsilons",
+    "calibrate_to_budget",
+    "fingerprint_file",
+    "head_message",
+    "json_safe",
+    "load_policy",
+    "unit_of",
     "write_policy",
 ]
 
@@ -160,9 +176,25 @@ class Release:
     delta: float
     accountant: str
     recorded_at: str = ""
+    #: The unit of privacy of the release's task (``Task.privacy_unit``), recorded with it
+    #: so that the ledger states every epsilon's unit without loading the task registry
+    #: (and its torch). Entries from before it was recorded have "" (see ``unit_of``).
+    unit: str = ""
 
     def mechanism(self) -> HistoryEntry:
         return (self.noise_multiplier, self.sample_rate, self.steps)
+
+
+#: Releases recorded before the ledger kept each release's unit were all of the one task
+#: there was; its unit then, word for word.
+LEGACY_UNITS = {"advert-risk": "one advert record in one agency's training export"}
+
+
+def unit_of(release: Release) -> str:
+    """The unit of privacy a release's epsilon is stated in."""
+    if release.unit:
+        return release.unit
+    return LEGACY_UNITS.get(release.task, f"not recorded (task {release.task})")
 
 
 @dataclass(frozen=True)
@@ -717,6 +749,9 @@ class Ledger:
         """Record a DP release before it is made, if the budget allows; return its sequence
         number and the dataset's cumulative epsilon (policy accountant and delta) after it.
 
+        The budget is the dataset's (``Policy.budget_for``), and the history it is checked
+        against is the dataset's whole history, every task's releases on it together.
+
         Raises BudgetExceeded (and records nothing) when the release would pass the budget
         or the dataset was ever trained without DP.
         """
@@ -726,6 +761,7 @@ class Ledger:
                 f"{release.noise_multiplier} is not differentially private and cannot be "
                 "reserved against a DP budget. Fix: the node records non-private training "
                 "with reserve_non_private, after checking the policy's allow_non_private")
+        policy = policy.for_dataset(release.dataset)  # the dataset's own budget, if it has one
         with self._write() as conn:
             self.verify()
             history = self.history(release.dataset)
@@ -835,43 +871,65 @@ class Ledger:
         return out
 
     # -- reporting --------------------------------------------------------------------
+    def streams(self) -> list[tuple[str, str]]:
+        """Every (task, dataset) pair with a release, ordered by dataset then task."""
+        pairs = {(r.release.task, r.release.dataset) for r in self.rows()}
+        return sorted(pairs, key=lambda p: (p[1], p[0]))
+
     def report(self, policy: Policy | None) -> list[dict[str, Any]]:
-        """Per dataset: every release, the cumulative epsilon under both accountants (with
-        its delta and unit), and the remaining budget under the policy. A dataset trained
-        without DP shows epsilon inf, ``epsilon_infinite`` true and remaining 0.0."""
+        """One item per stream (task, dataset): its releases, each with the dataset's
+        cumulative epsilon after it under both accountants; the dataset's epsilon, over
+        every release of every task on it (the guarantee: the data is what is protected,
+        so the tasks trained on one dataset compose); this task's releases alone
+        (``stream_epsilon``); the unit of privacy of the task; and the remaining budget
+        of the dataset under the policy. A dataset trained without DP shows epsilon inf,
+        ``epsilon_infinite`` true and remaining 0.0."""
         out = []
         delta = policy.delta if policy else None
-        for ds in self.datasets():
-            rows = self.rows(ds)
-            entries = []
+        by_dataset: dict[str, list[LedgerRow]] = {}
+        for r in self.rows():
+            by_dataset.setdefault(r.release.dataset, []).append(r)
+        for ds in sorted(by_dataset):
+            rows = by_dataset[ds]
+            d = delta if delta is not None else rows[-1].release.delta
+            cumulative: dict[int, dict[str, float]] = {}
             history: list[HistoryEntry] = []
             for r in rows:
                 history.append(r.release.mechanism())
-                d = delta if delta is not None else r.release.delta
-                entries.append({
-                    "seq": r.seq, **asdict(r.release),
-                    "private": r.release.noise_multiplier > 0,
-                    "status": "completed" if r.completed else "reserved, not completed",
-                    "cumulative_epsilon": both_epsilons(history, d),
-                })
-            d = delta if delta is not None else (rows[-1].release.delta if rows else 1e-5)
+                cumulative[r.seq] = both_epsilons(history, delta if delta is not None
+                                                  else r.release.delta)
             total = both_epsilons(history, d)
             infinite = trained_without_dp(history)
-            item: dict[str, Any] = {
-                "dataset": ds, "releases": entries, "delta": d,
-                "epsilon": total,
-                "epsilon_infinite": infinite,
-                "unit": "one advert record",
-                "not_completed": sum(not r.completed for r in rows),
-                "non_private_releases": sum(not r.release.noise_multiplier > 0 for r in rows),
-            }
-            if policy:
-                spent = total[policy.accountant]
-                item["budget"] = policy.max_epsilon
-                item["accountant"] = policy.accountant
-                item["remaining"] = (max(0.0, policy.max_epsilon - spent)
-                                     if math.isfinite(spent) else 0.0)
-            out.append(item)
+            tasks = sorted({r.release.task for r in rows})
+            for task in tasks:
+                own = [r for r in rows if r.release.task == task]
+                own_history = [r.release.mechanism() for r in own]
+                item: dict[str, Any] = {
+                    "task": task, "dataset": ds, "unit": unit_of(own[-1].release),
+                    "releases": [{"seq": r.seq, **asdict(r.release), "unit": unit_of(r.release),
+                                  "private": r.release.noise_multiplier > 0,
+                                  "status": "completed" if r.completed
+                                  else "reserved, not completed",
+                                  "cumulative_epsilon": cumulative[r.seq]} for r in own],
+                    "delta": d,
+                    "epsilon": total,
+                    "epsilon_infinite": infinite,
+                    "stream_epsilon": total if len(tasks) == 1
+                    else both_epsilons(own_history, d),
+                    "tasks_on_dataset": tasks,
+                    "not_completed": sum(not r.completed for r in own),
+                    "non_private_releases": sum(not r.release.noise_multiplier > 0
+                                                for r in own),
+                }
+                if policy:
+                    budget = policy.budget_for(ds)
+                    spent = total[policy.accountant]
+                    item["budget"] = budget
+                    item["own_budget"] = ds in policy.dataset_budgets
+                    item["accountant"] = policy.accountant
+                    item["remaining"] = (max(0.0, budget - spent)
+                                         if math.isfinite(spent) else 0.0)
+                out.append(item)
         return out
 
 

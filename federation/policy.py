@@ -4,7 +4,9 @@ The node obeys this file, not the consortium: the run config says what the conso
 would like, the policy says what the agency accepts. Three sections are ours:
 
     [privacy_budget]       lifetime epsilon per dataset, delta, accountant, whether DP may
-                           be off, and what to do when a run does not fit
+                           be off, and what to do when a run does not fit;
+                           [privacy_budget.datasets."<dataset_id>"] gives one dataset a
+                           budget of its own (max_epsilon), else the agency-wide one applies
     [secure_aggregation]   the least the node accepts from a secure-aggregation round
     [sharing]              whether per-agency figures may leave in the clear
 
@@ -21,10 +23,11 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import field as dc_field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from federation.config import PrivacySettings
 from federation.errors import LedgerError, PolicyError
@@ -59,14 +62,21 @@ _KEYS: dict[tuple[str, str], tuple[str, str, str]] = {
 SECTIONS: tuple[str, ...] = ("privacy_budget", "secure_aggregation", "sharing")
 _REQUIRED = (("privacy_budget", "max_epsilon"), ("privacy_budget", "delta"))
 _TOML_KEY = {field: (section, key) for (section, key), (field, _, _) in _KEYS.items()}
+#: [privacy_budget.datasets."<dataset_id>"]: a dataset's own budget (Policy.dataset_budgets)
+_DATASETS, _DATASETS_FIELD = "datasets", "dataset_budgets"
+_DATASET_EXAMPLE = '[privacy_budget.datasets."DATASET_ID"] with `max_epsilon = 2.0`'
 
 EXAMPLE = """\
   [privacy_budget]
-  max_epsilon = 10.0          # lifetime budget per dataset (unit: one advert record)
+  max_epsilon = 10.0          # lifetime budget per dataset (unit: one record of the task
+                              # that trains it: an advert, a conversation)
   delta = 1e-5
   accountant = "rdp"          # or "prv"
   allow_non_private = false
   on_budget = "stretch"       # or "stop"
+
+  [privacy_budget.datasets."eu-police-north/chats-2026"]
+  max_epsilon = 2.0           # optional: this dataset's own lifetime budget
 
   [secure_aggregation]
   min_threshold = 0.5         # share threshold t must exceed this fraction; in [0.5, 1)
@@ -101,11 +111,22 @@ class Policy:
     #: Whether per-agency figures (loss, counts, evaluation metrics, epsilon, DP
     #: parameters) may be sent to the consortium in the clear.
     share_local_metrics: bool = False
+    #: Datasets with a lifetime budget of their own (dataset id -> max_epsilon, at the same
+    #: delta and accountant); every other dataset has ``max_epsilon``. Budgets are per
+    #: dataset, not per task: the data is what is protected, so two tasks trained on one
+    #: dataset spend one budget.
+    dataset_budgets: Mapping[str, float] = dc_field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
         values: dict[str, Any] = {}
+        budgets = dict(self.dataset_budgets)
+        problems += _dataset_budget_problems(budgets, "dataset_budgets")
+        object.__setattr__(self, "dataset_budgets",
+                           {k: float(v) for k, v in budgets.items()} if not problems else budgets)
         for f in fields(self):
+            if f.name == _DATASETS_FIELD:
+                continue
             value = getattr(self, f.name)
             kind = _KEYS[_TOML_KEY[f.name]][1]
             problem = _type_problem(value, kind)
@@ -120,6 +141,16 @@ class Policy:
         problems += _range_problems(values, lambda name: name)
         if problems:
             raise PolicyError(problems, source="agency privacy policy")
+
+    def budget_for(self, dataset: str) -> float:
+        """The lifetime epsilon budget of ``dataset``: its own, else the agency-wide one."""
+        return self.dataset_budgets.get(dataset, self.max_epsilon)
+
+    def for_dataset(self, dataset: str) -> Policy:
+        """This policy as it applies to one dataset: ``max_epsilon`` is that dataset's
+        budget (everything else unchanged), so code that plans, reserves or reports
+        against ``max_epsilon`` uses the right one. Applying it twice changes nothing."""
+        return replace(self, max_epsilon=self.budget_for(dataset))
 
     def min_share_threshold(self, neighbourhood: int) -> int:
         """The smallest share threshold this node accepts in a neighbourhood of
@@ -217,6 +248,60 @@ def _range_problems(values: Mapping[str, Any], name: Callable[[str], str]) -> li
     return out
 
 
+def _dataset_budget_problems(budgets: Mapping[str, object], where: str,
+                             numbers: Mapping[str, int] | None = None) -> list[str]:
+    """What is wrong with per-dataset budgets (dataset id -> max_epsilon). A dataset is
+    named by its place in the file (``numbers``, else the mapping's order), never by its
+    id: ids are the agency's own names, and these messages reach logs and the consortium.
+    Budgets are limits, so they are shown."""
+    out: list[str] = []
+    for index, (dataset, value) in enumerate(budgets.items(), start=1):
+        number = numbers[dataset] if numbers else index
+        place = f"{where}: dataset {number} (counting from 1, in file order)"
+        if not dataset.strip() or any(ord(c) < 32 for c in dataset):
+            out.append(f"{place} has an empty id or one holding a control character. Fix: "
+                       f"name it as the node names the dataset, e.g. {_DATASET_EXAMPLE}")
+        problem = _type_problem(value, _NUMBER)
+        if problem:
+            out.append(f"{place}: max_epsilon {problem}. Fix: e.g. {_DATASET_EXAMPLE}")
+            continue
+        v = float(cast(float, value))  # a number: checked just above
+        if not math.isfinite(v) or v <= 0:
+            out.append(f"{place}: max_epsilon={v} must be finite and > 0: that dataset's "
+                       f"lifetime budget. Fix: e.g. {_DATASET_EXAMPLE}")
+    return out
+
+
+def _read_dataset_budgets(table: object, problems: list[str]) -> dict[str, object]:
+    """[privacy_budget.datasets]: a table of one table per dataset, each holding only
+    max_epsilon. Returns dataset id -> value (checked by _dataset_budget_problems)."""
+    where = f"[privacy_budget.{_DATASETS}]"
+    if not isinstance(table, dict):
+        problems.append(f"[privacy_budget] {_DATASETS} must be a table of datasets, not "
+                        f"{toml_type(table)}. Fix: write each as {_DATASET_EXAMPLE}")
+        return {}
+    out: dict[str, object] = {}
+    numbers: dict[str, int] = {}
+    for number, (dataset, entry) in enumerate(table.items(), start=1):
+        place = f"{where}: dataset {number} (counting from 1, in file order)"
+        if not isinstance(entry, dict):
+            problems.append(f"{place} must be a table, not {toml_type(entry)}. Fix: write it "
+                            f"as {_DATASET_EXAMPLE}")
+            continue
+        extra = sorted(set(entry) - {"max_epsilon"})
+        if extra:
+            problems.append(f"{place} has {len(extra)} key(s) other than max_epsilon, the "
+                            "only one allowed there. Fix: remove them (delta and accountant "
+                            "are the agency's, in [privacy_budget])")
+        if "max_epsilon" not in entry:
+            problems.append(f"{place} has no max_epsilon. Fix: e.g. {_DATASET_EXAMPLE}")
+            continue
+        out[dataset] = entry["max_epsilon"]
+        numbers[dataset] = number
+    problems += _dataset_budget_problems(out, where, numbers)
+    return out
+
+
 def load_policy(state_dir: Path) -> Policy:
     """The agency's policy from ``<state_dir>/policy.toml``.
 
@@ -264,7 +349,10 @@ def load_policy(state_dir: Path) -> Policy:
         if not isinstance(table, dict):
             continue  # reported above
         allowed = sorted(k for s, k in _KEYS if s == section)
-        for key in sorted(set(table) - set(allowed)):
+        if section == "privacy_budget" and _DATASETS in table:
+            values[_DATASETS_FIELD] = _read_dataset_budgets(table[_DATASETS], problems)
+        for key in sorted(set(table) - set(allowed) - ({_DATASETS} if section ==
+                                                         "privacy_budget" else set())):
             problems.append(f"[{section}] {key!r} is not a known key; allowed: {allowed}. "
                             "Fix: correct its spelling or remove it")
         for key in allowed:
@@ -293,9 +381,14 @@ def load_policy(state_dir: Path) -> Policy:
 def policy_document(policy: Policy) -> dict[str, dict[str, Any]]:
     """The policy as the TOML document ``write_policy`` writes (all three sections)."""
     doc: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-    for field, value in asdict(policy).items():
-        section, key = _TOML_KEY[field]
+    for name, value in asdict(policy).items():
+        if name == _DATASETS_FIELD:
+            continue
+        section, key = _TOML_KEY[name]
         doc[section][key] = value
+    if policy.dataset_budgets:
+        doc["privacy_budget"][_DATASETS] = {
+            dataset: {"max_epsilon": budget} for dataset, budget in policy.dataset_budgets.items()}
     return doc
 
 

@@ -689,8 +689,39 @@ def serve(root: Path) -> int:
     return 0
 
 
+DEFAULT_TASK = "advert-risk"
+
+
+def task_overrides(task: str, overrides: list[str]) -> list[str]:
+    """The run-config settings that name the run's task, checked against the registered
+    tasks before anything is submitted. Every node reads the export of this task alone
+    (clients/node.py), and the release card reads it from the run.
+
+    Another task than advert-risk starts from its own default parameters
+    (``task.params="{}"``), since pyproject.toml's are advert-risk's; a ``task.params``
+    in ``overrides`` still wins. A ``task.name`` in ``overrides`` must agree with it."""
+    from federation.tasks import task_names
+
+    known = task_names()
+    if task not in known:
+        raise DeploymentError(f"--task {task!r} is not a registered task; registered: {known}")
+    named = False
+    for item in overrides:
+        for match in re.finditer(r'(?:^|\s)task\.name=("?)([^"\s]*)\1', item):
+            if match.group(2) != task:
+                raise DeploymentError(
+                    f"--run-config sets task.name={match.group(2)!r} but --task is {task!r}. "
+                    "Fix: name the task with --task only")
+            named = True
+    ours = [] if named else [f'task.name="{task}"']  # one key once: Flower parses TOML
+    if task != DEFAULT_TASK and not any(re.search(r"(?:^|\s)task\.params=", o)
+                                        for o in overrides):
+        ours.append('task.params="{}"')
+    return ours
+
+
 def train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
-          timeout: float, resume: Path | None = None) -> Path:
+          timeout: float, resume: Path | None = None, task: str = DEFAULT_TASK) -> Path:
     """Sign the app bundle, submit the run, follow it, and return its output folder.
 
     The bundle is kept as ``RUN_DIR/app.fab``: agencies refuse a bundle they have not
@@ -698,16 +729,20 @@ def train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
 
     With ``resume`` (a previous run folder of this command), the same settings are submitted
     again with ``paths.resume_from`` at that run's checkpoints: the aggregator continues
-    after the last completed round and ends with the planned number of rounds."""
+    after the last completed round and ends with the planned number of rounds.
+
+    ``task`` names the run's task (``task.name``; see ``task_overrides``)."""
     with owner_only():  # the run folder and everything in it: owner only
         return _train(root, app=app, overrides=overrides, out=out, timeout=timeout,
-                      resume=resume)
+                      resume=resume, task=task)
 
 
 def _train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
-           timeout: float, resume: Path | None) -> Path:
+           timeout: float, resume: Path | None, task: str) -> Path:
     home = ConsortiumHome(root)
     home.config()
+    # the task first: a run of an unknown task is refused before anything is contacted
+    named_task = task_overrides(task, overrides) if resume is None else []
     _require_link(home)
     if resume is not None:
         saved = resume / "train.json"
@@ -717,13 +752,22 @@ def _train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
         if overrides:
             raise DeploymentError("--resume reuses the interrupted run's --run-config; drop "
                                   "--run-config (a resumed run must keep its settings)")
-        overrides = list(json.loads(saved.read_text(encoding="utf-8"))["overrides"])
+        saved_run = json.loads(saved.read_text(encoding="utf-8"))
+        overrides = list(saved_run["overrides"])
+        # a run saved before runs named their task was an advert-risk run
+        saved_task = str(saved_run.get("task", DEFAULT_TASK))
+        if task not in (DEFAULT_TASK, saved_task):
+            raise DeploymentError(f"--resume continues a {saved_task} run; drop --task (a "
+                                  "resumed run keeps its task)")
+        task = saved_task
         out = resume
+    overrides = [*overrides, *named_task]  # a resumed run's saved settings name its task
     fab, signature, digest = build_bundle(root, app)
     run_dir = out or home.root / "runs" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     run_dir = private_dir(run_dir.resolve())
     if resume is None:
-        (run_dir / "train.json").write_text(json.dumps({"overrides": overrides}, indent=2),
+        (run_dir / "train.json").write_text(json.dumps({"overrides": overrides,
+                                                        "task": task}, indent=2),
                                             encoding="utf-8")
     # the bundle as submitted, so that anyone can review what the agencies were asked to run
     write_atomic(run_dir / "app.fab", fab)
