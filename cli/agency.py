@@ -335,14 +335,16 @@ def _check(args: argparse.Namespace) -> int:
     fix, never a value from the files) when it is not.
 
     The export is read exactly as the node reads it before every round (federation/data.py,
-    within the limits of federation/limits.py), so an export that passes here trains.
+    within the limits of federation/limits.py), so an export that passes here trains. The
+    manifest's ``schema_version`` says which schema it is (adverts, or conversations for
+    "conversation-export/1").
     """
-    from federation.data import load_agency
+    from federation.data import load_export
     from federation.errors import HeroesError
     from federation.quarantine import quarantine_report, render_summary, write_quarantine_report
 
     try:
-        data = load_agency(args.data_dir)
+        data = load_export(args.data_dir)
         report = None
         if args.report_dir is not None:
             report = write_quarantine_report(data, args.report_dir)
@@ -364,18 +366,22 @@ def _check(args: argparse.Namespace) -> int:
 
 def _register_lifecycle(sub: Subparsers) -> None:
     p = command(sub, "score", _score,
-                help="score adverts with a signed model release; every use is logged")
+                help="score adverts or conversations with a signed model release; every use "
+                     "is logged")
     p.add_argument("--model", type=Path, required=True,
                    help="the released bundle folder (heroes consortium release)")
     p.add_argument("--input", type=Path, required=True,
-                   help="adverts to score: .csv, .jsonl or .parquet with advert_id and text")
+                   help="records to score (.csv, .jsonl or .parquet, in the release's task "
+                        "schema): adverts with advert_id and text, or conversations")
     p.add_argument("--consortium-key", type=Path, required=True,
                    help="the consortium's public signing key (PEM or OpenSSH)")
     p.add_argument("--purpose", required=True,
-                   help="why these adverts are being scored (recorded in the log)")
+                   help="why these records are being scored (recorded in the log)")
     p.add_argument("--threshold", type=float, default=None,
                    help="flag records whose probability is at or above this (default: the "
-                        "task's operating point, 0.5 for advert-risk)")
+                        "operating point the release card records, chosen by the consortium "
+                        "from secure sums of the pooled evaluation; for a card without one, "
+                        "the task's default, with a notice)")
     p.add_argument("--analyst", default=None,
                    help="who is consulting the model (default: the OS user)")
     p.add_argument("--out", type=Path, default=None,

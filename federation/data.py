@@ -28,6 +28,12 @@ The input is treated as hostile (see federation/limits.py for every limit and wh
   every format) or not usable Unicode (a lone surrogate); no label; no advert_id, or one
   that is repeated, too long or not text; a category that is too long or not text.
 
+Conversation exports (federation.schema.CONVERSATION_RECORDS, manifest ``schema_version``
+"conversation-export/1", read by ``load_export``) are read by the same code: JSONL and
+Parquet hold a conversation per record, CSV one message per row, grouped into conversations
+by federation/conversations.py, whose docstring gives the layouts, the record numbering of a
+CSV conversation and every reason a conversation is set aside.
+
 Every text goes through federation.text.normalise_text (NFC, control characters to spaces)
 once, here: what ``heroes agency check`` accepts is exactly what the node featurises.
 
@@ -69,6 +75,16 @@ from typing import Any
 
 import numpy as np
 
+from federation.conversations import (
+    MESSAGE_NOT_OBJECT,
+    MESSAGES_TYPE,
+    MessageRow,
+    NotAMessage,
+    clean_messages,
+    csv_columns,
+    group_rows,
+    has_messages,
+)
 from federation.errors import DataError, Problem, Rule, problem
 from federation.limits import (
     CSV_FIELD_LIMIT,
@@ -93,6 +109,7 @@ from federation.records import (
 from federation.schema import (
     ADVERT_RECORDS,
     CATEGORY_UNUSABLE,
+    CONVERSATION_RECORDS,
     DUPLICATE_ID,
     EMPTY_TEXT,
     ID_UNUSABLE,
@@ -112,7 +129,7 @@ __all__ = [
     "CATEGORY_UNUSABLE", "DUPLICATE_ID", "EMPTY_TEXT", "FORMATS", "ID_UNUSABLE", "MANIFEST",
     "MISSING_ID", "MISSING_LABEL", "TEXT_NOT_STRING", "TEXT_NOT_UNICODE", "TEXT_TOO_LONG",
     "AdvertTable", "AgencyData", "AgencyRecords", "Record", "RecordTable", "Rejection",
-    "clean_id", "clean_text", "load_agency", "load_records", "read_manifest",
+    "clean_id", "clean_text", "load_agency", "load_export", "load_records", "read_manifest",
     "read_record_table", "read_records", "read_table",
 ]
 
@@ -461,11 +478,14 @@ class _Header:
     fix_names: list[str]  # the {required} of a rule's fix
 
 
-def _header_for(schema: RecordSchema | None, required: Sequence[str]) -> _Header:
+def _header_for(schema: RecordSchema | None, required: Sequence[str], fmt: str) -> _Header:
     if schema is None or schema is ADVERT_RECORDS:
         return _Header(tuple(schema.required if schema else required), KNOWN_COLUMNS,
                        list(REQUIRED_COLUMNS))
     names = frozenset(c.name for c in schema.columns)
+    if fmt == "csv" and has_messages(schema):  # one row per message
+        columns = csv_columns(schema)
+        return _Header(columns, names | {*columns, "timestamp"}, list(columns))
     return _Header(schema.required, names, list(schema.required))
 
 
@@ -478,10 +498,10 @@ def read_records(path: Path, *, name: str, required: Sequence[str] = REQUIRED_CO
     The structural checks happen here; values are left to the caller (read_record_table,
     and ``heroes agency score``). ``name`` is how errors show the file.
     """
-    header = _header_for(schema, required)
     fmt = FORMATS.get(PurePath(name).suffix.lower())  # the name's: a link may differ
     if fmt is None:
         raise DataError(UNSUPPORTED, file=name)
+    header = _header_for(schema, required, fmt)
     if fmt == "parquet":
         yield from _parquet_records(path, name, header, schema or ADVERT_RECORDS)
         return
@@ -624,7 +644,26 @@ def _is_text_type(pa: Any, t: Any) -> bool:
     return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or is_view(t))
 
 
+def _messages_type_ok(pa: Any, t: Any) -> bool:
+    """list<struct<role, text[, timestamp]>> with text fields (or an all-null column)."""
+    if pa.types.is_null(t):
+        return True
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+        return False
+    item = t.value_type
+    if pa.types.is_null(item):  # every list empty
+        return True
+    if not pa.types.is_struct(item):
+        return False
+    fields = {item.field(i).name: item.field(i).type for i in range(item.num_fields)}
+    return {"role", "text"} <= set(fields) and all(
+        _is_text_type(pa, ft) or pa.types.is_null(ft)
+        for k, ft in fields.items() if k in ("role", "text", "timestamp"))
+
+
 def _parquet_type_ok(pa: Any, column: Column, t: Any) -> bool:
+    if column.type == "messages":
+        return _messages_type_ok(pa, t)
     if column.type == "any" or pa.types.is_null(t) or _is_text_type(pa, t):
         return True
     if column.type == "id":
@@ -642,6 +681,8 @@ def _parquet_type_rule(schema: RecordSchema, column: Column) -> Rule:
     """The advert schema's own rule for its column, else the rule for the column's type."""
     if schema is ADVERT_RECORDS and column.name in PARQUET_TYPES:
         return PARQUET_TYPES[column.name]
+    if column.type == "messages":
+        return MESSAGES_TYPE
     return PARQUET_TYPE_RULES[column.type]
 
 
@@ -817,8 +858,10 @@ def _text_list(raw: object, column: str) -> tuple[tuple[str, ...], str | None]:
     return tuple(texts), None
 
 
-def _clean(column: Column, raw: object) -> tuple[object, str | None]:
+def _clean(column: Column, raw: object, roles: Sequence[str]) -> tuple[object, str | None]:
     """One column's cleaned value, or the reason its row is set aside."""
+    if column.type == "messages":
+        return clean_messages(raw, column=column.name, roles=roles)
     if column.type == "id":
         return _clean_id(raw, column.name)
     if column.type == "list[str]":
@@ -850,13 +893,49 @@ def _check_row(schema: RecordSchema, rec: Mapping[str, Any], label: int | None,
             if label is None:
                 return cleaned, f"missing {column.name}", None
             continue
-        value, reason = _clean(column, rec.get(column.name))
+        value, reason = _clean(column, rec.get(column.name), schema.roles)
         if reason is not None:
             return cleaned, reason, None
         if column.unique and isinstance(value, str) and value in seen:
             return cleaned, f"duplicate {column.name}", seen[value]
         cleaned[column.name] = value
     return cleaned, None, None
+
+
+_Checked = tuple[int, int | None, Mapping[str, Any], int | None, str | None]
+
+
+def _records(path: Path, name: str, schema: RecordSchema, scheme: LabelScheme
+             ) -> Iterator[_Checked]:
+    """(record, line, fields, label, a reason found before the row checks) per record."""
+    if has_messages(schema) and FORMATS.get(PurePath(name).suffix.lower()) == "csv":
+        yield from _csv_conversations(path, name, schema, scheme)
+        return
+    for record, line, rec in read_records(path, name=name, schema=schema):
+        label = _parse_label(rec.get(schema.label.name), scheme, name,
+                             record if line is None else line)
+        yield record, line, rec, label, None
+
+
+def _csv_conversations(path: Path, name: str, schema: RecordSchema, scheme: LabelScheme
+                       ) -> Iterator[_Checked]:
+    """A conversation CSV's records: its message rows grouped by id (federation/
+    conversations.py), numbered in the order of each conversation's first row."""
+    assert schema.id is not None
+    id_name, label_name = schema.id.name, schema.label.name
+
+    def rows() -> Iterator[MessageRow]:
+        for _, line, rec in read_records(path, name=name, schema=schema):
+            assert line is not None
+            conv_id, id_reason = _clean_id(rec.get(id_name), id_name)
+            yield MessageRow(
+                line=line, conversation_id="" if id_reason else conv_id,
+                id_raw=rec.get(id_name), position=rec.get(schema.position),
+                label=_parse_label(rec.get(label_name), scheme, name, line),
+                message={k: rec.get(k) for k in ("role", "timestamp", "text")})
+
+    for record, conv in enumerate(group_rows(rows(), schema), start=1):
+        yield record, conv.line, conv.fields, conv.label, conv.reason
 
 
 def read_record_table(path: Path, schema: RecordSchema, scheme: LabelScheme, *,
@@ -875,10 +954,16 @@ def read_record_table(path: Path, schema: RecordSchema, scheme: LabelScheme, *,
     labels: list[int] = []
     seen: dict[str, int] = {}
     quarantine: list[Rejection] = []
-    for record, line, rec in read_records(path, name=name, schema=schema):
-        label = _parse_label(rec.get(schema.label.name), scheme, name,
-                             record if line is None else line)
-        cleaned, reason, first = _check_row(schema, rec, label, seen)
+    for record, line, rec, label, reason in _records(path, name, schema, scheme):
+        cleaned: dict[str, object] = {}
+        first = None
+        if reason is None:
+            try:
+                cleaned, reason, first = _check_row(schema, rec, label, seen)
+            except NotAMessage as exc:
+                raise DataError(MESSAGE_NOT_OBJECT, file=name,
+                                row=record if line is None else line, count=exc.index,
+                                kind=exc.kind) from None
         if reason is not None or label is None:
             quarantine.append(Rejection(record, line, reason or MISSING_LABEL, first))
             continue
@@ -1029,3 +1114,18 @@ def load_agency(data_dir: Path) -> AgencyData:
     assert isinstance(data.train, AdvertTable) and isinstance(data.test, AdvertTable)
     return AgencyData(agency=data.agency, scheme=data.scheme, train=data.train,
                       test=data.test, data_dir=data.data_dir)
+
+
+#: The schemas an export's manifest can name in ``schema_version`` (adverts when absent).
+EXPORT_SCHEMAS: dict[str, RecordSchema] = {
+    s.name: s for s in (ADVERT_RECORDS, CONVERSATION_RECORDS)}
+
+
+def load_export(data_dir: Path) -> AgencyRecords:
+    """Read an export of whichever schema its manifest's ``schema_version`` names: a
+    conversation export for "conversation-export/1", otherwise (absent, or any other
+    value, as before schemas were named) the advert export, exactly as load_agency."""
+    schemes = {k: v for s in EXPORT_SCHEMAS.values() for k, v in s.label_schemes.items()}
+    manifest = _manifest(Path(data_dir), schemes)[0]
+    schema = EXPORT_SCHEMAS.get(str(manifest.get("schema_version")), ADVERT_RECORDS)
+    return load_agency(data_dir) if schema is ADVERT_RECORDS else load_records(data_dir, schema)

@@ -12,6 +12,8 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
+from federation.protocol import Metric
+
 
 def _as_arrays(y_true: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y_true, dtype=np.float64).ravel()
@@ -179,3 +181,50 @@ def from_histograms(positives: ArrayLike, negatives: ArrayLike, *, k: int) -> di
     out[f"precision_at_{k}"] = hits / kk if kk else math.nan
     out[f"recall_at_{k}"] = hits / n_pos if n_pos else math.nan
     return out
+
+
+def bin_edge(index: int, *, bins: int = SCORE_BINS, logit_range: float = LOGIT_RANGE) -> float:
+    """The logit at which bin ``index`` starts: a score is in bin ``index`` or above exactly
+    when its logit is at least this (for ``1 <= index < bins``)."""
+    return -logit_range + index * (2 * logit_range / bins)
+
+
+#: The figures ``operating_point`` gives (a secure evaluation's pooled result holds them).
+OPERATING_KEYS = (Metric.OPERATING_LOGIT, Metric.OPERATING_PRECISION, Metric.OPERATING_RECALL,
+                  Metric.OPERATING_F1, Metric.OPERATING_FLAGGED_SHARE)
+
+
+def operating_point(positives: ArrayLike, negatives: ArrayLike, *,
+                    logit_range: float = LOGIT_RANGE) -> dict[str, float]:
+    """The threshold that maximises F1 on pooled score histograms, with its figures.
+
+    Why F1: it needs no target chosen in advance (a recall target is a policy each agency
+    sets for itself, with ``--threshold``), and it ignores true negatives, so the point does
+    not slide down as the pool fills with easy benign records; it weighs an analyst's time
+    spent on false leads (precision) against leads missed (recall) equally. Candidates are
+    the grid's bin edges (flag every score in bin ``i`` or above, ``1 <= i < bins``); of
+    equal F1 the higher threshold (fewer leads) is taken. Computed from counts alone, so
+    the aggregator can compute it from a secure sum of every agency's histograms without
+    seeing any agency's own. NaN figures when the histograms hold no positive.
+    """
+    pos = np.asarray(positives, dtype=np.float64).ravel()
+    neg = np.asarray(negatives, dtype=np.float64).ravel()
+    bins = pos.size
+    n_pos, total = float(pos.sum()), float(pos.sum() + neg.sum())
+    nan = {str(k): math.nan for k in OPERATING_KEYS}
+    if bins < 2 or n_pos <= 0:
+        return nan
+    tp = np.cumsum(pos[::-1])[::-1]  # tp[i]: positives in bin i or above
+    flagged = np.cumsum((pos + neg)[::-1])[::-1]
+    best, best_f1 = -1, -1.0
+    for i in range(bins - 1, 0, -1):  # highest threshold first: ties keep the higher one
+        f1 = 2 * tp[i] / (flagged[i] + n_pos) if flagged[i] + n_pos else 0.0
+        if f1 > best_f1 + 1e-12:
+            best, best_f1 = i, float(f1)
+    if best < 0 or tp[best] == 0:
+        return nan
+    return {Metric.OPERATING_LOGIT: bin_edge(best, bins=bins, logit_range=logit_range),
+            Metric.OPERATING_PRECISION: float(tp[best] / flagged[best]),
+            Metric.OPERATING_RECALL: float(tp[best] / n_pos),
+            Metric.OPERATING_F1: best_f1,
+            Metric.OPERATING_FLAGGED_SHARE: float(flagged[best] / total)}

@@ -194,6 +194,13 @@ class Metric(StrEnum):
     AGENCIES_IN_SUM = "agencies_in_sum"
     WORST_ROC_AUC = "worst_roc_auc"
     AGENCIES_WITH_ROC_AUC = "agencies_with_roc_auc"
+    # a secure evaluation's operating point, from the summed histograms
+    # (federation.metrics.operating_point; the release card's default threshold)
+    OPERATING_LOGIT = "operating_logit"
+    OPERATING_PRECISION = "operating_precision"
+    OPERATING_RECALL = "operating_recall"
+    OPERATING_F1 = "operating_f1"
+    OPERATING_FLAGGED_SHARE = "operating_flagged_share"
 
 
 # --- reading JSON strictly ------------------------------------------------------------------

@@ -28,6 +28,11 @@ ROW_NUMBERS = (
     "lines are not records); line: 1-based line where the record starts in a CSV or "
     "JSONL file (null for Parquet)"
 )
+#: Added for a conversation CSV, where a record is a conversation, not a row.
+CONVERSATION_ROW_NUMBERS = (
+    "; in a conversation CSV (one row per message) a record is a conversation, numbered in "
+    "the order of its first row, and its line is that row's line (a row without a usable "
+    "conversation_id is a record of its own)")
 #: Rows listed one by one in the text report and the command's output (the JSON has all).
 TEXT_ROWS = 20
 
@@ -51,6 +56,13 @@ def label_counts(data: AgencyRecords, table: RecordTable) -> dict[str, int]:
     """Usable rows per value of the agency's label scheme (every value, zeros included)."""
     counts = Counter(int(v) for v in table.labels)
     return {str(v): counts.get(v, 0) for v in data.scheme.values}
+
+
+def row_numbers(data: AgencyRecords) -> str:
+    """How the report's record and line numbers are counted, for this export's schema."""
+    if data.train.schema.position:
+        return ROW_NUMBERS + CONVERSATION_ROW_NUMBERS
+    return ROW_NUMBERS
 
 
 def quarantine_report(data: AgencyRecords) -> dict[str, Any]:
@@ -83,7 +95,7 @@ def quarantine_report(data: AgencyRecords) -> dict[str, Any]:
         "agency": data.agency,
         "data_dir": None if data.data_dir is None else str(data.data_dir),
         "label_scheme": data.scheme.name,
-        "row_numbers": ROW_NUMBERS,
+        "row_numbers": row_numbers(data),
         "files": files,
         "totals": {
             "usable": sum(f["usable"] for f in files),
@@ -121,7 +133,7 @@ def render_summary(data: AgencyRecords, *, rows: int = TEXT_ROWS) -> str:
     lines.append(f"total: {t['usable']} usable, {t['set_aside']} set aside"
                  + "".join(f"; {r}: {n}" for r, n in t["set_aside_by_reason"].items()))
     if t["set_aside"]:
-        lines.append(f"row numbers: {ROW_NUMBERS}")
+        lines.append(f"row numbers: {row_numbers(data)}")
     return "\n".join(lines)
 
 

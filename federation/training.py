@@ -111,6 +111,88 @@ def fused_clipped_grads(head: nn.Linear, logits: torch.Tensor, x: torch.Tensor,
         head.bias.grad = coeff.sum().reshape(head.bias.shape)
 
 
+def clipped_layers(model: nn.Module) -> list[nn.Linear] | None:
+    """The model's nn.Linear layers when they hold every parameter (the closed-form
+    "layers" path applies), else None."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    owned = {id(p) for m in linears for p in m.parameters(recurse=False)}
+    params = list(model.parameters())
+    if linears and params and all(id(p) in owned for p in params):
+        return linears
+    return None
+
+
+def _as_sequence(t: torch.Tensor) -> torch.Tensor:
+    """A Linear's input or output gradient as [records, positions, features]."""
+    return t.reshape(t.shape[0], -1, t.shape[-1])
+
+
+def _record_norms_sq(a: torch.Tensor, g: torch.Tensor, bias: bool) -> torch.Tensor:
+    """Each record's squared gradient norm of one Linear, from its inputs ``a`` [b, T, d]
+    and output gradients ``g`` [b, T, p]: the record's weight gradient is ``g^T a``, so
+    its squared norm is ``sum_{t,s} (a_t . a_s)(g_t . g_s)`` (T^2 (d + p) work, the ghost
+    norm) or ``|g^T a|^2`` directly (T d p work), whichever is cheaper; the bias gradient
+    is ``sum_t g_t``."""
+    t, d, q = a.shape[1], a.shape[2], g.shape[2]
+    if t == 1:
+        sq = (a[:, 0] ** 2).sum(1) * (g[:, 0] ** 2).sum(1)
+    elif t * (d + q) < d * q:
+        sq = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+    else:
+        sq = (torch.bmm(g.transpose(1, 2), a) ** 2).sum((1, 2))
+    if bias:
+        sq = sq + (g.sum(1) ** 2).sum(1)
+    return sq
+
+
+def layers_clipped_grads(model: nn.Module, layers: Sequence[nn.Linear], x: torch.Tensor,
+                         y: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+    """Set every parameter's ``.grad`` to the sum over records of each record's gradient
+    clipped to ``max_grad_norm`` (Opacus' factors ``min(1, C / (norm_i + 1e-6))``), for a
+    model whose parameters all sit in nn.Linear layers that are each called once.
+
+    One forward pass records each layer's input; one backward pass gives the gradient of
+    the summed loss with respect to each layer's output, which for record i is record i's
+    own (records do not interact). Each record's norm is then exact in closed form
+    (``_record_norms_sq``) and the clipped sum is one matrix product per layer, so no
+    per-record gradient is materialised and no second backward pass is taken
+    (tests/test_conversation_dp.py checks it against a per-record loop and Opacus' hooks).
+    Returns the batch's mean loss."""
+    seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        if module in seen:
+            raise ValueError("layers clipping needs each nn.Linear called once per forward; "
+                             "use clipping=hooks for this model")
+        seen[module] = (inputs[0].detach(), out)
+
+    handles = [layer.register_forward_hook(record) for layer in layers]
+    try:
+        logits = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum")
+    used = [layer for layer in layers if layer in seen]
+    outs = torch.autograd.grad(loss, [seen[layer][1] for layer in used])
+    acts = [_as_sequence(seen[layer][0]) for layer in used]
+    backs = [_as_sequence(g.detach()) for g in outs]
+    norms_sq = torch.zeros(x.shape[0], dtype=x.dtype)
+    for layer, a, g in zip(used, acts, backs, strict=True):
+        norms_sq += _record_norms_sq(a, g, layer.bias is not None)
+    factors = (max_grad_norm / (norms_sq.sqrt() + 1e-6)).clamp(max=1.0)
+    for layer in layers:
+        layer.weight.grad = torch.zeros_like(layer.weight)
+        if layer.bias is not None:
+            layer.bias.grad = torch.zeros_like(layer.bias)
+    for layer, a, g in zip(used, acts, backs, strict=True):
+        scaled = (g * factors[:, None, None]).reshape(-1, g.shape[-1])
+        layer.weight.grad = scaled.T @ a.reshape(-1, a.shape[-1])
+        if layer.bias is not None:
+            layer.bias.grad = scaled.sum(0)
+    return loss.detach() / x.shape[0]
+
+
 def lean_accumulate(optimizer: torch.optim.Optimizer) -> None:
     """Opacus' ghost-clipping optimizer copies each gradient with ``copy.deepcopy`` every
     step (a third of the step's cost for this model); a tensor clone is the same copy."""
@@ -239,16 +321,44 @@ class Privatised:
     engine: PrivacyEngine | None
     head: nn.Linear | None  # set when the fused path clips
     criterion: nn.Module
+    layers: list[nn.Linear] | None = None  # set when the closed-form layers path clips
+
+    @property
+    def closed_form(self) -> bool:
+        """Whether clipping is computed here (fused or layers), not by Opacus' hooks."""
+        return self.head is not None or self.layers is not None
 
 
 def _fused_head(model: nn.Module, clipping: str, dp: bool) -> nn.Linear | None:
-    """The logistic-regression layer to clip in closed form, or None for Opacus' hooks."""
+    """The logistic-regression layer to clip in closed form, or None for Opacus' hooks
+    (or the layers path, where the model asks for it: its head need not read the row)."""
     head = linear_head(model)
-    if clipping not in ("auto", "hooks", "fused"):
-        raise ValueError(f"clipping={clipping!r}: use auto, hooks or fused")
-    if clipping == "fused" and head is None:
+    if clipping not in ("auto", "hooks", "fused", "layers"):
+        raise ValueError(f"clipping={clipping!r}: use auto, hooks, fused or layers")
+    if clipping == "fused" and (head is None or _declared(model) == "layers"):
         raise ValueError("fused clipping needs a logistic regression model (task.hidden=0)")
-    return head if dp and head is not None and clipping != "hooks" else None
+    if clipping == "auto" and _declared(model) == "layers":
+        return None
+    return head if dp and head is not None and clipping in ("auto", "fused") else None
+
+
+def _declared(model: nn.Module) -> str | None:
+    """The clipping a model asks for (its ``dp_clipping`` attribute), if any."""
+    declared = getattr(model, "dp_clipping", None)
+    return declared if isinstance(declared, str) else None
+
+
+def _layers(model: nn.Module, clipping: str, dp: bool) -> list[nn.Linear] | None:
+    """The Linear layers to clip in closed form: with ``clipping=layers``, or ``auto`` for
+    a model that declares ``dp_clipping = "layers"``; None otherwise."""
+    if not dp or clipping not in ("auto", "layers"):
+        return None
+    if clipping == "auto" and _declared(model) != "layers":
+        return None
+    layers = clipped_layers(model)
+    if layers is None and clipping == "layers":
+        raise ValueError("layers clipping needs every parameter in an nn.Linear; use hooks")
+    return layers
 
 
 def privatise(model: nn.Module, loader: DataLoader[tuple[torch.Tensor, torch.Tensor]], *,
@@ -263,6 +373,7 @@ def privatise(model: nn.Module, loader: DataLoader[tuple[torch.Tensor, torch.Ten
     )
     criterion = nn.BCEWithLogitsLoss()
     head = _fused_head(model, clipping, plan is not None)
+    layers = None if head is not None else _layers(model, clipping, plan is not None)
     if plan is None:
         return Privatised(model, optimizer, loader, None, None, criterion)
     engine = PrivacyEngine(accountant=plan.accountant)
@@ -271,7 +382,7 @@ def privatise(model: nn.Module, loader: DataLoader[tuple[torch.Tensor, torch.Ten
         module=model, optimizer=optimizer, data_loader=loader,
         noise_multiplier=plan.noise_multiplier, max_grad_norm=privacy.max_grad_norm,
         poisson_sampling=not privacy.secure_mode, noise_generator=_fresh_generator())
-    if head is not None:
+    if head is not None or layers is not None:
         # Opacus' ghost-clipping optimizer adds the noise to the clipped sum we hand it
         # in p.grad; its module hooks are switched off since the norms are exact here.
         net, optimizer, _, loader = engine.make_private(
@@ -284,14 +395,14 @@ def privatise(model: nn.Module, loader: DataLoader[tuple[torch.Tensor, torch.Ten
         use_secure_noise(optimizer)
     if observer is not None:
         observe_steps(optimizer, observer)
-    return Privatised(net, optimizer, loader, engine, head, criterion)
+    return Privatised(net, optimizer, loader, engine, head, criterion, layers)
 
 
 def _empty_step(model: nn.Module, p: Privatised) -> None:
     """An empty Poisson sample still releases a noisy (zero) update: the accounting
     assumes noise at every step."""
     for param in model.parameters():
-        if p.head is not None:
+        if p.closed_form:
             param.grad = torch.zeros_like(param)
         else:
             param.grad_sample = torch.zeros((0, *param.shape))  # type: ignore[attr-defined]  # Opacus' own attribute
@@ -306,6 +417,8 @@ def step(model: nn.Module, p: Privatised, x: torch.Tensor, y: torch.Tensor, *,
             logits = model(x)
             fused_clipped_grads(p.head, logits, x, y, max_grad_norm)
             loss = nn.functional.binary_cross_entropy_with_logits(logits, y)
+    elif p.layers is not None:  # Opacus' hooks are off: the module itself, as fused
+        loss = layers_clipped_grads(model, p.layers, x, y, max_grad_norm)
     else:
         loss = p.criterion(p.net(x), y)
         loss.backward()
@@ -354,7 +467,11 @@ def train_local(
     hooks; ``fused`` computes each record's gradient norm in closed form for a logistic
     regression model (see ``fused_clip_factors``) and takes one backward pass of the
     clipped loss, inside Opacus' ghost-clipping optimizer (its noise, scaling, Poisson
-    sampling and accountant); ``auto`` is ``fused`` where it applies, else ``hooks``.
+    sampling and accountant); ``layers`` does the same for any model whose parameters are
+    all in nn.Linear layers (on 2-D or 3-D inputs), with each record's norm in closed form
+    from the layers' inputs and output gradients (``layers_clipped_grads``); ``auto`` is
+    ``layers`` for a model that declares ``dp_clipping = "layers"``, else ``fused`` where
+    it applies, else ``hooks``.
 
     ``observer`` (DP only, audits only): sees every step's clipped sum and noisy sum and
     may add canary gradients to the clipped sum (see ``StepObserver``). Call it only on a

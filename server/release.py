@@ -138,6 +138,59 @@ def _global_metrics(summary: RunSummary, agencies: list[dict[str, Any]]) -> dict
     return out
 
 
+OPERATING_RULE = ("the threshold that maximises F1 on the pooled evaluation of the final "
+                  "round (federation.metrics.operating_point)")
+
+
+def operating_point(summary: RunSummary) -> dict[str, Any]:
+    """The card's default threshold, from what the consortium legitimately holds: the
+    pooled figures of the final round's secure evaluation, which the aggregator computed
+    from the secure sum of every agency's per-bin score histograms on its held-out test
+    split (server/secagg.py); no agency's own scores or figures.
+
+    Why a point of its own and not 0.5: the sigmoid output of a DP-trained model is not
+    calibrated (clipping and noise shrink the logits towards the prior, which for a rare
+    positive sits far below 0), so at 0.5 such a model can rank well and flag nothing.
+    Why F1: see ``operating_point`` in federation/metrics.py. The point is chosen on the
+    same pooled split its precision and recall are read from, so they are a little
+    optimistic; an agency may set its own with ``--threshold``. A run whose final round was
+    not evaluated under secure aggregation has no pooled histograms: the card then says
+    why, and scoring uses the task's default (saying so)."""
+    if not summary.rounds:
+        return {"threshold": None, "why_none": "the run completed no round"}
+    last = summary.rounds[-1]
+    e = last.evaluate_aggregate
+    if not e:
+        return {"threshold": None,
+                "why_none": f"round {last.round}, the final one, has no evaluation"}
+    logit = _finite(e.get(Metric.OPERATING_LOGIT))
+    if not e.get(Metric.SECURE_SUM) or logit is None:
+        why = ("was not a secure sum (fewer agencies than secure aggregation needs, or it "
+               "was switched off)" if not e.get(Metric.SECURE_SUM)
+               else "had no positive record, or was made by a heroes-fl that did not "
+               "compute an operating point")
+        return {"threshold": None, "why_none": f"the evaluation of round {last.round}, "
+                f"the final one, {why}"}
+    figures = {name: _finite(e.get(key)) for name, key in (
+        ("pooled_precision", Metric.OPERATING_PRECISION),
+        ("pooled_recall", Metric.OPERATING_RECALL), ("pooled_f1", Metric.OPERATING_F1),
+        ("pooled_flagged_share", Metric.OPERATING_FLAGGED_SHARE))}
+    return {
+        "threshold": 1.0 / (1.0 + math.exp(-logit)),
+        "logit": logit,
+        "rule": OPERATING_RULE,
+        "round": last.round,
+        "agencies_in_sum": _finite(e.get(Metric.AGENCIES_IN_SUM)),
+        "examples": _finite(e.get(Metric.EXAMPLES)),
+        **figures,
+        "computed_from": "the secure sum of every agency's per-bin score histograms on its "
+                         "held-out test split (no agency's own figures)",
+        "note": "a threshold on the model's own probability (uncalibrated); precision and "
+                "recall are read on the split the point was chosen on, so a little "
+                "optimistic",
+    }
+
+
 def _load_run(run_dir: Path) -> tuple[dict[str, Any], RunSummary]:
     problems = [f"{run_dir / name} is missing" for name in (WEIGHTS, "metrics.json")
                 if not (run_dir / name).is_file()]
@@ -199,6 +252,7 @@ def build_card(run_dir: Path, saved: dict[str, Any], metrics: RunSummary, *,
                     "log-loss on the agencies' pooled label mix; not recalibrated for any "
                     "one agency's base rate",
         },
+        "operating_point": operating_point(metrics),
         "intended_use": task.intended_use,
         "signed_by": signer,
         "files": {WEIGHTS: weights_sha256},
@@ -266,8 +320,22 @@ def render_card(card: dict[str, Any]) -> str:
     if "worst_agency" in m:
         w = m["worst_agency"]
         lines.append(f"- worst agency: {w['agency']} (local ROC-AUC {_fmt(w['local_roc_auc'])})")
-    lines += ["", "## Calibration", card["calibration"]["note"], ""]
+    lines += ["", "## Operating point", _render_operating_point(card["operating_point"]),
+              "", "## Calibration", card["calibration"]["note"], ""]
     return "\n".join(lines)
+
+
+def _render_operating_point(op: dict[str, Any]) -> str:
+    if op.get("threshold") is None:
+        return (f"None recorded: {op.get('why_none', 'not computed')}. `heroes agency score` "
+                "uses the task's default threshold unless the analyst sets --threshold.")
+    return (f"Default threshold {_fmt(op['threshold'], 4)} on the model's probability "
+            f"(logit {_fmt(op['logit'])}): {op['rule']} (round {op['round']}), computed "
+            f"from {op['computed_from']}. There: precision {_fmt(op['pooled_precision'])}, "
+            f"recall {_fmt(op['pooled_recall'])}, F1 {_fmt(op['pooled_f1'])}, "
+            f"{_fmt(op['pooled_flagged_share'])} of records flagged, over "
+            f"{_fmt(op['examples'], 0)} records from {_fmt(op['agencies_in_sum'], 0)} "
+            "agencies. `heroes agency score` uses it unless the analyst sets --threshold.")
 
 
 def release_run(run_dir: Path, *, signing_key: Path, out: Path | None = None,

@@ -403,6 +403,8 @@ class SecAggGrid:
         cap = float(self.settings.secagg.max_weight)
         pooled = fm.from_histograms(sums["positives"], sums["negatives"],
                                     k=self.settings.eval.k)
+        # the release card's default threshold (server/release.py): from the sum alone
+        pooled.update(fm.operating_point(sums["positives"], sums["negatives"]))
         pooled[Metric.LOSS] = float(cap * sums["loss"][0] / examples) if examples else math.nan
         pooled[Metric.BRIER] = (float(cap * sums["brier"][0] / examples) if examples
                                 else math.nan)

@@ -214,6 +214,10 @@ def prepare_audit(cfg: DictConfig, manifest: FederationManifest, settings: RunSe
         print(BROKEN_WARNING, file=sys.stderr, flush=True)
         print(BROKEN_WARNING, flush=True)
     if a.mode == "blackbox":
+        if settings.task_name != "advert-risk":
+            raise ConfigError([f"audit.mode=blackbox plants canary adverts; task "
+                               f"{settings.task_name!r} has no canary records. Fix: "
+                               "audit.mode=whitebox (it audits any task)"], source="audit")
         return plant_canaries(a, manifest, settings, audit_dir, seed=seed)
     if not settings.privacy.enabled:
         print(f"audit (white-box): {NO_CLAIM}", flush=True)
@@ -242,6 +246,11 @@ NO_CLAIM = ("no DP claimed (privacy.enabled=false): there are no DP-SGD steps to
 
 # --------------------------------------------------------------------------- white-box
 
+def _unit(settings: RunSettings) -> str:
+    """The task's unit of privacy: what every epsilon of the audit is about."""
+    return get_task(settings.task_name, settings.task_params).privacy_unit
+
+
 def _claimed(row: Mapping[str, Any] | None, settings: RunSettings) -> dict[str, Any]:
     """What the agency claims for this run: its run epsilon at the run's delta (the
     mechanism the audit observed), with its ledger epsilon beside it."""
@@ -249,7 +258,7 @@ def _claimed(row: Mapping[str, Any] | None, settings: RunSettings) -> dict[str, 
     return {"claimed_epsilon": row.get("run_epsilon"),
             "claimed_delta": settings.privacy.target_delta,
             "ledger_epsilon": row.get("epsilon"), "ledger_delta": row.get("delta"),
-            "unit": UNIT}
+            "unit": _unit(settings)}
 
 
 @dataclass(frozen=True)
@@ -341,9 +350,9 @@ class WhiteboxAudit:
             "inconclusive": any(r.get("untestable") and not r["caught"] for r in rows),
             "confidence": self.audit.confidence,
             "per_agency_confidence": self.per_agency_confidence,
-            "unit": UNIT,
+            "unit": _unit(self.settings),
             "claim": ("each audited agency's epsilon for this run (all its DP rounds), per "
-                      "advert record, at the run's delta"),
+                      f"{_unit(self.settings)}, at the run's delta"),
             "break_noise_for_testing": self.audit.broken,
             "agencies": rows,
             "method": WHITEBOX_METHOD,

@@ -231,7 +231,7 @@ def run_baselines(cfg: DictConfig, out_dir: Path, *, flat: dict[str, Scalar],
     gain = gain_table(arms, agencies, table)
     summary = RunSummary(
         preset=manifest.preset, seed=int(cfg.seed), mode="baselines",
-        privacy=PrivacySummary.of(settings.privacy),
+        privacy=replace(PrivacySummary.of(settings.privacy), unit=task.privacy_unit),
         oracle_roc_auc=manifest.oracle_roc_auc,
         global_metrics=arms["federated_dp"]["pooled"],
         agencies=table,

@@ -36,7 +36,8 @@ from federation import limits
 from federation.config import RunSettings, Scalar
 from federation.errors import ConfigError, HeroesError
 from federation.policy import YAML_TYPE_NAMES, Policy, type_name
-from simulation.generator import FederationPreset, preset_from_mapping
+from simulation.generators import Preset as FederationPreset
+from simulation.generators import generator_for
 
 MAX_AGENCIES = 200
 MAX_ADVERTS = 1_000_000
@@ -45,6 +46,8 @@ MAX_HIDDEN = limits.MAX_HIDDEN
 MAX_CANARIES = 10_000
 MAX_GRADIENT_CANARIES = 1_000_000  # federation.audit's (that module imports torch)
 MODES = ("federated", "centralised", "baselines")
+#: Tasks whose canary records simulation/audit.py can craft (single-ideograph adverts).
+BLACKBOX_TASKS = ("advert-risk",)
 RUN_SECTIONS = ("task", "train", "privacy", "strategy", "eval", "secagg")
 #: The simulation's own sections and their keys (the run sections are RunSettings').
 OWN_KEYS: dict[str, tuple[str, ...]] = {
@@ -221,14 +224,22 @@ def _shown(value: object) -> str:
 
 def _preset(whole: Mapping[str, Any], problems: list[str]) -> FederationPreset | None:
     data = whole.get("federation")
+    task = whole.get("task")
+    try:
+        gen = generator_for(task.get("name") if isinstance(task, dict) else None)
+    except ConfigError as exc:
+        problems += exc.problems
+        return None
     if not isinstance(data, dict):
         problems.append(f"federation must be a preset (a mapping), not {_kind(data)}. Fix: "
                         "pick one, e.g. federation=six_agency")
         return None
     try:
-        preset = preset_from_mapping(data, source="federation")
+        preset = gen.preset_from_mapping(data, source="federation")
     except ConfigError as exc:
         problems += [f"federation: {p}" for p in exc.problems]
+        problems.append(f"federation: task {gen.task!r} reads presets of its own generator "
+                        f"({gen.module}); Fix: e.g. federation={gen.default_preset}")
         return None
     n, sizes = len(preset.agencies), preset.sizes()
     if n > MAX_AGENCIES:
@@ -236,9 +247,9 @@ def _preset(whole: Mapping[str, Any], problems: list[str]) -> FederationPreset |
                         "simulation takes. Fix: fewer agencies in the preset")
     total = sum(sizes.values())
     if total > MAX_ADVERTS:
-        problems.append(f"federation.scale={preset.scale:g} gives {total:,} adverts in all, more "
-                        f"than the {MAX_ADVERTS:,} a simulation generates. Fix: a smaller "
-                        f"federation.scale, e.g. {preset.scale * MAX_ADVERTS / total:.2g}")
+        problems.append(f"federation.scale={preset.scale:g} gives {total:,} {gen.record_noun} in "
+                        f"all, more than the {MAX_ADVERTS:,} a simulation generates. Fix: a "
+                        f"smaller federation.scale, e.g. {preset.scale * MAX_ADVERTS / total:.2g}")
     return preset
 
 
@@ -426,6 +437,10 @@ def _audit(raw: object, settings: RunSettings, preset: FederationPreset, mode: o
     audit_mode = raw.get("mode")
     if audit_mode not in ("whitebox", "blackbox"):
         out.append(f"audit.mode={_shown(audit_mode)} must be whitebox or blackbox")
+    if audit_mode == "blackbox" and settings.task_name not in BLACKBOX_TASKS:
+        out.append(f"audit.mode=blackbox plants canary records, and only {list(BLACKBOX_TASKS)} "
+                   f"can craft them; task {settings.task_name!r} cannot. Fix: audit.mode="
+                   "whitebox (gradient canaries: it audits any task's DP-SGD steps)")
     grad = raw.get("gradient_canaries")
     if grad != "auto" and grad is not None and (isinstance(grad, bool) or not isinstance(
             grad, int) or not 8 <= grad <= MAX_GRADIENT_CANARIES):

@@ -343,7 +343,7 @@ def _agency_sections(agencies: list[AgencyRow], p: PrivacySummary) -> list[str]:
     delta = next((a.delta for a in agencies if a.delta), None)
     if any(v is not None and math.isfinite(v) for v in eps):
         parts.append(bar_chart(
-            f"Epsilon spent per agency (delta {delta:g}, per advert record)"
+            f"Epsilon spent per agency (delta {delta:g}, per {p.unit})"
             if delta else "Epsilon spent per agency",
             [a.agency for a in agencies], [("epsilon (cumulative)", eps)],
             y_label="epsilon",
@@ -479,7 +479,7 @@ def _audit_section(audit: Mapping[str, Any]) -> str:
                "<span class='bad'>INCONCLUSIVE: a claim at or above the most the design can "
                "certify, which no run could contradict</span>"
                if whitebox and k("inconclusive") else "<span class='ok'>not contradicted</span>")
-    bars = bar_chart("Privacy audit: epsilon per audited agency (per advert record)",
+    bars = bar_chart(f"Privacy audit: epsilon per audited agency (per {unit})",
                      [r["agency"] for r in rows],
                      [("empirical lower bound", [r["epsilon_lower_bound"] for r in rows]),
                       ("claimed", [r["claimed_epsilon"] if isinstance(r["claimed_epsilon"],
@@ -487,8 +487,8 @@ def _audit_section(audit: Mapping[str, Any]) -> str:
                                    for r in rows])],
                      y_label="epsilon", width=max(360, 120 * len(rows) + 120), height=260)
     columns = [("agency", "audited agency"),
-               ("bound", "empirical epsilon lower bound, per advert record"),
-               ("claim", "claimed epsilon, per advert record"), ("verdict", "verdict")]
+               ("bound", f"empirical epsilon lower bound, per {unit}"),
+               ("claim", f"claimed epsilon, per {unit}"), ("verdict", "verdict")]
     if whitebox:
         head = ("<h3>Privacy audit (white-box, Dirac gradient canaries)</h3>" + warn
                 + f"<p>Each audited agency trained a side copy of its DP rounds with gradient "

@@ -42,7 +42,8 @@ from simulation.federation_run import (  # re-exported: tests and tools import t
     write_policies,
     write_text,
 )
-from simulation.generator import FederationManifest, generate_federation
+from simulation.generator import FederationManifest
+from simulation.generators import generator_for
 from simulation.summary import CONSORTIUM_SEES, agency_table, local_rounds, render
 
 __all__ = ["approve_simulated_roster", "render", "run", "run_flower_simulation",
@@ -62,6 +63,15 @@ def _validate_agencies(manifest: FederationManifest, settings: RunSettings
             validate_targets(target_epsilon=p.target_epsilon, target_delta=p.target_delta,
                              num_records=len(data.train), where=f"agency {data.agency}")
     return agencies
+
+
+def privacy_summary(settings: RunSettings) -> PrivacySummary:
+    """The run's privacy target in its task's unit of privacy (one advert, one
+    conversation): every epsilon the run states is about that unit."""
+    from dataclasses import replace
+
+    task = get_task(settings.task_name, settings.task_params)
+    return replace(PrivacySummary.of(settings.privacy), unit=task.privacy_unit)
 
 
 @dataclass(frozen=True)
@@ -110,10 +120,11 @@ def run(cfg: DictConfig, out_dir: Path) -> RunSummary:
     checked = preflight.check(cfg, data_root=data_root, output_dir=server_out,
                               state_root=state_root)
     flat, settings, preset = checked.flat, checked.settings, checked.preset
-    print(f"generating {len(preset.agencies)} synthetic agencies ({preset.name}, "
-          f"seed {cfg.seed}) into {data_root}", flush=True)
-    manifest = generate_federation(preset, data_root, seed=int(cfg.seed),
-                                   test_fraction=float(cfg.test_fraction))
+    gen = generator_for(settings.task_name)
+    print(f"generating {len(preset.agencies)} synthetic agencies of {gen.record_noun} "
+          f"({preset.name}, seed {cfg.seed}) into {data_root}", flush=True)
+    manifest = gen.generate(preset, data_root, seed=int(cfg.seed),
+                            test_fraction=float(cfg.test_fraction))
     audit = None
     if bool(cfg.audit.enabled):
         if cfg.mode != "federated":
@@ -135,7 +146,7 @@ def run(cfg: DictConfig, out_dir: Path) -> RunSummary:
                              agencies=agencies, t0=t0)
 
     summary = RunSummary(rounds=[], wall_seconds=0.0,
-                         privacy=PrivacySummary.of(settings.privacy), preset=preset.name,
+                         privacy=privacy_summary(settings), preset=preset.name,
                          seed=int(cfg.seed), mode=str(cfg.mode),
                          oracle_roc_auc=manifest.oracle_roc_auc)
     task = get_task(settings.task_name, settings.task_params)

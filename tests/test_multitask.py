@@ -189,7 +189,7 @@ def test_node_dataset_tables_are_parsed_strictly_and_without_content(tmp_path: P
         datasets={"conversation-risk": {"data_dir": "/srv/chats", "dataset_id": "c-1"}}),
         source="t")
     assert good.data_dir is None and good.exports()["conversation-risk"].dataset_id == "c-1"
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"datasets": {f"Bad {CANARY}": {"data_dir": "/x"}}}, "not named after a task"),
         ({"datasets": {"conversation-risk": {"data_dir": "/x"}}}, "not in allowed_tasks"),
         ({"data_dir": "/x", "datasets": {ADVERT: {"data_dir": "/y"}}}, "keep one of the two"),
@@ -303,7 +303,7 @@ def test_per_dataset_budget_errors_name_the_key_and_fix_never_the_dataset(
     with pytest.raises(PolicyError, match=r"datasets must be a table of datasets, not an "
                                           r"integer\. Fix"):
         load_policy(tmp_path)
-    with pytest.raises(PolicyError, match="max_epsilon=0.0 must be finite and > 0"):
+    with pytest.raises(PolicyError, match=r"max_epsilon=0\.0 must be finite and > 0"):
         Policy(max_epsilon=1.0, delta=1e-5, dataset_budgets={"x": 0.0})
 
 
