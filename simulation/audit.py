@@ -82,6 +82,7 @@ from federation.errors import ConfigError
 from federation.schema import LABEL_SCHEMES
 from federation.tasks import Task, get_task
 from simulation.generator import FederationManifest
+from simulation.units import per_unit
 
 #: Candidate canary tokens: the CJK Unified Ideographs block (none occur in the synthetic
 #: adverts, which are in Spanish, Portuguese and English).
@@ -553,7 +554,7 @@ def render(audit: Mapping[str, Any]) -> str:
     """The audit's lines in the end-of-run printout."""
     if audit.get("mode") == "whitebox":
         lines = ["privacy audit (white-box: Dirac gradient canaries in a side copy of each "
-                 f"audited agency's DP rounds, one-run bound; per {audit['unit']}):"]
+                 f"audited agency's DP rounds, one-run bound; {per_unit(audit['unit'])}):"]
         for r in audit["agencies"]:
             if r["epsilon_lower_bound"] is None:
                 lines.append(f"  {r['agency']}: {r['status']}")

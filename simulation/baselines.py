@@ -49,6 +49,7 @@ from federation.training import predict_proba, train_local
 from simulation.federation_run import run_flower_simulation, write_policies
 from simulation.generator import FederationManifest
 from simulation.summary import CONSORTIUM_SEES, agency_table, local_rounds, render
+from simulation.units import per_unit
 
 ARMS = ("centralised_non_private", "alone_dp", "federated_non_private", "federated_dp")
 ARM_LABELS = {
@@ -334,6 +335,6 @@ def render_gain(summary: RunSummary) -> str:
         delta = "None" if p.target_delta is None else f"{p.target_delta:g}"
         lines.append(f"alone epsilon: each agency's epsilon for its local-only run (same "
                      f"noise plan as federating: {p.target_epsilon} at delta="
-                     f"{delta}, per {p.unit}); the agency alone column "
+                     f"{delta}, {per_unit(p.unit)}); the agency alone column "
                      f"is n/a where its test split has one class")
     return "\n".join(lines)

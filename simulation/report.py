@@ -31,6 +31,7 @@ from federation.protocol import (
     need,
 )
 from simulation import sweep
+from simulation.units import per_unit
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#17becf", "#7f7f7f", "#bcbd22")
@@ -246,7 +247,7 @@ def _privacy_line(p: PrivacySummary) -> str:
         return "<p class='bad'>Differential privacy was OFF in this run.</p>"
     delta = "None" if p.target_delta is None else f"{p.target_delta:g}"
     return (f"<p class='note'>Privacy: target epsilon {_num(p.target_epsilon, 2)} at delta "
-            f"{delta} per {_e(p.unit)} ({_e(p.accountant)} accountant). "
+            f"{delta} {_e(per_unit(p.unit))} ({_e(p.accountant)} accountant). "
             "Every epsilon below is cumulative over every round of every run on the "
             "agency's dataset (its ledger), at the delta shown beside it.</p>")
 
@@ -343,7 +344,7 @@ def _agency_sections(agencies: list[AgencyRow], p: PrivacySummary) -> list[str]:
     delta = next((a.delta for a in agencies if a.delta), None)
     if any(v is not None and math.isfinite(v) for v in eps):
         parts.append(bar_chart(
-            f"Epsilon spent per agency (delta {delta:g}, per {p.unit})"
+            f"Epsilon spent per agency (delta {delta:g}, {per_unit(p.unit)})"
             if delta else "Epsilon spent per agency",
             [a.agency for a in agencies], [("epsilon (cumulative)", eps)],
             y_label="epsilon",
@@ -479,7 +480,7 @@ def _audit_section(audit: Mapping[str, Any]) -> str:
                "<span class='bad'>INCONCLUSIVE: a claim at or above the most the design can "
                "certify, which no run could contradict</span>"
                if whitebox and k("inconclusive") else "<span class='ok'>not contradicted</span>")
-    bars = bar_chart(f"Privacy audit: epsilon per audited agency (per {unit})",
+    bars = bar_chart(f"Privacy audit: epsilon per audited agency ({per_unit(unit)})",
                      [r["agency"] for r in rows],
                      [("empirical lower bound", [r["epsilon_lower_bound"] for r in rows]),
                       ("claimed", [r["claimed_epsilon"] if isinstance(r["claimed_epsilon"],
@@ -487,13 +488,13 @@ def _audit_section(audit: Mapping[str, Any]) -> str:
                                    for r in rows])],
                      y_label="epsilon", width=max(360, 120 * len(rows) + 120), height=260)
     columns = [("agency", "audited agency"),
-               ("bound", f"empirical epsilon lower bound, per {unit}"),
-               ("claim", f"claimed epsilon, per {unit}"), ("verdict", "verdict")]
+               ("bound", f"empirical epsilon lower bound, {per_unit(unit)}"),
+               ("claim", f"claimed epsilon, {per_unit(unit)}"), ("verdict", "verdict")]
     if whitebox:
         head = ("<h3>Privacy audit (white-box, Dirac gradient canaries)</h3>" + warn
                 + f"<p>Each audited agency trained a side copy of its DP rounds with gradient "
                 f"canaries, which it alone sees and which never reach the federation; the "
-                f"claim is its epsilon for this run at the run's delta, per {_e(unit)}. "
+                f"claim is its epsilon for this run at the run's delta, {_e(per_unit(unit))}. "
                 f"Overall: {verdict}.</p>")
         columns[2:2] = [("guessed", "right guesses"),
                         ("ceiling", "at most (every guess right)")]
@@ -508,7 +509,7 @@ def _audit_section(audit: Mapping[str, Any]) -> str:
         head = ("<h3>Privacy audit (black-box canaries)</h3>" + warn
                 + f"<p>{k('planted')} canary adverts planted in {_e(k('agency'))}'s "
                 f"training export, {k('held_out')} held out. Membership ROC-AUC "
-                f"{_num(k('membership_roc_auc'))}; claim per {_e(unit)}: {verdict}.</p>")
+                f"{_num(k('membership_roc_auc'))}; claim {_e(per_unit(unit))}: {verdict}.</p>")
         note = ("<p class='note'>One run and a few hundred canaries give a loose bound "
                 "(at most about 2.4 here even with perfect separation): it cannot fail a run "
                 "at the default budget (audit.mode=whitebox can). Method: "
