@@ -13,8 +13,13 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from federation.data import load_records
 from federation.errors import ConfigError, DataError
-from federation.schema import CONVERSATION_LABEL_SCHEMES, CONVERSATION_ROLES
+from federation.schema import (
+    CONVERSATION_LABEL_SCHEMES,
+    CONVERSATION_RECORDS,
+    CONVERSATION_ROLES,
+)
 from simulation import _conversation_phrases as cp
 from simulation.conversations import (
     DEFAULT_MOVE_WEIGHTS,
@@ -251,3 +256,21 @@ def test_refuses_a_foreign_directory_and_keeps_its_files(tmp_path: Path) -> None
     generate_conversations(preset, tmp_path / "out", seed=3)   # its own output: regenerated
     with pytest.raises(DataError):
         generate_conversations(preset, tmp_path / "out", seed=4)
+
+
+def test_the_reader_reads_every_export_with_nothing_set_aside(
+        fed: tuple[ConversationPreset, Path, FederationManifest]) -> None:
+    preset, root, _ = fed
+    info = json.loads((root / "federation.json").read_text(encoding="utf-8"))
+    for prof in preset.agencies:
+        data = load_records(root / "agencies" / prof.agency_id, CONVERSATION_RECORDS)
+        assert data.rejection_report() == {"train": {}, "test": {}}, prof.agency_id
+        for split, table in (("train", data.train), ("test", data.test)):
+            assert len(table) == info["counts"][prof.agency_id][split]
+            first = _read(root, prof.agency_id, prof.export_format, split)[0]
+            assert int(table.positive.sum()) == info["counts"][prof.agency_id][
+                f"{split}_positive"]
+            idx = list(table.ids).index(first["conversation_id"])
+            read = table.column("messages")[idx]
+            assert [(m.role, m.text) for m in read] == [
+                (m["role"], m["text"]) for m in first["messages"]]
