@@ -56,10 +56,10 @@ from clients.calibration import NONE, Calibration
 from federation.bundle import VerifiedBundle, verify_bundle
 from federation.data import DUPLICATE_ID, clean_id, clean_text, read_records
 from federation.data import read_record_table as read_record_table
+from federation.data import read_unlabelled as read_unlabelled
 from federation.errors import ConfigError, DataError, DeploymentError, Rule, TaskError
 from federation.files import open_private, private_dir, write_atomic
 from federation.indicators import BY_NAME, categorize
-from federation.records import RecordSchema, RecordTable
 from federation.schema import ADVERT_RECORDS
 from federation.signing import file_sha256, load_public_key
 from federation.tasks import Explainer, Explanation, Task
@@ -204,7 +204,8 @@ def noun_of(task: Task) -> str:
 def read_to_score(path: Path, task: Task) -> ToScore:
     """The file's records through the task's record schema, with the export reader's limits,
     normalisation and quarantine. Adverts are read exactly as before (``read_adverts``: only
-    the id and text columns); any other schema through federation.data's reader."""
+    the id and text columns); any other schema through federation.data's reader of files
+    without labels (``read_unlabelled``: a label column is neither needed nor read)."""
     if task.record_schema is ADVERT_RECORDS:
         adverts = read_adverts(path)
         return ToScore("advert", "advert_id", adverts.ids, list(adverts.texts), adverts.rows,
@@ -218,12 +219,6 @@ def read_to_score(path: Path, task: Task) -> ToScore:
     column = task.record_schema.id
     return ToScore(noun_of(task), "record" if column is None else column.name,
                    list(table.ids), records, _record_rows(table), Counter(table.rejected))
-
-
-def read_unlabelled(path: Path, schema: RecordSchema) -> RecordTable:
-    """PROVISIONAL until federation/data.py reads unlabelled files."""
-    scheme = next(iter(schema.label_schemes.values()))
-    return read_record_table(path, schema, scheme)
 
 
 def _record_rows(table: Any) -> list[int]:

@@ -13,7 +13,8 @@ The three layouts (the manifest's ``schema_version`` is ``conversation-export/1`
   string, text: string>>`` (``timestamp`` may be left out of the struct; other struct
   fields are ignored). Any other Arrow type for ``messages`` refuses the file.
 - CSV: one row per message with the columns ``conversation_id``, ``position``, ``role``,
-  ``text``, ``label`` and optional ``timestamp`` and ``synthetic``. ``position`` (a whole
+  ``text``, ``label`` and optional ``timestamp`` and ``synthetic`` (a file to score,
+  read without labels, needs no ``label``: see step 3 below). ``position`` (a whole
   number >= 0) orders a conversation's messages; gaps are allowed. A conversation's rows
   need not be contiguous, and each repeats the conversation's label.
 
@@ -40,6 +41,8 @@ Why a whole conversation is set aside, for the first reason that applies:
    ``datetime.fromisoformat`` reads it ("timestamp unusable"; null, an absent key, an
    empty CSV cell or an empty string is no timestamp).
 3. Its label: none ("missing label"); a label outside the label scheme refuses the file.
+   A file read without labels (federation.data.read_unlabelled: a file to score) skips
+   this step and the label rule of step 1: its label column is optional and never read.
 4. Its id: missing, unusable, and in JSONL and Parquet repeated ("duplicate
    conversation_id"; in CSV many rows share an id by design, so the rule cannot apply).
 
@@ -117,10 +120,12 @@ def messages_column(schema: RecordSchema) -> str:
     return next(c.name for c in schema.columns if c.type == "messages")
 
 
-def csv_columns(schema: RecordSchema) -> tuple[str, ...]:
-    """The columns a CSV export of ``schema`` must have: one row per message."""
+def csv_columns(schema: RecordSchema, *, labelled: bool = True) -> tuple[str, ...]:
+    """The columns a CSV export of ``schema`` must have: one row per message (a file read
+    without labels needs no label column)."""
     assert schema.id is not None
-    return (schema.id.name, schema.position, "role", "text", schema.label.name)
+    columns = (schema.id.name, schema.position, "role", "text")
+    return (*columns, schema.label.name) if labelled else columns
 
 
 def _kind(value: object) -> str:

@@ -34,6 +34,12 @@ Parquet hold a conversation per record, CSV one message per row, grouped into co
 by federation/conversations.py, whose docstring gives the layouts, the record numbering of a
 CSV conversation and every reason a conversation is set aside.
 
+Files without labels. A file to score (seized chats, a hotline's reports) has no labels:
+``read_unlabelled`` reads it by every rule above except the label's. Its label column is
+not required and, when present, is not read (not checked against a scheme, not kept), so
+no record is set aside for its label and no label can refuse the file; the result is an
+UnlabelledTable, which a task's ``records`` takes like any RecordTable.
+
 Every text goes through federation.text.normalise_text (NFC, control characters to spaces)
 once, here: what ``heroes agency check`` accepts is exactly what the node featurises.
 
@@ -105,6 +111,7 @@ from federation.records import (
     RecordSchema,
     RecordTable,
     Rejection,
+    UnlabelledTable,
 )
 from federation.schema import (
     ADVERT_RECORDS,
@@ -129,8 +136,8 @@ __all__ = [
     "CATEGORY_UNUSABLE", "DUPLICATE_ID", "EMPTY_TEXT", "FORMATS", "ID_UNUSABLE", "MANIFEST",
     "MISSING_ID", "MISSING_LABEL", "TEXT_NOT_STRING", "TEXT_NOT_UNICODE", "TEXT_TOO_LONG",
     "AdvertTable", "AgencyData", "AgencyRecords", "Record", "RecordTable", "Rejection",
-    "clean_id", "clean_text", "load_agency", "load_export", "load_records", "read_manifest",
-    "read_record_table", "read_records", "read_table",
+    "UnlabelledTable", "clean_id", "clean_text", "load_agency", "load_export", "load_records",
+    "read_manifest", "read_record_table", "read_records", "read_table", "read_unlabelled",
 ]
 
 MANIFEST = "manifest.json"
@@ -471,37 +478,46 @@ Record = tuple[int, int | None, Mapping[str, Any]]  # (record, line, fields)
 @dataclass(frozen=True)
 class _Header:
     """What a file's header is checked against: the required columns, the names an error
-    may show by name, and (another schema than adverts) the required list its fix names."""
+    may show by name, (another schema than adverts) the required list its fix names, and
+    the columns never read even when present (a file read without labels: its label)."""
 
     required: tuple[str, ...]
     known: frozenset[str]
     fix_names: list[str]  # the {required} of a rule's fix
+    unread: frozenset[str] = frozenset()
 
 
-def _header_for(schema: RecordSchema | None, required: Sequence[str], fmt: str) -> _Header:
-    if schema is None or schema is ADVERT_RECORDS:
+def _header_for(schema: RecordSchema | None, required: Sequence[str], fmt: str, *,
+                labelled: bool = True) -> _Header:
+    unread = frozenset() if labelled or schema is None else frozenset({schema.label.name})
+    if schema is None or (schema is ADVERT_RECORDS and labelled):
         return _Header(tuple(schema.required if schema else required), KNOWN_COLUMNS,
                        list(REQUIRED_COLUMNS))
     names = frozenset(c.name for c in schema.columns)
     if fmt == "csv" and has_messages(schema):  # one row per message
-        columns = csv_columns(schema)
-        return _Header(columns, names | {*columns, "timestamp"}, list(columns))
-    return _Header(schema.required, names, list(schema.required))
+        columns = csv_columns(schema, labelled=labelled)
+        return _Header(columns, names | {*columns, "timestamp"}, list(columns), unread)
+    columns = tuple(c for c in schema.required if c not in unread)
+    known = KNOWN_COLUMNS if schema is ADVERT_RECORDS else names
+    return _Header(columns, known, list(columns), unread)
 
 
 def read_records(path: Path, *, name: str, required: Sequence[str] = REQUIRED_COLUMNS,
-                 schema: RecordSchema | None = None) -> Iterator[Record]:
+                 schema: RecordSchema | None = None, labelled: bool = True
+                 ) -> Iterator[Record]:
     """Yield (record, line, fields) for every record of an export; the header (or first
     record's keys, or Parquet schema) must hold the ``required`` columns (``schema``'s
-    when given, whose Parquet column types are checked too).
+    when given, whose Parquet column types are checked too). With ``labelled=False`` the
+    schema's label column is not required, and a Parquet file's is neither type-checked
+    nor read.
 
     The structural checks happen here; values are left to the caller (read_record_table,
-    and ``heroes agency score``). ``name`` is how errors show the file.
+    read_unlabelled, and ``heroes agency score``). ``name`` is how errors show the file.
     """
     fmt = FORMATS.get(PurePath(name).suffix.lower())  # the name's: a link may differ
     if fmt is None:
         raise DataError(UNSUPPORTED, file=name)
-    header = _header_for(schema, required, fmt)
+    header = _header_for(schema, required, fmt, labelled=labelled)
     if fmt == "parquet":
         yield from _parquet_records(path, name, header, schema or ADVERT_RECORDS)
         return
@@ -721,7 +737,8 @@ def _parquet_records(path: Path, name: str, header: _Header, schema: RecordSchem
     problems = []
     declared = {c.name: c for c in schema.columns}
     wanted = [*header.required, *(c.name for c in schema.columns
-                                  if c.name in names and c.name not in header.required)]
+                                  if c.name in names and c.name not in header.required
+                                  and c.name not in header.unread)]
     for column in wanted:
         t = arrow_schema.field(column).type
         if column in declared and not _parquet_type_ok(pa, declared[column], t):
@@ -884,13 +901,15 @@ def _require_file(path: Path, name: str) -> None:
 
 
 def _check_row(schema: RecordSchema, rec: Mapping[str, Any], label: int | None,
-               seen: Mapping[str, int]) -> tuple[dict[str, object], str | None, int | None]:
+               seen: Mapping[str, int], *, labelled: bool = True
+               ) -> tuple[dict[str, object], str | None, int | None]:
     """A row's cleaned values, or the first reason (schema.check_order) it is set aside
-    for, and for a repeated id the record of its first use."""
+    for, and for a repeated id the record of its first use. Unlabelled, the label column
+    is skipped."""
     cleaned: dict[str, object] = {}
     for column in schema.check_order():
         if column.type == "label":
-            if label is None:
+            if labelled and label is None:
                 return cleaned, f"missing {column.name}", None
             continue
         value, reason = _clean(column, rec.get(column.name), schema.roles)
@@ -905,33 +924,38 @@ def _check_row(schema: RecordSchema, rec: Mapping[str, Any], label: int | None,
 _Checked = tuple[int, int | None, Mapping[str, Any], int | None, str | None]
 
 
-def _records(path: Path, name: str, schema: RecordSchema, scheme: LabelScheme
+def _records(path: Path, name: str, schema: RecordSchema, scheme: LabelScheme | None
              ) -> Iterator[_Checked]:
-    """(record, line, fields, label, a reason found before the row checks) per record."""
+    """(record, line, fields, label, a reason found before the row checks) per record.
+    Without a ``scheme`` (unlabelled) no label is read: every label is None."""
     if has_messages(schema) and FORMATS.get(PurePath(name).suffix.lower()) == "csv":
         yield from _csv_conversations(path, name, schema, scheme)
         return
-    for record, line, rec in read_records(path, name=name, schema=schema):
-        label = _parse_label(rec.get(schema.label.name), scheme, name,
-                             record if line is None else line)
+    for record, line, rec in read_records(path, name=name, schema=schema,
+                                          labelled=scheme is not None):
+        label = None if scheme is None else _parse_label(
+            rec.get(schema.label.name), scheme, name, record if line is None else line)
         yield record, line, rec, label, None
 
 
-def _csv_conversations(path: Path, name: str, schema: RecordSchema, scheme: LabelScheme
+def _csv_conversations(path: Path, name: str, schema: RecordSchema, scheme: LabelScheme | None
                        ) -> Iterator[_Checked]:
     """A conversation CSV's records: its message rows grouped by id (federation/
-    conversations.py), numbered in the order of each conversation's first row."""
+    conversations.py), numbered in the order of each conversation's first row. Without a
+    ``scheme`` the label cells are not read (so no conversation's labels can differ)."""
     assert schema.id is not None
     id_name, label_name = schema.id.name, schema.label.name
 
     def rows() -> Iterator[MessageRow]:
-        for _, line, rec in read_records(path, name=name, schema=schema):
+        for _, line, rec in read_records(path, name=name, schema=schema,
+                                         labelled=scheme is not None):
             assert line is not None
             conv_id, id_reason = _clean_id(rec.get(id_name), id_name)
             yield MessageRow(
                 line=line, conversation_id="" if id_reason else conv_id,
                 id_raw=rec.get(id_name), position=rec.get(schema.position),
-                label=_parse_label(rec.get(label_name), scheme, name, line),
+                label=None if scheme is None else _parse_label(
+                    rec.get(label_name), scheme, name, line),
                 message={k: rec.get(k) for k in ("role", "timestamp", "text")})
 
     for record, conv in enumerate(group_rows(rows(), schema), start=1):
@@ -945,7 +969,25 @@ def read_record_table(path: Path, schema: RecordSchema, scheme: LabelScheme, *,
     ``name`` is the file as errors and the quarantine report show it (relative to the data
     folder; its own name when not given). Every record is usable or set aside.
     """
-    name = path.name if name is None else name
+    return _read_table(path, schema, scheme, path.name if name is None else name)
+
+
+def read_unlabelled(path: Path, schema: RecordSchema, *, name: str | None = None
+                    ) -> UnlabelledTable:
+    """Read one file of ``schema`` that has no labels: a file to score (seized chats, a
+    hotline's reports). Every rule of ``read_record_table`` applies (structure, limits,
+    normalisation, quarantine, content-free errors) except the label's: the label column
+    is not required, and when the file has one it is not read (neither checked against
+    any scheme nor kept), so a labelled export reads to the same records as without it.
+    """
+    table = _read_table(path, schema, None, path.name if name is None else name)
+    assert isinstance(table, UnlabelledTable)
+    return table
+
+
+def _read_table(path: Path, schema: RecordSchema, scheme: LabelScheme | None, name: str
+                ) -> RecordTable:
+    """read_record_table, or without a ``scheme`` read_unlabelled."""
     _require_file(path, name)
     id_column = schema.id
     read = [c.name for c in schema.check_order() if c.type not in ("label", "id")]
@@ -954,17 +996,19 @@ def read_record_table(path: Path, schema: RecordSchema, scheme: LabelScheme, *,
     labels: list[int] = []
     seen: dict[str, int] = {}
     quarantine: list[Rejection] = []
+    labelled = scheme is not None
     for record, line, rec, label, reason in _records(path, name, schema, scheme):
         cleaned: dict[str, object] = {}
         first = None
         if reason is None:
             try:
-                cleaned, reason, first = _check_row(schema, rec, label, seen)
+                cleaned, reason, first = _check_row(schema, rec, label, seen,
+                                                    labelled=labelled)
             except NotAMessage as exc:
                 raise DataError(MESSAGE_NOT_OBJECT, file=name,
                                 row=record if line is None else line, count=exc.index,
                                 kind=exc.kind) from None
-        if reason is not None or label is None:
+        if reason is not None or (labelled and label is None):
             quarantine.append(Rejection(record, line, reason or MISSING_LABEL, first))
             continue
         row_id = str(cleaned[id_column.name]) if id_column else str(record)
@@ -972,11 +1016,19 @@ def read_record_table(path: Path, schema: RecordSchema, scheme: LabelScheme, *,
         ids.append(row_id)
         for c in read:
             values[c].append(cleaned[c])
-        labels.append(label)
+        if label is not None:
+            labels.append(label)
     rejected = Counter(r.reason for r in quarantine)
-    if not labels:
+    if not ids:
         rule = NO_USABLE_ROWS if schema is ADVERT_RECORDS else NO_USABLE_RECORDS
         raise DataError(rule, file=name, counts=dict(rejected))
+    if scheme is None:
+        return UnlabelledTable(
+            path=path, schema=schema, ids=tuple(ids),
+            values={c: tuple(v) for c, v in values.items()},
+            labels=np.empty(0, dtype=np.int64), positive=np.empty(0, dtype=np.float32),
+            rejected=dict(rejected), quarantine=tuple(quarantine), name=name,
+        )
     lab = np.asarray(labels, dtype=np.int64)
     table = AdvertTable if schema is ADVERT_RECORDS else RecordTable
     return table(

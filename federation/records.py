@@ -24,7 +24,9 @@ Column types, and what a value that cannot be used sets aside (the reason, by ru
   role outside the schema's ``roles`` or an unusable timestamp or position is set aside
   whole, for the first of those reasons (``MESSAGE_REASONS``), or a text reason of a message.
 - ``label``: the label in the agency's label scheme; "missing <name>"; a value outside the
-  scheme stops the file (a DataError), as a shifted column would fill it with text.
+  scheme stops the file (a DataError), as a shifted column would fill it with text. A file
+  read without labels (a file to score, :class:`UnlabelledTable`) need not have the column,
+  and when it has one, it is not read at all: neither checked nor used.
 - ``any``: the header must have it; its values are not read.
 
 A row's reason is the first failing check in this order: text columns, the label, the id
@@ -269,3 +271,21 @@ class RecordTable:
     def format(self) -> str:
         suffix = PurePath(self.name or self.path.name).suffix
         return FORMATS.get(suffix.lower(), suffix.lstrip("."))
+
+
+@dataclass(frozen=True)
+class UnlabelledTable(RecordTable):
+    """The usable records of a file read without labels (a file to score: seized chats, a
+    hotline's reports), from federation.data.read_unlabelled.
+
+    A :class:`RecordTable` so that a task's ``records`` takes it, but it has no labels:
+    ``labels`` and ``positive`` are empty, never invented, so code that needs them (training,
+    metrics, calibration) fails on the length mismatch instead of learning from made-up
+    values. ``len`` counts the usable records."""
+
+    def __post_init__(self) -> None:
+        if self.labels.size or self.positive.size:
+            raise ValueError("an unlabelled table holds no labels")
+
+    def __len__(self) -> int:
+        return len(self.ids)
