@@ -70,9 +70,10 @@ def task_runs(cfg: DictConfig) -> list[TaskRun]:
                          *((f"tasks.{k}", v) for k, v in sections.items())]:
         if not isinstance(section, dict) or not isinstance(section.get("task"), dict) \
                 or not isinstance(section.get("federation"), dict):
-            problems.append(f"{key} must be a section with a task and a federation (each a "
-                            f"mapping), e.g. {key}.task=conversation_risk's settings; see "
-                            "configs/experiment/both_tasks.yaml")
+            problems.append(f"{key} must be a section with a task and a federation, each a "
+                            "mapping of settings. Fix: give both as configs/experiment/"
+                            "both_tasks.yaml does (/task@tasks.NAME.task: OPTION, "
+                            "/federation@tasks.NAME.federation: PRESET)")
             continue
         extra = sorted(set(map(str, section)) - set(SECTION_KEYS))
         if extra:
