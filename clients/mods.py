@@ -31,9 +31,8 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp.typing import Mod
 
 from clients import receipts
-from clients.node import resolve_data_dir, resolve_state_dir
+from clients.node import export_agency, resolve_data_dir, resolve_state_dir
 from federation.config import NodeView
-from federation.data import read_manifest
 from federation.errors import (
     ConfigError,
     DataError,
@@ -117,7 +116,7 @@ def _state_dir_of(context: Context) -> Path | None:
             return None
         data_dir = resolve_data_dir(config, paths)
         try:
-            agency = str(read_manifest(data_dir)["agency"])
+            agency = export_agency(data_dir)
         except HeroesError:  # a simulated agency's folder is named after it
             agency = data_dir.name
         return resolve_state_dir(config, paths, agency)

@@ -82,6 +82,24 @@ def resolve_export(node_config: Mapping[str, object], paths: RunPaths, task: str
     return _simulated_export(node_config, paths), ""
 
 
+def export_agency(data_dir: Path) -> str:
+    """The agency an export's manifest names, whatever record schema the export holds.
+
+    ``federation.data.read_manifest`` checks ``label_scheme`` against the advert schemes
+    only, so a conversation export labelled by stage failed every step that only needs the
+    agency's name (the secure-aggregation stages, receipts, the error log): no
+    conversation-risk simulation with such an agency could run. This reads the manifest
+    with every registered schema's label schemes, as ``federation.data.load_export`` does.
+    """
+    from federation.data import EXPORT_SCHEMAS
+    from federation.data import _manifest as checked_manifest  # a public reader with the
+    # schemes belongs in federation/data.py (read_manifest(data_dir, schemes)); until then
+    # this is the one place a node reads a manifest without knowing its schema.
+
+    schemes = {k: v for s in EXPORT_SCHEMAS.values() for k, v in s.label_schemes.items()}
+    return str(checked_manifest(Path(data_dir), schemes)[0]["agency"])
+
+
 def resolve_data_dir(node_config: Mapping[str, object], paths: RunPaths,
                      task: str | None = None) -> Path:
     """The export folder of ``task`` (see ``resolve_export``)."""

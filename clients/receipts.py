@@ -277,15 +277,13 @@ def record_error(msg: Any, context: Any, kind: str, error: BaseException) -> dic
     import logging
 
     from clients import replies  # inside the node only, as in record_for_reply
-    from clients.node import resolve_data_dir, resolve_state_dir
+    from clients.node import export_agency, resolve_data_dir, resolve_state_dir
     from federation.config import NodeView
-    from federation.data import read_manifest
     from federation.errors import HeroesError
 
     try:
         settings = NodeView.from_flat(context.run_config, source="run config (client)")
-        agency = str(read_manifest(resolve_data_dir(context.node_config, settings.paths))[
-            "agency"])
+        agency = export_agency(resolve_data_dir(context.node_config, settings.paths))
         state_dir = resolve_state_dir(context.node_config, settings.paths, agency)
         text = f"{type(error).__name__}: {error}".encode()
         server_round = replies.server_round(msg)

@@ -22,10 +22,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 
 from clients import local_metrics, replies
 from clients.mods import keep_figures
-from clients.node import NodeData, load_node_data, resolve_data_dir, resolve_state_dir
+from clients.node import (
+    NodeData,
+    export_agency,
+    load_node_data,
+    resolve_data_dir,
+    resolve_state_dir,
+)
 from federation import metrics as fm
 from federation.config import NodeView, RunSettings
-from federation.data import read_manifest
 from federation.errors import FederationError, PrivacyConfigError
 from federation.ledger import BudgetExceeded, Ledger, Release, calibrate_to_budget
 from federation.policy import Policy, load_policy
@@ -302,7 +307,7 @@ class Where:
 
 def where(context: Context) -> Where:
     settings = NodeView.from_flat(context.run_config, source="run config (client)")
-    agency = str(read_manifest(resolve_data_dir(context.node_config, settings.paths))["agency"])
+    agency = export_agency(resolve_data_dir(context.node_config, settings.paths))
     state_dir = resolve_state_dir(context.node_config, settings.paths, agency)
     return Where(settings, agency, state_dir, load_policy(state_dir))
 

@@ -90,14 +90,13 @@ def with_whitebox_audit(inner: TrainFn, audit_dir: Path) -> TrainFn:
 
 def _audit_dir(context: Context) -> Path | None:
     """This node's audit folder if it holds a white-box canary design."""
-    from clients.node import resolve_data_dir, resolve_state_dir
+    from clients.node import export_agency, resolve_data_dir, resolve_state_dir
     from federation.audit import DESIGN_FILE
     from federation.config import NodeView
-    from federation.data import read_manifest
 
     settings = NodeView.from_flat(context.run_config, source="run config (client)")
     data_dir = resolve_data_dir(context.node_config, settings.paths)
-    agency = str(read_manifest(data_dir)["agency"])
+    agency = export_agency(data_dir)
     folder = resolve_state_dir(context.node_config, settings.paths, agency) / AUDIT_DIR
     return folder if (folder / DESIGN_FILE).is_file() else None
 

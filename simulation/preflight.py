@@ -58,7 +58,7 @@ OWN_KEYS: dict[str, tuple[str, ...]] = {
               "break_noise_for_testing"),
 }
 TOP_LEVEL = frozenset({"seed", "mode", "baseline", "test_fraction", "federation",
-                       "experiment", "agency_policy", *OWN_KEYS, *RUN_SECTIONS})
+                       "experiment", "agency_policy", "tasks", *OWN_KEYS, *RUN_SECTIONS})
 SOURCE = "simulation config"
 #: For the fix of a bad agency_policy field: a value of the right type (Hydra syntax).
 POLICY_EXAMPLES = {"max_epsilon": "10.0", "delta": "1e-5", "accountant": "rdp",

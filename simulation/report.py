@@ -2,11 +2,13 @@
 
 For a run folder (``metrics.json`` beside ``config.yaml``): per-round metrics, the
 per-agency table, epsilon spent per agency over the rounds (with its delta), the baseline
-comparison and the privacy audit. For a multirun folder: the sweep table (written as
-``sweep.csv`` and ``sweep.parquet`` too), the privacy-utility curve with 95% t-intervals
-over seeds, the audit's lower bounds against the claimed epsilons, then the run report of
-the sweep's first run. Plots are inline SVG drawn here (no plotting library, no scripts,
-nothing fetched), so the file opens anywhere, offline.
+comparison and the privacy audit. For a run of several tasks (``tasks.json``,
+experiment=both_tasks): every task's headline figures, then each task's run report. For
+a multirun folder: the sweep table (written as ``sweep.csv`` and ``sweep.parquet`` too),
+the privacy-utility curve with 95% t-intervals over seeds, the audit's lower bounds
+against the claimed epsilons, then the run report of the sweep's first run. Plots are
+inline SVG drawn here (no plotting library, no scripts, nothing fetched), so the file
+opens anywhere, offline.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from federation.protocol import (
     need,
 )
 from simulation import sweep
+from simulation.tasks_index import TASKS_FILE
 from simulation.units import per_unit
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
@@ -583,6 +586,31 @@ def sweep_sections(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
     return parts, runs
 
 
+def tasks_sections(path: Path) -> list[str]:
+    """A run of several tasks (experiment=both_tasks): an overview of every task, each
+    epsilon with its delta and the task's unit of privacy, then each task's run report."""
+    from simulation.both_tasks import read_summaries, task_line
+
+    summaries = read_summaries(path)
+    rows = []
+    for name, s in summaries.items():
+        t = task_line(name, s)
+        t["epsilon"] = ("no DP" if not t["privacy_enabled"] else
+                        f"target {t['target_epsilon']:g} at delta {t['delta']:g}, "
+                        f"{t['unit']}")
+        rows.append(t)
+    parts = ["<h2>Tasks</h2><p>One federation per task, one after the other, each over the "
+             "agencies that hold that kind of data; an agency in several keeps one node "
+             "state with one ledger stream per task and dataset.</p>" + table(rows, [
+                 ("task", "task"), ("federation", "federation"), ("agencies", "agencies"),
+                 ("rounds", "rounds"), ("roc_auc", "pooled ROC-AUC"),
+                 ("oracle_roc_auc", "oracle"), ("max_agency_epsilon", "max agency epsilon"),
+                 ("epsilon", "privacy (epsilon, delta, unit)")])]
+    for name, s in summaries.items():
+        parts += run_sections(s, f"Task {name}: {s.preset} seed {s.seed}")
+    return parts
+
+
 def build(path: Path) -> str:
     """The whole HTML document for a run or a sweep folder."""
     path = Path(path)
@@ -590,6 +618,9 @@ def build(path: Path) -> str:
         summary = RunSummary.read(path / SUMMARY_FILE)
         body = run_sections(summary, f"Run: {summary.preset} seed {summary.seed}")
         heading = f"heroes-fl run report: {path}"
+    elif (path / TASKS_FILE).is_file():
+        body = tasks_sections(path)
+        heading = f"heroes-fl run report, several tasks: {path}"
     else:
         body, runs = sweep_sections(path)
         first = Path(runs[0]["run"])

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from clients import local_metrics
 from federation import metrics
 from federation.config import RunSettings
 from federation.data import AgencyRecords
@@ -36,6 +37,7 @@ from simulation import preflight
 from simulation.audit import prepare_audit
 from simulation.audit import render as render_audit
 from simulation.baselines import run_baselines
+from simulation.both_tasks import run_tasks
 from simulation.federation_run import (  # re-exported: tests and tools import them from here
     approve_simulated_roster,
     run_flower_simulation,
@@ -46,7 +48,7 @@ from simulation.generator import FederationManifest
 from simulation.generators import generator_for
 from simulation.summary import CONSORTIUM_SEES, agency_table, local_rounds, render
 
-__all__ = ["approve_simulated_roster", "render", "run", "run_flower_simulation",
+__all__ = ["approve_simulated_roster", "render", "run", "run_flower_simulation", "run_one",
            "write_policies"]
 
 log = logging.getLogger("heroes.simulate")
@@ -109,16 +111,32 @@ def centralised_baseline(task: Task, settings: RunSettings, train: Pooled, test:
     return metrics.summary(test.labels, predict_proba(model, test.features), k=settings.eval.k)
 
 
-def run(cfg: DictConfig, out_dir: Path) -> RunSummary:
-    """Run one simulation described by ``cfg``; write and return its summary."""
+def run(cfg: DictConfig, out_dir: Path) -> RunSummary | None:
+    """Run the simulation described by ``cfg``; write and return its summary. With
+    ``tasks`` (experiment=both_tasks) every task's federation runs, one after the other,
+    each summary in its own folder (simulation/both_tasks.py), and None is returned."""
+    if cfg.get("tasks"):
+        run_tasks(cfg, out_dir, run_one)
+        return None
+    return run_one(cfg, out_dir)
+
+
+def run_one(cfg: DictConfig, out_dir: Path, *, state_root: Path | None = None,
+            checked: preflight.Checked | None = None) -> RunSummary:
+    """One task's simulation. ``state_root``: the agencies' node state folders, when they
+    are shared with another task's federation (default: ``out_dir/agency_state``); the
+    per-agency table then reads only this run's own entries and this task's dataset.
+    ``checked``: the configuration as preflight already passed it."""
     t0 = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
     data_root = out_dir / "data"
     server_out = out_dir / "server"
-    state_root = out_dir / "agency_state"
+    shared = state_root is not None
+    state_root = out_dir / "agency_state" if state_root is None else state_root
     # every check that needs no data, before any is generated (simulation/preflight.py)
-    checked = preflight.check(cfg, data_root=data_root, output_dir=server_out,
-                              state_root=state_root)
+    if checked is None:
+        checked = preflight.check(cfg, data_root=data_root, output_dir=server_out,
+                                  state_root=state_root)
     flat, settings, preset = checked.flat, checked.settings, checked.preset
     gen = generator_for(settings.task_name)
     print(f"generating {len(preset.agencies)} synthetic agencies of {gen.record_noun} "
@@ -135,6 +153,9 @@ def run(cfg: DictConfig, out_dir: Path) -> RunSummary:
         raise ConfigError(["audit.break_noise_for_testing=true needs audit.enabled=true"])
     agencies = _validate_agencies(manifest, settings)
     write_policies(cfg.agency_policy, [a.agency for a in agencies], state_root)
+    # entries the agencies' own records already hold (another task's federation): not ours
+    since = ({a.agency: len(local_metrics.read(state_root / a.agency)) for a in agencies}
+             if shared else None)
     for a in agencies:
         aside = a.rejection_report()
         if any(aside.values()):
@@ -166,8 +187,9 @@ def run(cfg: DictConfig, out_dir: Path) -> RunSummary:
         summary.global_metrics = metrics.summary(
             test.labels, predict_proba(model, test.features), k=settings.eval.k)
         summary.agencies = agency_table(summary.rounds, agencies, manifest.oracle_per_agency,
-                                        state_root)
-        summary.agency_rounds = local_rounds(state_root, [a.agency for a in agencies])
+                                        state_root, since=since)
+        summary.agency_rounds = local_rounds(state_root, [a.agency for a in agencies],
+                                             since=since)
         summary.consortium_sees = CONSORTIUM_SEES
         if audit is not None:
             summary.audit = audit.evaluate(model, [r.to_json() for r in summary.agencies])

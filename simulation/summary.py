@@ -29,9 +29,10 @@ def fmt(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def _ledger_epsilon(state: Path) -> tuple[float | None, bool]:
-    """(the largest epsilon the agency's ledger holds at its own delta, whether its policy
-    shares figures with the consortium); (None, False) before it has either file."""
+def _ledger_epsilon(state: Path, dataset: str | None = None) -> tuple[float | None, bool]:
+    """(the largest epsilon the agency's ledger holds at its own delta, over its datasets
+    or for ``dataset`` alone, whether its policy shares figures with the consortium);
+    (None, False) before it has either file."""
     if not (state / "policy.toml").exists():
         return None, False
     policy = load_policy(state)
@@ -39,20 +40,28 @@ def _ledger_epsilon(state: Path) -> tuple[float | None, bool]:
         return None, policy.share_local_metrics
     with Ledger.open(state, create=False) as ledger:
         spent = max((ledger.spent(ds, delta=policy.delta, accountant=policy.accountant)
-                     for ds in ledger.datasets()), default=None)
+                     for ds in ledger.datasets() if dataset in (None, ds)), default=None)
     return spent, policy.share_local_metrics
 
 
+def simulated_dataset(a: AgencyRecords) -> str:
+    """The ledger key a simulated node gives this export: agency/fingerprint (a simulated
+    node has no dataset_id; clients/node.py load_node_data)."""
+    from federation.ledger import fingerprint_file
+
+    return f"{a.agency}/{fingerprint_file(a.train.path)[:16]}"
+
+
 def _agency_row(a: AgencyRecords, rounds: list[RoundRecord], oracle: Mapping[str, float],
-                state: Path) -> AgencyRow:
-    local = local_metrics.read(state)
+                state: Path, since: int | None = None) -> AgencyRow:
+    local = local_metrics.read(state)[since or 0:]
     trained = [e for e in local if e["kind"] == "train" and e["status"] == Status.OK]
     evaluated = [e for e in local if e["kind"] == "evaluate" and e["status"] == Status.OK]
     refused = [e for e in local if e["kind"] == "train" and e["status"] == Status.REFUSED]
     mine = [(r.round, o) for r in rounds for o in r.train if o.agency == a.agency]
     failed = [o for _, o in mine if o.status in (Status.FAILED, Status.MISSING)]
     rejected = [(n, o) for n, o in mine if o.status is Status.REJECTED]
-    ledger_eps, shares = _ledger_epsilon(state)
+    ledger_eps, shares = _ledger_epsilon(state, None if since is None else simulated_dataset(a))
     # The agency's own figure tables: a figure it never computed is absent (None here).
     last: dict[str, Any] = trained[-1]["figures"] if trained else {}
     return AgencyRow(
@@ -74,17 +83,25 @@ def _agency_row(a: AgencyRecords, rounds: list[RoundRecord], oracle: Mapping[str
 
 
 def agency_table(rounds: list[RoundRecord], agencies: list[AgencyRecords],
-                 oracle: Mapping[str, float], state_root: Path) -> list[AgencyRow]:
+                 oracle: Mapping[str, float], state_root: Path,
+                 since: Mapping[str, int] | None = None) -> list[AgencyRow]:
     """One row per agency. The figures come from each agency's OWN state folder (its local
     record and ledger), which a simulation can read because it owns every agency; a
     consortium sees only what ``consortium_sees`` says. Outcomes the server decided (failed,
-    missing, rejected) come from the server's round log."""
-    return [_agency_row(a, rounds, oracle, state_root / a.agency) for a in agencies]
+    missing, rejected) come from the server's round log.
+
+    ``since``: per agency, how many entries of its own record came before this run (a
+    node state shared with another task's federation); those entries are left out and the
+    ledger epsilon is this task's dataset's alone."""
+    return [_agency_row(a, rounds, oracle, state_root / a.agency,
+                        None if since is None else since[a.agency]) for a in agencies]
 
 
-def local_rounds(state_root: Path, agencies: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Each agency's own per-round record (clients/local_metrics.py), for plots and tables."""
-    return {a: local_metrics.read(state_root / a) for a in agencies}
+def local_rounds(state_root: Path, agencies: list[str],
+                 since: Mapping[str, int] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Each agency's own per-round record (clients/local_metrics.py), for plots and tables;
+    with ``since``, only the entries after that many (see ``agency_table``)."""
+    return {a: local_metrics.read(state_root / a)[(since or {}).get(a, 0):] for a in agencies}
 
 
 CONSORTIUM_SEES = (

@@ -1,9 +1,9 @@
 """``heroes sweep-table MULTIRUN_DIR``: one table from every run of a Hydra multirun.
 
 Each run folder holds ``config.yaml`` (the resolved configuration) and ``metrics.json``.
-Runs are grouped into points by the sweep axes (privacy on/off and epsilon, federation
-preset and number of agencies, scale, non-IID skew, strategy, rounds, mode) plus any other
-override the run was given except ``seed``, so runs that differ in anything but the seed
+Runs are grouped into points by the sweep axes (the task, privacy on/off and epsilon,
+federation preset and number of agencies, scale, non-IID skew, strategy, rounds, mode) plus
+any other override the run was given except ``seed``, so runs that differ in anything but the seed
 never share a point. Per point and metric: mean, sample standard deviation and a 95%
 Student-t confidence interval over the seeds (mean +- t(0.975, n-1) * sd / sqrt(n); none
 with a single seed). Written as ``sweep.csv`` and ``sweep.parquet`` (one row per point) and
@@ -26,8 +26,9 @@ import yaml
 
 from federation.errors import ConfigError
 from federation.protocol import SUMMARY_FILE, Metric, RoundRecord, RunSummary, figure, need
+from simulation.tasks_index import TASKS_FILE, read_index
 
-AXES = ("mode", "privacy_enabled", "target_epsilon", "target_delta", "federation",
+AXES = ("task", "mode", "privacy_enabled", "target_epsilon", "target_delta", "federation",
         "num_agencies", "scale", "skew", "strategy", "num_rounds", "secagg",
         "other_overrides")
 
@@ -59,11 +60,22 @@ def incomplete_runs(root: Path) -> list[Path]:
     """Job folders of the multirun (they hold Hydra's .hydra/) without a metrics.json:
     runs that failed or are still going. Named, never silently left out."""
     return sorted(p.parent for p in Path(root).rglob(".hydra")
-                  if not (p.parent / "metrics.json").is_file())
+                  if not (p.parent / "metrics.json").is_file()
+                  and not _tasks_complete(p.parent))
+
+
+def _tasks_complete(job: Path) -> bool:
+    """A job of several tasks (experiment=both_tasks) keeps each task's metrics.json in
+    the task's folder, listed by its tasks.json: complete when every one is there."""
+    if not (job / TASKS_FILE).is_file():
+        return False
+    return all((folder / "metrics.json").is_file() for _, folder in read_index(job))
 
 
 def _overrides(run: Path) -> list[str]:
     path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file() and (run.parent / TASKS_FILE).is_file():
+        path = run.parent / ".hydra" / "overrides.yaml"  # a task of an experiment=both_tasks job
     if not path.is_file():
         return []
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or []
@@ -89,6 +101,7 @@ def run_row(run: Path) -> dict[str, Any]:
                    if not o.lstrip("+~").startswith(axis_keys))
     row: dict[str, Any] = {
         "run": str(run),
+        "task": cfg.get("task", {}).get("name"),
         "seed": cfg.get("seed"),
         "mode": summary.mode,
         "privacy_enabled": enabled,

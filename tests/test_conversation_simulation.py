@@ -1,12 +1,20 @@
-"""The simulation's generator registry and the per-task default federation (issue 15)."""
+"""The simulation's generator registry, the per-task default federation and what a
+simulated conversation node reads of its export (issue 15). The conversation task's
+end-to-end runs (both tasks, sweep, audit, report, resume, release, baselines) are in
+tests/test_both_tasks.py."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 from cli.research import CONFIG_DIR
-from federation.errors import ConfigError
+from clients.node import export_agency
+from federation.data import read_manifest
+from federation.errors import ConfigError, DataError
 from simulation.generators import GENERATORS, generator_for
 
 
@@ -27,3 +35,30 @@ def test_the_task_picks_its_default_federation_and_an_override_wins() -> None:
         assert compose("config").federation.name == "six_agency"
         assert compose("config", overrides=["federation=three_agency"]
                        ).federation.name == "three_agency"
+
+
+def test_a_conversation_run_federates_conversations_six_by_default() -> None:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["task=conversation_risk"])
+    assert cfg.task.name == "conversation-risk"
+    assert cfg.federation.name == "conversations_six"
+    assert "tasks" not in cfg  # one task: experiment=both_tasks adds the other
+
+
+def test_a_node_reads_its_agency_from_a_stage_labelled_conversation_manifest(
+        tmp_path: Path) -> None:
+    """The light node steps (secure-aggregation stages, receipts, the error log) read only
+    the agency's name; they read it through the advert label schemes before, so no
+    conversation simulation with a stage-labelled agency could run a round."""
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "agency": "br-ngo", "label_scheme": "stage", "format": "jsonl",
+        "train": "train.jsonl", "test": "test.jsonl",
+        "schema_version": "conversation-export/1", "synthetic": True}), encoding="utf-8")
+    with pytest.raises(DataError, match="label_scheme"):
+        read_manifest(tmp_path)  # the advert-only reader
+    assert export_agency(tmp_path) == "br-ngo"
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "agency": "br-ngo", "label_scheme": "no-such-scheme", "train": "train.jsonl",
+        "test": "test.jsonl"}), encoding="utf-8")
+    with pytest.raises(DataError, match="label_scheme"):
+        export_agency(tmp_path)  # still every rule of the manifest
