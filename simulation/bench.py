@@ -1,10 +1,13 @@
 """``heroes bench``: speed and memory, measured side by side in one run, printed and saved.
 
-    heroes bench [--quick] [--out FILE] [--skip scale] [--skip secagg] [--skip trust]
+    heroes bench [--quick] [--out FILE] [--skip SECTION] [--conversation-model MODEL]
 
 Sections (each a ratio or a figure from the same run, never a pass/fail timing):
   step     one DP-SGD step against one non-private step of the same model and batch
   local    records per second of one local round, DP and not
+  conversation  conversation-risk: featurisation throughput; one step of the default model
+           and the linear baseline, non-private, DP with closed-form per-record norms
+           (clipping="layers") and DP with Opacus' hooks, interleaved; step peak memory
   rounds   round wall time and bytes each agency sends per round (6-agency simulation)
   scale    simulation wall time and peak memory (whole process tree) for 6, 20, 100 agencies
   secagg   six agencies with secure aggregation off, then on (round time, bytes)
@@ -426,13 +429,213 @@ def bench_score(adverts: int, tmp: Path) -> dict[str, Any]:
             "ratio_plain_over_explained": whole / plain}
 
 
+# --------------------------------------------------------------------- conversation-risk
+
+CONVERSATION_TASK = "conversation-risk"
+#: The step arms, in the order they are interleaved (rotated each batch).
+CONVERSATION_ARMS = ("non_private", "dp_layers", "dp_hooks")
+
+
+def _conversation_sample(scale: float, tmp: Path) -> tuple[list[Any], np.ndarray]:
+    """Synthetic conversations (the three-agency conversation preset at ``scale``), read
+    back through federation.data.load_records as a node reads its export, train and test."""
+    from dataclasses import replace
+
+    from federation.data import load_records
+    from federation.schema import CONVERSATION_RECORDS
+    from federation.tasks import get_task
+    from simulation.conversations import generate_conversations, load_preset
+
+    preset = load_preset(ROOT / "configs" / "federation" / "conversations_three.yaml")
+    manifest = generate_conversations(replace(preset, scale=scale), tmp / "conversations",
+                                      seed=0)
+    task = get_task(CONVERSATION_TASK, {})
+    records: list[Any] = []
+    labels = []
+    for agency in manifest.agencies:
+        data = load_records(tmp / "conversations" / "agencies" / agency, CONVERSATION_RECORDS)
+        for table in (data.train, data.test):
+            records.extend(task.records(table))
+            labels.append(table.positive)
+    return records, np.concatenate(labels).astype(np.float32)
+
+
+def bench_featurize(records: list[Any], repeats: int) -> dict[str, Any]:
+    """Conversations and messages per second of the task's ``featurize`` (hashing every
+    kept message into its slot, roles, gaps and cuts), median of ``repeats`` passes."""
+    from federation.tasks import get_task
+
+    task = get_task(CONVERSATION_TASK, {})
+    task.featurize(records[:8])  # build the hashers outside the timing
+    secs = _median_time(partial(task.featurize, records), repeats)
+    messages = sum(len(r) for r in records)
+    return {"conversations": len(records), "messages": messages,
+            "seconds": secs, "conversations_per_second": len(records) / secs,
+            "messages_per_second": messages / secs}
+
+
+def _rss_bytes(field: str) -> int | None:
+    """``VmRSS`` or ``VmHWM`` of this process (bytes), None where /proc has no such line."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _step_peak_bytes(fn: Callable[[], object]) -> int | None:
+    """Peak resident memory that ``fn`` adds to this process: free heap returned to the OS
+    (malloc_trim), the kernel's high-water mark reset (``5 > /proc/self/clear_refs``), then
+    VmHWM after ``fn`` minus VmRSS before it. None where the kernel or libc does not allow
+    it (not Linux/glibc)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+    except (OSError, AttributeError):
+        return None
+    before = _rss_bytes("VmRSS")
+    fn()
+    peak = _rss_bytes("VmHWM")
+    return None if before is None or peak is None else max(0, peak - before)
+
+
+def bench_conversation_step(features: Any, labels: np.ndarray, model_kind: str | None,
+                            steps: int, *, seed: int = 0) -> dict[str, Any]:
+    """One training step of the conversation-risk model (``task.model=model_kind``, the
+    task's default when None) on the same batches, three ways: non-private, DP with the
+    closed-form per-record norms (``clipping="layers"``) and DP with Opacus' hooks
+    (``clipping="hooks"``), each built by federation.training's own ``privatise`` and
+    stepped by its ``step``, as ``train_local`` does. The arms start from the same
+    weights and take turns on every batch (the order rotating), so the machine's noise
+    hits all three alike; figures are the median over the batches. Batches are fixed
+    batches of the training batch size (no Poisson sampling), so every arm sees the same
+    records; Opacus' noise, scaling and accountant run as in training."""
+    from federation.config import PrivacySettings, TrainSettings
+    from federation.privacy import plan_noise
+    from federation.tasks import get_task
+    from federation.training import SparseDataset, make_loader, privatise, step
+
+    params = {} if model_kind is None else {"model": model_kind}
+    task = get_task(CONVERSATION_TASK, params)
+    train = TrainSettings()
+    privacy = PrivacySettings(target_epsilon=3.0, target_delta=1e-5)
+    n = len(labels)
+    plan = plan_noise(num_records=n, batch_size=train.batch_size, local_epochs=1,
+                      planned_rounds=1, target_epsilon=3.0, target_delta=1e-5,
+                      accountant="rdp", where="bench")
+    dataset = SparseDataset(features, labels)
+    torch.manual_seed(seed)
+    init = task.build_model().state_dict()
+    arms: dict[str, tuple[torch.nn.Module, Any]] = {}
+    for kind in CONVERSATION_ARMS:
+        model = task.build_model()
+        model.load_state_dict(init)
+        dp = kind != "non_private"
+        loader = make_loader(dataset, train=train, privacy=privacy, plan=plan if dp else None)
+        p = privatise(model, loader, train=train, privacy=privacy, plan=plan if dp else None,
+                      history=(), clipping="hooks" if kind == "dp_hooks" else "layers",
+                      observer=None)
+        p.net.train()
+        arms[kind] = (model, p)
+
+    def one(kind: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        model, p = arms[kind]
+        p.optimizer.zero_grad(set_to_none=True)
+        step(model, p, x, y, max_grad_norm=privacy.max_grad_norm)
+
+    rng = np.random.default_rng(seed)
+    batch = min(train.batch_size, n)
+
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        rows = rng.choice(n, size=batch, replace=False)
+        return torch.from_numpy(features.dense(rows)), torch.from_numpy(labels[rows])
+
+    x, y = draw()
+    for kind in CONVERSATION_ARMS:  # first steps (Opacus' hook set-up) are not timed
+        one(kind, x, y)
+        one(kind, x, y)
+    times: dict[str, list[float]] = {k: [] for k in CONVERSATION_ARMS}
+    for i in range(steps):
+        x, y = draw()
+        order = CONVERSATION_ARMS[i % 3:] + CONVERSATION_ARMS[:i % 3]
+        for kind in order:
+            t = time.perf_counter()
+            one(kind, x, y)
+            times[kind].append(time.perf_counter() - t)
+    x, y = draw()
+    peak = {kind: _step_peak_bytes(partial(one, kind, x, y)) for kind in CONVERSATION_ARMS}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    mib = {k: None if v is None else v / 2**20 for k, v in peak.items()}
+    out: dict[str, Any] = {
+        "model": getattr(task.params, "model", None) or type(arms["non_private"][0]).__name__,
+        "model_class": type(arms["non_private"][0]).__name__,
+        "parameters": sum(q.numel() for q in arms["non_private"][0].parameters()),
+        "feature_width": features.width, "batch_size": batch, "steps": steps,
+        "max_grad_norm": privacy.max_grad_norm, "torch_threads": torch.get_num_threads(),
+        "timing": "median over the batches; arms interleaved, order rotated per batch",
+        "memory": "resident memory one step adds (VmHWM after, less VmRSS before, heap "
+                  "trimmed and the high-water mark reset first)",
+        **{f"{k}_step_ms": v * 1e3 for k, v in med.items()},
+        **{f"{k}_step_peak_mib": v for k, v in mib.items()},
+        "ratio_layers_over_non_private": med["dp_layers"] / med["non_private"],
+        "ratio_hooks_over_layers": med["dp_hooks"] / med["dp_layers"],
+        "ratio_hooks_over_non_private": med["dp_hooks"] / med["non_private"],
+    }
+    if mib["non_private"] and mib["dp_layers"] is not None and mib["dp_hooks"] is not None:
+        out["ratio_peak_layers_over_non_private"] = mib["dp_layers"] / mib["non_private"]
+        out["ratio_peak_hooks_over_non_private"] = mib["dp_hooks"] / mib["non_private"]
+    return out
+
+
+def conversation_models(requested: list[str]) -> list[str | None]:
+    """The models the conversation section measures: those asked for, else the task's
+    default (None: whatever ``build_model`` gives without parameters) and, where the task
+    has a ``model`` parameter and its default is not it, the ``linear`` baseline."""
+    from federation.tasks import get_task
+
+    if requested:
+        for kind in requested:  # an unknown model fails here, before any work, in the
+            get_task(CONVERSATION_TASK, {"model": kind})  # task's own words
+        return list(dict.fromkeys(requested))
+    default = getattr(get_task(CONVERSATION_TASK, {}).params, "model", None)
+    if default is None or default == "linear":
+        return [None]
+    return [None, "linear"]
+
+
+def bench_conversation(models: list[str | None], steps: int, scale: float,
+                       tmp: Path) -> dict[str, Any]:
+    from federation.tasks import get_task
+
+    records, labels = _conversation_sample(scale, tmp)
+    out: dict[str, Any] = {"featurize": bench_featurize(records, 3), "models": []}
+    for kind in models:  # featurised with the model's own parameters, as a node does
+        features = get_task(CONVERSATION_TASK, {} if kind is None else {"model": kind}
+                            ).featurize(records)
+        out["models"].append(bench_conversation_step(features, labels, kind, steps))
+    return out
+
+
+def _mib(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0f} MiB"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="heroes bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="smaller: 6 and 20 agencies, 2 rounds, fewer steps")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["step", "local", "rounds", "scale", "ledger", "score", "secagg",
-                                 "trust"])
+                        choices=["step", "local", "conversation", "rounds", "scale", "ledger",
+                                 "score", "secagg", "trust"])
+    parser.add_argument("--conversation-model", action="append", default=[], metavar="MODEL",
+                        help="conversation section: measure this task.model (repeatable; "
+                             "default: the task's default model and the linear baseline)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -459,6 +662,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"local: {lo['non_private_records_per_second']:.0f} records/s non-private, "
                   f"{lo['dp_records_per_second']:.0f} records/s DP -> "
                   f"{lo['ratio_non_private_over_dp']:.2f}x ({lo['records']} records)", flush=True)
+        if "conversation" not in args.skip:
+            report["conversation"] = cv = bench_conversation(
+                conversation_models(args.conversation_model), 10 if args.quick else 40,
+                0.3 if args.quick else 1.0, tmp)
+            fz = cv["featurize"]
+            print(f"conversation: featurize {fz['conversations_per_second']:.0f} "
+                  f"conversations/s, {fz['messages_per_second']:.0f} messages/s "
+                  f"({fz['conversations']} conversations, {fz['messages']} messages)",
+                  flush=True)
+            for m in cv["models"]:
+                print(f"conversation: {m['model']} model ({m['parameters']:,} parameters, "
+                      f"batch {m['batch_size']}): non-private {m['non_private_step_ms']:.1f} "
+                      f"ms, DP layers {m['dp_layers_step_ms']:.1f} ms, DP hooks "
+                      f"{m['dp_hooks_step_ms']:.1f} ms -> layers DP/non-private "
+                      f"{m['ratio_layers_over_non_private']:.2f}x, hooks/layers "
+                      f"{m['ratio_hooks_over_layers']:.2f}x; step peak memory "
+                      f"{_mib(m['non_private_step_peak_mib'])} non-private, "
+                      f"{_mib(m['dp_layers_step_peak_mib'])} layers, "
+                      f"{_mib(m['dp_hooks_step_peak_mib'])} hooks", flush=True)
         sims = []
         if "scale" not in args.skip or "rounds" not in args.skip:
             plan = [("six_agency", 2 if args.quick else 5)]

@@ -2,6 +2,7 @@
 shared and noisy; ratios are read by people and compared between commits)."""
 
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -19,7 +20,8 @@ def test_bench_quick_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [*HEROES, "bench", "--quick", "--skip", "scale",
-         "--skip", "rounds", "--skip", "secagg", "--skip", "trust", "--out", str(out)],
+         "--skip", "rounds", "--skip", "secagg", "--skip", "trust", "--skip", "conversation",
+         "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=RUN_DEADLINE_S, check=False,
         env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
     )
@@ -30,3 +32,34 @@ def test_bench_quick_writes_json(tmp_path: Path) -> None:
     assert report["ledger"]["releases"] == 200
     assert report["ledger"]["epsilon_rdp"] > 0
     assert "DP/non-private" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_conversation_section_writes_its_ratios(tmp_path: Path) -> None:
+    """The conversation section alone, --quick: featurisation throughput and, for the
+    default model and the linear baseline, the three step arms and their ratios (their
+    sizes are for people to read; a shared machine makes any bound here a coin flip)."""
+    out = tmp_path / "bench.json"
+    skips = [a for s in ("step", "local", "rounds", "scale", "secagg", "trust", "ledger",
+                         "score") for a in ("--skip", s)]
+    proc = subprocess.run(
+        [*HEROES, "bench", "--quick", *skips, "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=RUN_DEADLINE_S, check=False,
+        env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    section = json.loads(out.read_text())["conversation"]
+    fz = section["featurize"]
+    assert fz["conversations"] > 0 and fz["messages"] >= fz["conversations"]
+    for key in ("conversations_per_second", "messages_per_second"):
+        assert math.isfinite(fz[key]) and fz[key] > 0, key
+    models = section["models"]
+    names = [m["model"] for m in models]  # the task's default model first, whatever it is
+    assert names and len(set(names)) == len(names) and names[-1] == "linear", names
+    for m in models:
+        assert m["parameters"] > 0 and m["batch_size"] > 0
+        for key in ("non_private_step_ms", "dp_layers_step_ms", "dp_hooks_step_ms",
+                    "ratio_layers_over_non_private", "ratio_hooks_over_layers",
+                    "ratio_hooks_over_non_private"):
+            assert math.isfinite(m[key]) and m[key] > 0, (m["model"], key)
+    assert "layers DP/non-private" in proc.stdout and "hooks/layers" in proc.stdout
