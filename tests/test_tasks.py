@@ -211,7 +211,9 @@ def test_bad_rows_are_quarantined_counted_and_never_quoted(
     assert data.train.column("turns")[1] == ("message 1", "we keep your passport")
     assert set(THREAD_RECORDS.reasons()) <= declared_reasons()
     report = json.dumps(quarantine_report(data)) + render_summary(data)
-    assert CANARY not in report and "t-0" not in report
+    # The folder may be named in the report; its path ("pytest-0/...") is not a record's id.
+    content = report.replace(str(tmp_path), "<folder>")
+    assert CANARY not in content and "t-0" not in content
     assert '"set_aside": 5' in report
 
 
