@@ -96,9 +96,21 @@ class TrainSettings(Section):
     learning_rate: float = 8.0
     momentum: float = 0.0
     seed: int = 0
+    #: The step size of training without DP (privacy off, the simulation's centralised and
+    #: non-private arms); None: learning_rate. DP-SGD's steps are clipped and noisy and
+    #: want a larger step than plain SGD on the same model, so a task may set both.
+    non_private_learning_rate: float | None = None
+
+    def step_size(self, *, private: bool) -> float:
+        """The learning rate of DP-SGD (``private``) or of plain SGD."""
+        if private or self.non_private_learning_rate is None:
+            return self.learning_rate
+        return self.non_private_learning_rate
 
     def check(self) -> list[str]:
         p: list[str] = []
+        if self.non_private_learning_rate is not None:
+            _positive(p, "train.non_private_learning_rate", self.non_private_learning_rate)
         if self.local_epochs < 1:
             p.append(f"train.local_epochs={self.local_epochs} must be >= 1")
         _at_most(p, "train.local_epochs", self.local_epochs, MAX_LOCAL_EPOCHS)

@@ -369,7 +369,8 @@ def privatise(model: nn.Module, loader: DataLoader[tuple[torch.Tensor, torch.Ten
     run's history, per-record clipping (fused or hooks), noise from fresh OS randomness
     (ChaCha20 in secure mode) and the audit observer, if any."""
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=train.learning_rate, momentum=train.momentum
+        model.parameters(), lr=train.step_size(private=plan is not None),
+        momentum=train.momentum
     )
     criterion = nn.BCEWithLogitsLoss()
     head = _fused_head(model, clipping, plan is not None)
@@ -496,7 +497,8 @@ def train_local(
                 continue
             losses.append(step(model, p, x, y, max_grad_norm=privacy.max_grad_norm))
             if proximal_mu > 0:
-                _pull_towards(model, global_params, train.learning_rate * proximal_mu)
+                _pull_towards(model, global_params,
+                              train.step_size(private=plan is not None) * proximal_mu)
     new_history, epsilon = _accounted(p, plan)
     return LocalResult(
         num_examples=len(dataset),

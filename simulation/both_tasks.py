@@ -2,9 +2,10 @@
 federation over the agencies that hold that kind of data.
 
 The run's own ``task`` and ``federation`` are the first task, as in any run; ``tasks`` adds
-more, each a section with its own ``task`` and ``federation`` (configs/experiment/
-both_tasks.yaml adds conversation-risk over conversations_six). Everything else
-(train, privacy, strategy, secagg, agency_policy, audit) is shared.
+more, each a section with its own ``task``, ``federation`` and optionally ``train`` (the
+run's own when left out; configs/experiment/both_tasks.yaml adds conversation-risk over
+conversations_six with train/for_conversation_risk.yaml). Everything else (privacy,
+strategy, secagg, agency_policy, audit) is shared.
 
 The federations run one after the other, each a whole run (simulation/run.py ``run_one``)
 in its own folder ``<out>/<task name>/`` (data, server, metrics.json, model.pt,
@@ -37,7 +38,7 @@ __all__ = ["TASKS_FILE", "TaskRun", "check_all", "read_index", "read_summaries",
            "run_tasks", "task_line", "task_runs"]
 
 #: What a ``tasks`` section may hold: the rest of the run is shared by every task.
-SECTION_KEYS = ("task", "federation")
+SECTION_KEYS = ("task", "federation", "train")
 STATE_DIR = "agency_state"
 SOURCE = "simulation config (tasks)"
 
@@ -66,7 +67,8 @@ def task_runs(cfg: DictConfig) -> list[TaskRun]:
     own = whole.get("task")
     names: dict[str, str] = {}
     for key, section in [("(the run's own task)", {"task": own,
-                                                    "federation": whole.get("federation")}),
+                                                    "federation": whole.get("federation"),
+                                                    "train": whole.get("train")}),
                          *((f"tasks.{k}", v) for k, v in sections.items())]:
         if not isinstance(section, dict) or not isinstance(section.get("task"), dict) \
                 or not isinstance(section.get("federation"), dict):
@@ -78,7 +80,7 @@ def task_runs(cfg: DictConfig) -> list[TaskRun]:
         extra = sorted(set(map(str, section)) - set(SECTION_KEYS))
         if extra:
             problems.append(f"{key} has {extra}; a task's section holds only "
-                            f"{list(SECTION_KEYS)} (train, privacy, strategy and the rest are "
+                            f"{list(SECTION_KEYS)} (privacy, strategy and the rest are "
                             "shared by every task). Fix: remove them, or set them for the "
                             "whole run")
         name = section["task"].get("name")
@@ -92,8 +94,15 @@ def task_runs(cfg: DictConfig) -> list[TaskRun]:
                             f"remove {key}")
             continue
         names[name] = key
+        own_train = section.get("train", whole.get("train"))
+        if not isinstance(own_train, dict):
+            problems.append(f"{key}.train must be a mapping of training settings. Fix: "
+                            "/train@tasks.NAME.train: for_TASK, or leave it out to share "
+                            "the run's")
+            continue
         runs.append(TaskRun(name=name, cfg=OmegaConf.create(
-            {**whole, "task": section["task"], "federation": section["federation"]})))
+            {**whole, "task": section["task"], "federation": section["federation"],
+             "train": own_train})))
     if len(runs) < 2 and not problems:
         problems.append("tasks adds no task to the run's own; Fix: experiment=both_tasks, or "
                         "leave tasks out for a run of one task")

@@ -80,9 +80,13 @@ def test_a_bad_several_task_config_is_refused_naming_the_rule_and_the_fix(
     assert "mode='baselines'" in text and "task=conversation_risk mode=baselines" in text
     assert "paths.resume_from resumes one federation" in text
     with pytest.raises(ConfigError, match=r"a task's section holds only \['task', "
-                                          r"'federation'\]"):
+                                          r"'federation', 'train'\]"):
         task_runs(_compose("experiment=both_tasks",
-                           "+tasks.conversation_risk.train={local_epochs: 1}"))
+                           "+tasks.conversation_risk.privacy={enabled: false}"))
+    # each task trains with its own defaults (train/for_TASK.yaml) unless told otherwise
+    adverts, conversations = task_runs(_compose("experiment=both_tasks"))
+    assert adverts.cfg.train.non_private_learning_rate is None
+    assert conversations.cfg.train.non_private_learning_rate == 3.0
     # each task's own preflight, every problem at once, each naming its task
     runs = task_runs(_compose("experiment=both_tasks", "strategy.quorum=5",
                               "federation=three_agency",

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from cli.research import CONFIG_DIR
 from clients.node import export_agency
+from federation.config import TrainSettings
 from federation.data import read_manifest
 from federation.errors import ConfigError, DataError
 from simulation.generators import GENERATORS, generator_for
@@ -62,3 +63,22 @@ def test_a_node_reads_its_agency_from_a_stage_labelled_conversation_manifest(
         "test": "test.jsonl"}), encoding="utf-8")
     with pytest.raises(DataError, match="label_scheme"):
         export_agency(tmp_path)  # still every rule of the manifest
+
+
+def test_each_task_trains_with_its_own_defaults_and_an_override_wins() -> None:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        adverts = compose("config")
+        conversations = compose("config", overrides=["task=conversation_risk"])
+        chosen = compose("config", overrides=["task=conversation_risk", "train=default"])
+        key = compose("config", overrides=["task=conversation_risk",
+                                           "train.non_private_learning_rate=2"])
+    assert adverts.train.non_private_learning_rate is None
+    assert conversations.train.non_private_learning_rate == 3.0
+    assert chosen.train.non_private_learning_rate is None
+    assert key.train.non_private_learning_rate == 2.0
+    assert conversations.train.learning_rate == adverts.train.learning_rate  # DP-SGD: shared
+    train = TrainSettings(learning_rate=8.0, non_private_learning_rate=3.0)
+    assert train.step_size(private=True) == 8.0 and train.step_size(private=False) == 3.0
+    assert TrainSettings(learning_rate=8.0).step_size(private=False) == 8.0
+    problems = TrainSettings(non_private_learning_rate=-1.0).check()
+    assert any("train.non_private_learning_rate" in p for p in problems)

@@ -191,12 +191,26 @@ class ConversationFeaturizer:
 
 
 class ConversationOrderModel(nn.Module):
-    """Reads order: a per-message layer shared over slots, a layer over each message and
-    the one before it (a width-2 convolution written as a Linear, so per-record gradient
-    norms have a closed form), attention pooling over the real messages, a linear readout.
+    """Reads order: a per-message layer shared over slots, a layer over each message and a
+    running summary of the messages before it, max pooling over the real messages, and a
+    linear readout.
 
-    logit = b + u . sum_t a_t c_t = b + sum_t a_t (u . c_t): each message's share
-    ``a_t (u . c_t)`` is exact (``contributions``).
+    - ``h_t = gelu(message(x_t))``: the message's text with its sender role (a move, and
+      who made it).
+    - ``p_t = max_{s<t} h_s``, elementwise (torch.cummax, shifted): which moves came
+      before. Escalation is the signal: a secrecy request counts after trust-building, a
+      threat after an image request, and a model that sees messages only one at a time, or
+      in pairs, cannot tell it from the same words out of order.
+    - ``c_t = h_t + gelu(pair([h_t, p_t]))``, then ``z_j = max_t c_tj`` over the real
+      messages: each state is "did this (move, in this context) happen anywhere", which
+      matches how a conversation is labelled (by how far it got), where a mean over
+      messages dilutes one threat among twenty greetings.
+    - ``logit = b + u . z``.
+
+    Every parameter is in an nn.Linear called once per forward, so federation.training's
+    closed-form "layers" clipping applies (the pooling is parameter-free). The logit splits
+    exactly by message: state ``j``'s term ``u_j z_j`` belongs to the message where its
+    maximum is reached (``contributions``), so the shares sum to ``logit - b``.
     """
 
     #: train_local's clipping for this model: every parameter is in an nn.Linear called
@@ -210,30 +224,37 @@ class ConversationOrderModel(nn.Module):
         self.slot_width = num_buckets + RESERVED
         self.message = nn.Linear(self.slot_width, hidden)
         self.pair = nn.Linear(2 * hidden, hidden)
-        self.attend = nn.Linear(hidden, 1, bias=False)
         self.readout = nn.Linear(hidden, 1)
 
-    def _pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attention weights [b, M] (0 on empty slots) and message states [b, M, H]."""
+    def _states(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Message states [b, M, H] and the real-message mask [b, M]."""
         s = x.view(x.shape[0], self.slots, self.slot_width)
-        mask = (s[..., self.num_buckets + PRESENT] > 0).to(x.dtype)
-        h = torch.relu(self.message(s)) * mask[..., None]
-        prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
-        c = (h + torch.relu(self.pair(torch.cat([prev, h], dim=-1)))) * mask[..., None]
-        scores = self.attend(c).squeeze(-1).masked_fill(mask == 0, -1e9)
-        a = torch.softmax(scores, dim=1) * mask  # exp(-1e9) is exactly 0 in float32
-        return a, c
+        mask = s[..., self.num_buckets + PRESENT] > 0
+        keep = mask[..., None].to(x.dtype)
+        h = nn.functional.gelu(self.message(s)) * keep
+        before = torch.cummax(h, dim=1).values
+        before = torch.cat([torch.zeros_like(before[:, :1]), before[:, :-1]], dim=1)
+        c = (h + nn.functional.gelu(self.pair(torch.cat([h, before], dim=-1)))) * keep
+        return c, mask
+
+    def _pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pooled states [b, H] and, per state, the slot of its maximum [b, H]. A row
+        without any real message (never a validated record) pools to 0."""
+        c, mask = self._states(x)
+        z, at = c.masked_fill(~mask[..., None], -1e4).max(dim=1)
+        return torch.where(mask.any(dim=1, keepdim=True), z, torch.zeros_like(z)), at
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, c = self._pooled(x)
-        out: torch.Tensor = self.readout((a[..., None] * c).sum(dim=1)).squeeze(-1)
+        out: torch.Tensor = self.readout(self._pooled(x)[0]).squeeze(-1)
         return out
 
     @torch.no_grad()
     def contributions(self, x: torch.Tensor) -> torch.Tensor:
-        """Each slot's share of ``logit - bias``, [b, M]."""
-        a, c = self._pooled(x)
-        shares: torch.Tensor = a * self.readout.weight.matmul(c.transpose(1, 2))[:, 0]
+        """Each slot's share of ``logit - bias``, [b, M]: state j's term goes to its argmax."""
+        z, at = self._pooled(x)
+        terms = z * self.readout.weight[0]
+        shares = torch.zeros(x.shape[0], self.slots, dtype=terms.dtype)
+        shares.scatter_add_(1, at, terms)
         return shares
 
 
