@@ -88,6 +88,43 @@ def rationale_hit_rate(bundle: VerifiedBundle, data_root: Path) -> dict[str, Any
     }
 
 
+def message_hit_rate(task: Any, model: Any, data_root: Path) -> dict[str, Any]:
+    """Conversations: how often the message with the largest share of the score is one the
+    generator's ground truth names as carrying the signal (``rationale_messages`` with a
+    positive weight), next to chance.
+
+    Every test conversation with at least one such message is evaluated. Chance, per
+    conversation: the share of its messages that are rationale messages (a message picked
+    uniformly at random); averaged like the hit rate. A conversation whose shares are all
+    at most 0 (nothing raised its score) counts as a miss, never as skipped."""
+    explainer = task.explainer(model)
+    agencies = json.loads((data_root / "federation.json").read_text())["agencies"]
+    hits = evaluated = 0
+    chance_sum = 0.0
+    for agency in agencies:
+        truth: dict[str, set[int]] = {}
+        for line in (data_root / "ground_truth" / f"{agency}.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            if rec["split"] == "test":
+                truth[rec["conversation_id"]] = {int(m["index"]) for m in
+                                                 rec["rationale_messages"] if m["weight"] > 0}
+        table = task.load(data_root / "agencies" / agency).test
+        for cid, conversation in zip(table.ids, task.records(table), strict=True):
+            targets = truth.get(cid, set())
+            if not targets:
+                continue
+            shares = explainer.explain(conversation).shares
+            evaluated += 1
+            chance_sum += len(targets) / len(conversation)
+            top = int(shares.argmax())
+            hits += bool(shares[top] > 0 and top in targets)
+    return {
+        "conversations_evaluated": evaluated,
+        "top_message_hit_rate": hits / evaluated if evaluated else float("nan"),
+        "chance_hit_rate": chance_sum / evaluated if evaluated else float("nan"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m simulation.explain_eval BUNDLE DATA_ROOT CONSORTIUM_PUB``"""
     import sys
@@ -97,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = sys.argv[1:] if argv is None else argv
     bundle = verify_bundle(load_public_key(Path(args[2])), Path(args[0]))
-    print(json.dumps(rationale_hit_rate(bundle, Path(args[1])), indent=2))
+    task, model = bundle.load_model()
+    report = (rationale_hit_rate(bundle, Path(args[1])) if task.name == "advert-risk"
+              else message_hit_rate(task, model, Path(args[1])))
+    print(json.dumps(report, indent=2))
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from federation.data import load_records
 from federation.errors import ConfigError, DataError
@@ -274,3 +275,25 @@ def test_the_reader_reads_every_export_with_nothing_set_aside(
             read = table.column("messages")[idx]
             assert [(m.role, m.text) for m in read] == [
                 (m["role"], m["text"]) for m in first["messages"]]
+
+
+def test_the_message_hit_rate_counts_every_rationale_conversation_and_its_chance(
+        fed: tuple[ConversationPreset, Path, FederationManifest]) -> None:
+    from federation.tasks import get_task
+    from simulation.explain_eval import message_hit_rate
+
+    preset, root, _ = fed
+    expected: list[float] = []
+    for a in preset.agencies:
+        lengths = {c["conversation_id"]: len(c["messages"])
+                   for c in _read(root, a.agency_id, a.export_format, "test")}
+        for t in _truth(root, a.agency_id):
+            targets = {m["index"] for m in t["rationale_messages"] if m["weight"] > 0}
+            if t["split"] == "test" and targets:
+                expected.append(len(targets) / lengths[t["conversation_id"]])
+    task = get_task("conversation-risk", {"num_buckets": 64, "hidden": 4})
+    torch.manual_seed(0)
+    report = message_hit_rate(task, task.build_model(), root)
+    assert report["conversations_evaluated"] == len(expected) > 0
+    assert report["chance_hit_rate"] == pytest.approx(sum(expected) / len(expected))
+    assert 0.0 <= report["top_message_hit_rate"] <= 1.0

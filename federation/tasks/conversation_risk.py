@@ -4,7 +4,7 @@ One record is one conversation (federation.schema.CONVERSATION_RECORDS): its mes
 order, each with a sender role. The signal is in the *moves* and their order (probing, then
 trust, then secrecy, then a platform move; an image request, then a threat and a deadline),
 so the default model reads order; a bag-of-conversation logistic regression is kept as the
-baseline it is measured against (README, "Conversation model").
+baseline it is measured against (README, "Conversation model selection").
 
 Features (``featurize``): each kept message is hashed on its own with scikit-learn's
 ``HashingVectorizer`` (word 1-2-grams plus character 3-5-grams within words, signed hashing,
