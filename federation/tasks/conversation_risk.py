@@ -201,10 +201,14 @@ class ConversationOrderModel(nn.Module):
       before. Escalation is the signal: a secrecy request counts after trust-building, a
       threat after an image request, and a model that sees messages only one at a time, or
       in pairs, cannot tell it from the same words out of order.
-    - ``c_t = h_t + gelu(pair([h_t, p_t]))``, then ``z_j = max_t c_tj`` over the real
-      messages: each state is "did this (move, in this context) happen anywhere", which
-      matches how a conversation is labelled (by how far it got), where a mean over
-      messages dilutes one threat among twenty greetings.
+    - ``c_t = h_t * 2 sigmoid(pair([h_t, p_t]))``: the message's own state, raised or
+      damped by what came before. The context gates the message rather than adding to it,
+      so a state peaks at the move itself, not at whatever message follows it (an additive
+      context term peaked at the contact's replies: the top message hit the generator's
+      rationale at chance; gated, about twice chance).
+    - ``z_j = max_t c_tj`` over the real messages: each state is "did this (move, in this
+      context) happen anywhere", which matches how a conversation is labelled (by how far
+      it got), where a mean over messages dilutes one threat among twenty greetings.
     - ``logit = b + u . z``.
 
     Every parameter is in an nn.Linear called once per forward, so federation.training's
@@ -234,8 +238,8 @@ class ConversationOrderModel(nn.Module):
         h = nn.functional.gelu(self.message(s)) * keep
         before = torch.cummax(h, dim=1).values
         before = torch.cat([torch.zeros_like(before[:, :1]), before[:, :-1]], dim=1)
-        c = (h + nn.functional.gelu(self.pair(torch.cat([h, before], dim=-1)))) * keep
-        return c, mask
+        gate = 2 * torch.sigmoid(self.pair(torch.cat([h, before], dim=-1)))
+        return h * gate * keep, mask
 
     def _pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The pooled states [b, H] and, per state, the slot of its maximum [b, H]. A row
