@@ -177,17 +177,10 @@ def _statuses(summary: dict[str, object]) -> list[object]:
 
 
 @pytest.mark.slow
-def test_every_status_of_a_real_run_parses(tmp_path: Path) -> None:
+def test_every_status_of_a_real_run_parses(quick_run: Path) -> None:
     """A real simulated run's metrics.json (server and summary) reads back, and each status
-    string in it is one of Status."""
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[1]
-    run = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "cli", "simulate", "experiment=quick",
-                    "strategy.num_rounds=1", f"hydra.run.dir={run}"],
-                   cwd=root, check=True, capture_output=True, timeout=600)
+    string in it is one of Status. The run: the session's shared quick run (conftest.py)."""
+    run = quick_run
     for path in (run / SUMMARY_FILE, run / "server" / SUMMARY_FILE):
         raw = json.loads(path.read_text())
         statuses = _statuses(raw)

@@ -181,7 +181,7 @@ def test_cli_verify_names_the_break(state: Path) -> None:
 
 @pytest.mark.slow
 def test_simulated_nodes_sign_a_receipt_for_every_message(quick_run: Path) -> None:
-    run = quick_run  # the session's `heroes simulate experiment=quick` (tests/conftest.py)
+    run = quick_run  # the session's shared quick run (tests/conftest.py QUICK_RUN)
     summary = json.loads((run / "metrics.json").read_text())
     for agency in summary["agencies"]:
         state = run / "agency_state" / agency["agency"]

@@ -1,6 +1,7 @@
 """`heroes simulate` end to end: real Hydra, real Flower simulation engine (Ray), real Opacus.
 
-The slow test runs three synthetic agencies for two rounds. The bad-input tests run the
+The slow test reads the session's shared run of three synthetic agencies for two rounds
+(tests/conftest.py `quick_run_proc`). The bad-input tests run the
 real command and check that it stops with a clear message before anything trains.
 """
 
@@ -29,12 +30,13 @@ def heroes(args: list[str], out: Path,
 
 
 @pytest.mark.slow
-def test_three_agencies_two_rounds(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    # epsilon 8: this test checks that the pipeline learns; at epsilon 3 two rounds of these
-    # small agencies gave pooled ROC-AUC from 0.54 to 0.71 between runs (DP noise is unseeded)
-    proc = heroes(["experiment=quick", "baseline=true", "privacy=eps8"], out)
-    assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
+def test_three_agencies_two_rounds(
+        quick_run_proc: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    # the session's shared run (tests/conftest.py QUICK_RUN): experiment=quick with the
+    # baseline, at epsilon 8: this test checks that the pipeline learns; at epsilon 3 two
+    # rounds of these small agencies gave pooled ROC-AUC from 0.54 to 0.71 between runs (DP
+    # noise is unseeded)
+    out, proc = quick_run_proc
     summary = json.loads((out / "metrics.json").read_text())
     rounds = summary["rounds"]
     assert [r["round"] for r in rounds] == [1, 2]
