@@ -215,7 +215,9 @@ def render_entries(state_dir: Path) -> str:
     if not count:
         return f"no receipts in {state_dir / RECEIPTS}: this node has sent nothing yet"
     lines.append("epsilon: the dataset's cumulative value over every round of every run after "
-                 "that message, per advert record, at the delta shown")
+                 "that message, per record of the message's task (one advert, one "
+                 "conversation: `heroes agency ledger` names each stream's unit), at the "
+                 "delta shown")
     return "\n".join(lines)
 
 

@@ -31,6 +31,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 from federation.config import RunSettings
 from federation.errors import QuorumError
 from federation.protocol import SUM_KEY, Metric, NodeOutcome, Record, RoundRecord, Status
+from federation.tasks import get_task
 from server.robust import (
     check_update,
     norm_rejections,
@@ -148,6 +149,8 @@ class Accounting:
     # Validation needs each agency's update in the clear; a secure-aggregation path, which
     # only ever holds masked values, turns it off.
     validate_updates: bool = True
+    # The run's unit of privacy (its task's), named next to any shared epsilon.
+    unit: str = "one record in one agency's training export"
 
 
 class AccountableStrategy(Strategy):
@@ -302,7 +305,7 @@ class AccountableStrategy(Strategy):
 
     def progress(self, r: RoundRecord) -> None:
         """The round's line in the aggregator's log."""
-        log.info("%s", progress_line(r, self.accounting.num_rounds))
+        log.info("%s", progress_line(r, self.accounting.num_rounds, self.accounting.unit))
 
 
 def _eval_line(r: RoundRecord) -> str:
@@ -322,7 +325,8 @@ def _eval_line(r: RoundRecord) -> str:
             f"{e.get(Metric.PR_AUC, math.nan):.3f}")
 
 
-def progress_line(r: RoundRecord, num_rounds: int) -> str:
+def progress_line(r: RoundRecord, num_rounds: int,
+                  unit: str = "one record in one agency's training export") -> str:
     """One round in a line: who trained, who was rejected, loss, epsilon, evaluation. The
     aggregates are Flower's metric records of this round: a figure no agency shares is
     absent, and reads as n/a (nan) here."""
@@ -332,7 +336,8 @@ def progress_line(r: RoundRecord, num_rounds: int) -> str:
     secure = bool(t.get(Metric.SECURE_SUM)) or bool(r.evaluate_aggregate.get(Metric.SECURE_SUM))
     shared = int(t.get(Metric.EPSILON_SHARED_BY, 0) or 0)
     eps = (f"max epsilon {t.get(Metric.MAX_EPSILON, math.nan):.3f} (delta "
-           f"{t.get(Metric.DELTA, math.nan):.0e}, cumulative per advert record over all runs; "
+           f"{t.get(Metric.DELTA, math.nan):.0e}, cumulative per {unit.removeprefix('one ')} "
+           "over all runs; "
            f"shared by {shared} of {ok} agencies)" if shared else
            "epsilon: kept by each agency (none shares it)")
     left_out = f" ({len(rejected)} rejected: {', '.join(rejected)})" if rejected else ""
@@ -366,4 +371,5 @@ def build_strategy(settings: RunSettings, run_log: RunLog, heads: HeadBook | Non
                               trim_fraction=s.trim_fraction, krum_byzantine=s.krum_byzantine)
     return AccountableStrategy(inner, run_log, Accounting(
         quorum=s.quorum, num_rounds=s.num_rounds, max_norm_ratio=s.max_norm_ratio,
-        min_available=max(s.min_nodes, s.min_available)), heads)
+        min_available=max(s.min_nodes, s.min_available),
+        unit=get_task(settings.task_name, settings.task_params).privacy_unit), heads)

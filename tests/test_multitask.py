@@ -37,7 +37,7 @@ from federation.pki import make_ca, make_node_key
 from federation.policy import POLICY_FILE, Policy, PolicyError, load_policy, write_policy
 from federation.privacy import epsilon_spent, plan_noise
 from federation.signing import generate_signing_key
-from federation.tasks import register_task, unregister_task
+from federation.tasks import get_task, register_task, unregister_task
 from server.deploy import task_overrides
 from tests._heroes import HEROES
 from tests.test_tasks import ThreadTask, good_rows, write_agency
@@ -353,3 +353,16 @@ def test_a_consortium_run_names_a_registered_task(thread_task: type[ThreadTask])
         task_overrides("conversation-risks", [])
     with pytest.raises(DeploymentError, match="Fix: name the task with --task only"):
         task_overrides(THREAD, ["privacy.enabled=true task.name=advert-risk"])
+
+
+def test_the_aggregators_round_line_names_the_runs_own_unit_of_privacy() -> None:
+    from federation.protocol import Metric, NodeOutcome, RoundRecord, Status
+    from server.strategy import progress_line
+
+    r = RoundRecord(round=1, train=[NodeOutcome(1, "a", Status.OK)],
+                    train_aggregate={Metric.EPSILON_SHARED_BY: 1.0, Metric.MAX_EPSILON: 1.5,
+                                     Metric.DELTA: 1e-5})
+    unit = get_task("conversation-risk", {}).privacy_unit
+    line = progress_line(r, 5, unit)
+    assert "cumulative per conversation (all its messages) in one agency's training export" \
+        in line and "advert" not in line
