@@ -31,7 +31,7 @@ from federation.signing import generate_signing_key, load_public_key
 from server.release import release_run
 from simulation import report, sweep
 from simulation.both_tasks import check_all, read_index, task_runs
-from tests._heroes import heroes, main
+from tests._heroes import heroes
 
 ADVERT, CONVERSATION = "advert-risk", "conversation-risk"
 ADVERT_UNIT = "per advert record in one agency's training export"
@@ -100,13 +100,15 @@ def test_a_bad_several_task_config_is_refused_naming_the_rule_and_the_fix(
     assert not any(tmp_path.iterdir())  # nothing generated
 
 
-def test_the_command_refuses_before_anything_is_generated(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_command_refuses_before_anything_is_generated(tmp_path: Path) -> None:
+    # A fresh process, not cli.main in-process: after other in-process commands, Hydra's
+    # logging set-up in the same process closed pytest's stderr ("lost sys.stderr") and
+    # ended the whole run.
     run = tmp_path / "run"
-    code = main(["simulate", "experiment=both_tasks", "task=conversation_risk",
-                 f"hydra.run.dir={run}"])
-    text = capsys.readouterr().err
-    assert code == 2, text[-3000:]
+    proc = heroes(["simulate", "experiment=both_tasks", "task=conversation_risk",
+                   f"hydra.run.dir={run}"])
+    text = proc.stderr + proc.stdout
+    assert proc.returncode == 2, text[-3000:]
     assert "federated twice" in text and "Traceback" not in text
     assert not (run / CONVERSATION).exists() and not (run / "agency_state").exists()
 
