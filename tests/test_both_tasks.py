@@ -40,7 +40,8 @@ CONVERSATION_UNIT = "per conversation (all its messages) in one agency's trainin
 TINY = ["federation=three_agency",
         "federation@tasks.conversation_risk.federation=conversations_three",
         "tasks.conversation_risk.federation.scale=0.25", "strategy.num_rounds=2",
-        "train.local_epochs=1", "baseline=false"]
+        "train.local_epochs=1", "tasks.conversation_risk.train.local_epochs=1",
+        "baseline=false"]
 #: The conversation federation of TINY, alone (its resume and its baselines).
 CONVERSATIONS_ALONE = ["task=conversation_risk", "federation=conversations_three",
                        "federation.scale=0.25", "strategy.num_rounds=2",
