@@ -16,13 +16,11 @@ check`` accepts is then exactly what the node featurises and what scoring explai
 from __future__ import annotations
 
 import functools
-import math
 import re
 import unicodedata
-import zlib
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +42,10 @@ SPECIAL_CATEGORY_TERMS: frozenset[str] = frozenset(
 
 #: Bump when the features for a given text change, so node caches are not reused.
 #: 2: texts are normalised by normalise_text first (control characters become spaces).
-FEATURES_VERSION = 2
+#: 3: scikit-learn's MurmurHash3 (FeatureHasher, HashingVectorizer char_wb) instead of
+#: CRC-32 over Python-built grams; a word shorter than a character n-gram gives its padded
+#: self once (scikit-learn's char_wb) instead of nothing.
+FEATURES_VERSION = 3
 
 # C0 and C1 control characters other than tab, line feed and carriage return (NUL, ESC,
 # DEL, NEL, ...): terminal escapes and exporter debris, never words.
@@ -127,14 +128,44 @@ def normalise_text(text: str) -> str:
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
 
+@functools.cache
+def _hashers(num_buckets: int, char_min: int, char_max: int) -> tuple[Any, Any]:
+    """scikit-learn's signed hashers (MurmurHash3, seed 0; compiled): ``FeatureHasher`` for
+    word n-grams, each prefixed ``w:``, and ``HashingVectorizer(analyzer="char_wb")`` for
+    the character n-grams of a token padded with one space each side. Imported here, not at
+    the top, so that the CLI commands that never featurise do not pay for scikit-learn."""
+    from sklearn.feature_extraction import FeatureHasher
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    words = FeatureHasher(n_features=num_buckets, input_type="string", alternate_sign=True,
+                          dtype=np.float64)
+    chars = (HashingVectorizer(analyzer="char_wb", ngram_range=(char_min, char_max),
+                               n_features=num_buckets, lowercase=False, norm=None,
+                               alternate_sign=True, dtype=np.float64)
+             if char_max else None)
+    return words, chars
+
+
+def _empty_rows(width: int) -> Any:
+    from scipy import sparse
+
+    return sparse.csr_matrix((0, width), dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class HashingFeaturizer:
     """Maps texts to L2-normalised, sign-hashed log counts of n-grams.
 
-    ``num_buckets`` must be a power of two. Word n-grams (1..word_ngrams) and character
-    n-grams (char_min..char_max, inside word boundaries; char_max=0 turns them off) share
-    the bucket space, each
-    prefixed so that a word and an identical character string do not collide on purpose.
+    ``num_buckets`` must be a power of two. Word n-grams (1..word_ngrams, prefixed ``w:``)
+    and the character n-grams of each word (char_min..char_max, the word padded with a space
+    each side; char_max=0 turns them off) share the bucket space. A bucket's value is the
+    signed count ``c`` of the grams hashed into it (each gram's sign is its hash's),
+    mapped to ``sign(c) * log(1 + |c|)``, and each row is scaled to unit L2 norm.
+
+    The hashing is scikit-learn's (``_hashers``), and each distinct word's grams are hashed
+    once per call: adverts repeat their vocabulary, so a text's row is the sum of its
+    words' rows plus its word n-grams' rows (a sparse product), not a fresh walk over its
+    characters. Since FEATURES_VERSION 3.
     """
 
     num_buckets: int = 1 << 12
@@ -158,47 +189,75 @@ class HashingFeaturizer:
             raise ValueError("; ".join(problems))
 
     def tokens(self, text: str) -> list[str]:
-        norm = unicodedata.normalize("NFKC", text).lower()
-        toks = _TOKEN.findall(norm)
-        if self.exclude_special_categories:
+        # ASCII is its own NFKC form: most adverts skip the Unicode normalisation
+        norm = (text if text.isascii() else unicodedata.normalize("NFKC", text)).lower()
+        toks: list[str] = _TOKEN.findall(norm)
+        if self.exclude_special_categories and not SPECIAL_CATEGORY_TERMS.isdisjoint(toks):
             toks = [t for t in toks if t not in SPECIAL_CATEGORY_TERMS]
         return toks
 
-    def grams(self, text: str) -> Iterable[str]:
-        toks = self.tokens(text)
-        for n in range(1, self.word_ngrams + 1):
-            for i in range(len(toks) - n + 1):
-                yield "w:" + " ".join(toks[i : i + n])
-        if self.char_max == 0:
-            return
-        for tok in toks:
-            padded = f" {tok} "
-            for n in range(self.char_min, self.char_max + 1):
-                for i in range(len(padded) - n + 1):
-                    yield "c:" + padded[i : i + n]
+    def word_rows(self, tokens: Sequence[str]) -> Any:
+        """One CSR row per token: the signed counts of its own grams (the word itself and
+        its character n-grams), float64."""
+        if not tokens:  # scikit-learn's hashers refuse an empty input
+            return _empty_rows(self.num_buckets)
+        words, chars = _hashers(self.num_buckets, self.char_min, self.char_max)
+        rows = words.transform([["w:" + t] for t in tokens])
+        return rows + chars.transform(tokens) if chars is not None else rows
+
+    def ngram_rows(self, grams: Sequence[str]) -> Any:
+        """One CSR row per word n-gram of two or more words (joined by one space)."""
+        if not grams:
+            return _empty_rows(self.num_buckets)
+        words, _ = _hashers(self.num_buckets, self.char_min, self.char_max)
+        return words.transform([["w:" + g] for g in grams])
 
     def transform(self, texts: Sequence[str]) -> SparseRows:
-        """Featurise texts into compressed sparse rows (one row per text)."""
-        mask = self.num_buckets - 1
-        indptr = [0]
-        indices: list[int] = []
-        values: list[float] = []
-        for text in texts:
-            counts: Counter[int] = Counter()
-            for gram in self.grams(text):
-                h = zlib.crc32(gram.encode("utf-8"))
-                sign = 1 if h & 0x80000000 else -1
-                counts[h & mask] += sign
-            row = {b: math.copysign(math.log1p(abs(c)), c) for b, c in counts.items() if c}
-            norm = math.sqrt(sum(v * v for v in row.values())) or 1.0
-            for b in sorted(row):
-                indices.append(b)
-                values.append(row[b] / norm)
-            indptr.append(len(indices))
+        """Featurise texts into compressed sparse rows (one row per text).
+
+        Each distinct word gets an id (one dictionary look-up per word); word n-grams are
+        found as distinct runs of ids by numpy, so only distinct words and distinct
+        n-grams are ever hashed, and a text's signed counts are the sparse product of how
+        often it holds each with their hashed rows.
+        """
+        from scipy import sparse
+
+        vocab: dict[str, int] = {}
+        word = vocab.setdefault
+        ids: list[int] = []
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        for i, text in enumerate(texts):
+            toks = self.tokens(text)
+            ids += [word(t, len(vocab)) for t in toks]
+            lengths[i] = len(toks)
+        words = list(vocab)
+        token_ids = np.asarray(ids, dtype=np.int64)
+        indptr = np.concatenate(([0], np.cumsum(lengths)))
+        shape = (len(texts), len(words))
+        counts = sparse.csr_matrix((np.ones(token_ids.size), token_ids, indptr),
+                                   shape=shape) @ self.word_rows(words)
+        doc = np.repeat(np.arange(len(texts)), lengths)
+        for n in range(2, self.word_ngrams + 1):
+            starts = np.flatnonzero(np.arange(token_ids.size) + n <= indptr[doc + 1])
+            if not starts.size:
+                break
+            runs = token_ids[starts[:, None] + np.arange(n)]
+            distinct, which = np.unique(runs, axis=0, return_inverse=True)
+            grams = [" ".join(words[j] for j in run) for run in distinct.tolist()]
+            counts = counts + sparse.csr_matrix(
+                (np.ones(starts.size), (doc[starts], which.reshape(-1))),
+                shape=(len(texts), len(grams))) @ self.ngram_rows(grams)
+        counts = sparse.csr_matrix(counts)
+        counts.eliminate_zeros()
+        counts.sort_indices()
+        values = np.sign(counts.data) * np.log1p(np.abs(counts.data))
+        owner = np.repeat(np.arange(len(texts)), np.diff(counts.indptr))
+        norms = np.sqrt(np.bincount(owner, weights=values * values, minlength=len(texts)))
+        values = values / np.where(norms > 0, norms, 1.0)[owner]
         return SparseRows(
-            indptr=np.asarray(indptr, dtype=np.int64),
-            indices=np.asarray(indices, dtype=np.int64),
-            values=np.asarray(values, dtype=np.float32),
+            indptr=counts.indptr.astype(np.int64),
+            indices=counts.indices.astype(np.int64),
+            values=values.astype(np.float32),
             width=self.num_buckets,
         )
 
@@ -214,6 +273,22 @@ class SparseRows:
 
     def __len__(self) -> int:
         return int(self.indptr.size - 1)
+
+    @staticmethod
+    def concat(parts: Sequence[SparseRows]) -> SparseRows:
+        """The rows of ``parts`` one after another (all of one width)."""
+        widths = {p.width for p in parts}
+        if len(widths) != 1:
+            raise ValueError(f"cannot stack rows of widths {sorted(widths)}")
+        indptr = [np.zeros(1, dtype=np.int64)]
+        offset = 0
+        for p in parts:
+            indptr.append(p.indptr[1:] + offset)
+            offset += int(p.indptr[-1])
+        return SparseRows(indptr=np.concatenate(indptr),
+                          indices=np.concatenate([p.indices for p in parts]),
+                          values=np.concatenate([p.values for p in parts]),
+                          width=widths.pop())
 
     def dense(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Dense float32 matrix of the given rows (all rows when None)."""

@@ -1,12 +1,14 @@
-"""The advert task gives the features and metrics it gave before tasks owned their records.
+"""The advert task gives the features and metrics pinned for its features version.
 
-Reference values, pinned once and never recomputed: they were printed by running the
-steps below on the code of commit 05fec9f (before issue 14 moved the advert task onto
-the record-schema Task interface), with ``federation.training._fresh_generator`` replaced
-by a torch generator seeded with 0 (the same replacement this test makes; without it the
-shuffling, Poisson sampling and DP noise draw fresh OS randomness on purpose), on the
-three-agency preset generated with seed 0. A change here means the advert task's
-features or training changed: bump FEATURES_VERSION (features) or explain it (training).
+Reference values, printed by running the steps below: first on the code of commit 05fec9f
+(before issue 14 moved the advert task onto the record-schema Task interface, features
+version 2), then once more when features version 3 replaced the CRC-32 hashing by
+scikit-learn's (issue 16; the training pins moved only because the features did), with
+``federation.training._fresh_generator`` replaced by a torch generator seeded with 0
+(the same replacement this test makes; without it the shuffling, Poisson sampling and DP
+noise draw fresh OS randomness on purpose), on the three-agency preset generated with
+seed 0. A change here means the advert task's features or training changed: bump
+FEATURES_VERSION (features) or explain it (training).
 """
 
 from __future__ import annotations
@@ -30,23 +32,23 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "federation"
 
 #: sha256 over indptr (<i8), indices (<i8), values (<f4) and the width, see _digest.
 FEATURE_DIGESTS = {
-    "es-police": ("b2b525e057b7d2888e86196e38e06a16f4c481f9e3b77883c1577579b98605fb",
-                  430, 124353),  # CSV export
-    "uk-ngo": ("f63d59c66b459492b61603dbff570358d9b31a439d50e648214200c5fb9b8e11",
-               236, 67381),  # JSONL export
+    "es-police": ("0454a5b167f56ebe98e0fbefe13f7db90a7da1a38ea6973eeb879932de6e03f8",
+                  430, 123357),  # CSV export
+    "uk-ngo": ("38d49af70fb5098139743cf13be1b2466362821bfe28db8f187345316352aff8",
+               236, 67620),  # JSONL export
 }
 #: train_local (batch 64, learning rate 2, 2 epochs) on es-police, evaluate (k=20) on its
 #: test split; "loss" is LocalResult.train_loss.
 METRICS = {
-    "plain": {"loss": 0.3206639151001381, "steps": 14, "roc_auc": 0.47129629629629627,
-              "pr_auc": 0.09305265821668615, "precision_at_20": 0.0, "recall_at_20": 0.0,
-              "brier": 0.08653419483114358},
-    "fused": {"loss": 0.3380991542597418, "steps": 14, "eps": 2.9955678827626957,
-              "roc_auc": 0.5319444444444444, "pr_auc": 0.10256601145184141,
-              "precision_at_20": 0.0, "recall_at_20": 0.0, "brier": 0.08818962655318491},
-    "hooks": {"loss": 0.33809915526057815, "steps": 14, "eps": 2.9955678827626957,
-              "roc_auc": 0.5319444444444444, "pr_auc": 0.10256601145184141,
-              "precision_at_20": 0.0, "recall_at_20": 0.0, "brier": 0.08818962663039505},
+    "plain": {"loss": 0.3197264111900783, "steps": 14, "roc_auc": 0.5074074074074074,
+              "pr_auc": 0.09679838229432296, "precision_at_20": 0.05,
+              "recall_at_20": 0.06666666666666667, "brier": 0.08642608898241032},
+    "fused": {"loss": 0.3336877426820782, "steps": 14, "eps": 2.9955678827626957,
+              "roc_auc": 0.674537037037037, "pr_auc": 0.14191191826038158,
+              "precision_at_20": 0.0, "recall_at_20": 0.0, "brier": 0.08784296220031801},
+    "hooks": {"loss": 0.3336877434146172, "steps": 14, "eps": 2.9955678827626957,
+              "roc_auc": 0.674537037037037, "pr_auc": 0.14191191826038158,
+              "precision_at_20": 0.0, "recall_at_20": 0.0, "brier": 0.08784296225720656},
 }
 
 
@@ -83,7 +85,7 @@ def _train_features(data: AgencyData) -> SparseRows:
 
 
 def test_features_version_is_unchanged() -> None:
-    assert FEATURES_VERSION == 2
+    assert FEATURES_VERSION == 3
     assert get_task("advert-risk", {}).features_version == FEATURES_VERSION
 
 

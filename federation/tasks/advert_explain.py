@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 import unicodedata
-import zlib
-from collections import Counter
 
 import numpy as np
 
@@ -50,9 +48,14 @@ def tokens_with_spans(featurizer: HashingFeaturizer, text: str
 class Explainer:
     """Exact per-token shares of a linear model's logit, computed from the featuriser's grams.
 
-    Adverts repeat their vocabulary (reposts, templates), so each token's character-gram
-    hashes are computed once and cached; this makes explaining cheaper than featurising.
+    A token's own grams (the word and its character n-grams) and each word n-gram are
+    hashed by the featuriser itself (``word_rows``, ``ngram_rows``), so the row explained
+    is the row scored. Adverts repeat their vocabulary (reposts, templates), so each
+    token's and n-gram's hashed row is computed once and cached; this makes explaining
+    cheaper than featurising.
     """
+
+    _CACHE_LIMIT = 500_000
 
     def __init__(self, featurizer: HashingFeaturizer, weights: np.ndarray,
                  bias: float = 0.0) -> None:
@@ -60,54 +63,58 @@ class Explainer:
         self.weights = weights
         self.bias = bias
         self.width = featurizer.num_buckets
-        self.mask = featurizer.num_buckets - 1
-        self._char_cache: dict[str, list[tuple[int, int]]] = {}
+        self._cache: dict[tuple[bool, str], tuple[np.ndarray, np.ndarray]] = {}
 
-    def _hash(self, gram: str) -> tuple[int, int]:
-        h = zlib.crc32(gram.encode("utf-8"))
-        return h & self.mask, (1 if h & 0x80000000 else -1)
-
-    def _char_grams(self, tok: str) -> list[tuple[int, int]]:
-        cached = self._char_cache.get(tok)
-        if cached is None:
+    def _rows(self, units: list[str], ngram: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each unit's (buckets, signed counts): a token's own grams, or a word n-gram."""
+        missing = list(dict.fromkeys(u for u in units if (ngram, u) not in self._cache))
+        if missing:
             f = self.featurizer
-            padded = f" {tok} "
-            cached = [self._hash("c:" + padded[j:j + n])
-                      for n in range(f.char_min, f.char_max + 1)
-                      for j in range(len(padded) - n + 1)]
-            if len(self._char_cache) < 500_000:
-                self._char_cache[tok] = cached
-        return cached
+            m = f.ngram_rows(missing) if ngram else f.word_rows(missing)
+            m.sum_duplicates()
+            if len(self._cache) + len(missing) > self._CACHE_LIMIT:
+                self._cache.clear()
+            for i, u in enumerate(missing):
+                lo, hi = m.indptr[i], m.indptr[i + 1]
+                self._cache[(ngram, u)] = (m.indices[lo:hi].astype(np.int64), m.data[lo:hi])
+        return [self._cache[(ngram, u)] for u in units]
 
     def explain(self, text: str) -> Explanation:
-        """Tokens, their spans, each token's share of ``logit - bias``, and the feature row."""
+        """Tokens, their spans, each token's share of ``logit - bias``, and the feature row.
+
+        A bucket with signed count ``c_b`` and value ``row_b`` gives each unit with signed
+        count ``u_b`` in it the share ``w_b row_b u_b / c_b``; a token keeps its own
+        grams' shares and a word n-gram's share is split evenly over its words.
+        """
         f = self.featurizer
         toks, spans = tokens_with_spans(f, text)
-        entries: list[tuple[int, int, int, int]] = []  # bucket, sign, first token, last + 1
-        for n in range(1, f.word_ngrams + 1):
-            for i in range(len(toks) - n + 1):
-                b, sign = self._hash("w:" + " ".join(toks[i:i + n]))
-                entries.append((b, sign, i, i + n))
-        if f.char_max:
-            for ti, tok in enumerate(toks):
-                entries.extend((b, sign, ti, ti + 1) for b, sign in self._char_grams(tok))
-        counts: Counter[int] = Counter()
-        for b, sign, _, _ in entries:
-            counts[b] += sign
-        value = {b: math.copysign(math.log1p(abs(c)), c) for b, c in counts.items() if c}
-        norm = math.sqrt(sum(v * v for v in value.values())) or 1.0
-        row = {b: v / norm for b, v in value.items()}
-        per_token = np.zeros(len(toks), dtype=np.float64)
-        w = self.weights
-        for b, sign, lo, hi in entries:
-            c = counts[b]
-            if c:
-                share = float(w[b]) * row[b] * sign / c
-                if hi - lo == 1:
-                    per_token[lo] += share
-                else:
-                    per_token[lo:hi] += share / (hi - lo)
-        return Explanation(toks, spans, per_token, row)
+        units = self._rows(toks, ngram=False)  # unit i < len(toks): token i's own grams
+        first = list(range(len(toks)))  # each unit's first word, and its number of words
+        size = [1] * len(toks)
+        for n in range(2, f.word_ngrams + 1):
+            starts = list(range(len(toks) - n + 1))
+            units += self._rows([" ".join(toks[i:i + n]) for i in starts], ngram=True)
+            first += starts
+            size += [n] * len(starts)
+        if not units or not sum(b.size for b, _ in units):
+            return Explanation(toks, spans, np.zeros(len(toks)), {})
+        b_all = np.concatenate([b for b, _ in units])
+        v_all = np.concatenate([v for _, v in units])
+        unit_of = np.repeat(np.arange(len(units)), [b.size for b, _ in units])
+        c = np.bincount(b_all, weights=v_all, minlength=self.width)
+        value = np.sign(c) * np.log1p(np.abs(c))
+        norm = math.sqrt(float(value @ value)) or 1.0
+        row = value / norm
+        nz = c[b_all] != 0
+        share = np.zeros(b_all.size)
+        share[nz] = self.weights[b_all[nz]] * row[b_all[nz]] * v_all[nz] / c[b_all[nz]]
+        per_unit = np.bincount(unit_of, weights=share, minlength=len(units))
+        per_token = per_unit[:len(toks)].astype(np.float64)
+        for u in range(len(toks), len(units)):  # a word n-gram's share, split over its words
+            per_token[first[u]:first[u] + size[u]] += per_unit[u] / size[u]
+        filled = np.flatnonzero(c)
+        return Explanation(toks, spans, per_token,
+                           dict(zip(filled.tolist(), row[filled].tolist(), strict=True)))
 
 
 def token_contributions(featurizer: HashingFeaturizer, weights: np.ndarray, text: str
