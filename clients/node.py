@@ -196,22 +196,76 @@ def cached_features(task: Task, export_sha256: str, records: list[Any], cache_di
     return features
 
 
+#: The exports this process has read and validated: (task, folder) -> _Loaded. A node
+#: process answers several messages per round (train, evaluate, the secure stages); the
+#: export is read, validated and hashed on the first and reused while the folder is
+#: unchanged. A few entries at most: one per task a node trains, and a test's folders.
+_LOADED: dict[tuple[str, str], _Loaded] = {}
+_LOADED_MAX = 8
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    signature: tuple[tuple[str, int, int, int, int], ...]
+    data: Any  # the task's AgencyRecords
+    sha256: dict[str, str]  # "train", "test" -> SHA-256 of that file's bytes
+
+
+def _folder_signature(folder: Path) -> tuple[tuple[str, int, int, int, int], ...] | None:
+    """Name, inode, size, modification and change time (ns) of every file in ``folder``:
+    any write, replacement or rename there changes it (the change time cannot be set
+    back). None where the folder cannot be listed (the load then reports why)."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        out = []
+        for entry in entries:
+            st = entry.stat()
+            out.append((entry.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    except OSError:
+        return None
+    return tuple(out)
+
+
+def _load_once(task: Task, data_dir: Path) -> _Loaded:
+    """The task's validated export in ``data_dir`` and its files' SHA-256, read once per
+    process while the folder is unchanged (``_folder_signature`` before the read: a file
+    that changes during the read changes the signature, so the next message reads again)."""
+    from federation.ledger import fingerprint_file
+
+    key = (task.name, str(Path(data_dir).resolve()))
+    signature = _folder_signature(data_dir)
+    hit = _LOADED.get(key)
+    if hit is not None and signature is not None and hit.signature == signature:
+        return hit
+    data = task.load(data_dir)
+    loaded = _Loaded(signature or (), data, {"train": fingerprint_file(data.train.path),
+                                               "test": fingerprint_file(data.test.path)})
+    inside = all(Path(t.path).resolve().parent == Path(data_dir).resolve()
+                 for t in (data.train, data.test))
+    if signature is not None and inside:  # files elsewhere: no signature covers them
+        if len(_LOADED) >= _LOADED_MAX:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = loaded
+    return loaded
+
+
 def load_node_data(
     node_config: Mapping[str, object], settings: RunSettings, *, split: str
 ) -> NodeData:
     """Validate the agency's whole export for the run's task (the folder that task.name
-    selects), then featurise the requested split."""
-    from federation.ledger import fingerprint_file
+    selects), then featurise the requested split. The export is read and validated once
+    per process while its folder is unchanged (``_load_once``), and its features come
+    from the node's feature cache."""
     from federation.tasks import get_task
 
     check_task_allowed(node_config, settings.task_name)
     data_dir, dataset_id = resolve_export(node_config, settings.paths, settings.task_name)
     task = get_task(settings.task_name, settings.task_params)
-    data = task.load(data_dir)
-    fingerprint = fingerprint_file(data.train.path)
+    loaded = _load_once(task, data_dir)
+    data = loaded.data
+    fingerprint = loaded.sha256["train"]
     dataset = dataset_id or f"{data.agency}/{fingerprint[:16]}"
     table = data.train if split == "train" else data.test
-    table_sha256 = fingerprint if split == "train" else fingerprint_file(table.path)
     rows = task.rows(table)
     state_dir = resolve_state_dir(node_config, settings.paths, data.agency)
     return NodeData(
@@ -221,7 +275,8 @@ def load_node_data(
         state_dir=state_dir,
         model_name=f"{task.name}:{type(task.build_model()).__name__}",
         task=task,
-        features=cached_features(task, table_sha256, task.records(table, rows),
+        features=cached_features(task, loaded.sha256["train" if split == "train" else "test"],
+                                 task.records(table, rows),
                                  state_dir / CACHE_DIR),
         labels=table.positive[rows],
         train_size=int(task.rows(data.train).size),

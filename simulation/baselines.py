@@ -46,7 +46,7 @@ from federation.protocol import (
 from federation.tasks import Task, get_task
 from federation.text import SparseRows
 from federation.training import predict_proba, train_local
-from simulation.federation_run import run_flower_simulation, write_policies
+from simulation.federation_run import node_features, run_flower_simulation, write_policies
 from simulation.generator import FederationManifest
 from simulation.summary import CONSORTIUM_SEES, agency_table, local_rounds, render
 from simulation.units import per_unit
@@ -73,26 +73,18 @@ class AgencySplits:
     test: Split
 
 
-def _split(task: Task, data: AgencyRecords, which: str) -> Split:
+def _split(task: Task, data: AgencyRecords, which: str, state_dir: Path) -> Split:
+    """One agency's split, featurised through its node's feature cache in ``state_dir``
+    (the DP arm's node reads it back instead of featurising again)."""
     table = data.train if which == "train" else data.test
     rows = task.rows(table)
-    return Split(task.featurize_table(table, rows),
+    return Split(node_features(task, table, state_dir),
                  table.positive[rows].astype(np.float32))
 
 
 def _concat(parts: list[Split]) -> Split:
-    indptr = [np.zeros(1, dtype=np.int64)]
-    offset = 0
-    for p in parts:
-        indptr.append(p.features.indptr[1:] + offset)
-        offset += int(p.features.indptr[-1])
-    width = parts[0].features.width
-    return Split(
-        SparseRows(indptr=np.concatenate(indptr),
-                   indices=np.concatenate([p.features.indices for p in parts]),
-                   values=np.concatenate([p.features.values for p in parts]), width=width),
-        np.concatenate([p.labels for p in parts]),
-    )
+    return Split(SparseRows.concat([p.features for p in parts]),
+                 np.concatenate([p.labels for p in parts]))
 
 
 def _auc(labels: np.ndarray, proba: np.ndarray) -> float | None:
@@ -186,7 +178,10 @@ def run_baselines(cfg: DictConfig, out_dir: Path, *, flat: dict[str, Scalar],
     if problems:
         raise ConfigError(problems, source="baselines")
     task = get_task(settings.task_name, settings.task_params)
-    splits = [AgencySplits(a.agency, _split(task, a, "train"), _split(task, a, "test"))
+    arms_root = out_dir / "arms"
+    dp_state_root = arms_root / "federated_dp" / "agency_state"  # _federated_arm's
+    splits = [AgencySplits(a.agency, _split(task, a, "train", dp_state_root / a.agency),
+                           _split(task, a, "test", dp_state_root / a.agency))
               for a in agencies]
     pooled_test = _concat([s.test for s in splits])
     k = settings.eval.k
@@ -211,7 +206,6 @@ def run_baselines(cfg: DictConfig, out_dir: Path, *, flat: dict[str, Scalar],
     arms["alone_dp"] = alone
 
     names = [a.agency for a in agencies]
-    arms_root = out_dir / "arms"
     fed: dict[str, Path] = {}
     dp_server, dp_state = _federated_arm(cfg, flat, arms_root / "federated_dp", names,
                                          private=settings.privacy.enabled,

@@ -3,6 +3,10 @@
     heroes bench [--quick] [--out FILE] [--skip SECTION] [--conversation-model MODEL]
 
 Sections (each a ratio or a figure from the same run, never a pass/fail timing):
+  features adverts per second of the advert featuriser, this tree against features version
+           2 (commit FEATURES_BASELINE, pure Python), alternating; the node cache's read-back
+  node     a node's export per message: read and validated each time (before) against once
+           per process while its folder is unchanged (now), six agencies
   step     one DP-SGD step against one non-private step of the same model and batch
   local    records per second of one local round, DP and not
   conversation  conversation-risk: featurisation throughput; one step of the default model
@@ -374,6 +378,127 @@ def bench_ledger(releases: int) -> dict[str, Any]:
     return out
 
 
+#: The last commit whose advert featuriser is features version 2 (pure-Python n-grams and
+#: CRC-32, one text at a time); the ``features`` section times it against this tree's.
+FEATURES_BASELINE = "239c744"
+
+
+def _featurizer_module_at(commit: str, tmp: Path) -> Any:
+    """federation/text.py as it was at ``commit``, imported under its own name; None where
+    git or the commit is missing (a source tarball, a shallow clone)."""
+    import importlib.util
+
+    try:
+        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:federation/text.py"],
+                                capture_output=True, check=True, timeout=120).stdout
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return None
+    path = tmp / f"text_{commit}.py"
+    path.write_bytes(source)
+    spec = importlib.util.spec_from_file_location(f"heroes_bench_text_{commit}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while building
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_features(adverts: int, repeats: int, tmp: Path,
+                   baseline: str = FEATURES_BASELINE) -> dict[str, Any]:
+    """Adverts per second of the advert task's featuriser on the same generated adverts:
+    this tree's (scikit-learn's hashing, each distinct word hashed once per call) against
+    the features-version-2 featuriser of ``baseline``, alternating, median of ``repeats``;
+    and a node's cached features (the .npz its feature cache reads back) for scale."""
+    from dataclasses import asdict, replace
+
+    from federation.data import load_agency
+    from federation.tasks import get_task
+    from simulation.generator import generate_federation, load_preset
+
+    preset = load_preset(ROOT / "configs" / "federation" / "three_agency.yaml")
+    manifest = generate_federation(replace(preset, scale=adverts / 15000 * 1.1),
+                                   tmp / "features-data", seed=2)
+    texts: list[str] = []
+    for agency in manifest.agencies:
+        data = load_agency(tmp / "features-data" / "agencies" / agency)
+        texts.extend(data.train.texts)
+        texts.extend(data.test.texts)
+    texts = texts[:adverts]
+    from federation.tasks.advert_risk import AdvertRiskTask
+
+    task = get_task("advert-risk", {})
+    assert isinstance(task, AdvertRiskTask)
+    now = task.featurizer
+    old_module = _featurizer_module_at(baseline, tmp)
+    result: dict[str, Any] = {"adverts": len(texts), "features_version": task.features_version}
+    if old_module is None:
+        result["skipped"] = f"commit {baseline} is not in this checkout (git show failed)"
+        return result
+    before = old_module.HashingFeaturizer(**asdict(now))
+    now.transform(texts[:8])  # scikit-learn's import and hashers, outside the timing
+    old_times, new_times = [], []
+    for _ in range(repeats):
+        old_times.append(_median_time(partial(before.transform, texts), 1))
+        new_times.append(_median_time(partial(now.transform, texts), 1))
+    rows = now.transform(texts)
+    cache = tmp / "features.npz"
+    np.savez(cache, indptr=rows.indptr, indices=rows.indices, values=rows.values)
+
+    def read_cache() -> None:
+        with np.load(cache) as z:
+            z["indptr"], z["indices"], z["values"]
+
+    cached = _median_time(read_cache, repeats)
+    old_s, new_s = statistics.median(old_times), statistics.median(new_times)
+    result.update({
+        "baseline_commit": baseline, "baseline_features_version": old_module.FEATURES_VERSION,
+        "baseline_seconds": old_s, "seconds": new_s,
+        "baseline_adverts_per_second": len(texts) / old_s,
+        "adverts_per_second": len(texts) / new_s,
+        "ratio_now_over_baseline_throughput": old_s / new_s,
+        "cached_adverts_per_second": len(texts) / cached,
+    })
+    return result
+
+
+def bench_node(tmp: Path) -> dict[str, Any]:
+    """What a node spends on its export per message, for the six agencies of the default
+    run: reading, validating and hashing the export on every message (as before issue 16)
+    against the process's validated copy (clients/node.py ``_load_once``: the folder's
+    file signature checked, nothing read), alternating, median of 5."""
+    from clients.node import _load_once
+    from federation.ledger import fingerprint_file
+    from federation.tasks import get_task
+    from simulation.generator import generate_federation, load_preset
+
+    preset = load_preset(ROOT / "configs" / "federation" / "six_agency.yaml")
+    manifest = generate_federation(preset, tmp / "node-data", seed=0)
+    folders = [tmp / "node-data" / "agencies" / a for a in manifest.agencies]
+    task = get_task("advert-risk", {})
+
+    def every_message() -> None:
+        for folder in folders:
+            data = task.load(folder)
+            fingerprint_file(data.train.path)
+            fingerprint_file(data.test.path)
+
+    def once() -> None:
+        for folder in folders:
+            _load_once(task, folder)
+
+    once()  # the first message of the run reads them
+    before, now = [], []
+    for _ in range(5):
+        before.append(_median_time(every_message, 1))
+        now.append(_median_time(once, 1))
+    b, n = statistics.median(before), statistics.median(now)
+    return {"agencies": len(folders), "records": sum(len(_load_once(task, f).data.train)
+                                                     + len(_load_once(task, f).data.test)
+                                                     for f in folders),
+            "read_every_message_seconds": b, "read_once_seconds": n,
+            "ratio_every_message_over_once": b / n}
+
+
 def bench_score(adverts: int, tmp: Path) -> dict[str, Any]:
     """``heroes agency score`` on generated adverts: the whole command (verify the bundle, read
     the CSV, score, explain, write, log) next to features-and-logits alone."""
@@ -631,8 +756,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smaller: 6 and 20 agencies, 2 rounds, fewer steps")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["step", "local", "conversation", "rounds", "scale", "ledger",
-                                 "score", "secagg", "trust"])
+                        choices=["features", "node", "step", "local", "conversation", "rounds",
+                                 "scale", "ledger", "score", "secagg", "trust"])
     parser.add_argument("--conversation-model", action="append", default=[], metavar="MODEL",
                         help="conversation section: measure this task.model (repeatable; "
                              "default: the task's default model and the linear baseline)")
@@ -647,6 +772,27 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="heroes-bench-") as tmpdir:
         tmp = Path(tmpdir)
+        if "features" not in args.skip:
+            report["features"] = ft = bench_features(3000 if args.quick else 20000,
+                                                     3 if args.quick else 5, tmp)
+            if "skipped" in ft:
+                print(f"features: skipped: {ft['skipped']}", flush=True)
+            else:
+                print(f"features: {ft['adverts']} adverts: "
+                      f"{ft['baseline_adverts_per_second']:,.0f} adverts/s at commit "
+                      f"{ft['baseline_commit']} (features version "
+                      f"{ft['baseline_features_version']}), {ft['adverts_per_second']:,.0f} "
+                      f"adverts/s now (version {ft['features_version']}) -> "
+                      f"{ft['ratio_now_over_baseline_throughput']:.1f}x; a node's feature "
+                      f"cache reads back {ft['cached_adverts_per_second']:,.0f} adverts/s",
+                      flush=True)
+        if "node" not in args.skip:
+            report["node"] = nd = bench_node(tmp)
+            print(f"node: the export per message, {nd['agencies']} agencies "
+                  f"({nd['records']:,} records): read and validated every message "
+                  f"{nd['read_every_message_seconds'] * 1e3:.0f} ms, once per process "
+                  f"{nd['read_once_seconds'] * 1e3:.1f} ms -> "
+                  f"{nd['ratio_every_message_over_once']:.0f}x", flush=True)
         if not {"step", "local"} <= set(args.skip):
             features, labels = _sample_data(3000 if args.quick else 9000, tmp)
         if "step" not in args.skip:

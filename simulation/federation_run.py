@@ -22,8 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from federation.config import Scalar
 from federation.errors import ConfigError
-from federation.ledger import write_policy
+from federation.ledger import fingerprint_file, write_policy
 from federation.pki import make_node_key
+from federation.records import RecordTable
+from federation.tasks import Task
+from federation.text import SparseRows
 from simulation import preflight
 
 log = logging.getLogger("heroes.simulate")
@@ -34,6 +37,18 @@ def write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def node_features(task: Task, table: RecordTable, state_dir: Path) -> SparseRows:
+    """The features a simulated node computes for ``table`` (its usable rows), through that
+    node's own feature cache in ``state_dir``: the driver's pooled evaluation and baselines
+    and the node featurise each export once between them, whichever comes first (the
+    cache key is the export's SHA-256, the task, its parameters and features version)."""
+    from clients.node import CACHE_DIR, cached_features
+
+    rows = task.rows(table)
+    return cached_features(task, fingerprint_file(table.path), task.records(table, rows),
+                           state_dir / CACHE_DIR)
 
 
 def write_policies(cfg: DictConfig, agencies: list[str], state_root: Path) -> None:

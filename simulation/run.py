@@ -17,7 +17,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +39,7 @@ from simulation.baselines import run_baselines
 from simulation.both_tasks import run_tasks
 from simulation.federation_run import (  # re-exported: tests and tools import them from here
     approve_simulated_roster,
+    node_features,
     run_flower_simulation,
     write_policies,
     write_text,
@@ -83,17 +83,19 @@ class Pooled:
     agency: np.ndarray
 
 
-def _pool(task: Task, agencies: list[AgencyRecords], split: str) -> Pooled:
-    records: list[Any] = []
+def _pool(task: Task, agencies: list[AgencyRecords], split: str, state_root: Path) -> Pooled:
+    """Every agency's split stacked, featurised through the agencies' own node feature
+    caches (``node_features``): not featurised again where the nodes already did."""
+    parts: list[SparseRows] = []
     labels: list[np.ndarray] = []
     owner: list[str] = []
     for a in agencies:
         table = a.train if split == "train" else a.test
         rows = task.rows(table)
-        records.extend(task.records(table, rows))
+        parts.append(node_features(task, table, state_root / a.agency))
         labels.append(table.positive[rows])
         owner.extend([a.agency] * rows.size)
-    return Pooled(task.featurize(records), np.concatenate(labels), np.asarray(owner))
+    return Pooled(SparseRows.concat(parts), np.concatenate(labels), np.asarray(owner))
 
 
 def centralised_baseline(task: Task, settings: RunSettings, train: Pooled, test: Pooled
@@ -171,7 +173,7 @@ def run_one(cfg: DictConfig, out_dir: Path, *, state_root: Path | None = None,
                          seed=int(cfg.seed), mode=str(cfg.mode),
                          oracle_roc_auc=manifest.oracle_roc_auc)
     task = get_task(settings.task_name, settings.task_params)
-    test = _pool(task, agencies, "test")
+    test = _pool(task, agencies, "test", state_root)
     if cfg.mode == "federated":
         print(f"running {settings.strategy.num_rounds} rounds of {settings.strategy.name} over "
               f"{len(agencies)} agencies (DP {'on' if settings.privacy.enabled else 'OFF'})",
@@ -194,7 +196,7 @@ def run_one(cfg: DictConfig, out_dir: Path, *, state_root: Path | None = None,
         if audit is not None:
             summary.audit = audit.evaluate(model, [r.to_json() for r in summary.agencies])
     if cfg.mode == "centralised" or bool(cfg.baseline):
-        train = _pool(task, agencies, "train")
+        train = _pool(task, agencies, "train", state_root)
         summary.centralised_baseline = centralised_baseline(task, settings, train, test)
     summary.wall_seconds = time.monotonic() - t0
     summary.write(out_dir / SUMMARY_FILE)

@@ -88,7 +88,7 @@ def global_roc_auc(tmp: Path, out: Path) -> float:
     task = get_task(settings.task_name, settings.task_params)
     manifest = json.loads((tmp / "data" / "federation.json").read_text())
     agencies = [task.load(tmp / "data" / "agencies" / a) for a in manifest["agencies"]]
-    test = _pool(task, agencies, "test")
+    test = _pool(task, agencies, "test", tmp / "pooled-features")
     model = task.build_model()
     model.load_state_dict(saved["state_dict"])
     return float(metrics.summary(test.labels, predict_proba(model, test.features),
