@@ -257,6 +257,9 @@ def _register_privacy(sub: Subparsers) -> None:
                 "node's ledger (budgets are per dataset)")
     _dir(p, "the node's state folder (holds privacy-ledger.sqlite)")
     _json(p)
+    p.add_argument("--recompute", action="store_true",
+                   help="compute every epsilon afresh instead of reading those already "
+                   "computed for the same releases (epsilon-cache.json in the state folder)")
     p = command(sub, "check", _check, help="validate the data directory; report rows set "
                 "aside (never their content)")
     p.add_argument("--data-dir", type=Path, required=True,
@@ -318,7 +321,7 @@ def _ledger(args: argparse.Namespace) -> int:
         policy = None
     try:
         with Ledger.open(args.dir, create=False) as ledger:
-            report = ledger.report(policy)
+            report = ledger.report(policy, cached=not args.recompute)
     except LedgerError as exc:
         print(f"heroes agency ledger: {exc}")
         return exit.USAGE

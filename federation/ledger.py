@@ -45,7 +45,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -876,14 +876,31 @@ class Ledger:
         pairs = {(r.release.task, r.release.dataset) for r in self.rows()}
         return sorted(pairs, key=lambda p: (p[1], p[0]))
 
-    def report(self, policy: Policy | None) -> list[dict[str, Any]]:
+    def report(self, policy: Policy | None, *, cached: bool = True) -> list[dict[str, Any]]:
         """One item per stream (task, dataset): its releases, each with the dataset's
         cumulative epsilon after it under both accountants; the dataset's epsilon, over
         every release of every task on it (the guarantee: the data is what is protected,
         so the tasks trained on one dataset compose); this task's releases alone
         (``stream_epsilon``); the unit of privacy of the task; and the remaining budget
         of the dataset under the policy. A dataset trained without DP shows epsilon inf,
-        ``epsilon_infinite`` true and remaining 0.0."""
+        ``epsilon_infinite`` true and remaining 0.0.
+
+        ``cached``: epsilons already computed for the same histories come from the state
+        folder's epsilon cache (federation/epsilon_cache.py; a display aid the budget check
+        never reads); False computes every one afresh."""
+        from federation.epsilon_cache import EpsilonCache
+
+        cache = EpsilonCache(self.state_dir, both_epsilons) if cached else None
+        epsilons = cache.both if cache is not None else both_epsilons
+        try:
+            return self._report(policy, epsilons)
+        finally:
+            if cache is not None:
+                cache.save()
+
+    def _report(self, policy: Policy | None,
+                both_epsilons: Callable[[Sequence[HistoryEntry], float], dict[str, float]]
+                ) -> list[dict[str, Any]]:
         out = []
         delta = policy.delta if policy else None
         by_dataset: dict[str, list[LedgerRow]] = {}

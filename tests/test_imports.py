@@ -112,10 +112,24 @@ def test_reading_a_trained_nodes_epsilon_imports_neither_torch_nor_opacus(
         trained_node: Path, command: list[str]) -> None:
     """Epsilon comes from Opacus' accountant files loaded without the opacus package
     (federation/opacus_analysis.py): no torch, no ``opacus`` top-level package."""
+    from federation.epsilon_cache import CACHE_FILE
+
+    (trained_node / CACHE_FILE).unlink(missing_ok=True)  # as after a new round
     code, loaded = _top_level_after([*command, "--dir", str(trained_node)])
     assert code == 0
     assert opacus_analysis.PACKAGE in loaded  # an epsilon was computed, torch-free
     assert sorted(m for m in NOT_AT_START if m in loaded) == []
+
+
+@pytest.mark.parametrize("command", [["agency", "status", "--json"], ["agency", "ledger"]])
+def test_epsilons_already_computed_import_no_accountant_or_scipy(
+        trained_node: Path, command: list[str]) -> None:
+    """Once a report computed the epsilons of these releases (epsilon-cache.json), the
+    next one reads them: no accountant code and no scipy are imported at all."""
+    assert _top_level_after(["agency", "ledger", "--dir", str(trained_node)])[0] == 0
+    code, loaded = _top_level_after([*command, "--dir", str(trained_node)])
+    assert code == 0
+    assert opacus_analysis.PACKAGE not in loaded and "scipy" not in loaded
 
 
 def test_consortium_ledger_heads_imports_no_training_stack(tmp_path: Path) -> None:
