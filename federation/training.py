@@ -30,7 +30,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import numpy as np
 import torch
@@ -46,8 +46,43 @@ from federation.secure_random import SecurePoissonSampler, use_secure_noise
 from federation.text import SparseRows
 
 
+class RowBatch(Sequence[tuple[torch.Tensor, torch.Tensor]]):
+    """A batch fetched whole by ``SparseDataset.__getitems__``: its rows densified at once
+    (``x``) and their labels (``y``). It is also a sequence of its (row, label) pairs
+    (views made on access), so torch's default collate and Opacus' empty-batch handling,
+    which read ``len``, take it as any list of samples; ``collate_rows`` takes ``x`` and
+    ``y`` as they are."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [(self.x[j], self.y[j]) for j in range(len(self))[i]]
+        return self.x[i], self.y[i]
+
+
+def collate_rows(batch: Any) -> Any:
+    """The DataLoader's collate: a RowBatch is already (x, y); anything else (a list of
+    single rows) goes to torch's default collate."""
+    if isinstance(batch, RowBatch):
+        return batch.x, batch.y
+    return default_collate(batch)
+
+
 class SparseDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Rows of a SparseRows matrix, densified one at a time (memory stays O(nnz))."""
+    """Rows of a SparseRows matrix, densified one batch at a time (memory stays O(nnz) plus
+    one dense batch). The DataLoader fetches a batch whole through ``__getitems__`` (one
+    vectorised scatter, ``SparseRows.dense``), never row by row."""
 
     def __init__(self, features: SparseRows, labels: np.ndarray) -> None:
         if len(features) != labels.size:
@@ -64,6 +99,11 @@ class SparseDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         row = torch.zeros(f.width, dtype=torch.float32)
         row[torch.from_numpy(f.indices[lo:hi])] = torch.from_numpy(f.values[lo:hi])
         return row, self.labels[i]
+
+    def __getitems__(self, indices: Sequence[int]) -> RowBatch:
+        rows = np.asarray(indices, dtype=np.int64)
+        return RowBatch(torch.from_numpy(self.features.dense(rows)),
+                        self.labels[torch.from_numpy(rows)])
 
 
 @dataclass(frozen=True)
@@ -297,7 +337,8 @@ def make_loader(dataset: SparseDataset, *, train: TrainSettings, privacy: Privac
     sampling with ChaCha20 coin flips, which Opacus must not re-wrap."""
     batch_size = plan.batch_size if plan else min(train.batch_size, len(dataset))
     loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] = DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, generator=_fresh_generator()
+        dataset, batch_size=batch_size, shuffle=True, generator=_fresh_generator(),
+        collate_fn=collate_rows,
     )
     if plan is not None and privacy.secure_mode:
         loader = DataLoader(
@@ -305,7 +346,7 @@ def make_loader(dataset: SparseDataset, *, train: TrainSettings, privacy: Privac
             batch_sampler=SecurePoissonSampler(
                 num_samples=len(dataset), sample_rate=plan.sample_rate,
                 steps=steps_per_epoch(len(dataset), train.batch_size)),
-            collate_fn=wrap_collate_with_empty(collate_fn=default_collate),
+            collate_fn=wrap_collate_with_empty(collate_fn=collate_rows),
         )
     return loader
 
