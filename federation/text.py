@@ -126,6 +126,10 @@ def normalise_text(text: str) -> str:
 
 
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+#: Ends each text in ``HashingFeaturizer._tokens_of_all``: NUL, a token of its own there.
+_SEPARATOR = "\x00"
+#: Texts per block of HashingFeaturizer.transform's sparse product.
+_BLOCK = 2048
 
 
 @functools.cache
@@ -196,6 +200,35 @@ class HashingFeaturizer:
             toks = [t for t in toks if t not in SPECIAL_CATEGORY_TERMS]
         return toks
 
+    def _token_ids(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The distinct words of ``texts`` in order of first use, every token of every text
+        as an index into them (one array for all), and each text's number of tokens.
+
+        One normalisation and one regular-expression pass over the texts joined by
+        ``_SEPARATOR``: NUL is a starter that composes with nothing, is not cased and is a
+        token of its own, so the pass over the whole equals ``tokens`` of each. Texts from
+        an export never hold one (normalise_text turns control characters into spaces);
+        where one does, each text is tokenised alone. ``dict.fromkeys`` and ``map`` give
+        the ids without a Python loop over the tokens."""
+        if any(_SEPARATOR in t for t in texts):
+            per_text = [self.tokens(t) for t in texts]
+            flat = [t for toks in per_text for t in toks]
+            words = list(dict.fromkeys(flat))
+            vocab = {w: i for i, w in enumerate(words)}
+            return (words, np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64,
+                                       count=len(flat)),
+                    np.asarray([len(toks) for toks in per_text], dtype=np.int64))
+        joined = _SEPARATOR.join(texts) + _SEPARATOR
+        norm = (joined if joined.isascii() else unicodedata.normalize("NFKC", joined)).lower()
+        toks: list[str] = _TOKEN.findall(norm)
+        if self.exclude_special_categories and not SPECIAL_CATEGORY_TERMS.isdisjoint(toks):
+            toks = [t for t in toks if t not in SPECIAL_CATEGORY_TERMS]
+        words = list(dict.fromkeys([_SEPARATOR, *toks]))  # the separator is word 0
+        vocab = {w: i for i, w in enumerate(words)}
+        ids = np.fromiter(map(vocab.__getitem__, toks), dtype=np.int64, count=len(toks))
+        ends = np.flatnonzero(ids == 0)
+        return words[1:], ids[ids != 0] - 1, np.diff(np.concatenate(([-1], ends))) - 1
+
     def word_rows(self, tokens: Sequence[str]) -> Any:
         """One CSR row per token: the signed counts of its own grams (the word itself and
         its character n-grams), float64."""
@@ -222,38 +255,57 @@ class HashingFeaturizer:
         """
         from scipy import sparse
 
-        vocab: dict[str, int] = {}
-        word = vocab.setdefault
-        ids: list[int] = []
-        lengths = np.zeros(len(texts), dtype=np.int64)
-        for i, text in enumerate(texts):
-            toks = self.tokens(text)
-            ids += [word(t, len(vocab)) for t in toks]
-            lengths[i] = len(toks)
-        words = list(vocab)
-        token_ids = np.asarray(ids, dtype=np.int64)
+        words, token_ids, lengths = self._token_ids(texts)
         indptr = np.concatenate(([0], np.cumsum(lengths)))
-        shape = (len(texts), len(words))
-        counts = sparse.csr_matrix((np.ones(token_ids.size), token_ids, indptr),
-                                   shape=shape) @ self.word_rows(words)
         doc = np.repeat(np.arange(len(texts)), lengths)
+        # one occurrence matrix (texts x [words, then each n's distinct n-grams]) and one
+        # matrix of their hashed rows: a single sparse product gives every text's counts
+        occ_doc, occ_col, hashed = [doc], [token_ids], [self.word_rows(words)]
+        columns = len(words)
         for n in range(2, self.word_ngrams + 1):
             starts = np.flatnonzero(np.arange(token_ids.size) + n <= indptr[doc + 1])
             if not starts.size:
                 break
-            runs = token_ids[starts[:, None] + np.arange(n)]
-            distinct, which = np.unique(runs, axis=0, return_inverse=True)
-            grams = [" ".join(words[j] for j in run) for run in distinct.tolist()]
-            counts = counts + sparse.csr_matrix(
-                (np.ones(starts.size), (doc[starts], which.reshape(-1))),
-                shape=(len(texts), len(grams))) @ self.ngram_rows(grams)
+            key = token_ids[starts]
+            for k in range(1, n):  # a run of n ids as one integer, kept dense (no overflow)
+                key = key * len(words) + token_ids[starts + k]
+                if k < n - 1:
+                    key = np.unique(key, return_inverse=True)[1].reshape(-1)
+            _, first, which = np.unique(key, return_index=True, return_inverse=True)
+            grams = [" ".join(words[j] for j in token_ids[s:s + n].tolist())
+                     for s in starts[first].tolist()]
+            occ_doc.append(doc[starts])
+            occ_col.append(columns + which.reshape(-1))
+            hashed.append(self.ngram_rows(grams))
+            columns += len(grams)
+        rows_of = np.concatenate(occ_doc)
+        order = np.argsort(rows_of, kind="stable")  # CSR order directly: no COO sorting
+        occurrences = sparse.csr_matrix(
+            (np.ones(order.size), np.concatenate(occ_col)[order],
+             np.concatenate(([0], np.cumsum(np.bincount(rows_of, minlength=len(texts)))))),
+            shape=(len(texts), columns))
+        rows = sparse.vstack(hashed, format="csr")
+        # the product in blocks of texts: its transient arrays stay small (a whole export
+        # at once allocated hundreds of MB per call, and paid for it in page faults)
+        return SparseRows.concat([self._finish(occurrences[lo:lo + _BLOCK] @ rows)
+                                  for lo in range(0, len(texts), _BLOCK)]
+                                 or [self._finish(sparse.csr_matrix((0, self.num_buckets)))])
+
+    def _finish(self, counts: Any) -> SparseRows:
+        """Signed counts (CSR) to the features: sign * log(1 + |c|), rows at unit L2 norm.
+        A row's entries keep the order of the sparse product (not sorted by bucket)."""
+        from scipy import sparse
+
         counts = sparse.csr_matrix(counts)
         counts.eliminate_zeros()
-        counts.sort_indices()
-        values = np.sign(counts.data) * np.log1p(np.abs(counts.data))
-        owner = np.repeat(np.arange(len(texts)), np.diff(counts.indptr))
-        norms = np.sqrt(np.bincount(owner, weights=values * values, minlength=len(texts)))
-        values = values / np.where(norms > 0, norms, 1.0)[owner]
+        n = counts.shape[0]
+        signed = counts.data
+        values = np.abs(signed)
+        np.log1p(values, out=values)
+        np.copysign(values, signed, out=values)
+        owner = np.repeat(np.arange(n), np.diff(counts.indptr))
+        norms = np.sqrt(np.bincount(owner, weights=values * values, minlength=n))
+        values /= np.where(norms > 0, norms, 1.0)[owner]
         return SparseRows(
             indptr=counts.indptr.astype(np.int64),
             indices=counts.indices.astype(np.int64),

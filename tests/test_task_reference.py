@@ -32,9 +32,9 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "federation"
 
 #: sha256 over indptr (<i8), indices (<i8), values (<f4) and the width, see _digest.
 FEATURE_DIGESTS = {
-    "es-police": ("0454a5b167f56ebe98e0fbefe13f7db90a7da1a38ea6973eeb879932de6e03f8",
+    "es-police": ("521771ecfa2636b801d7edc79fbfe7cec8229beb7179cdd1a3ffc38e2c51810a",
                   430, 123357),  # CSV export
-    "uk-ngo": ("38d49af70fb5098139743cf13be1b2466362821bfe28db8f187345316352aff8",
+    "uk-ngo": ("ee496029d193c2042904e15d334d09597f7efab0c5c8a50c36cb0e9d5b74a592",
                236, 67620),  # JSONL export
 }
 #: train_local (batch 64, learning rate 2, 2 epochs) on es-police, evaluate (k=20) on its

@@ -51,3 +51,16 @@ def test_bad_parameters_are_refused() -> None:
         HashingFeaturizer(num_buckets=1000)
     with pytest.raises(ValueError, match="char_min <= char_max"):
         HashingFeaturizer(char_min=4, char_max=3)
+
+
+def test_a_batch_gives_each_texts_own_row() -> None:
+    """transform(texts) tokenises all texts in one pass over them joined by NUL; each row
+    must be what that text alone gives: accents that compose across the join, a Greek
+    final sigma, special-category words, empty texts and a text that holds a NUL itself."""
+    texts = ["\u0301combining first", "ΟΔΥΣΣΕΥΣ", "café\u0301", "", "latina nueva",
+             "end with Σ", "Σ starts", "ﬁ ligature ＡＢＣ", "x\x00y", "  ", *TEXTS]
+    f = HashingFeaturizer(num_buckets=1024)
+    for batch in (texts, [t for t in texts if "\x00" not in t]):
+        together = f.transform(batch).dense()
+        alone = np.vstack([f.transform([t]).dense() for t in batch])
+        np.testing.assert_array_equal(together, alone)
