@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from federation.errors import SignatureError
+from federation.errors import SignatureError, TaskError
 from federation.signing import PublicKey, file_sha256, verify_file
 from federation.tasks import Task, get_task
 
@@ -50,6 +50,14 @@ class VerifiedBundle:
         """Build the task's model and load the bundle's weights (weights only, no code)."""
         saved = torch.load(self.path / WEIGHTS, weights_only=True)
         task = get_task(str(saved["task"]), dict(saved["task_params"]))
+        made_with = self.card.get("versions", {}).get("features")
+        if made_with != task.features_version:
+            raise TaskError(
+                f"{self.path}: this model was trained on {task.name} features version "
+                f"{made_with}, and this heroes-fl computes version {task.features_version}: "
+                "its scores would not mean what the card says. Fix: ask the consortium for "
+                "a release made with this heroes-fl version, or score with the version that "
+                "made this one")
         model = task.build_model()
         model.load_state_dict(saved["state_dict"])
         model.eval()

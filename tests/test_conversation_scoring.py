@@ -174,3 +174,23 @@ def test_the_results_comparison_catches_a_changed_score_or_layout() -> None:
                                                         b"1") + score[-2:]), want, "csv")
     with pytest.raises(AssertionError, match="layout"):
         _same_results(want.replace(b",none,", b",None,", 1), want, "csv")
+
+
+def test_a_bundle_made_for_other_features_is_refused(setup: dict[str, Path]) -> None:
+    """Weights trained on another features version would score the agency's records with
+    the wrong buckets: refused, naming both versions and the fix."""
+    import shutil
+
+    from federation.errors import TaskError
+
+    other = setup["tmp"] / "v2"
+    shutil.copytree(setup["bundle"], other)
+    card = json.loads((other / CARD_JSON).read_text())
+    card["versions"]["features"] = card["versions"]["features"] - 1
+    (other / CARD_JSON).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    sign_file(load_private_key(setup["tmp"] / "c.key"), other / CARD_JSON)
+    with pytest.raises(TaskError, match="features version") as err:
+        score_file(model=other, input_path=setup["export"], consortium_key=setup["pub"],
+                   purpose="p", state_dir=setup["tmp"] / "state-v2",
+                   out=setup["tmp"] / "v2.jsonl")
+    assert "release made with this heroes-fl version" in str(err.value)

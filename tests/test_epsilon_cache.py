@@ -6,6 +6,7 @@ import math
 import stat
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ def _record(state: Path, policy: Policy, rounds: range) -> None:
             ledger.complete(seq)
 
 
-def _report(state: Path, policy: Policy, cached: bool = True) -> list[dict[str, object]]:
+def _report(state: Path, policy: Policy, cached: bool = True) -> list[dict[str, Any]]:
     with Ledger.open(state, create=False) as ledger:
         return ledger.report(policy, cached=cached)
 
