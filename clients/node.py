@@ -199,9 +199,11 @@ def cached_features(task: Task, export_sha256: str, records: list[Any], cache_di
 #: The exports this process has read and validated: (task, folder) -> _Loaded. A node
 #: process answers several messages per round (train, evaluate, the secure stages); the
 #: export is read, validated and hashed on the first and reused while the folder is
-#: unchanged. A few entries at most: one per task a node trains, and a test's folders.
+#: unchanged. A deployed node holds one entry per task it trains; a simulation worker
+#: process serves many simulated agencies (about 50 each at 100 agencies on two workers),
+#: hence room for 128 before the oldest is dropped (and read again when next asked for).
 _LOADED: dict[tuple[str, str], _Loaded] = {}
-_LOADED_MAX = 8
+_LOADED_MAX = 128
 
 
 @dataclass(frozen=True)
