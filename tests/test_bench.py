@@ -32,6 +32,17 @@ def test_bench_quick_writes_json(tmp_path: Path) -> None:
     assert report["ledger"]["releases"] == 200
     assert report["ledger"]["epsilon_rdp"] > 0
     assert "DP/non-private" in proc.stdout
+    local = report["local"]
+    for key in ("ratio_non_private_over_dp", "ratio_dp_over_sparse_floor",
+                "ratio_stock_opacus_dense_over_dp"):
+        assert math.isfinite(local[key]) and local[key] > 0, key
+    node = report["node"]
+    assert node["agencies"] == 6 and node["ratio_every_message_over_once"] > 0
+    features = report["features"]
+    assert features["features_version"] >= 3 and features["adverts"] > 0
+    if "skipped" not in features:  # a checkout without the baseline commit skips it
+        assert features["baseline_features_version"] < features["features_version"]
+        assert math.isfinite(features["ratio_now_over_baseline_throughput"])
 
 
 @pytest.mark.slow
