@@ -267,7 +267,8 @@ def load_node_data(
     data = loaded.data
     fingerprint = loaded.sha256["train"]
     dataset = dataset_id or f"{data.agency}/{fingerprint[:16]}"
-    table = data.train if split == "train" else data.test
+    which = "train" if split == "train" else "test"
+    table = data.train if which == "train" else data.test
     rows = task.rows(table)
     state_dir = resolve_state_dir(node_config, settings.paths, data.agency)
     return NodeData(
@@ -277,8 +278,7 @@ def load_node_data(
         state_dir=state_dir,
         model_name=f"{task.name}:{type(task.build_model()).__name__}",
         task=task,
-        features=cached_features(task, loaded.sha256["train" if split == "train" else "test"],
-                                 task.records(table, rows),
+        features=cached_features(task, loaded.sha256[which], task.records(table, rows),
                                  state_dir / CACHE_DIR),
         labels=table.positive[rows],
         train_size=int(task.rows(data.train).size),

@@ -218,11 +218,7 @@ class HashingFeaturizer:
             return (words, np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64,
                                        count=len(flat)),
                     np.asarray([len(toks) for toks in per_text], dtype=np.int64))
-        joined = _SEPARATOR.join(texts) + _SEPARATOR
-        norm = (joined if joined.isascii() else unicodedata.normalize("NFKC", joined)).lower()
-        toks: list[str] = _TOKEN.findall(norm)
-        if self.exclude_special_categories and not SPECIAL_CATEGORY_TERMS.isdisjoint(toks):
-            toks = [t for t in toks if t not in SPECIAL_CATEGORY_TERMS]
+        toks = self.tokens(_SEPARATOR.join(texts) + _SEPARATOR)
         words = list(dict.fromkeys([_SEPARATOR, *toks]))  # the separator is word 0
         vocab = {w: i for i, w in enumerate(words)}
         ids = np.fromiter(map(vocab.__getitem__, toks), dtype=np.int64, count=len(toks))

@@ -548,9 +548,9 @@ def bench_node(tmp: Path) -> dict[str, Any]:
         before.append(_median_time(every_message, 1))
         now.append(_median_time(once, 1))
     b, n = statistics.median(before), statistics.median(now)
-    return {"agencies": len(folders), "records": sum(len(_load_once(task, f).data.train)
-                                                     + len(_load_once(task, f).data.test)
-                                                     for f in folders),
+    loaded = [_load_once(task, f).data for f in folders]
+    return {"agencies": len(folders),
+            "records": sum(len(d.train) + len(d.test) for d in loaded),
             "read_every_message_seconds": b, "read_once_seconds": n,
             "ratio_every_message_over_once": b / n}
 
