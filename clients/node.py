@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +205,8 @@ def cached_features(task: Task, export_sha256: str, records: list[Any], cache_di
 #: hence room for 128 before the oldest is dropped (and read again when next asked for).
 _LOADED: dict[tuple[str, str], _Loaded] = {}
 _LOADED_MAX = 128
+#: The simulation's in-process backend runs several nodes' calls at once in one process.
+_LOADED_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -236,7 +239,8 @@ def _load_once(task: Task, data_dir: Path) -> _Loaded:
 
     key = (task.name, str(Path(data_dir).resolve()))
     signature = _folder_signature(data_dir)
-    hit = _LOADED.get(key)
+    with _LOADED_LOCK:
+        hit = _LOADED.get(key)
     if hit is not None and signature is not None and hit.signature == signature:
         return hit
     data = task.load(data_dir)
@@ -245,9 +249,10 @@ def _load_once(task: Task, data_dir: Path) -> _Loaded:
     inside = all(Path(t.path).resolve().parent == Path(data_dir).resolve()
                  for t in (data.train, data.test))
     if signature is not None and inside:  # files elsewhere: no signature covers them
-        if len(_LOADED) >= _LOADED_MAX:
-            _LOADED.pop(next(iter(_LOADED)))
-        _LOADED[key] = loaded
+        with _LOADED_LOCK:
+            if len(_LOADED) >= _LOADED_MAX and key not in _LOADED:
+                _LOADED.pop(next(iter(_LOADED)))
+            _LOADED[key] = loaded
     return loaded
 
 

@@ -2,8 +2,11 @@
 
 Used only when a simulation sets ``audit.enabled=true`` (see simulation.audit); a deployed
 node runs ``clients.client_app:app``, and nothing outside the simulation imports this file.
-Two changes, each made for one call by swapping the name ``train_local`` that the node's
-round logic (clients/rounds.py) looks up at call time:
+Two changes, each made for one call through the name ``train_local`` that the node's
+round logic (clients/rounds.py) looks up at call time. That name is replaced once by a
+dispatcher that uses the function set for the current call (a context variable: the
+in-process backend runs several agencies' calls at once, each on its own thread, and one
+agency's audit must never change another's training):
 
 - ``audit.mode=whitebox``: at an agency whose state folder holds a canary design
   (``<state_dir>/audit/whitebox-canaries.npz``), every DP round also trains a side copy of
@@ -19,8 +22,10 @@ round logic (clients/rounds.py) looks up at call time:
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -101,6 +106,25 @@ def _audit_dir(context: Context) -> Path | None:
     return folder if (folder / DESIGN_FILE).is_file() else None
 
 
+#: The training function of the call running in this thread (None: the node's own).
+_CALL_TRAIN: contextvars.ContextVar[TrainFn | None] = contextvars.ContextVar(
+    "heroes_audit_train", default=None)
+_INSTALL_LOCK = threading.Lock()
+
+
+def _dispatch(*args: Any, **kwargs: Any) -> Any:
+    train = _CALL_TRAIN.get()
+    return (train or _train_local)(*args, **kwargs)
+
+
+def _install_dispatch() -> None:
+    """Make clients/rounds.py's ``train_local`` the dispatcher (once per process)."""
+    with _INSTALL_LOCK:
+        namespace = vars(node_rounds)
+        if namespace["train_local"] is not _dispatch:
+            namespace["train_local"] = _dispatch
+
+
 class AuditClientApp(ClientApp):
     """Every message (train, evaluate, the secure-aggregation stages, anything the node's
     app registers) goes to the node's own ClientApp, with ``train_local`` swapped for the
@@ -117,10 +141,9 @@ class AuditClientApp(ClientApp):
         audit_dir = _audit_dir(context)
         if audit_dir is not None:
             train = with_whitebox_audit(train, audit_dir)
-        namespace = vars(node_rounds)
-        original = namespace["train_local"]
-        namespace["train_local"] = train
+        _install_dispatch()
+        token = _CALL_TRAIN.set(train)
         try:
             return node_app.app(message, context)
         finally:
-            namespace["train_local"] = original
+            _CALL_TRAIN.reset(token)

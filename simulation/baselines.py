@@ -160,6 +160,7 @@ def _federated_arm(cfg: DictConfig, flat: dict[str, Scalar], arm_dir: Path,
     print(f"  federated, {'DP' if private else 'NON-PRIVATE'}: Flower simulation", flush=True)
     run_flower_simulation(arm_flat, num_nodes=len(agencies),
                           client_cpus=float(cfg.simulation.client_cpus),
+                          backend=str(cfg.simulation.backend),
                           verbose=bool(cfg.simulation.verbose))
     return server_out, state_root
 

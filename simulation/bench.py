@@ -331,6 +331,109 @@ def bench_secagg(rounds: int, tmp: Path) -> dict[str, Any]:
     return out
 
 
+RAY_STARTUP = """
+import json, time
+t0 = time.monotonic()
+import ray
+from flwr.simulation.ray_transport.ray_actor import ClientAppActor
+t1 = time.monotonic()
+ray.init(include_dashboard=False, log_to_driver=False)
+actors = [ClientAppActor.remote() for _ in range(int(ray.available_resources().get("CPU", 1)))]
+ray.get([a.__ray_ready__.remote() for a in actors])
+t2 = time.monotonic()
+ray.shutdown()
+print(json.dumps({"import_seconds": t1 - t0, "start_seconds": t2 - t1, "actors": len(actors)}))
+"""
+
+
+def _ray_startup(tmp: Path) -> dict[str, Any]:
+    """What Ray costs before any ClientApp runs, in a fresh process: importing it, then
+    ``ray.init`` and one ready ClientAppActor per CPU (as Flower's Ray backend builds its
+    pool: client_cpus=1)."""
+    env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "PYTHONWARNINGS": "ignore"}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", RAY_STARTUP], cwd=tmp, env=env, text=True,
+                          capture_output=True, check=False, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"Ray did not start: {proc.stderr[-2000:]}")
+    got: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    got["process_seconds"] = time.monotonic() - start
+    return got
+
+
+def rounds_in_one_process(rounds: int, tmp: Path) -> dict[str, Any]:
+    """The default run's compute alone: the six-agency federation generated as `heroes
+    simulate` does (seed 0), each agency's exports featurised once, then ``rounds`` rounds
+    of plain FedAvg in this one process: every agency's local DP-SGD round (train_local,
+    the default settings, the noise planned for epsilon 3 at delta 1e-5) on the global model,
+    the weighted average, and each agency's evaluation. No Flower, no Ray, no secure
+    aggregation, no ledger."""
+    from federation.config import PrivacySettings, TrainSettings
+    from federation.data import load_agency
+    from federation.privacy import plan_noise
+    from federation.tasks import get_task
+    from federation.training import predict_proba, train_local
+    from simulation.generator import generate_federation, load_preset
+
+    preset = load_preset(ROOT / "configs" / "federation" / "six_agency.yaml")
+    manifest = generate_federation(preset, tmp / "one-process-data", seed=0)
+    start = time.monotonic()
+    task = get_task("advert-risk", {})
+    train, privacy = TrainSettings(), PrivacySettings(target_epsilon=3.0, target_delta=1e-5)
+    nodes = []
+    for agency in manifest.agencies:
+        data = load_agency(manifest.root / "agencies" / agency)
+        splits = []
+        for table in (data.train, data.test):
+            rows = task.rows(table)
+            splits.append((task.featurize(task.records(table, rows)),
+                           table.positive[rows].astype(np.float32)))
+        n = len(splits[0][1])
+        plan = plan_noise(num_records=n, batch_size=train.batch_size,
+                          local_epochs=train.local_epochs, planned_rounds=rounds,
+                          target_epsilon=3.0, target_delta=1e-5, accountant="rdp",
+                          where="bench")
+        nodes.append((splits, plan))
+    featurised = time.monotonic() - start
+    torch.manual_seed(0)
+    global_state = {k: v.clone() for k, v in task.build_model().state_dict().items()}
+    for _ in range(rounds):
+        total, summed = 0, {k: torch.zeros_like(v) for k, v in global_state.items()}
+        for ((x, y), (tx, _ty)), plan in nodes:
+            model = task.build_model()
+            model.load_state_dict(global_state)
+            train_local(model, x, y, train=train, privacy=privacy, plan=plan)
+            for k, v in model.state_dict().items():
+                summed[k] += v * len(y)
+            total += len(y)
+            predict_proba(model, tx)
+        global_state = {k: v / total for k, v in summed.items()}
+    return {"agencies": len(nodes), "rounds": rounds, "featurise_seconds": featurised,
+            "seconds": time.monotonic() - start}
+
+
+def bench_backend(rounds: int, tmp: Path) -> dict[str, Any]:
+    """Issue 16's fixed costs: the whole default `heroes simulate` (six agencies, secure
+    aggregation, DP; no baseline) on each simulation backend, against its floor: Ray's
+    start-up plus the same rounds run in one process. Measured back to back."""
+    out: dict[str, Any] = {}
+    for backend in ("inprocess", "ray"):
+        sim = run_simulation("six_agency", rounds, tmp / f"backend-{backend}",
+                             (f"simulation.backend={backend}",))
+        out[backend] = {"wall_seconds": sim["wall_seconds"],
+                        "peak_memory_mib": sim["peak_memory_mib"],
+                        "global_roc_auc": sim["global_roc_auc"]}
+    out["ray_startup"] = _ray_startup(tmp)
+    out["one_process"] = rounds_in_one_process(rounds, tmp)
+    floor = out["ray_startup"]["process_seconds"] + out["one_process"]["seconds"]
+    out["floor_seconds"] = floor
+    out["ratio_inprocess_over_floor"] = out["inprocess"]["wall_seconds"] / floor
+    out["ratio_ray_over_floor"] = out["ray"]["wall_seconds"] / floor
+    out["ratio_ray_over_inprocess"] = (out["ray"]["wall_seconds"]
+                                       / out["inprocess"]["wall_seconds"])
+    return out
+
+
 #: The last commit before the malicious-model protocol (issue 12): SecAgg+ against an
 #: honest-but-curious server, unsigned keys, no consistency round, plain evaluation.
 TRUST_BASELINE = "6b68687"
@@ -813,7 +916,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="smaller: 6 and 20 agencies, 2 rounds, fewer steps")
     parser.add_argument("--skip", action="append", default=[],
                         choices=["features", "node", "step", "local", "conversation", "rounds",
-                                 "scale", "ledger", "score", "secagg", "trust"])
+                                 "scale", "backend", "ledger", "score", "secagg", "trust"])
     parser.add_argument("--conversation-model", action="append", default=[], metavar="MODEL",
                         help="conversation section: measure this task.model (repeatable; "
                              "default: the task's default model and the linear baseline)")
@@ -910,6 +1013,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rounds: median round {r['round_wall_seconds_median']:.1f} s "
                   f"({r['federation']}); bytes sent per agency per round: "
                   f"{', '.join(f'{b:,.0f}' for b in sizes)}", flush=True)
+        if "backend" not in args.skip:
+            print("backend: the default simulation on each backend, Ray's start-up and the "
+                  "same rounds in one process...", flush=True)
+            report["backend"] = bk = bench_backend(2 if args.quick else 5, tmp)
+            print(f"backend: whole `heroes simulate` {bk['inprocess']['wall_seconds']:.1f} s "
+                  f"in-process, {bk['ray']['wall_seconds']:.1f} s on Ray -> Ray "
+                  f"{bk['ratio_ray_over_inprocess']:.2f}x; floor: Ray's start-up "
+                  f"{bk['ray_startup']['process_seconds']:.1f} s + the same rounds in one "
+                  f"process {bk['one_process']['seconds']:.1f} s = {bk['floor_seconds']:.1f} s"
+                  f" -> in-process {bk['ratio_inprocess_over_floor']:.2f}x, Ray "
+                  f"{bk['ratio_ray_over_floor']:.2f}x the floor (ROC-AUC "
+                  f"{bk['inprocess']['global_roc_auc']:.3f} in-process, "
+                  f"{bk['ray']['global_roc_auc']:.3f} Ray)", flush=True)
         if "secagg" not in args.skip:
             print("secagg: simulating six agencies with secure aggregation off, then on...",
                   flush=True)

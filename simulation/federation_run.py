@@ -108,17 +108,23 @@ def _write_app_dir(app_dir: Path, flat: Mapping[str, Scalar]) -> None:
 
 
 def run_flower_simulation(flat: Mapping[str, Scalar], *, num_nodes: int, client_cpus: float,
-                          verbose: bool, client_app: Any = None) -> None:
-    """Run our ServerApp and ClientApp in Flower's simulation engine (Ray backend).
+                          verbose: bool, client_app: Any = None,
+                          backend: str = "inprocess") -> None:
+    """Run our ServerApp and ClientApp in Flower's simulation engine, its ClientApps on
+    ``backend``: "inprocess" (threads of this process, simulation/inprocess.py) or "ray".
 
     ``client_app`` replaces the node's ClientApp (only the audit: its white-box side copy,
     its test-only broken mode; simulation/_audit_broken_client.py).
     """
+    # Flower's database migrations (alembic) log INFO lines when first imported, below.
+    logging.getLogger("alembic").setLevel(logging.INFO if verbose else logging.WARNING)
+    import torch
     from flwr.app import Context, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.simulation.run_simulation import _run_simulation
 
     from clients.client_app import app as node_app
+    from simulation.inprocess import flower_uses
 
     client_app = node_app if client_app is None else client_app
     server_done, finished = threading.Event(), threading.Event()
@@ -134,23 +140,26 @@ def run_flower_simulation(flat: Mapping[str, Scalar], *, num_nodes: int, client_
                           state=RecordDict(), run_config=dict(flat))
         from flwr.supercore.telemetry import EventType
 
+        threads = torch.get_num_threads()  # in-process nodes set one thread each
         try:
-            _run_simulation(
-                num_supernodes=num_nodes,
-                exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-                client_app=client_app,
-                server_app=_watched_server_app(server_done),
-                backend_name="ray",
-                backend_config={
-                    "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
-                    "init_args": {"include_dashboard": False, "log_to_driver": verbose},
-                },
-                server_app_context=context,
-                app_dir=tmp,
-                is_app=True,  # makes Flower read the run config from app_dir for every node
-                verbose_logging=verbose,
-            )
+            with flower_uses(backend, verbose=verbose):
+                _run_simulation(
+                    num_supernodes=num_nodes,
+                    exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                    client_app=client_app,
+                    server_app=_watched_server_app(server_done),
+                    backend_name="ray",
+                    backend_config={
+                        "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
+                        "init_args": {"include_dashboard": False, "log_to_driver": verbose},
+                    },
+                    server_app_context=context,
+                    app_dir=tmp,
+                    is_app=True,  # makes Flower read the run config from app_dir for every node
+                    verbose_logging=verbose,
+                )
         finally:
+            torch.set_num_threads(threads)
             finished.set()
             server_done.set()  # the watch ends too
 
@@ -185,13 +194,22 @@ def _stop_stragglers(server_done: threading.Event, finished: threading.Event,
     QuorumError; but Flower's simulation engine then waits for every ClientApp call still
     in flight before it stops Ray, so one node stuck in its ClientApp would keep the run
     alive forever. Once the ServerApp has ended, the engine gets ``grace`` seconds to stop;
-    then this run's Ray worker processes are killed (by PID, found among this process's
+    then the calls in flight on the in-process backend are abandoned (simulation/inprocess.py)
+    and this run's Ray worker processes are killed (by PID, found among this process's
     descendants), the stuck calls fail, and the run ends with the ServerApp's own error (or
     result). Workers on a Ray cluster joined with RAY_ADDRESS are not ours to kill."""
     server_done.wait()
     if finished.wait(grace):
         return
+    from simulation.inprocess import abandon_calls
+
+    if abandon_calls():
+        log.warning("the simulation engine has not stopped %.0f s after the ServerApp ended (a "
+                    "ClientApp call is still running: a node that never answered); abandoning "
+                    "the calls still in flight so that the run ends", grace)
     stuck = _ray_workers_of(os.getpid())
+    if not stuck:
+        return
     log.warning("the simulation engine has not stopped %.0f s after the ServerApp ended (a "
                 "ClientApp call is still running: a node that never answered); stopping this "
                 "run's %d Ray worker processes so that the run ends", grace, len(stuck))

@@ -46,12 +46,14 @@ MAX_HIDDEN = limits.MAX_HIDDEN
 MAX_CANARIES = 10_000
 MAX_GRADIENT_CANARIES = 1_000_000  # federation.audit's (that module imports torch)
 MODES = ("federated", "centralised", "baselines")
+#: Where a simulation's ClientApps run (simulation/inprocess.py): threads, or Ray workers.
+BACKENDS = ("inprocess", "ray")
 #: Tasks whose canary records simulation/audit.py can craft (single-ideograph adverts).
 BLACKBOX_TASKS = ("advert-risk",)
 RUN_SECTIONS = ("task", "train", "privacy", "strategy", "eval", "secagg")
 #: The simulation's own sections and their keys (the run sections are RunSettings').
 OWN_KEYS: dict[str, tuple[str, ...]] = {
-    "simulation": ("client_cpus", "verbose"),
+    "simulation": ("backend", "client_cpus", "verbose"),
     "tracking": ("tensorboard",),
     "paths": ("resume_from", "ledger_heads"),
     "audit": ("enabled", "mode", "agency", "canaries", "gradient_canaries", "confidence",
@@ -194,12 +196,23 @@ def _own_sections(whole: Mapping[str, Any], problems: list[str]) -> None:
         value = _get(whole, key)
         if not isinstance(value, bool):
             problems.append(f"{key}={_shown(value)} must be true or false (unquoted)")
+    backend = _get(whole, "simulation.backend")
+    if backend not in BACKENDS:
+        problems.append(f"simulation.backend={_shown(backend)} must be one of "
+                        f"{', '.join(BACKENDS)}: inprocess runs the nodes on threads of this "
+                        "process (the default: no Ray start-up), ray on Ray workers, e.g. "
+                        "simulation.backend=inprocess")
+    elif backend == "inprocess" and os.environ.get("RAY_ADDRESS"):
+        problems.append("RAY_ADDRESS is set, but simulation.backend=inprocess runs every node "
+                        "in this process and would ignore that Ray cluster. Fix: "
+                        "simulation.backend=ray to run on it, or unset RAY_ADDRESS")
     cpus = _get(whole, "simulation.client_cpus")
     have = os.cpu_count() or 1
     if not _is_number(cpus) or float(cpus) <= 0:
         problems.append(f"simulation.client_cpus={_shown(cpus)} must be a number > 0: the "
-                        "CPUs Ray gives each virtual node, e.g. simulation.client_cpus=1")
-    elif float(cpus) > have and not os.environ.get("RAY_ADDRESS"):
+                        "CPUs each virtual node is given (nodes at once: this machine's CPUs "
+                        "divided by it), e.g. simulation.client_cpus=1")
+    elif backend == "ray" and float(cpus) > have and not os.environ.get("RAY_ADDRESS"):
         problems.append(f"simulation.client_cpus={cpus} is more than this machine's {have} "
                         "CPUs: Ray could never start a ClientApp and the run would wait "
                         f"forever. Fix: simulation.client_cpus=1 (or at most {have}), or "

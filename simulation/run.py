@@ -180,6 +180,7 @@ def run_one(cfg: DictConfig, out_dir: Path, *, state_root: Path | None = None,
               flush=True)
         run_flower_simulation(flat, num_nodes=len(agencies),
                               client_cpus=float(cfg.simulation.client_cpus),
+                              backend=str(cfg.simulation.backend),
                               verbose=bool(cfg.simulation.verbose),
                               client_app=audit.client_app() if audit else None)
         summary.rounds = RunSummary.read(server_out / SUMMARY_FILE).rounds

@@ -43,6 +43,15 @@ def test_bench_quick_writes_json(tmp_path: Path) -> None:
     if "skipped" not in features:  # a checkout without the baseline commit skips it
         assert features["baseline_features_version"] < features["features_version"]
         assert math.isfinite(features["ratio_now_over_baseline_throughput"])
+    # the whole default simulation on both backends (Ray's kept working) and its floor
+    backend = report["backend"]
+    for arm in ("inprocess", "ray"):
+        assert backend[arm]["wall_seconds"] > 0 and 0.5 < backend[arm]["global_roc_auc"] <= 1
+    assert backend["ray_startup"]["actors"] >= 1 and backend["ray_startup"]["start_seconds"] > 0
+    assert backend["one_process"]["agencies"] == 6 and backend["one_process"]["rounds"] == 2
+    for key in ("ratio_inprocess_over_floor", "ratio_ray_over_floor", "ratio_ray_over_inprocess"):
+        assert math.isfinite(backend[key]) and backend[key] > 0, key
+    assert "the floor" in proc.stdout
 
 
 @pytest.mark.slow
@@ -51,8 +60,8 @@ def test_bench_conversation_section_writes_its_ratios(tmp_path: Path) -> None:
     default model and the linear baseline, the three step arms and their ratios (their
     sizes are for people to read; a shared machine makes any bound here a coin flip)."""
     out = tmp_path / "bench.json"
-    skips = [a for s in ("step", "local", "rounds", "scale", "secagg", "trust", "ledger",
-                         "score") for a in ("--skip", s)]
+    skips = [a for s in ("step", "local", "rounds", "scale", "backend", "secagg", "trust",
+                         "ledger", "score") for a in ("--skip", s)]
     proc = subprocess.run(
         [*HEROES, "bench", "--quick", *skips, "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=RUN_DEADLINE_S, check=False,

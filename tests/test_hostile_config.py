@@ -115,7 +115,9 @@ BAD: list[tuple[list[str], list[str]]] = [
     # resources and switches that are not what they claim
     (["simulation.client_cpus=abc"], ["simulation.client_cpus='abc' must be a number > 0"]),
     (["simulation.client_cpus=0"], ["simulation.client_cpus=0 must be a number > 0"]),
-    (["simulation.client_cpus=100000"], ["more than this machine's", "wait forever"]),
+    (["simulation.backend=ray", "simulation.client_cpus=100000"],
+     ["more than this machine's", "wait forever"]),
+    (["simulation.backend=dask"], ["simulation.backend='dask' must be one of inprocess, ray"]),
     (["baseline=maybe"], ["baseline='maybe' must be true or false"]),
     (["tracking.tensorboard=1"], ["tracking.tensorboard=1 must be true or false"]),
     (["mode=distributed"], ["mode='distributed' is unknown"]),
@@ -142,6 +144,20 @@ BAD: list[tuple[list[str], list[str]]] = [
     (["privacy.target_epsilon=[1"], ["no viable alternative at input"]),
     (["seed=${nowhere}"], ["Interpolation key 'nowhere' not found"]),
 ]
+
+
+def test_a_ray_cluster_named_with_an_in_process_backend_is_refused(tmp_path: Path) -> None:
+    """RAY_ADDRESS says "run on this cluster"; the in-process backend would silently not."""
+    out = tmp_path / "run"
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_ADDRESS": "127.0.0.1:6379"}
+    proc = subprocess.run([*HEROES, "simulate", QUICK, f"hydra.run.dir={out}"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=DEADLINE_S,
+                          check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text[-3000:]
+    assert "RAY_ADDRESS is set, but simulation.backend=inprocess" in text
+    assert "Fix: simulation.backend=ray" in text
+    _nothing_generated(out)
 
 
 def _nothing_generated(out: Path) -> None:

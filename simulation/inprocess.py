@@ -1,0 +1,231 @@
+"""An in-process backend for Flower's simulation engine: the ClientApps run on threads of
+the driver process instead of Ray actors.
+
+Why: on a small federation Ray's fixed costs dominate a run. Starting Ray (its GCS, raylet
+and worker processes, each importing torch and this project again) takes 10-40 s on a
+2-core machine, while a whole default run's DP training is a few CPU-seconds. Flower 1.42
+defines a ``Backend`` interface for its simulation engine
+(``flwr.server.superlink.fleet.vce.backend.Backend``) but ships only the Ray one and
+no longer keeps a registry of backends: ``start_vce`` imports ``RayBackend`` from its module
+at the moment it builds the backend. :func:`flower_uses` therefore puts this class under that
+name for the duration of one run and puts Ray's back afterwards. Everything else is Flower's
+own engine: the in-memory LinkState, the message queues, the worker threads, the ServerApp
+thread and the Grid.
+
+What it keeps from the Ray backend, and how:
+
+- **Nothing is shared by reference.** Every message and context crosses the boundary as
+  Flower's protobuf encoding (what Ray's pickling or the Fleet API's gRPC would do), so a
+  ClientApp can never modify the server's arrays in place, nor the server a node's state.
+- **Concurrency.** As many worker threads as Ray would start actors: the CPUs this process
+  may use divided by ``client_resources.num_cpus``. Torch releases the GIL in its kernels,
+  so two nodes train at once on two cores.
+- **A node that never answers cannot hang the run.** Each ClientApp call runs on its own
+  daemon thread; :func:`abandon_calls` (the straggler watch in simulation/federation_run.py,
+  once the ServerApp has ended and a grace period has passed) makes every call still in
+  flight fail at once, so Flower's engine stops. The stuck thread is left behind; being a
+  daemon it ends with the process. Ray could kill its worker process; a thread cannot be
+  killed, which is why a run that must survive many stuck nodes should use Ray.
+
+What it does not give: process isolation between nodes. In a simulation all the synthetic
+agencies live on one machine and in one trust domain anyway; a deployment runs real
+SuperNodes (one process per agency) and never this backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.clientapp.client_app import ClientApp, ClientAppException, LoadClientAppError
+from flwr.common.serde import (
+    context_from_proto,
+    context_to_proto,
+    message_from_proto,
+    message_to_proto,
+)
+from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
+
+from simulation.preflight import BACKENDS
+
+__all__ = ["BACKENDS", "InProcessBackend", "abandon_calls", "flower_uses"]
+
+#: The name of the threads ClientApp calls run on (their log lines are told apart by it).
+NODE_THREAD = "heroes-clientapp"
+
+#: Seconds between looks at whether a call was abandoned, while it runs.
+_POLL_S = 0.5
+
+_live: weakref.WeakSet[InProcessBackend] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _copy_message(message: Message) -> Message:
+    return message_from_proto(message_to_proto(message))
+
+
+def _copy_context(context: Context) -> Context:
+    return context_from_proto(context_to_proto(context))
+
+
+class InProcessBackend(Backend):
+    """Flower simulation backend running each ClientApp call on a thread of this process."""
+
+    def __init__(self, backend_config: BackendConfig) -> None:
+        super().__init__(backend_config)
+        resources = backend_config.get("client_resources") or {}
+        per_node = float(resources.get("num_cpus", 1) or 1)  # type: ignore[arg-type]
+        self._workers = max(1, int(_usable_cpus() // per_node))
+        self._app_fn: Callable[[], ClientApp] | None = None
+        self._abandoned = threading.Event()
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        with _live_lock:
+            _live.add(self)
+
+    def build(self, app_fn: Callable[[], ClientApp]) -> None:
+        self._app_fn = app_fn
+
+    @property
+    def num_workers(self) -> int:
+        return self._workers
+
+    def is_worker_idle(self) -> bool:
+        with self._busy_lock:
+            return self._busy < self._workers
+
+    def abandon(self) -> None:
+        """Make every call in flight, and every later one, fail at once."""
+        self._abandoned.set()
+
+    def terminate(self) -> None:
+        self._abandoned.set()
+        with _live_lock:
+            _live.discard(self)
+
+    def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
+        if self._app_fn is None:
+            raise ValueError("InProcessBackend.build() was not called before a message came")
+        if self._abandoned.is_set():
+            raise ClientAppException("the simulation is stopping; this call was not run")
+        app_fn = self._app_fn
+        msg, ctx = _copy_message(message), _copy_context(context)
+        outcome: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                app = app_fn()
+                outcome["reply"] = app(message=msg, context=ctx)
+            except BaseException as exc:  # reported to the worker below, as Ray would
+                outcome["error"] = exc
+
+        with self._busy_lock:
+            self._busy += 1
+        try:
+            runner = threading.Thread(target=call, name=NODE_THREAD, daemon=True)
+            runner.start()
+            while runner.is_alive():
+                runner.join(_POLL_S)
+                if runner.is_alive() and self._abandoned.is_set():
+                    raise ClientAppException("the ClientApp call did not end before the "
+                                             "simulation stopped; it was abandoned")
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
+        if "error" in outcome:
+            exc = outcome["error"]
+            if isinstance(exc, LoadClientAppError):
+                raise exc
+            raise ClientAppException(str(exc)) from exc
+        return _copy_message(outcome["reply"]), _copy_context(ctx)
+
+
+def abandon_calls() -> int:
+    """Abandon the ClientApp calls in flight in every live in-process backend; how many
+    backends were told."""
+    with _live_lock:
+        backends = list(_live)
+    for backend in backends:
+        backend.abandon()
+    return len(backends)
+
+
+@contextlib.contextmanager
+def flower_uses(backend: str, *, verbose: bool = False) -> Iterator[None]:
+    """Run Flower's simulation engine on ``backend`` ("inprocess" or "ray") inside the
+    block. For "inprocess", this class stands in Flower's module under the name
+    ``RayBackend`` (the one name ``start_vce`` builds), and Ray's class is put back after.
+
+    Unless ``verbose``, the nodes' own lines below WARNING (and their Python warnings) go to
+    the run's log file only, not the console: with Ray they stayed in its worker processes;
+    the console keeps the driver's one line per round."""
+    if backend not in BACKENDS:
+        raise ValueError(f"simulation.backend={backend!r} is not one of {', '.join(BACKENDS)}")
+    with contextlib.ExitStack() as stack:
+        if not verbose:
+            stack.enter_context(_node_lines_off_console())
+        if backend == "inprocess":
+            stack.enter_context(_in_place_of_ray())
+        yield
+
+
+@contextlib.contextmanager
+def _in_place_of_ray() -> Iterator[None]:
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    with _swap_lock:
+        original = raybackend.RayBackend
+        raybackend.RayBackend = InProcessBackend  # type: ignore[misc,assignment]
+        try:
+            yield
+        finally:
+            raybackend.RayBackend = original  # type: ignore[misc]
+
+
+class _NodeBelowWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.threadName == NODE_THREAD and record.levelno < logging.WARNING)
+
+
+@contextlib.contextmanager
+def _node_lines_off_console() -> Iterator[None]:
+    consoles = [h for h in logging.getLogger().handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    quiet = _NodeBelowWarning()
+    for handler in consoles:
+        handler.addFilter(quiet)
+    shown = warnings.showwarning
+    node_log = logging.getLogger("heroes.node")
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        if threading.current_thread().name == NODE_THREAD:
+            node_log.info("%s: %s", category.__name__, message)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+        for handler in consoles:
+            handler.removeFilter(quiet)
+
+
+#: One run at a time swaps Flower's backend class (runs in one process are sequential).
+_swap_lock = threading.Lock()
