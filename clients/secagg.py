@@ -4,13 +4,17 @@ protocol, the maths and why each rule is there).
 A session is one server round; it holds one secure sum per purpose (``train``, then
 ``evaluate``) with independent secrets. The node takes nothing from the server on trust:
 
-- peers: every relayed public key must carry a valid signature, bound to this session, by a
-  node key on the roster this agency approved; each agency appears once; the node finds its
-  own keys unchanged. A substituted key, a Sybil or a replayed key is refused.
-- parameters: the node derives the neighbour graph, its share threshold and the modulus
-  from the ids and its own run config, and refuses a threshold below its policy
-  (``[secure_aggregation] min_threshold``, never below a strict majority) or a sum of fewer
-  agencies than ``min_agencies``.
+- peers: the server sends the session's node ids and the signed keys of this node's
+  neighbourhood (O(neighbours) keys, not everyone's). Every relayed public key must carry a
+  valid signature, bound to this session, by a node key on the roster this agency
+  approved; each agency appears once; the node finds its own keys unchanged and the keys of
+  every neighbour present. A substituted key, a Sybil or a replayed key is refused.
+- parameters: the node derives the neighbour graph from the session's ids (a server cannot
+  hand out its own graph for them), its share threshold and the modulus from them and its
+  own run config, and refuses a threshold below its policy (``[secure_aggregation]
+  min_threshold``, never below a strict majority) or fewer agencies than ``min_agencies``:
+  in its verified neighbourhood at the share stage, in the survivor set at the consistency
+  stage, and among the verified signatures over that set before it unmasks.
 - weights: there are none to take; the node's vector carries its own count-weighted update
   and its count, the server divides the sums.
 - replays: a session is bound to the run id (the node's own), the round and a server nonce;
@@ -172,7 +176,8 @@ class NodeSecAgg:
                 SecAggKey.S_PKS: [s_pks[n] for n in names], SecAggKey.SIGNATURE: signature}
 
     # --- stage 2: shares ------------------------------------------------------------------------
-    def _verified_peers(self, cfg: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    def _verified_peers(self, cfg: dict[str, Any], session: list[int]
+                        ) -> dict[int, dict[str, Any]]:
         ids = _ints(cfg[SecAggKey.IDS], SecAggKey.IDS)
         agencies = cfg[SecAggKey.AGENCIES]
         c_pks = _bytes_list(cfg[SecAggKey.C_PKS], SecAggKey.C_PKS)
@@ -184,6 +189,8 @@ class NodeSecAgg:
             raise _refuse("the relayed keys are not one entry per node")
         if len(set(ids)) != len(ids) or len(set(agencies)) != len(agencies):
             raise _refuse("a node id or an agency appears twice among the relayed keys")
+        if not set(ids) <= set(session):
+            raise _refuse("the relayed keys name nodes outside the session's node ids")
         peers: dict[int, dict[str, Any]] = {}
         for i, node in enumerate(ids):
             agency = str(agencies[i])
@@ -212,15 +219,24 @@ class NodeSecAgg:
         _exact_keys(cfg, Stage.SHARE, "share")
         if "ids" in self.state:
             raise _refuse("a second share request in one session")
-        peers = self._verified_peers(cfg)
-        ids = sorted(peers)
+        try:
+            session = sa.unpack_ids(cfg[SecAggKey.SESSION])
+        except FederationError as exc:
+            raise _refuse(str(exc)) from None
+        peers = self._verified_peers(cfg, session)
+        ids = session
         s = self.safety
-        if len(ids) < s.min_agencies:
-            raise _refuse(f"{len(ids)} agencies in the session, fewer than the "
-                          f"{s.min_agencies} this agency's policy requires in any secure sum "
-                          "([secure_aggregation] min_agencies)")
         graph = sa.neighbours(ids, s.degree)
         nbrs = graph[self.me.node_id]
+        absent = [n for n in nbrs if n not in peers]
+        if absent:
+            raise _refuse(f"the signed keys of {len(absent)} of this node's {len(nbrs)} "
+                          "neighbours were not relayed; it shares only with neighbours whose "
+                          "keys it verified")
+        if len(nbrs) + 1 < s.min_agencies:
+            raise _refuse(f"{len(nbrs) + 1} agencies in this node's neighbourhood of the "
+                          f"session, fewer than the {s.min_agencies} this agency's policy "
+                          "requires in any secure sum ([secure_aggregation] min_agencies)")
         g = len(nbrs) + 1
         t = sa.share_threshold(g, s.fraction)
         floor = sa.share_threshold(g, s.min_threshold)
@@ -249,7 +265,7 @@ class NodeSecAgg:
             to.append(str(n))
         self.state.update(
             ids=ids, neighbours=nbrs, threshold=t, xs={str(n): x for n, x in xs.items()},
-            agencies={str(n): p["agency"] for n, p in peers.items()},
+            agencies={str(n): peers[n]["agency"] for n in group},
             c_pks={str(n): peers[n]["c_pk"].hex() for n in nbrs},
             s_pks={str(n): {k: v.hex() for k, v in peers[n]["s_pks"].items()} for n in nbrs},
             held={str(self.me.node_id): shares[self.me.node_id]})
@@ -322,11 +338,12 @@ class NodeSecAgg:
                           "submit to")
         if "survivors" in mine:
             raise _refuse(f"the {sum_name} survivors were already confirmed once")
-        survivors = sorted(set(_ints(cfg[SecAggKey.SURVIVORS], SecAggKey.SURVIVORS)))
-        known = set(self.state["ids"])
-        if not set(survivors) <= known or self.me.node_id not in survivors:
-            raise _refuse("the survivor set names nodes outside the session or leaves this "
-                          "node out")
+        try:
+            survivors = sa.unpack_members(self.state["ids"], cfg[SecAggKey.SURVIVORS])
+        except FederationError as exc:
+            raise _refuse(str(exc)) from None
+        if self.me.node_id not in survivors:
+            raise _refuse("the survivor set leaves this node out")
         if len(survivors) < self.safety.min_agencies:
             raise _refuse(f"the {sum_name} sum would hold {len(survivors)} agencies, fewer than "
                           f"the {self.safety.min_agencies} this agency's policy requires "
@@ -374,6 +391,11 @@ class NodeSecAgg:
         if len(signers) < self.threshold:
             raise _refuse(f"{len(signers)} valid consistency signature(s) over the survivor "
                           f"set; {self.threshold} needed before revealing any share")
+        if len(signers) < self.safety.min_agencies:
+            raise _refuse(f"{len(signers)} agencies of this node's neighbourhood confirmed the "
+                          f"survivor set, fewer than the {self.safety.min_agencies} this "
+                          "agency's policy requires in any secure sum ([secure_aggregation] "
+                          "min_agencies)")
         mine["revealed"] = True
         self._put_sum(sum_name, mine)
         k = self.state["order"].index(sum_name)

@@ -112,7 +112,9 @@ class SecAggKey(StrEnum):
     C_PK = "c_pk"
     S_PKS = "s_pks"  # one per sum, in the set-up's order
     SIGNATURE = "signature"  # also the consistency reply: over the survivor set
-    # shares, server to node: every node's signed keys
+    # shares, server to node: every node id of the session (packed), and the signed keys of
+    # the receiving node's neighbourhood (itself included): O(neighbours) keys per node
+    SESSION = "session"
     IDS = "ids"  # also the unmask reply: whose shares it reveals
     AGENCIES = "agencies"
     C_PKS = "c_pks"
@@ -122,7 +124,7 @@ class SecAggKey(StrEnum):
     BOXES = "boxes"  # also the masked-input request: the bundles addressed to the node
     # masked input, server to node
     FROM = "from"
-    # consistency, server to node
+    # consistency, server to node: one bit per node of the session (its sorted ids)
     SURVIVORS = "survivors"
     # unmask, server to node
     SIGNERS = "signers"
@@ -144,7 +146,7 @@ class ShareKind(StrEnum):
 #: input request of an evaluation that continues a training session is empty).
 SECAGG_REQUEST: dict[Stage, frozenset[SecAggKey]] = {
     Stage.SETUP: frozenset({SecAggKey.NONCE, SecAggKey.SUMS}),
-    Stage.SHARE: frozenset({SecAggKey.IDS, SecAggKey.AGENCIES, SecAggKey.C_PKS,
+    Stage.SHARE: frozenset({SecAggKey.SESSION, SecAggKey.IDS, SecAggKey.AGENCIES, SecAggKey.C_PKS,
                             SecAggKey.S_PKS, SecAggKey.SIGNATURES}),
     Stage.MASKED: frozenset({SecAggKey.FROM, SecAggKey.BOXES}),
     Stage.CONSISTENCY: frozenset({SecAggKey.SURVIVORS}),

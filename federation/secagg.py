@@ -38,6 +38,7 @@ GF(2^130 - 5) (17 bytes each), and masked vectors travel packed at the modulus' 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import secrets
 import struct
@@ -376,6 +377,53 @@ def open_sealed(key: bytes, sender: int, receiver: int, session: bytes, box: byt
 
 
 # --- the graph and its thresholds --------------------------------------------------------------
+
+def pack_ids(nodes: Sequence[int]) -> bytes:
+    """Node ids (Flower's unsigned 64-bit ids) sorted, 8 bytes each, big-endian: the
+    session's whole membership in 8 bytes per node, so that each node derives the neighbour
+    graph itself while receiving signed keys only for its own neighbourhood."""
+    ordered = sorted(set(nodes))
+    if any(not 0 <= n < 2**64 for n in ordered):
+        raise ValueError("node ids must be unsigned 64-bit integers")
+    return struct.pack(f">{len(ordered)}Q", *ordered)
+
+
+def unpack_ids(blob: bytes) -> list[int]:
+    """The ids of :func:`pack_ids`, strictly: whole 8-byte entries, strictly increasing (so
+    none repeats)."""
+    if not isinstance(blob, bytes) or len(blob) % 8:
+        raise FederationError("the session's node ids must be whole 8-byte entries")
+    ids = list(struct.unpack(f">{len(blob) // 8}Q", blob))
+    if any(a >= b for a, b in itertools.pairwise(ids)):
+        raise FederationError("the session's node ids must be sorted, each once")
+    return ids
+
+
+def pack_members(session: Sequence[int], members: Sequence[int]) -> bytes:
+    """Which of the session's nodes (sorted, as :func:`pack_ids` holds them) are in
+    ``members``: one bit per session node, most significant bit first, so a survivor set
+    of n nodes travels in ceil(n / 8) bytes."""
+    order = sorted(session)
+    wanted = set(members)
+    if not wanted <= set(order):
+        raise ValueError("members must be nodes of the session")
+    bits = np.zeros(-(-len(order) // 8) * 8, dtype=np.uint8)
+    bits[[i for i, n in enumerate(order) if n in wanted]] = 1
+    return np.packbits(bits).tobytes()
+
+
+def unpack_members(session: Sequence[int], blob: bytes) -> list[int]:
+    """The members of :func:`pack_members`, strictly: exactly ceil(n / 8) bytes, padding
+    bits zero."""
+    order = sorted(session)
+    if not isinstance(blob, bytes) or len(blob) != -(-len(order) // 8):
+        raise FederationError(f"a set of the session's nodes must be {-(-len(order) // 8)} "
+                              f"bytes, one bit per node of the session's {len(order)}")
+    bits = np.unpackbits(np.frombuffer(blob, dtype=np.uint8))
+    if bits[len(order):].any():
+        raise FederationError("a set of the session's nodes names nodes beyond the session")
+    return [n for n, bit in zip(order, bits[:len(order)], strict=True) if bit]
+
 
 def neighbours(nodes: Sequence[int], degree: int) -> dict[int, list[int]]:
     """SecAgg+'s sparse graph: each node's ``degree`` nearest others on a ring ordered by

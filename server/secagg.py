@@ -99,8 +99,11 @@ class ServerSession:
     def setup_config(self) -> dict[str, Any]:
         return {SecAggKey.NONCE: self.nonce, SecAggKey.SUMS: list(self.sums)}
 
-    def share_config(self, replies: dict[int, dict[str, Any]]) -> dict[str, Any]:
-        """One message for everyone: every node's signed keys (each node checks them all)."""
+    def share_configs(self, replies: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        """Each node's share request: the session's node ids (8 bytes each, from which the
+        node derives the neighbour graph itself) and the signed keys of its own
+        neighbourhood only (which it checks), O(neighbours) keys per node rather than
+        everyone's."""
         for n, r in replies.items():
             self.keys[n] = _signed_keys(r, where=f"node {n}'s set-up reply")
         self.ids = sorted(self.keys)
@@ -108,11 +111,17 @@ class ServerSession:
         self.xs = {n: i + 1 for i, n in enumerate(self.ids)}
         self.thresholds = {n: sa.share_threshold(len(self.graph[n]) + 1,
                                                  self.settings.threshold) for n in self.ids}
-        return {SecAggKey.IDS: [str(n) for n in self.ids],
-                SecAggKey.AGENCIES: [self.keys[n][SecAggKey.AGENCY] for n in self.ids],
-                SecAggKey.C_PKS: [self.keys[n][SecAggKey.C_PK] for n in self.ids],
-                SecAggKey.S_PKS: [pk for n in self.ids for pk in self.keys[n][SecAggKey.S_PKS]],
-                SecAggKey.SIGNATURES: [self.keys[n][SecAggKey.SIGNATURE] for n in self.ids]}
+        session = sa.pack_ids(self.ids)
+        return {n: {SecAggKey.SESSION: session, **self.keys_of(sorted({*self.graph[n], n}))}
+                for n in self.ids}
+
+    def keys_of(self, nodes: list[int]) -> dict[str, Any]:
+        """The signed keys of ``nodes``, in a share request's layout."""
+        return {SecAggKey.IDS: [str(n) for n in nodes],
+                SecAggKey.AGENCIES: [self.keys[n][SecAggKey.AGENCY] for n in nodes],
+                SecAggKey.C_PKS: [self.keys[n][SecAggKey.C_PK] for n in nodes],
+                SecAggKey.S_PKS: [pk for n in nodes for pk in self.keys[n][SecAggKey.S_PKS]],
+                SecAggKey.SIGNATURES: [self.keys[n][SecAggKey.SIGNATURE] for n in nodes]}
 
     def masked_configs(self, replies: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
         """Deliver each node the sealed bundles addressed to it."""
@@ -130,7 +139,8 @@ class ServerSession:
 
     def consistency_config(self, sum_name: str, survivors: Iterable[int]) -> dict[str, Any]:
         self.survivors[sum_name] = sorted(survivors)
-        return {SecAggKey.SURVIVORS: [str(n) for n in self.survivors[sum_name]]}
+        # one bit per node of the session: ceil(n / 8) bytes to every survivor
+        return {SecAggKey.SURVIVORS: sa.pack_members(self.ids, self.survivors[sum_name])}
 
     def unmask_configs(self, sum_name: str, signatures: dict[int, bytes]
                        ) -> dict[int, dict[str, Any]]:
@@ -528,10 +538,10 @@ class _Live:
             self.abort(f"only {len(r1)} agency(ies) completed set-up; at least 2 are needed "
                        "to hide each one's update", r1)
             return False
-        share_cfg = s.share_config(r1)
+        share_cfgs = s.share_configs(r1)
         s.start(str(self.by_node[self.nodes[0]].metadata.run_id), self.round)
         r2 = self._usable("share", self.grid._stage(
-            self.kind, STAGES[1], {n: share_cfg for n in r1}, None, self.timeout))
+            self.kind, STAGES[1], share_cfgs, None, self.timeout))
         if len(r2) < 2:
             self.abort(f"only {len(r2)} agency(ies) shared their keys", r2)
             return False

@@ -434,6 +434,83 @@ def bench_backend(rounds: int, tmp: Path) -> dict[str, Any]:
     return out
 
 
+def _request_bytes(cfg: dict[str, Any]) -> int:
+    """Bytes of a stage request's values as they travel: byte and string values, 8 per
+    number (the measure server/secagg.py applies to replies)."""
+    total = 0
+    for v in cfg.values():
+        for x in v if isinstance(v, list) else [v]:
+            total += len(x) if isinstance(x, bytes | str) else 8
+    return total
+
+
+def bench_share(sizes: tuple[int, ...]) -> dict[str, Any]:
+    """Issue 16's SecAgg+ share request, per node, at each federation size: today's (the
+    session's ids, 8 bytes each, and the node's neighbourhood's signed keys) against the
+    previous protocol's (every node's signed keys, which is what a node received before
+    commit 'O(neighbours) share requests'). Real node keys, roster, X25519 keys and
+    signatures; the default graph (every node up to 10, else 2 ceil(log2 n) + 2
+    neighbours). Also one node's share stage on each request (it verifies every signature
+    it is sent), median of 3."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from clients.secagg import Identity, NodeSecAgg, Safety
+    from federation import secagg as sa
+    from federation.config import SecAggSettings
+    from federation.protocol import SecAggKey
+    from federation.roster import Member, Roster
+    from server.secagg import ServerSession
+
+    out: dict[str, Any] = {"sizes": []}
+    for n in sizes:
+        # node ids as Flower draws them: random unsigned 64-bit integers
+        ids = sorted({int(x) for x in np.random.default_rng(n).integers(1, 2**63, n)})
+        keys = {i: ec.generate_private_key(ec.SECP256R1()) for i in ids}
+        roster = Roster(version=1, issued_at=dt.datetime.now(dt.UTC).isoformat(),
+                        consortium="bench", members=tuple(
+                            Member.from_key(f"agency-{i}", keys[i].public_key()) for i in ids))
+        safety = Safety(fraction=0.5, degree=0, quantization_bits=24, min_threshold=0.5,
+                        min_agencies=3)
+        srv = ServerSession(SecAggSettings(mode="on"), sums=sa.SUMS)
+        srv.start("bench", 1)
+        setup, states = {}, {}
+        for i in ids:
+            node = NodeSecAgg(Identity(i, f"agency-{i}", "bench", keys[i], roster), safety)
+            setup[i] = node.setup(srv.setup_config(), server_round=1)
+            states[i] = node.dump()
+        now = srv.share_configs(setup)
+        before = {SecAggKey.SESSION: sa.pack_ids(srv.ids), **srv.keys_of(srv.ids)}
+        before_ids = [str(i) for i in srv.ids]  # the old survivor list: ids as strings
+        old_bytes = _request_bytes({k: v for k, v in before.items() if k != SecAggKey.SESSION})
+        new_bytes = [_request_bytes(c) for c in now.values()]
+        probe = ids[0]
+
+        identity = Identity(probe, f"agency-{probe}", "bench", keys[probe], roster)
+
+        def share(cfg: dict[str, Any], identity: Identity = identity,
+                  state: str = states[probe], safety: Safety = safety) -> None:
+            NodeSecAgg.load(identity, safety, state).share(cfg)
+
+        t_new = statistics.median(_median_time(partial(share, now[probe]), 1) for _ in range(3))
+        t_old = statistics.median(_median_time(partial(share, before), 1) for _ in range(3))
+        row = {"agencies": n, "neighbours": len(srv.graph[probe]),
+               "request_bytes_before": old_bytes,
+               "request_bytes_now_median": statistics.median(new_bytes),
+               "request_bytes_now_max": max(new_bytes),
+               "round_share_bytes_before": old_bytes * n,
+               "round_share_bytes_now": sum(new_bytes),
+               "ratio_bytes_before_over_now": old_bytes / statistics.median(new_bytes),
+               "node_share_seconds_before": t_old, "node_share_seconds_now": t_new,
+               "ratio_node_share_before_over_now": t_old / t_new,
+               "consistency_bytes_before": sum(len(x) for x in before_ids),
+               "consistency_bytes_now": len(srv.consistency_config("train", srv.ids)[
+                   SecAggKey.SURVIVORS])}
+        out["sizes"].append(row)
+    return out
+
+
 #: The last commit before the malicious-model protocol (issue 12): SecAgg+ against an
 #: honest-but-curious server, unsigned keys, no consistency round, plain evaluation.
 TRUST_BASELINE = "6b68687"
@@ -916,7 +993,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="smaller: 6 and 20 agencies, 2 rounds, fewer steps")
     parser.add_argument("--skip", action="append", default=[],
                         choices=["features", "node", "step", "local", "conversation", "rounds",
-                                 "scale", "backend", "ledger", "score", "secagg", "trust"])
+                                 "scale", "backend", "share", "ledger", "score", "secagg",
+                                 "trust"])
     parser.add_argument("--conversation-model", action="append", default=[], metavar="MODEL",
                         help="conversation section: measure this task.model (repeatable; "
                              "default: the task's default model and the linear baseline)")
@@ -1026,6 +1104,21 @@ def main(argv: list[str] | None = None) -> int:
                   f"{bk['ratio_ray_over_floor']:.2f}x the floor (ROC-AUC "
                   f"{bk['inprocess']['global_roc_auc']:.3f} in-process, "
                   f"{bk['ray']['global_roc_auc']:.3f} Ray)", flush=True)
+        if "share" not in args.skip:
+            report["share"] = sh = bench_share((6, 100) if args.quick else (6, 100, 1000))
+            for row in sh["sizes"]:
+                print(f"share: {row['agencies']} agencies ({row['neighbours']} neighbours "
+                      f"each): share request per node {row['request_bytes_before']:,} bytes "
+                      f"before (everyone's keys), {row['request_bytes_now_median']:,.0f} now "
+                      f"(the session's ids and the neighbourhood's keys) -> "
+                      f"{row['ratio_bytes_before_over_now']:.1f}x fewer; per round "
+                      f"{row['round_share_bytes_before'] / 2**20:,.1f} MiB before, "
+                      f"{row['round_share_bytes_now'] / 2**20:,.2f} MiB now; one node's share "
+                      f"stage {row['node_share_seconds_before'] * 1e3:,.0f} ms before, "
+                      f"{row['node_share_seconds_now'] * 1e3:,.0f} ms now; consistency "
+                      f"request {row['consistency_bytes_before']:,} bytes before (the "
+                      f"survivors' ids), {row['consistency_bytes_now']:,} now (a bit per "
+                      "node)", flush=True)
         if "secagg" not in args.skip:
             print("secagg: simulating six agencies with secure aggregation off, then on...",
                   flush=True)

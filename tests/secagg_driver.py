@@ -88,7 +88,7 @@ class Round:
 
     srv: ServerSession
     setup: dict[int, dict[str, Any]]
-    share_cfg: dict[str, Any]
+    share_cfg: dict[int, dict[str, Any]]  # each node's share request
     shares: dict[int, dict[str, Any]]
     masked_cfgs: dict[int, dict[str, Any]]
     masked: dict[int, bytes] = field(default_factory=dict)
@@ -113,8 +113,8 @@ def open_session(fed: Federation, *, server_round: int = 1, sums: tuple[str, ...
     """Set-up and share stages, honestly."""
     srv, setup = set_up(fed, server_round=server_round, sums=sums, nodes=nodes)
     members = list(setup)
-    share_cfg = srv.share_config(setup)
-    shares = {n: fed.step(n, "share", share_cfg) for n in members}
+    share_cfg = srv.share_configs(setup)
+    shares = {n: fed.step(n, "share", share_cfg[n]) for n in members}
     return Round(srv, setup, share_cfg, shares, srv.masked_configs(shares))
 
 

@@ -221,7 +221,7 @@ def test_a_secagg_stage_without_a_key_is_a_refusal_naming_it() -> None:
 
     fed = Federation(k=3, min_agencies=2)
     srv, setup = set_up(fed)
-    share_cfg = srv.share_config(setup)
+    share_cfg = srv.share_configs(setup)[fed.ids[0]]
     del share_cfg[SecAggKey.C_PKS]
     with pytest.raises(ProtocolError, match=r"secure aggregation refused by this node: .*"
                                             r"missing: \['c_pks'\]"):
@@ -230,7 +230,7 @@ def test_a_secagg_stage_without_a_key_is_a_refusal_naming_it() -> None:
     srv, setup = set_up(fed, server_round=2)
     unsigned = {k: v for k, v in setup[n].items() if k != SecAggKey.SIGNATURE}
     with pytest.raises(ProtocolError, match=rf"node {n}'s set-up reply lacks 'signature'"):
-        srv.share_config({**setup, n: unsigned})
+        srv.share_configs({**setup, n: unsigned})
     rnd = open_session(Federation(k=3, min_agencies=2))
     with pytest.raises(ProtocolError, match=rf"node {n}'s share reply lacks 'boxes'"):
         rnd.srv.masked_configs({n: {SecAggKey.TO: []}})

@@ -37,6 +37,11 @@ def _inputs(fed: Federation, length: int = 32, seed: int = 0) -> dict[int, np.nd
     return {n: rng.integers(0, 2**24, length).astype(np.uint64) for n in fed.ids}
 
 
+def _survivors(fed: Federation, members: list[int]) -> dict[str, Any]:
+    """A consistency request naming ``members`` of a session of all of ``fed``'s nodes."""
+    return {"survivors": sa.pack_members(fed.ids, members)}
+
+
 def _try(fed: Federation, n: int, stage: str, *args: Any) -> Any:
     """A stage at node n, or the FederationError it refused with."""
     try:
@@ -72,8 +77,7 @@ def test_inconsistent_survivor_lists_do_not_expose_an_agency(k: int) -> None:
         for story, group, survivors in (("alive", told_alive, s_alive),
                                         ("dropped", told_dropped, s_dropped)):
             for n in group:
-                got = _try(fed, n, "consistency", "train", {"survivors": [str(m) for m in
-                                                                          survivors]})
+                got = _try(fed, n, "consistency", "train", _survivors(fed, survivors))
                 if isinstance(got, FederationError):
                     refusals.append(str(got))
                 else:
@@ -111,16 +115,16 @@ def test_a_substituted_public_key_is_refused() -> None:
     own_c = sa.new_keypair()[1]
     own_s = sa.seed_keypair(sa.new_seed())[1]
     setup[victim] = {**setup[victim], "c_pk": own_c, "s_pks": [own_s]}
-    cfg = srv.share_config(setup)
+    cfgs = srv.share_configs(setup)
     for n in fed.ids:
-        got = _try(fed, n, "share", cfg)
+        got = _try(fed, n, "share", cfgs[n])
         assert isinstance(got, FederationError), n
         # the victim too: the keys under its name are not the ones it signed
         assert "not signed by its rostered node key" in str(got)
         assert fed.agency[victim] in str(got)
     # a list that leaves the receiving node's own keys out is refused by it, too
     others = {n: honest[n] for n in fed.ids if n != fed.ids[0]}
-    got = _try(fed, fed.ids[0], "share", fed.server().share_config(others))
+    got = _try(fed, fed.ids[0], "share", fed.server().share_configs(others)[fed.ids[1]])
     assert isinstance(got, FederationError) and "own keys are missing" in str(got)
 
 
@@ -129,18 +133,18 @@ def test_a_threshold_below_the_agency_policy_is_refused() -> None:
     rebuild a node's secrets from two holders)."""
     fed = Federation(6, seed=2)
     srv, setup = set_up(fed)
-    cfg = srv.share_config(setup)
+    cfgs = srv.share_configs(setup)
     n0, n1 = fed.ids[:2]
     # the run config (which the consortium writes) asks for a fifth of the neighbourhood
     node = fed.node(n0, fraction=0.2)
     with pytest.raises(FederationError, match=r"share threshold 2 of a neighbourhood of 6 "
                                               r".*below this agency's floor of 4"):
-        node.share(cfg)
+        node.share(cfgs[n0])
     # and an agency may ask for more than a strict majority
     node = fed.node(n1, min_threshold=0.7)
     with pytest.raises(FederationError, match=r"share threshold 4 .* floor of 5 .*"
                                               r"min_threshold=0.7"):
-        node.share(cfg)
+        node.share(cfgs[n1])
 
 
 def test_a_sum_of_fewer_agencies_than_the_policy_allows_is_refused() -> None:
@@ -148,12 +152,13 @@ def test_a_sum_of_fewer_agencies_than_the_policy_allows_is_refused() -> None:
     two agencies (each then learns the other's update from the result) or declare all but
     two dropped."""
     fed = Federation(6, seed=3)
-    with pytest.raises(FederationError, match="2 agencies in the session, fewer than the 3"):
+    with pytest.raises(FederationError, match="2 agencies in this node's neighbourhood of the "
+                                              "session, fewer than the 3"):
         open_session(fed, nodes=fed.ids[:2])
     fed = Federation(6, seed=3)
     rnd = open_session(fed)
     mask_all(fed, rnd, _inputs(fed))
-    two = {"survivors": [str(n) for n in fed.ids[:2]]}
+    two = _survivors(fed, fed.ids[:2])
     for n in fed.ids[:2]:
         got = _try(fed, n, "consistency", "train", two)
         assert isinstance(got, FederationError)
@@ -205,7 +210,7 @@ def test_replayed_rounds_are_refused() -> None:
     srv2, setup2 = set_up(fed, server_round=2)
     old = fed.ids[1]
     setup2[old] = rnd.setup[old]
-    cfg = srv2.share_config(setup2)
+    cfg = srv2.share_configs(setup2)[n0]
     got = _try(fed, n0, "share", cfg)
     assert isinstance(got, FederationError) and "substituted or replayed" in str(got)
     # round 3: round 1's sealed share bundles delivered again
@@ -225,8 +230,7 @@ def test_forged_consistency_signatures_are_refused() -> None:
     fed = Federation(6, seed=6)
     rnd = open_session(fed)
     mask_all(fed, rnd, _inputs(fed))
-    survivors = [str(n) for n in fed.ids]
-    real = {n: fed.step(n, "consistency", "train", {"survivors": survivors})["signature"]
+    real = {n: fed.step(n, "consistency", "train", _survivors(fed, fed.ids))["signature"]
             for n in fed.ids[:3]}  # three sign; t = 4 are needed
     outsider = ec.generate_private_key(ec.SECP256R1())
     other_set = sa.survivors_message(rnd.srv.session_id, "train", fed.ids[1:])
@@ -262,7 +266,7 @@ def test_a_node_not_on_the_roster_is_refused() -> None:
                                               {"train": s_pk}))
         bad = {**setup, sybil_id: {"agency": claimed, "c_pk": c_pk, "s_pks": [s_pk],
                                    "signature": sig}}
-        cfg = fed.server().share_config(bad)
+        cfg = fed.server().share_configs(bad)[fed.ids[0]]
         got = _try(fed, fed.ids[0], "share", cfg)
         assert isinstance(got, FederationError)
         assert ("not on the roster" in str(got) or "appears twice" in str(got)
@@ -284,3 +288,86 @@ def test_withheld_share_bundles_do_not_leave_a_node_masked_too_thinly() -> None:
     got = _try(fed, n0, "receive_shares", thin)
     assert isinstance(got, FederationError)
     assert "from 2 neighbour(s); this node masks its input only with at least 3" in str(got)
+
+
+def test_each_share_request_carries_only_its_neighbourhood_s_keys() -> None:
+    """Issue 16: the share request was everyone's signed keys, O(n) per node and O(n^2) per
+    round. Now each node gets the session's ids (8 bytes each) and its own neighbourhood's
+    keys, derives the graph from the ids itself, and the sparse session still sums exactly."""
+    fed = Federation(40, seed=11)  # degree 2 * ceil(log2 40) + 2 = 14 of 39 others
+    rnd = open_session(fed)
+    srv, setup, cfgs = rnd.srv, rnd.setup, rnd.share_cfg
+    full = sum(len(v) for e in setup.values() for v in e.values()
+               if isinstance(v, bytes | str)) + sum(len(pk) for e in setup.values()
+                                                     for pk in e["s_pks"])
+    for n, cfg in cfgs.items():
+        assert sa.unpack_ids(cfg["session"]) == sorted(fed.ids)
+        assert [int(m) for m in cfg["ids"]] == sorted({*srv.graph[n], n})
+        assert len(cfg["ids"]) <= 16 < len(fed.ids)
+        sent = (len(cfg["session"]) + sum(len(x) for k in ("agencies", "c_pks", "s_pks",
+                                                           "signatures", "ids")
+                                          for x in cfg[k]))
+        assert sent < full / 2, (sent, full)
+    inputs = _inputs(fed)
+    mask_all(fed, rnd, inputs)
+    total = finish(fed, rnd, length=32)
+    modulus = (1 << rnd.srv.bits) - 1
+    want = np.zeros(32, dtype=np.uint64)
+    for v in inputs.values():
+        want = (want + v) & np.uint64(modulus)
+    assert np.array_equal(total, want)
+
+
+def test_a_share_request_that_withholds_or_invents_peers_is_refused() -> None:
+    """With only its neighbourhood's keys relayed, a node still takes nothing on trust: a
+    neighbour's keys withheld, keys for a node outside the session's ids, or session ids
+    that are not whole sorted entries are refused, each naming the rule."""
+    fed = Federation(6, seed=12)
+    srv, setup = set_up(fed)
+    cfgs = srv.share_configs(setup)
+    n0, n1 = fed.ids[:2]
+    withheld = {**cfgs[n0], **srv.keys_of([m for m in fed.ids if m != n1])}
+    got = _try(fed, n0, "share", withheld)
+    assert isinstance(got, FederationError)
+    assert "signed keys of 1 of this node's 5 neighbours were not relayed" in str(got)
+    outside = {**cfgs[n0], "session": sa.pack_ids([m for m in fed.ids if m != n1])}
+    got = _try(fed, n0, "share", outside)
+    assert isinstance(got, FederationError) and "outside the session's node ids" in str(got)
+    for blob, rule in ((cfgs[n0]["session"][:-1], "whole 8-byte entries"),
+                       (cfgs[n0]["session"][8:16] + cfgs[n0]["session"][:8]
+                        + cfgs[n0]["session"][16:], "sorted, each once")):
+        got = _try(fed, n0, "share", {**cfgs[n0], "session": blob})
+        assert isinstance(got, FederationError) and rule in str(got), rule
+
+
+def test_a_node_unmasks_only_with_min_agencies_verified_confirmations() -> None:
+    """The survivor set a server sends is only its word beyond the node's neighbourhood; a
+    node reveals shares only once at least ``min_agencies`` agencies of its neighbourhood
+    (itself included) signed that set, even where its threshold needs fewer."""
+    fed = Federation(6, seed=13, min_agencies=5)  # t = 4 of a neighbourhood of 6
+    rnd = open_session(fed)
+    mask_all(fed, rnd, _inputs(fed))
+    sigs = {n: fed.step(n, "consistency", "train", _survivors(fed, fed.ids))["signature"]
+            for n in fed.ids[:4]}  # the node itself and three others: its threshold
+    cfg = {"signers": [str(n) for n in sigs], "signatures": list(sigs.values())}
+    got = _try(fed, fed.ids[0], "unmask", "train", cfg)
+    assert isinstance(got, FederationError)
+    assert "4 agencies of this node's neighbourhood confirmed the survivor set, fewer than " \
+           "the 5" in str(got)
+
+
+def test_a_survivor_set_is_one_bit_per_session_node_read_strictly() -> None:
+    """The consistency request names survivors as one bit per node of the session
+    (ceil(n / 8) bytes, not n ids); a wrong length or a bit beyond the session is refused."""
+    fed = Federation(6, seed=14)
+    rnd = open_session(fed)
+    mask_all(fed, rnd, _inputs(fed))
+    cfg = rnd.srv.consistency_config("train", fed.ids)
+    assert cfg == {"survivors": bytes([0b11111100])}
+    n0 = fed.ids[0]
+    for blob, rule in ((b"", "must be 1 bytes, one bit per node of the session's 6"),
+                       (bytes([0b11111110]), "names nodes beyond the session")):
+        got = _try(fed, n0, "consistency", "train", {"survivors": blob})
+        assert isinstance(got, FederationError) and rule in str(got), rule
+    got = _try(fed, n0, "consistency", "train", _survivors(fed, fed.ids[1:]))
+    assert isinstance(got, FederationError) and "leaves this node out" in str(got)
