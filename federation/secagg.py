@@ -8,20 +8,25 @@ graph), as run by server/secagg.py (the aggregator, which is NOT trusted) and cl
    the session (``train``, ``evaluate``) a 16-byte seed ``s`` (its X25519 mask key) and a
    16-byte self-mask seed ``b``. It signs its public keys with its enrolled node key, bound
    to the session (run, round, server nonce) and to its node id and agency name.
-2. share: the server relays everyone's signed keys. Each node checks every signature against
-   the roster its agency approved (no Sybils, no substituted keys, each agency once), derives
-   the neighbour graph and its share threshold itself, refuses parameters below its policy,
-   splits every ``s`` and ``b`` into Shamir shares for its neighbours and seals each bundle
-   with ChaCha20-Poly1305 under a key agreed with that neighbour.
+2. share: the server sends each node the session's node ids (8 bytes each) and the signed
+   keys of that node's neighbourhood only (O(neighbours) keys per node, not everyone's).
+   Each node derives the neighbour graph from the ids itself, checks every signature it is
+   sent against the roster its agency approved (no Sybils, no substituted keys, each agency
+   once) and that every neighbour's keys are there, derives its share threshold, refuses
+   parameters below its policy, splits every ``s`` and ``b`` into Shamir shares for its
+   neighbours and seals each bundle with ChaCha20-Poly1305 under a key agreed with that
+   neighbour.
 3. masked input (once per sum): the node encodes its vector (a count-weighted update and its
    count, or evaluation histograms) as integers, adds PRG(b) and, for each neighbour j that
    delivered shares, +PRG(s_ij) if i < j else -PRG(s_ij), and uploads the result packed at
    the modulus width.
-4. consistency: the server sends the survivors (nodes whose masked input it received); each
-   survivor signs that exact set, bound to the session and the sum.
-5. unmask: a node reveals shares only after verifying at least ``t`` valid signatures over
-   the very same set from distinct rostered nodes of its own neighbourhood; it reveals, per
-   neighbour, the ``b`` share (survivor) or the ``s`` share (dropped), never both, once.
+4. consistency: the server sends the survivors (nodes whose masked input it received), one
+   bit per node of the session; each survivor signs that exact set, bound to the session
+   and the sum.
+5. unmask: a node reveals shares only after verifying at least ``t`` (and at least its
+   policy's ``min_agencies``) valid signatures over the very same set from distinct
+   rostered nodes of its own neighbourhood, itself included; it reveals, per neighbour, the
+   ``b`` share (survivor) or the ``s`` share (dropped), never both, once.
 
 Why 2t > g (the threshold is a strict majority of each neighbourhood of g nodes): every
 holder reveals one kind of share per owner, so a server needs t + t distinct holders to get
