@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
 from clients import signed_log
 from federation.errors import DeploymentError, SignatureError
-from federation.files import write_atomic
+from federation.files import stat_signature, write_atomic
 from federation.roster import ROSTER_FILE, Roster, read_roster, write_roster
 from federation.signing import PrivateKey, load_private_key
 
@@ -128,8 +129,20 @@ def auto_approve_roster(state_dir: Path, roster: Roster) -> None:
 
 # --- checking --------------------------------------------------------------------------------
 
+#: Verified approval logs of this process, by state folder: (the files' signature, entries).
+#: A node answers several messages per round and each asks what its agency approved; the
+#: log is verified again whenever the log, its head or the node's public key changes.
+_VERIFIED: dict[str, tuple[tuple[tuple[int, int, int, int], ...], list[dict[str, Any]]]] = {}
+_VERIFIED_LOCK = threading.Lock()
+_VERIFIED_MAX = 1024
+#: Rosters read and validated by this process, by file: (its stat signature, the roster).
+#: The digest check against the approvals runs on every call, cached or not.
+_ROSTERS: dict[str, tuple[tuple[tuple[int, int, int, int], ...], Roster]] = {}
+
+
 def verified_entries(state_dir: Path) -> list[dict[str, Any]]:
-    """Every approval, after checking the whole log with the node's public key.
+    """Every approval, after checking the whole log with the node's public key (once per
+    process while the log, its head and the public key file are unchanged).
 
     Raises SignatureError naming each broken entry and check: the node then accepts
     nothing, since it cannot tell what its agency approved.
@@ -137,6 +150,23 @@ def verified_entries(state_dir: Path) -> list[dict[str, Any]]:
     log = approvals_log(state_dir)
     if not log.path.is_file() and not log.head.is_file():
         return []
+    key_of = str(Path(state_dir).resolve())
+    signature = stat_signature([log.path, log.head, state_dir / signed_log.NODE_PUB,
+                                state_dir / signed_log.NODE_KEY])
+    with _VERIFIED_LOCK:
+        hit = _VERIFIED.get(key_of)
+    if hit is not None and signature is not None and hit[0] == signature:
+        return [dict(e) for e in hit[1]]
+    entries = _verify_entries(state_dir, log)
+    if signature is not None:
+        with _VERIFIED_LOCK:
+            if len(_VERIFIED) >= _VERIFIED_MAX and key_of not in _VERIFIED:
+                _VERIFIED.pop(next(iter(_VERIFIED)))
+            _VERIFIED[key_of] = (signature, [dict(e) for e in entries])
+    return entries
+
+
+def _verify_entries(state_dir: Path, log: signed_log.SignedLog) -> list[dict[str, Any]]:
     key = signed_log.node_public_key(state_dir)
     count, problems = signed_log.verify_log(log, key)
     if problems:
@@ -180,7 +210,18 @@ def approved_roster(state_dir: Path) -> Roster:
     if not path.is_file():
         raise DeploymentError(f"{rule}; it approved roster {approved[-1][:16]}, but {path} "
                               f"is missing. {fix}")
-    roster = read_roster(path)
+    signature = stat_signature([path])
+    with _VERIFIED_LOCK:
+        held = _ROSTERS.get(str(path))
+    if held is not None and signature is not None and held[0] == signature:
+        roster = held[1]  # read and validated by this process, the file unchanged since
+    else:
+        roster = read_roster(path)
+        if signature is not None:
+            with _VERIFIED_LOCK:
+                if len(_ROSTERS) >= _VERIFIED_MAX and str(path) not in _ROSTERS:
+                    _ROSTERS.pop(next(iter(_ROSTERS)))
+                _ROSTERS[str(path)] = (signature, roster)
     if roster.digest != approved[-1]:
         raise DeploymentError(
             f"{rule}: {path} (digest {roster.digest[:16]}) is not the roster it approved last "

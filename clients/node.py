@@ -26,7 +26,7 @@ import numpy as np
 from clients import node_config as nc
 from federation.config import RunPaths, RunSettings
 from federation.errors import ConfigError, DataError, Rule, TaskError
-from federation.files import open_private, private_dir
+from federation.files import open_private, private_dir, stat_signature
 
 if TYPE_CHECKING:  # the task registry and the ledger import torch: loaded where used
     from federation.tasks import Task
@@ -181,12 +181,24 @@ def cached_features(task: Task, export_sha256: str, records: list[Any], cache_di
     key = hashlib.sha256(params.encode()).hexdigest()[:32]
     target = cache_dir / f"{key}.npz"
     if target.is_file():
+        signature = stat_signature([target])
+        with _LOADED_LOCK:
+            held = _FEATURES.get(str(target))
+        if held is not None and signature is not None and held[0] == signature:
+            cached: SparseRows = held[1]
+            return cached
         with np.load(target) as z:
-            return SparseRows(indptr=z["indptr"], indices=z["indices"], values=z["values"],
+            rows = SparseRows(indptr=z["indptr"], indices=z["indices"], values=z["values"],
                               width=int(z["width"]))
+        if signature is not None:
+            with _LOADED_LOCK:
+                if len(_FEATURES) >= _LOADED_MAX and str(target) not in _FEATURES:
+                    _FEATURES.pop(next(iter(_FEATURES)))
+                _FEATURES[str(target)] = (signature, rows)
+        return rows
     features = task.featurize(records)
     private_dir(cache_dir)  # derived from the agency's adverts: 0700, files 0600 from birth
-    tmp = cache_dir / f".{key}.{os.getpid()}.tmp.npz"
+    tmp = cache_dir / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp.npz"
     tmp.unlink(missing_ok=True)
     with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as handle:
         np.savez(handle, indptr=features.indptr, indices=features.indices,
@@ -200,11 +212,14 @@ def cached_features(task: Task, export_sha256: str, records: list[Any], cache_di
 #: The exports this process has read and validated: (task, folder) -> _Loaded. A node
 #: process answers several messages per round (train, evaluate, the secure stages); the
 #: export is read, validated and hashed on the first and reused while the folder is
-#: unchanged. A deployed node holds one entry per task it trains; a simulation worker
-#: process serves many simulated agencies (about 50 each at 100 agencies on two workers),
-#: hence room for 128 before the oldest is dropped (and read again when next asked for).
+#: unchanged. A deployed node holds one entry per task it trains; a simulation process
+#: serves every simulated agency (in-process backend) or many (a Ray worker), hence room for
+#: 1,024 before the oldest is dropped (and read again when next asked for). The features
+#: read back from a node's feature cache are held the same way (``_FEATURES``, by file and
+#: its stat signature).
 _LOADED: dict[tuple[str, str], _Loaded] = {}
-_LOADED_MAX = 128
+_LOADED_MAX = 1024
+_FEATURES: dict[str, tuple[tuple[tuple[int, int, int, int], ...], Any]] = {}
 #: The simulation's in-process backend runs several nodes' calls at once in one process.
 _LOADED_LOCK = threading.Lock()
 

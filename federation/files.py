@@ -22,6 +22,24 @@ PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
 
 
+def stat_signature(paths: list[Path]) -> tuple[tuple[int, int, int, int], ...] | None:
+    """Inode, size, modification and change time (ns) of each of ``paths`` (zeros for one
+    that does not exist): any write, replacement or rename changes it, and the change time
+    cannot be set back. None where a file cannot be examined. What the nodes' in-process
+    caches of verified files are keyed by (clients/node.py, clients/approvals.py)."""
+    out = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            out.append((0, 0, 0, 0))
+            continue
+        except OSError:
+            return None
+        out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(out)
+
+
 def private_dir(path: Path) -> Path:
     """Create ``path`` and any missing parents, each 0700 exactly; existing folders are
     left as they are. Returns ``path``."""

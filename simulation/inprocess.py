@@ -27,6 +27,16 @@ What it keeps from the Ray backend, and how:
   daemon it ends with the process. Ray could kill its worker process; a thread cannot be
   killed, which is why a run that must survive many stuck nodes should use Ray.
 
+Flower's engine also polls its LinkState for each node's next message every 0.1 s, one
+``get_message_ins`` call per node, each of which scans every stored message: O(nodes x
+messages) ten times a second, which at 100 agencies took a seventh of the run and at 1,000
+would take all of it. :func:`flower_uses` swaps that loop (``vce_api.add_messages_to_queue``,
+looked up by name when the engine starts its thread) for :func:`poll_messages`: one pass over
+the stored messages per poll, the same checks (Flower's own ``_check_stored_messages``, at
+most one message per node per pass, marked delivered under the state's lock), and a poll
+interval that backs off from 5 ms to 100 ms while nothing arrives. It keeps Flower's loop
+where the LinkState is not the in-memory one it knows.
+
 What it does not give: process isolation between nodes. In a simulation all the synthetic
 agencies live on one machine and in one trust domain anyway; a deployment runs real
 SuperNodes (one process per agency) and never this backend.
@@ -59,6 +69,9 @@ __all__ = ["BACKENDS", "InProcessBackend", "abandon_calls", "flower_uses"]
 
 #: The name of the threads ClientApp calls run on (their log lines are told apart by it).
 NODE_THREAD = "heroes-clientapp"
+
+#: The message poll's interval: from this while messages arrive, doubling to the most.
+_POLL_MIN_S, _POLL_MAX_S = 0.005, 0.1
 
 #: Seconds between looks at whether a call was abandoned, while it runs.
 _POLL_S = 0.5
@@ -180,7 +193,70 @@ def flower_uses(backend: str, *, verbose: bool = False) -> Iterator[None]:
             stack.enter_context(_node_lines_off_console())
         if backend == "inprocess":
             stack.enter_context(_in_place_of_ray())
+        stack.enter_context(_one_pass_poll())
         yield
+
+
+def _pollable(state: Any) -> bool:
+    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+
+    return (isinstance(state, InMemoryLinkState) and hasattr(state, "message_ins_store")
+            and hasattr(state, "_check_stored_messages") and hasattr(state, "lock"))
+
+
+def take_undelivered(state: Any, nodes: set[int]) -> list[Message]:
+    """The undelivered messages for ``nodes`` in Flower's in-memory LinkState, at most one
+    per node, marked delivered: what Flower's ``get_message_ins(node_id, limit=1)`` does for
+    one node, for all of them in one pass."""
+    from flwr.supercore.date import now
+
+    found: dict[int, Message] = {}
+    with state.lock:
+        for msg_id in list(state.message_ins_store.keys()):
+            state._check_stored_messages({msg_id})
+            msg = state.message_ins_store.get(msg_id)
+            if msg is None or msg.metadata.delivered_at != "":
+                continue
+            dst = msg.metadata.dst_node_id
+            if dst in nodes and dst not in found:
+                found[dst] = msg
+        stamp = now().isoformat()
+        for msg in found.values():
+            msg.metadata.delivered_at = stamp
+    return list(found.values())
+
+
+def poll_messages(state: Any, queue: Any, nodes_mapping: Any, f_stop: threading.Event) -> None:
+    """Flower's ``add_messages_to_queue`` (vce_api.py), in one pass per poll."""
+    if not _pollable(state):
+        _flower_poll(state, queue, nodes_mapping, f_stop)
+        return
+    nodes = set(nodes_mapping.keys())
+    wait = _POLL_MIN_S
+    while not f_stop.is_set():
+        found = take_undelivered(state, nodes)
+        for msg in found:
+            queue.put(msg)
+        wait = _POLL_MIN_S if found else min(2 * wait, _POLL_MAX_S)
+        f_stop.wait(wait)
+
+
+_flower_poll: Callable[..., None]
+
+
+@contextlib.contextmanager
+def _one_pass_poll() -> Iterator[None]:
+    global _flower_poll
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    with _swap_lock:
+        original = vce_api.add_messages_to_queue
+        _flower_poll = original
+        vce_api.add_messages_to_queue = poll_messages
+        try:
+            yield
+        finally:
+            vce_api.add_messages_to_queue = original
 
 
 @contextlib.contextmanager
@@ -228,4 +304,4 @@ def _node_lines_off_console() -> Iterator[None]:
 
 
 #: One run at a time swaps Flower's backend class (runs in one process are sequential).
-_swap_lock = threading.Lock()
+_swap_lock = threading.RLock()

@@ -568,3 +568,25 @@ def test_approve_refuses_what_it_cannot_identify(tmp_path: Path, node: Path) -> 
     with pytest.raises(DeploymentError, match="not an agency node folder"):
         approve_target(tmp_path / "elsewhere", str(tmp_path / "notes.json"), yes=True,
                        stdin=io.StringIO(), out=io.StringIO())
+
+
+def test_the_verified_log_is_reused_only_while_its_files_are_unchanged(tmp_path: Path) -> None:
+    """A node asks what its agency approved on every message; the log is verified once per
+    process and reused while the log, its head and the node key files are unchanged. Any
+    edit after that, even one that keeps the size, is verified again and refused."""
+    state = tmp_path / "state"
+    node_key(state, ME)
+    approvals.approve(state, "bundle", "ab" * 32, {"files": 1})
+    first = approvals.verified_entries(state)
+    assert approvals.verified_entries(state) == first  # the cached answer
+    log = state / approvals.APPROVALS
+    text = log.read_text()
+    forged = text.replace('"files": 1', '"files": 2')
+    assert forged != text and len(forged) == len(text)
+    log.write_text(forged)
+    with pytest.raises(SignatureError, match=r"approvals log .* fails verification"):
+        approvals.verified_entries(state)
+    log.write_text(text)  # put back: verifies again
+    assert approvals.verified_entries(state) == first
+    approvals.approve(state, "bundle", "cd" * 32, {"files": 3})  # a new approval is seen
+    assert [e["digest"] for e in approvals.verified_entries(state)] == ["ab" * 32, "cd" * 32]
