@@ -181,7 +181,8 @@ class StrategySettings(Section):
     min_available: int = 0
     quorum: int = 2
     proximal_mu: float = 0.0
-    server_learning_rate: float = 0.1
+    server_learning_rate: float = 0.1  # FedAdam's eta; FedAvgM's server step
+    server_momentum: float = 0.0  # FedAvgM only: the server's momentum on the mean update
     round_timeout: float = 900.0
     # How the server combines the updates it sees. "mean" is the (weighted) mean of the
     # strategy; the others are robust to a minority of broken or malicious agencies and need
@@ -193,7 +194,7 @@ class StrategySettings(Section):
     # update norm is rejected (named in the round summary). 0 turns the norm check off.
     max_norm_ratio: float = 10.0
 
-    NAMES: ClassVar[tuple[str, ...]] = ("fedavg", "fedprox", "fedadam")
+    NAMES: ClassVar[tuple[str, ...]] = ("fedavg", "fedprox", "fedadam", "fedavgm")
     AGGREGATIONS: ClassVar[tuple[str, ...]] = ("mean", "trimmed_mean", "median", "krum")
 
     def check(self) -> list[str]:
@@ -224,6 +225,9 @@ class StrategySettings(Section):
         if self.name == "fedprox" and self.proximal_mu == 0:
             p.append("strategy.proximal_mu must be > 0 with strategy.name=fedprox")
         _positive(p, "strategy.server_learning_rate", self.server_learning_rate)
+        if not 0 <= self.server_momentum < 1:
+            p.append(f"strategy.server_momentum={self.server_momentum} must be in [0, 1) "
+                     "(FedAvgM's momentum; e.g. 0.9)")
         _positive(p, "strategy.round_timeout", self.round_timeout)
         _at_most(p, "strategy.round_timeout", self.round_timeout, MAX_ROUND_TIMEOUT)
         if self.aggregation not in self.AGGREGATIONS:

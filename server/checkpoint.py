@@ -36,7 +36,9 @@ from server.strategy import AccountableStrategy, RunLog
 
 CHECKPOINTS = "checkpoints"
 _NAME = re.compile(r"^round-(\d{4,})\.pt$")
-_OPTIMISER_STATE = ("current_arrays", "m_t", "v_t")
+_OPTIMISER_STATE = ("current_arrays", "m_t", "v_t", "momentum_vector")
+#: FedAvgM keeps its momentum as a list of arrays, in the model's order; stored by index.
+_LISTS = ("momentum_vector",)
 
 
 def checkpoint_path(out: Path, server_round: int) -> Path:
@@ -44,12 +46,16 @@ def checkpoint_path(out: Path, server_round: int) -> Path:
 
 
 def _optimiser_state(strategy: AccountableStrategy) -> dict[str, dict[str, torch.Tensor]]:
-    """The server optimiser's state: FedAdam's attributes on Flower's strategy at the core."""
+    """The server optimiser's state: FedAdam's moments or FedAvgM's momentum, attributes of
+    Flower's strategy at the core."""
     state: dict[str, dict[str, torch.Tensor]] = {}
     for name in _OPTIMISER_STATE:
         value = getattr(strategy.base, name, None)
         if isinstance(value, dict):
             state[name] = {k: torch.from_numpy(np.array(v)) for k, v in value.items()}
+        elif name in _LISTS and isinstance(value, list):
+            state[name] = {f"{i:06d}": torch.from_numpy(np.array(v)) for i, v in
+                           enumerate(value)}
     return state
 
 
@@ -130,7 +136,10 @@ def restore(strategy: AccountableStrategy, run_log: RunLog, resume: Resume) -> N
     """Put the server optimiser's state and the metrics history back. The optimiser's
     attributes are Flower's own (FedOpt keeps them on the strategy), set as FedOpt sets them."""
     for name, arrays in resume.optimiser_state.items():
-        setattr(strategy.base, name, {k: v.numpy() for k, v in arrays.items()})
+        if name in _LISTS:
+            setattr(strategy.base, name, [arrays[k].numpy() for k in sorted(arrays)])
+        else:
+            setattr(strategy.base, name, {k: v.numpy() for k, v in arrays.items()})
     for r in resume.rounds:
         record = RoundRecord.from_json(r, where=f"checkpoint {resume.path}")
         run_log.rounds[record.round] = record

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, Strategy
 
 from federation.config import RunSettings
 from federation.errors import QuorumError
@@ -361,6 +361,9 @@ def _base(settings: RunSettings) -> FedAvg:
         return FedProx(proximal_mu=s.proximal_mu, **common)
     if s.name == "fedadam":
         return FedAdam(eta=s.server_learning_rate, **common)
+    if s.name == "fedavgm":
+        return FedAvgM(server_learning_rate=s.server_learning_rate,
+                       server_momentum=s.server_momentum, **common)
     return FedAvg(**common)
 
 

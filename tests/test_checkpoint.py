@@ -71,6 +71,29 @@ def test_checkpoint_roundtrip_keeps_weights_optimiser_and_history(tmp_path: Path
     assert fresh_log.to_json() == run_log.to_json()  # NaN stays NaN (null in JSON)
 
 
+def test_checkpoint_keeps_fedavgm_momentum(tmp_path: Path) -> None:
+    """FedAvgM (server momentum) keeps its momentum as a list of arrays; a resumed run
+    continues with the same momentum, in the model's order."""
+    settings = RunSettings.from_flat({**FLAT, "strategy.name": "fedavgm",
+                                      "strategy.server_learning_rate": 1.0,
+                                      "strategy.server_momentum": 0.9})
+    run_log = _log(1)
+    strategy = build_strategy(settings, run_log)
+    rng = np.random.default_rng(1)
+    momentum = [rng.normal(size=(1, 64)), rng.normal(size=(1,))] * 6  # 12: index order
+    strategy.base.momentum_vector = momentum  # type: ignore[attr-defined]  # FedAvgM's own
+    weights = {"net.weight": torch.randn(1, 64), "net.bias": torch.randn(1)}
+    write_checkpoint(tmp_path, server_round=1, arrays=ArrayRecord(weights), strategy=strategy,
+                     run_log=run_log, settings=settings)
+    fresh_log = RunLog()
+    fresh = build_strategy(settings, fresh_log)
+    restore(fresh, fresh_log, load_checkpoint(tmp_path, settings))
+    got = fresh.base.momentum_vector  # type: ignore[attr-defined]
+    assert len(got) == len(momentum)
+    for a, b in zip(got, momentum, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_resume_refuses_changed_settings_a_finished_run_and_an_empty_folder(
         tmp_path: Path) -> None:
     settings = RunSettings.from_flat(FLAT)

@@ -54,8 +54,8 @@ def test_every_problem_is_listed_once() -> None:
     problems = err.value.problems
     joined = "\n".join(problems)
     assert "privacy.target_epsilon=-1.0 must be > 0" in joined
-    assert "strategy.name='fedsgd' is unknown; use one of ['fedavg', 'fedprox', 'fedadam']" \
-        in joined
+    assert ("strategy.name='fedsgd' is unknown; use one of ['fedavg', 'fedprox', 'fedadam', "
+            "'fedavgm']") in joined
     assert "train.batch_size=0 must be >= 1" in joined
     assert "privacy.epsilon is not a known setting; allowed here: privacy.enabled" in joined
     assert "section 'bogus' is unknown" in joined
