@@ -209,3 +209,50 @@ def test_one_agency_s_audit_never_changes_another_agency_s_training() -> None:
     for t in threads:
         t.join(600)
     assert seen == {"a": "white-box side copy", "b": None}
+
+
+def test_flower_s_engine_delivers_every_message_once_through_the_one_pass_poll() -> None:
+    """A real Flower simulation (its engine, LinkState, Grid and ServerApp thread) on this
+    backend and poll: 30 nodes, three exchanges; every node answers each exchange exactly
+    once, with its own reply, and the poll hands out nothing twice."""
+    from flwr.app import MetricRecord
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
+
+    nodes, exchanges = 30, 3
+    seen: list[tuple[int, int]] = []  # (exchange, node) as the server got the replies
+    calls: dict[int, int] = {}
+    lock = threading.Lock()
+    client = ClientApp()
+
+    @client.query()
+    def query(msg: Message, context: Context) -> Message:
+        with lock:
+            calls[context.node_id] = calls.get(context.node_id, 0) + 1
+        ex = int(msg.content.config_records["q"]["exchange"])  # type: ignore[arg-type]
+        return Message(RecordDict({"r": MetricRecord({"exchange": ex,
+                                                      "node": context.node_id})}),
+                       reply_to=msg)
+
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        wait_for(lambda: len(list(grid.get_node_ids())) == nodes, "the nodes to register")
+        ids = list(grid.get_node_ids())
+        for ex in range(exchanges):
+            out = [Message(RecordDict({"q": ConfigRecord({"exchange": ex})}), dst_node_id=n,
+                           message_type="query") for n in ids]
+            for reply in grid.send_and_receive(out, timeout=600):
+                r = reply.content.metric_records["r"]
+                assert int(r["node"]) == reply.metadata.src_node_id  # type: ignore[arg-type]
+                seen.append((int(r["exchange"]), reply.metadata.src_node_id))  # type: ignore[arg-type]
+
+    with flower_uses("inprocess"):
+        _run_simulation(num_supernodes=nodes,
+                        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                        client_app=client, server_app=server, backend_name="ray",
+                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    assert len(seen) == len(set(seen)) == nodes * exchanges
+    assert sorted(calls.values()) == [exchanges] * nodes
