@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 from pathlib import Path
 from typing import Any
 
 from clients import signed_log
 from federation.errors import DeploymentError, SignatureError
-from federation.files import stat_signature, write_atomic
+from federation.files import StatCache, stat_signature, write_atomic
 from federation.roster import ROSTER_FILE, Roster, read_roster, write_roster
 from federation.signing import PrivateKey, load_private_key
 
@@ -129,15 +128,13 @@ def auto_approve_roster(state_dir: Path, roster: Roster) -> None:
 
 # --- checking --------------------------------------------------------------------------------
 
-#: Verified approval logs of this process, by state folder: (the files' signature, entries).
-#: A node answers several messages per round and each asks what its agency approved; the
-#: log is verified again whenever the log, its head or the node's public key changes.
-_VERIFIED: dict[str, tuple[tuple[tuple[int, int, int, int], ...], list[dict[str, Any]]]] = {}
-_VERIFIED_LOCK = threading.Lock()
-_VERIFIED_MAX = 1024
-#: Rosters read and validated by this process, by file: (its stat signature, the roster).
-#: The digest check against the approvals runs on every call, cached or not.
-_ROSTERS: dict[str, tuple[tuple[tuple[int, int, int, int], ...], Roster]] = {}
+#: Verified approval logs of this process, by state folder. A node answers several
+#: messages per round and each asks what its agency approved; the log is verified again
+#: whenever the log, its head or the node's key files change.
+_VERIFIED: StatCache[list[dict[str, Any]]] = StatCache(1024)
+#: Rosters read and validated by this process, by file. The digest check against the
+#: approvals runs on every call, cached or not.
+_ROSTERS: StatCache[Roster] = StatCache(1024)
 
 
 def verified_entries(state_dir: Path) -> list[dict[str, Any]]:
@@ -153,16 +150,11 @@ def verified_entries(state_dir: Path) -> list[dict[str, Any]]:
     key_of = str(Path(state_dir).resolve())
     signature = stat_signature([log.path, log.head, state_dir / signed_log.NODE_PUB,
                                 state_dir / signed_log.NODE_KEY])
-    with _VERIFIED_LOCK:
-        hit = _VERIFIED.get(key_of)
-    if hit is not None and signature is not None and hit[0] == signature:
-        return [dict(e) for e in hit[1]]
+    hit = _VERIFIED.get(key_of, signature)
+    if hit is not None:
+        return [dict(e) for e in hit]
     entries = _verify_entries(state_dir, log)
-    if signature is not None:
-        with _VERIFIED_LOCK:
-            if len(_VERIFIED) >= _VERIFIED_MAX and key_of not in _VERIFIED:
-                _VERIFIED.pop(next(iter(_VERIFIED)))
-            _VERIFIED[key_of] = (signature, [dict(e) for e in entries])
+    _VERIFIED.put(key_of, signature, [dict(e) for e in entries])
     return entries
 
 
@@ -211,17 +203,10 @@ def approved_roster(state_dir: Path) -> Roster:
         raise DeploymentError(f"{rule}; it approved roster {approved[-1][:16]}, but {path} "
                               f"is missing. {fix}")
     signature = stat_signature([path])
-    with _VERIFIED_LOCK:
-        held = _ROSTERS.get(str(path))
-    if held is not None and signature is not None and held[0] == signature:
-        roster = held[1]  # read and validated by this process, the file unchanged since
-    else:
+    roster = _ROSTERS.get(str(path), signature)  # read by this process, the file unchanged
+    if roster is None:
         roster = read_roster(path)
-        if signature is not None:
-            with _VERIFIED_LOCK:
-                if len(_ROSTERS) >= _VERIFIED_MAX and str(path) not in _ROSTERS:
-                    _ROSTERS.pop(next(iter(_ROSTERS)))
-                _ROSTERS[str(path)] = (signature, roster)
+        _ROSTERS.put(str(path), signature, roster)
     if roster.digest != approved[-1]:
         raise DeploymentError(
             f"{rule}: {path} (digest {roster.digest[:16]}) is not the roster it approved last "

@@ -26,7 +26,7 @@ import numpy as np
 from clients import node_config as nc
 from federation.config import RunPaths, RunSettings
 from federation.errors import ConfigError, DataError, Rule, TaskError
-from federation.files import open_private, private_dir, stat_signature
+from federation.files import StatCache, open_private, private_dir, stat_signature
 
 if TYPE_CHECKING:  # the task registry and the ledger import torch: loaded where used
     from federation.tasks import Task
@@ -182,19 +182,13 @@ def cached_features(task: Task, export_sha256: str, records: list[Any], cache_di
     target = cache_dir / f"{key}.npz"
     if target.is_file():
         signature = stat_signature([target])
-        with _LOADED_LOCK:
-            held = _FEATURES.get(str(target))
-        if held is not None and signature is not None and held[0] == signature:
-            cached: SparseRows = held[1]
-            return cached
+        held: SparseRows | None = _FEATURES.get(str(target), signature)
+        if held is not None:
+            return held
         with np.load(target) as z:
             rows = SparseRows(indptr=z["indptr"], indices=z["indices"], values=z["values"],
                               width=int(z["width"]))
-        if signature is not None:
-            with _LOADED_LOCK:
-                if len(_FEATURES) >= _LOADED_MAX and str(target) not in _FEATURES:
-                    _FEATURES.pop(next(iter(_FEATURES)))
-                _FEATURES[str(target)] = (signature, rows)
+        _FEATURES.put(str(target), signature, rows)
         return rows
     features = task.featurize(records)
     private_dir(cache_dir)  # derived from the agency's adverts: 0700, files 0600 from birth
@@ -217,16 +211,12 @@ def cached_features(task: Task, export_sha256: str, records: list[Any], cache_di
 #: 1,024 before the oldest is dropped (and read again when next asked for). The features
 #: read back from a node's feature cache are held the same way (``_FEATURES``, by file and
 #: its stat signature).
-_LOADED: dict[tuple[str, str], _Loaded] = {}
-_LOADED_MAX = 1024
-_FEATURES: dict[str, tuple[tuple[tuple[int, int, int, int], ...], Any]] = {}
-#: The simulation's in-process backend runs several nodes' calls at once in one process.
-_LOADED_LOCK = threading.Lock()
+_LOADED: StatCache[_Loaded] = StatCache(1024)
+_FEATURES: StatCache[Any] = StatCache(1024)
 
 
 @dataclass(frozen=True)
 class _Loaded:
-    signature: tuple[tuple[str, int, int, int, int], ...]
     data: Any  # the task's AgencyRecords
     sha256: dict[str, str]  # "train", "test" -> SHA-256 of that file's bytes
 
@@ -252,22 +242,18 @@ def _load_once(task: Task, data_dir: Path) -> _Loaded:
     that changes during the read changes the signature, so the next message reads again)."""
     from federation.ledger import fingerprint_file
 
-    key = (task.name, str(Path(data_dir).resolve()))
+    key = f"{task.name}\0{Path(data_dir).resolve()}"
     signature = _folder_signature(data_dir)
-    with _LOADED_LOCK:
-        hit = _LOADED.get(key)
-    if hit is not None and signature is not None and hit.signature == signature:
+    hit = _LOADED.get(key, signature)
+    if hit is not None:
         return hit
     data = task.load(data_dir)
-    loaded = _Loaded(signature or (), data, {"train": fingerprint_file(data.train.path),
-                                               "test": fingerprint_file(data.test.path)})
+    loaded = _Loaded(data, {"train": fingerprint_file(data.train.path),
+                            "test": fingerprint_file(data.test.path)})
     inside = all(Path(t.path).resolve().parent == Path(data_dir).resolve()
                  for t in (data.train, data.test))
-    if signature is not None and inside:  # files elsewhere: no signature covers them
-        with _LOADED_LOCK:
-            if len(_LOADED) >= _LOADED_MAX and key not in _LOADED:
-                _LOADED.pop(next(iter(_LOADED)))
-            _LOADED[key] = loaded
+    if inside:  # files elsewhere: no signature covers them
+        _LOADED.put(key, signature, loaded)
     return loaded
 
 

@@ -15,14 +15,20 @@ import errno
 import os
 import stat
 import tempfile
+import threading
 from pathlib import Path
+from typing import Generic, TypeVar
+
+#: Inode, size, modification and change time (ns) of each of some files (stat_signature).
+Signature = tuple[tuple[int, int, int, int], ...]
+V = TypeVar("V")
 
 #: Mode of every file the node writes, and of every folder it creates.
 PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
 
 
-def stat_signature(paths: list[Path]) -> tuple[tuple[int, int, int, int], ...] | None:
+def stat_signature(paths: list[Path]) -> Signature | None:
     """Inode, size, modification and change time (ns) of each of ``paths`` (zeros for one
     that does not exist): any write, replacement or rename changes it, and the change time
     cannot be set back. None where a file cannot be examined. What the nodes' in-process
@@ -38,6 +44,33 @@ def stat_signature(paths: list[Path]) -> tuple[tuple[int, int, int, int], ...] |
             return None
         out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(out)
+
+
+class StatCache(Generic[V]):
+    """What this process derived from files (read, validated, verified), by key, reused only
+    while the files' signature (:func:`stat_signature`, or a folder's listing with the
+    same fields) is unchanged; at most ``limit`` entries, the oldest dropped first.
+    Thread-safe: the simulation's in-process backend runs several nodes' calls at once."""
+
+    def __init__(self, limit: int) -> None:
+        self._held: dict[str, tuple[object, V]] = {}
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def get(self, key: str, signature: object | None) -> V | None:
+        if signature is None:
+            return None
+        with self._lock:
+            held = self._held.get(key)
+        return held[1] if held is not None and held[0] == signature else None
+
+    def put(self, key: str, signature: object | None, value: V) -> None:
+        if signature is None:  # a file that could not be examined: nothing to key it by
+            return
+        with self._lock:
+            if len(self._held) >= self._limit and key not in self._held:
+                self._held.pop(next(iter(self._held)))
+            self._held[key] = (signature, value)
 
 
 def private_dir(path: Path) -> Path:
