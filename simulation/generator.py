@@ -43,7 +43,7 @@ from federation.metrics import roc_auc
 from federation.schema import CATEGORIES, LABEL_SCHEMES, LANGUAGES, SCHEMA_VERSION
 from simulation import _phrases as ph
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: no agency of a single own entity
 GENERATOR_NAME = "heroes-fl simulation.generator"
 MARKER_FILE = ".heroes-generator.json"
 EXPORT_COLUMNS: tuple[str, ...] = (
@@ -538,6 +538,10 @@ class _AgencyWriter:
             exploit = bool(self.rng.random() < p_exploit)
             size = int(self.rng.geometric(_SIZE_P_EXPLOIT if exploit else _SIZE_P_BENIGN))
             size = min(size, _MAX_ENTITY_SIZE, self.n - made)
+            if made == 0 and size == self.n > 1:
+                # one entity would hold the whole agency, and an entity split would leave
+                # one side of it empty: it takes half (only agencies of 60 adverts or fewer)
+                size = self.n // 2
             u = self.rng.random(2)
             ent = _Entity(
                 entity_id=f"ent-{self.index:02d}-{len(self.entities):06d}", home=self.index,
@@ -792,56 +796,82 @@ def _fix_single_entity_positives(preset: FederationPreset, agency: np.ndarray,
 def _split(preset: FederationPreset, n_ent: int, agency: np.ndarray, entity: np.ndarray,
            positive: np.ndarray, test_fraction: float,
            rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
-    """Entities to test, then repairs so each agency's sides have both classes."""
+    """Entities to test, then repairs so each agency's sides have both classes.
+
+    The repair is greedy: take the first unmet condition (by agency, test side first, then
+    "advert", "positive", "negative"), move the smallest entity that can help to that side
+    if the move lowers the number of unmet conditions, else give the condition up. Counts
+    are kept per agency and per side, so a trial move costs the agencies the entity posts
+    in, not every agency times every entity (tests/test_generator.py holds the direct form
+    this equals on random federations)."""
     test = np.zeros(n_ent, dtype=bool)
     test[rng.permutation(n_ent)[: round(test_fraction * n_ent)]] = True
     n_ag = len(preset.agencies)
-    pos = np.zeros((n_ag, n_ent), dtype=np.int64)
-    neg = np.zeros((n_ag, n_ent), dtype=np.int64)
-    np.add.at(pos, (agency[positive], entity[positive]), 1)
-    np.add.at(neg, (agency[~positive], entity[~positive]), 1)
-    n_entities = ((pos + neg) > 0).sum(axis=1)
-    n_pos = pos.sum(axis=1)
+    # sparse (agency, entity) cells: positives and negatives of each entity in each agency
+    cell = agency * n_ent + entity
+    keys, inv = np.unique(cell, return_inverse=True)
+    c_pos = np.bincount(inv, weights=positive, minlength=keys.size).astype(np.int64)
+    c_neg = np.bincount(inv, minlength=keys.size).astype(np.int64) - c_pos
+    c_ag, c_ent = keys // n_ent, keys % n_ent
+    n_entities = np.bincount(c_ag, minlength=n_ag)
+    tot_pos = np.bincount(c_ag, weights=c_pos, minlength=n_ag).astype(np.int64)
+    tot_neg = np.bincount(c_ag, weights=c_neg, minlength=n_ag).astype(np.int64)
+    sizes = np.bincount(c_ent, weights=c_pos + c_neg, minlength=n_ent).astype(np.int64)
+    by_ent = np.argsort(c_ent, kind="stable")                 # cells of each entity
+    ent_start = np.searchsorted(c_ent[by_ent], np.arange(n_ent + 1))
+    by_ag = np.argsort(c_ag, kind="stable")                   # cells of each agency
+    ag_start = np.searchsorted(c_ag[by_ag], np.arange(n_ag + 1))
+    in_test = test[c_ent]
+    t_pos = np.bincount(c_ag, weights=c_pos * in_test, minlength=n_ag).astype(np.int64)
+    t_neg = np.bincount(c_ag, weights=c_neg * in_test, minlength=n_ag).astype(np.int64)
+    several, pos2 = n_entities >= 2, tot_pos >= 2
 
-    def violations(t: np.ndarray) -> list[tuple[int, bool, str]]:
-        """(agency, side is test, what is missing) for every unmet condition."""
-        out: list[tuple[int, bool, str]] = []
-        for a in range(n_ag):
-            for side in (True, False):
-                sel = t if side else ~t
-                p, q = int(pos[a, sel].sum()), int(neg[a, sel].sum())
-                if n_entities[a] >= 2 and p + q == 0:
-                    out.append((a, side, "advert"))
-                if n_pos[a] >= 2 and p == 0:
-                    out.append((a, side, "positive"))
-                if n_pos[a] >= 2 and q == 0:
-                    out.append((a, side, "negative"))
+    def unmet(a: np.ndarray, tp: np.ndarray, tn: np.ndarray) -> np.ndarray:
+        """Unmet conditions of agencies ``a`` with test counts (tp, tn): shape (len(a), 6),
+        columns (test, train) x (advert, positive, negative)."""
+        out = np.empty((a.size, 6), dtype=bool)
+        for k, (p, q) in enumerate(((tp, tn), (tot_pos[a] - tp, tot_neg[a] - tn))):
+            out[:, 3 * k] = several[a] & (p + q == 0)
+            out[:, 3 * k + 1] = pos2[a] & (p == 0)
+            out[:, 3 * k + 2] = pos2[a] & (q == 0)
         return out
 
-    sizes = (pos + neg).sum(axis=0)
-    current = violations(test)
-    stuck: list[tuple[int, bool, str]] = []
+    needs = ("advert", "positive", "negative")
+
+    def listing(table: np.ndarray) -> list[tuple[int, bool, str]]:
+        return [(int(a), k < 3, needs[k % 3]) for a, k in zip(*np.nonzero(table), strict=True)]
+
+    all_ag = np.arange(n_ag)
+    table = unmet(all_ag, t_pos, t_neg)
+    count = int(table.sum())
+    stuck: set[tuple[int, bool, str]] = set()
     while True:
-        todo = [v for v in current if v not in stuck]
-        if not todo:
+        todo = next((v for v in listing(table) if v not in stuck), None)
+        if todo is None:
             break
-        a, side, need = todo[0]
-        source = {"positive": pos[a], "negative": neg[a], "advert": pos[a] + neg[a]}[need]
-        cands = np.flatnonzero((source > 0) & (test != side))
+        a, side, need = todo
+        cells = by_ag[ag_start[a]:ag_start[a + 1]]
+        has = {"positive": c_pos[cells], "negative": c_neg[cells],
+               "advert": c_pos[cells] + c_neg[cells]}[need] > 0
+        cands = c_ent[cells][has & (test[c_ent[cells]] != side)]
         cands = cands[np.lexsort((cands, sizes[cands]))]  # smallest entities first
         for e in cands:
-            trial = test.copy()
-            trial[e] = side
-            after = violations(trial)
-            if len(after) < len(current):
-                test, current = trial, after
+            cs = by_ent[ent_start[e]:ent_start[e + 1]]
+            ags, sign = c_ag[cs], (1 if side else -1)
+            tp, tn = t_pos[ags] + sign * c_pos[cs], t_neg[ags] + sign * c_neg[cs]
+            after = count - int(table[ags].sum()) + int(unmet(ags, tp, tn).sum())
+            if after < count:
+                test[e] = side
+                t_pos[ags], t_neg[ags] = tp, tn
+                table[ags] = unmet(ags, tp, tn)
+                count = after
                 break
         else:
-            stuck.append((a, side, need))
+            stuck.add(todo)
     warnings = [
         f"{preset.agencies[a].agency_id}: the {'test' if side else 'train'} split has no "
         f"{need} and no entity could be moved to fix it"
-        for a, side, need in current
+        for a, side, need in listing(table)
     ]
     return test, warnings
 

@@ -10,7 +10,7 @@ agencies' own policies refuse them, sizes beyond the documented limits, resource
 not numbers, a ``paths.resume_from`` without a checkpoint. Limits (README, "Researchers:
 simulations"):
 
-    agencies per federation        MAX_AGENCIES     (the presets go to 100)
+    agencies per federation        MAX_AGENCIES     (the presets go to 1,000)
     adverts in all, after scaling  MAX_ADVERTS      (the default run has 26,700)
     task.num_buckets               MAX_BUCKETS      (a dense batch is batch x buckets floats)
     task.hidden                    MAX_HIDDEN
@@ -39,7 +39,7 @@ from federation.policy import YAML_TYPE_NAMES, Policy, type_name
 from simulation.generators import Preset as FederationPreset
 from simulation.generators import generator_for
 
-MAX_AGENCIES = 200
+MAX_AGENCIES = 1000
 MAX_ADVERTS = 1_000_000
 MAX_BUCKETS = limits.MAX_BUCKETS  # also checked by every node (federation/tasks)
 MAX_HIDDEN = limits.MAX_HIDDEN
