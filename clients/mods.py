@@ -30,7 +30,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp.typing import Mod
 
-from clients import receipts
+from clients import receipts, replies
 from clients.node import export_agency, resolve_data_dir, resolve_state_dir
 from federation.config import NodeView
 from federation.errors import (
@@ -167,9 +167,9 @@ def keep_figures(context: Context, figures: dict[str, float]) -> None:
 
 
 def _take_figures(context: Context) -> dict[str, float]:
-    if FIGURES_STATE not in context.state:
+    record = replies.config_record(context.state, FIGURES_STATE)
+    if record is None:
         return {}
-    record = context.state.config_records[FIGURES_STATE]
     del context.state[FIGURES_STATE]
     return {k: float(v) for k, v in record.items()}  # type: ignore[arg-type]  # kept as floats
 

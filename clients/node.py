@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,13 +92,25 @@ def export_agency(data_dir: Path) -> str:
     conversation-risk simulation with such an agency could run. This reads the manifest
     with every registered schema's label schemes, as ``federation.data.load_export`` does.
     """
-    from federation.data import EXPORT_SCHEMAS
+    from federation.data import EXPORT_SCHEMAS, MANIFEST
     from federation.data import _manifest as checked_manifest  # a public reader with the
     # schemes belongs in federation/data.py (read_manifest(data_dir, schemes)); until then
     # this is the one place a node reads a manifest without knowing its schema.
 
+    manifest = Path(data_dir) / MANIFEST
+    signature = stat_signature([Path(data_dir), manifest])
+    held = _AGENCIES.get(str(manifest), signature)
+    if held is not None:
+        return held
     schemes = {k: v for s in EXPORT_SCHEMAS.values() for k, v in s.label_schemes.items()}
-    return str(checked_manifest(Path(data_dir), schemes)[0]["agency"])
+    agency = str(checked_manifest(Path(data_dir), schemes)[0]["agency"])
+    _AGENCIES.put(str(manifest), signature, agency)
+    return agency
+
+
+#: The agency each manifest names, while the manifest's (and its folder's) stat signature
+#: holds: every message a node handles names its agency (receipts, the error log).
+_AGENCIES: StatCache[str] = StatCache(4096)
 
 
 def resolve_data_dir(node_config: Mapping[str, object], paths: RunPaths,
@@ -164,7 +176,8 @@ def check_task_allowed(node_config: Mapping[str, object], task_name: str) -> Non
 CACHE_DIR = "feature-cache"
 
 
-def cached_features(task: Task, export_sha256: str, records: list[Any], cache_dir: Path
+def cached_features(task: Task, export_sha256: str,
+                    records: Sequence[Any] | Callable[[], Sequence[Any]], cache_dir: Path
                     ) -> SparseRows:
     """The task's features for ``records`` (the usable rows of the export whose SHA-256 is
     given), from a cache in the node's own state folder when the same export was featurised
@@ -173,6 +186,7 @@ def cached_features(task: Task, export_sha256: str, records: list[Any], cache_di
     The key is the SHA-256 of the export's bytes, the task's name and parameters and the
     featuriser version, so a changed export or setting can never be served stale features.
     The cache is derived data that stays at the node; deleting it is always safe.
+    ``records`` may be a function giving them: called only when they must be featurised.
     """
     from federation.text import SparseRows
 
@@ -190,7 +204,7 @@ def cached_features(task: Task, export_sha256: str, records: list[Any], cache_di
                               width=int(z["width"]))
         _FEATURES.put(str(target), signature, rows)
         return rows
-    features = task.featurize(records)
+    features = task.featurize(records() if callable(records) else records)
     private_dir(cache_dir)  # derived from the agency's adverts: 0700, files 0600 from birth
     tmp = cache_dir / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp.npz"
     tmp.unlink(missing_ok=True)
@@ -284,7 +298,8 @@ def load_node_data(
         state_dir=state_dir,
         model_name=f"{task.name}:{type(task.build_model()).__name__}",
         task=task,
-        features=cached_features(task, loaded.sha256[which], task.records(table, rows),
+        features=cached_features(task, loaded.sha256[which],
+                                 lambda: task.records(table, rows),
                                  state_dir / CACHE_DIR),
         labels=table.positive[rows],
         train_size=int(task.rows(data.train).size),

@@ -224,10 +224,12 @@ def render_entries(state_dir: Path) -> str:
 def _sender(content: Any) -> tuple[str, str]:
     """(agency, status) of a reply the node is about to send, strictly: the node's own
     replies (clients/replies.py) always carry both."""
-    if Record.AGENCY not in content.config_records:
+    from clients.replies import config_record  # Flower's types: not at the CLI's start
+
+    info = config_record(content, Record.AGENCY)
+    if info is None:
         raise ProtocolError(f"the reply lacks the {Record.AGENCY!s} record; every reply is "
                             "written by clients/replies.py")
-    info = content.config_records[Record.AGENCY]
     for key in (AgencyKey.AGENCY, AgencyKey.STATUS):
         if key not in info:
             raise ProtocolError(f"the reply's {Record.AGENCY!s} record lacks {str(key)!r}; "

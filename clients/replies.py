@@ -42,12 +42,22 @@ def reply(msg: Message, agency: str, *, status: Status = Status.OK, reason: str 
     return Message(content=content, reply_to=msg)
 
 
+def config_record(content: RecordDict, name: str) -> ConfigRecord | None:
+    """``content.config_records.get(name)``, without Flower building its typed view of
+    every record in ``content`` (it does on each access of ``config_records``, a few times
+    per message before this)."""
+    if name not in content:
+        return None
+    record = content[name]
+    return record if isinstance(record, ConfigRecord) else None
+
+
 def server_round(msg: Message) -> int:
     """The round a server message belongs to (its ``config`` record), strictly."""
-    if Record.CONFIG not in msg.content.config_records:
+    config = config_record(msg.content, Record.CONFIG)
+    if config is None:
         raise ProtocolError(f"the server's message lacks the {Record.CONFIG!s} record; the "
                             "aggregator must run the same heroes-fl version as this node")
-    config = msg.content.config_records[Record.CONFIG]
     if SERVER_ROUND not in config:
         raise ProtocolError(f"the {Record.CONFIG!s} record of the server's message lacks "
                             f"{SERVER_ROUND!r}; the aggregator must run the same heroes-fl "

@@ -42,9 +42,8 @@ def _session(context: Context, w: Where) -> NodeSecAgg:
                     quantization_bits=s.quantization_bits,
                     min_threshold=w.policy.secure_min_threshold,
                     min_agencies=int(w.policy.secure_min_agencies))
-    text = None
-    if SESSION_STATE in context.state:
-        text = str(context.state.config_records[SESSION_STATE]["json"])
+    kept = replies.config_record(context.state, SESSION_STATE)
+    text = None if kept is None else str(kept["json"])
     return NodeSecAgg.load(identity, safety, text)
 
 
@@ -54,11 +53,12 @@ def _save(context: Context, node: NodeSecAgg) -> None:
 
 def _cfg(msg: Message) -> dict[str, Any]:
     """The stage's values; a stage without its record is a ProtocolError (a refusal)."""
-    if Record.SECAGG not in msg.content.config_records:
+    record = replies.config_record(msg.content, Record.SECAGG)
+    if record is None:
         raise ProtocolError(f"secure aggregation refused by this node: the "
                             f"{msg.metadata.message_type} message lacks the "
                             f"{Record.SECAGG!s} record")
-    return dict(msg.content.config_records[Record.SECAGG])
+    return dict(record)
 
 
 def _next_round(nxt: dict[str, Any]) -> int:
@@ -205,9 +205,10 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
     _same_round(msg, node)
     values = node.unmask(_sum_of(msg), _cfg(msg))
     _save(context, node)
-    if Record.SECAGG_NEXT not in msg.content.config_records:
+    riding = replies.config_record(msg.content, Record.SECAGG_NEXT)
+    if riding is None:
         return _secagg_reply(msg, w.agency, values)
-    nxt = dict(msg.content.config_records[Record.SECAGG_NEXT])
+    nxt = dict(riding)
     server_round = _next_round(nxt)
     if server_round != replies.server_round(msg) + 1:
         raise FederationError("secure aggregation refused by this node: a set-up for a round "

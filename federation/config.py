@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeVar, cast
 
 from federation.errors import ConfigError, PrivacyConfigError
 from federation.settings import Scalar as Scalar  # re-exported: callers type run configs
@@ -320,6 +321,35 @@ class AppSettings(Section):
     signature: str = ""
 
 
+_PARSED_LIMIT = 64
+_parsed_held: dict[tuple[type, tuple[tuple[str, type, object], ...]], object] = {}
+_parsed_lock = threading.Lock()
+
+T = TypeVar("T")
+
+
+def _parsed(cls: type[T], flat: Mapping[str, object], parse: Callable[[], T]) -> T:
+    """``parse()``, reused for the same flat config: a node parses the run config on every
+    message it handles (about seven a round), always the same one. Only what parsed is
+    kept (a config with problems raises every time); the results are frozen dataclasses."""
+    try:
+        # the type too: True == 1 == 1.0 as dict keys, and the parse tells them apart
+        key = (cls, tuple((k, type(v), v) for k, v in flat.items()))
+        hash(key)
+    except TypeError:  # a value that is not hashable: parse it every time
+        return parse()
+    with _parsed_lock:
+        held = _parsed_held.get(key)
+    if held is not None:
+        return cast(T, held)
+    value = parse()
+    with _parsed_lock:
+        if len(_parsed_held) >= _PARSED_LIMIT:
+            _parsed_held.pop(next(iter(_parsed_held)))
+        _parsed_held[key] = value
+    return value
+
+
 @dataclass(frozen=True)
 class RunSettings:
     task_name: str
@@ -340,6 +370,10 @@ class RunSettings:
     @classmethod
     def from_flat(cls, flat: Mapping[str, object], *, source: str = "run config") -> RunSettings:
         """Parse and validate a flat run config; one ConfigError lists every problem."""
+        return _parsed(cls, flat, lambda: cls._from_flat(flat, source))
+
+    @classmethod
+    def _from_flat(cls, flat: Mapping[str, object], source: str) -> RunSettings:
         problems: list[str] = []
         grouped: dict[str, dict[str, object]] = {}
         for key, value in flat.items():
@@ -414,6 +448,10 @@ class NodeView:
 
     @classmethod
     def from_flat(cls, flat: Mapping[str, object], *, source: str = "run config") -> NodeView:
+        return _parsed(cls, flat, lambda: cls._from_flat(flat, source))
+
+    @classmethod
+    def _from_flat(cls, flat: Mapping[str, object], source: str) -> NodeView:
         problems: list[str] = []
         grouped: dict[str, dict[str, object]] = {}
         for key, value in flat.items():

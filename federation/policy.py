@@ -31,7 +31,7 @@ from typing import Any, cast
 
 from federation.config import PrivacySettings
 from federation.errors import LedgerError, PolicyError
-from federation.files import open_private, private_dir
+from federation.files import StatCache, open_private, private_dir, stat_signature
 
 POLICY_FILE = "policy.toml"
 
@@ -308,9 +308,24 @@ def load_policy(state_dir: Path) -> Policy:
     There is no default: a node without a policy does not train with privacy it was not
     told to accept. Raises PolicyError (a LedgerError) listing every problem at once.
     """
+    path = Path(state_dir) / POLICY_FILE
+    signature = stat_signature([path])
+    held = _POLICIES.get(str(path), signature)
+    if held is not None:
+        return held
+    policy = _load_policy(path)
+    _POLICIES.put(str(path), signature, policy)
+    return policy
+
+
+#: What this process read, by file, while its stat signature holds (a node reads its
+#: policy on every message it handles; an edited policy is read again).
+_POLICIES: StatCache[Policy] = StatCache(4096)
+
+
+def _load_policy(path: Path) -> Policy:
     import tomllib
 
-    path = Path(state_dir) / POLICY_FILE
     if not path.is_file():
         raise PolicyError(
             [f"there is no privacy policy file. Fix: the agency writes it (`heroes agency "

@@ -22,6 +22,7 @@ the file is indented, so the value an agency approves is the value its node chec
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import re
@@ -61,10 +62,13 @@ def openssh_line(key: ec.EllipticCurvePublicKey) -> str:
                             serialization.PublicFormat.OpenSSH).decode("ascii")
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_node_key(line: str) -> ec.EllipticCurvePublicKey:
     """An agency node key from its OpenSSH line; only EC P-256, as `heroes agency init` makes.
 
-    Raises ValueError saying why; callers add where the line came from.
+    Raises ValueError saying why; callers add where the line came from. Kept per line (a
+    pure function of it; keys are immutable): a node looks its neighbours' keys up in every
+    secure-aggregation stage.
     """
     try:
         key = serialization.load_ssh_public_key(line.strip().encode("ascii"))

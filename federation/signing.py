@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from federation.errors import DeploymentError, SignatureError
+from federation.files import StatCache, stat_signature
 
 PrivateKey = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
@@ -92,8 +93,24 @@ def _read_key_file(path: Path, what: str) -> bytes:
         ) from None
 
 
+_PRIVATE_KEYS: StatCache[PrivateKey] = StatCache(4096)
+
+
 def load_private_key(path: Path) -> PrivateKey:
-    """Load an unencrypted Ed25519 or EC private key in PEM or OpenSSH format."""
+    """Load an unencrypted Ed25519 or EC private key in PEM or OpenSSH format. A process
+    keeps what it loaded while the file's stat signature is unchanged: a node signs two or
+    three times per message with the same key (receipts, the signed log head, its
+    secure-aggregation keys), and a replaced or rewritten key file is read again."""
+    signature = stat_signature([Path(path)])
+    held = _PRIVATE_KEYS.get(str(path), signature)
+    if held is not None:
+        return held
+    key = _load_private_key(path)
+    _PRIVATE_KEYS.put(str(path), signature, key)
+    return key
+
+
+def _load_private_key(path: Path) -> PrivateKey:
     data = _read_key_file(path, "private key")
     key: object
     try:

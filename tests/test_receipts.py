@@ -67,6 +67,21 @@ def test_an_untouched_log_verifies(state: Path) -> None:
     assert entries[0]["epsilon"] == 0.5 and entries[0]["delta"] == 1e-5
 
 
+def test_appends_read_the_log_from_its_end_and_keep_the_chain(state: Path) -> None:
+    """An append reads only the log's last line (a node appends for every message it
+    sends), including one longer than the first block read from the end and a log ending in
+    blank lines: the chain verifies and the numbering goes on."""
+    long = Receipt(**{**_receipt(N).__dict__, "agency": "x" * 200_000})
+    append(state, long)
+    with open(state / RECEIPTS, "a", encoding="utf-8") as fh:
+        fh.write("\n  \n")
+    for i in range(N + 1, N + 4):
+        append(state, _receipt(i))
+    assert verify_log(state, trusted_public_key(state)) == (N + 4, [])
+    seqs = [json.loads(line)["seq"] for line in _lines(state) if line.strip()]
+    assert seqs == list(range(N + 4))
+
+
 FIELDS = ["seq", "prev", "recorded_at", "agency", "run_id", "round", "task", "message",
           "status", "payload_sha256", "payload_bytes", "epsilon", "delta", "dp",
           "app_bundle_sha256", "key_fingerprint", "signature"]
