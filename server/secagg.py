@@ -55,6 +55,7 @@ from federation.protocol import (
     Status,
     secagg_value,
 )
+from server.exchange import exchange, prompt
 from server.robust import to_numpy, to_record
 
 if TYPE_CHECKING:
@@ -300,31 +301,17 @@ class SecAggGrid:
         msgs = list(messages)
         kinds = {m.metadata.message_type for m in msgs}
         if not msgs or len(kinds) != 1 or not active(self.settings, len(msgs)):
-            return self._grid.send_and_receive(msgs, timeout=timeout)
+            return exchange(self._grid, msgs, timeout)
         kind = kinds.pop()
         if kind == "train":
             return self._train(msgs, timeout)
         if kind == "evaluate":
             return self._evaluate(msgs, timeout)
-        return self._grid.send_and_receive(msgs, timeout=timeout)
+        return exchange(self._grid, msgs, timeout)
 
     # --- one exchange --------------------------------------------------------------------------
     def _exchange(self, msgs: list[Message], timeout: float | None) -> list[Message]:
-        """Push, then pull the replies until all are in or the timeout passes. Flower's own
-        loop sleeps a fixed 0.1 s (simulation) or 3 s (deployment) between pulls; a session
-        has up to eight short exchanges, so this one backs off from 2 ms to 50 ms instead."""
-        pending = set(self._grid.push_messages(msgs))
-        end = time.monotonic() + (timeout if timeout is not None else math.inf)
-        got: list[Message] = []
-        wait = 0.002
-        while pending and time.monotonic() < end:
-            replies = list(self._grid.pull_messages(pending))
-            got += replies
-            pending -= {m.metadata.reply_to_message_id for m in replies}
-            if pending:
-                time.sleep(max(0.0, min(wait, end - time.monotonic())))
-                wait = min(wait * 2, 0.05)
-        return got
+        return exchange(self._grid, msgs, timeout)
 
     def _stage(self, kind: str, stage: str, configs: dict[int, dict[str, Any]],
                extra: dict[int, RecordDict] | None, timeout: float | None,
@@ -620,7 +607,8 @@ class _Live:
 
 
 def as_grid(grid: Grid, settings: RunSettings, heads: HeadBook | None = None) -> Grid:
-    """The grid the strategy should use: SecAgg+ unless switched off."""
+    """The grid the strategy should use: SecAgg+ unless switched off; either way its round
+    trips pull replies with a short backoff (server/exchange.py), not Flower's fixed sleep."""
     if settings.secagg.mode == "off" or settings.strategy.aggregation != "mean":
-        return grid
+        return prompt(grid)
     return cast(Grid, SecAggGrid(grid, settings, heads))

@@ -34,8 +34,12 @@ would take all of it. :func:`flower_uses` swaps that loop (``vce_api.add_message
 looked up by name when the engine starts its thread) for :func:`poll_messages`: one pass over
 the stored messages per poll, the same checks (Flower's own ``_check_stored_messages``, at
 most one message per node per pass, marked delivered under the state's lock), and a poll
-interval that backs off from 2 ms to 20 ms while nothing arrives (Flower: 100 ms). It keeps
-Flower's loop where the LinkState is not the in-memory one it knows.
+interval that backs off from 2 ms to 20 ms while nothing arrives (Flower: 100 ms), cut short
+when the server's exchange pushes messages (``server.exchange.MESSAGES_PUSHED``). It keeps
+Flower's loop where the LinkState is not the in-memory one it knows. The engine's reply
+thread (``vce_api.put_message_into_state``) is swapped the same way for
+:func:`store_replies`, which wakes the server's exchange as each reply is stored
+(``server.exchange.REPLY_STORED``) instead of leaving it to its next pull.
 
 What it does not give: process isolation between nodes. In a simulation all the synthetic
 agencies live on one machine and in one trust domain anyway; a deployment runs real
@@ -51,6 +55,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
+from queue import Empty
 from typing import Any
 
 from flwr.app import Context, Message
@@ -63,6 +68,7 @@ from flwr.common.serde import (
 )
 from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
 
+from server.exchange import MESSAGES_PUSHED, REPLY_STORED
 from simulation.preflight import BACKENDS
 
 __all__ = ["BACKENDS", "InProcessBackend", "abandon_calls", "flower_uses"]
@@ -234,11 +240,25 @@ def poll_messages(state: Any, queue: Any, nodes_mapping: Any, f_stop: threading.
     nodes = set(nodes_mapping.keys())
     wait = _POLL_MIN_S
     while not f_stop.is_set():
+        MESSAGES_PUSHED.clear()  # a push after this is either taken now or wakes the wait
         found = take_undelivered(state, nodes)
         for msg in found:
             queue.put(msg)
         wait = _POLL_MIN_S if found else min(2 * wait, _POLL_MAX_S)
-        f_stop.wait(wait)
+        MESSAGES_PUSHED.wait(wait)
+
+
+def store_replies(state: Any, queue: Any, f_stop: threading.Event) -> None:
+    """Flower's ``put_message_into_state`` (vce_api.py), telling the server's exchange
+    (server/exchange.py) as each reply is stored, so that it need not wait for its next
+    pull."""
+    while not f_stop.is_set():
+        try:
+            reply = queue.get(timeout=1.0)
+        except Empty:
+            continue
+        state.store_message_res(reply)
+        REPLY_STORED.set()
 
 
 _flower_poll: Callable[..., None]
@@ -250,13 +270,15 @@ def _one_pass_poll() -> Iterator[None]:
     from flwr.server.superlink.fleet.vce import vce_api
 
     with _swap_lock:
-        original = vce_api.add_messages_to_queue
+        original, original_store = vce_api.add_messages_to_queue, vce_api.put_message_into_state
         _flower_poll = original
         vce_api.add_messages_to_queue = poll_messages
+        vce_api.put_message_into_state = store_replies
         try:
             yield
         finally:
             vce_api.add_messages_to_queue = original
+            vce_api.put_message_into_state = original_store
 
 
 @contextlib.contextmanager
