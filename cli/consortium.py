@@ -215,7 +215,9 @@ def _register_release(sub: Subparsers) -> None:
                    help="the bundle folder to create (default: RUN_DIR/release)")
     p.add_argument("--app-bundle", type=Path, default=None,
                    help="the signed Flower app bundle (.fab) the run used; its sha256 "
-                   "goes on the card (default: recorded as unknown)")
+                   "goes on the card (default: the app.fab `consortium train` kept in "
+                   "RUN_DIR, checked against the digest it recorded; unknown for a run "
+                   "without one, such as a simulation)")
 
 
 def _release(args: argparse.Namespace) -> int:

@@ -338,6 +338,39 @@ def _render_operating_point(op: dict[str, Any]) -> str:
             "agencies. `heroes agency score` uses it unless the analyst sets --threshold.")
 
 
+#: What `heroes consortium train` keeps in its run folder: the signed bundle it submitted
+#: and the digest it recorded at submission (server/deploy.py).
+RUN_APP_BUNDLE, RUN_APP_RECORD = "app.fab", "app-bundle.json"
+
+
+def _app_bundle_sha256(run_dir: Path, app_bundle: Path | None) -> str:
+    """The run's app bundle as agencies' receipts record it (its checked manifest's
+    SHA-256): from ``app_bundle`` when given, else from the ``app.fab`` that `consortium
+    train` kept in the run folder, checked against the digest it recorded when it
+    submitted the run; "unknown" for a run without either (a simulation runs no bundle)."""
+    if app_bundle is not None:
+        return manifest_digest(app_bundle.read_bytes())
+    fab, record = run_dir / RUN_APP_BUNDLE, run_dir / RUN_APP_RECORD
+    recorded = None
+    if record.is_file():
+        try:
+            recorded = json.loads(record.read_text(encoding="utf-8"))["manifest_sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise DeploymentError(
+                f"{record} is not readable as `heroes consortium train` writes it. Fix: "
+                "restore it from the run's backup, or pass --app-bundle with the bundle "
+                "the run used") from None
+    if fab.is_file():
+        digest = manifest_digest(fab.read_bytes())
+        if recorded is not None and digest != recorded:
+            raise DeploymentError(
+                f"{fab} is not the bundle this run submitted: its manifest digest differs "
+                f"from the one recorded in {record} when the run started. Fix: restore the "
+                "submitted app.fab, or pass --app-bundle with the bundle the run used")
+        return digest
+    return str(recorded) if recorded is not None else "unknown"
+
+
 def release_run(run_dir: Path, *, signing_key: Path, out: Path | None = None,
                 app_bundle: Path | None = None) -> Path:
     """Write a signed bundle folder for a finished run and return its path."""
@@ -349,8 +382,7 @@ def release_run(run_dir: Path, *, signing_key: Path, out: Path | None = None,
             f"{target} already exists; a release is never overwritten. Fix: pass --out with a "
             "new folder, or move the old release away."
         )
-    # The bundle's identity as agencies' receipts record it: its checked manifest's SHA-256.
-    app_sha = manifest_digest(app_bundle.read_bytes()) if app_bundle is not None else "unknown"
+    app_sha = _app_bundle_sha256(run_dir, app_bundle)
     tmp = target.with_name(target.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)  # our own leftover from an interrupted release

@@ -115,6 +115,37 @@ def test_other_key_and_unsigned_are_refused(tmp_path: Path, keys: tuple[Path, Pa
         verify_bundle(load_public_key(keys[1]), unsigned)
 
 
+def _fab(path: Path, code: bytes) -> Path:
+    """A minimal Flower app bundle: files plus .info/CONTENT."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("app.py", code)
+        z.writestr(".info/CONTENT",
+                   f"app.py,{hashlib.sha256(code).hexdigest()},{len(code) * 8}\n")
+    return path
+
+
+def test_release_records_the_bundle_train_kept(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    """`consortium train` keeps the submitted app.fab and its digest in the run folder; a
+    release records that digest without being told, refuses an app.fab swapped since, and
+    falls back to the recorded digest when the file is gone."""
+    run = _server_output(tmp_path / "server")
+    fab = _fab(run / "app.fab", b"print('submitted')\n")
+    (run / "app-bundle.json").write_text(json.dumps(
+        {"manifest_sha256": manifest_digest(fab.read_bytes())}), encoding="utf-8")
+    card = verify_bundle(load_public_key(keys[1]),
+                         release_run(run, signing_key=keys[0], out=tmp_path / "r1")).card
+    assert card["versions"]["app_bundle_sha256"] == manifest_digest(fab.read_bytes())
+    _fab(run / "app.fab", b"print('swapped')\n")
+    with pytest.raises(DeploymentError, match="is not the bundle this run submitted"):
+        release_run(run, signing_key=keys[0], out=tmp_path / "r2")
+    assert not (tmp_path / "r2").exists()
+    (run / "app.fab").unlink()
+    card = verify_bundle(load_public_key(keys[1]),
+                         release_run(run, signing_key=keys[0], out=tmp_path / "r3")).card
+    assert card["versions"]["app_bundle_sha256"] == manifest_digest(
+        _fab(tmp_path / "again.fab", b"print('submitted')\n").read_bytes())
+
+
 def test_cli_release(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     run = _server_output(tmp_path / "server")
     fab = tmp_path / "app.fab"  # a minimal Flower app bundle: files plus .info/CONTENT
