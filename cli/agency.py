@@ -113,9 +113,13 @@ def _register_node(sub: Subparsers) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="plaintext, no node key: only for a lab on one machine (warns)")
 
-    p = command(sub, "status", status, help="health, connection, last round and budget left")
+    p = command(sub, "status", status, help="health, connection, last round and budget "
+                "left; exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios)")
     _dir(p)
     _json(p)
+    p.add_argument("--budget-warning", type=float, default=0.1, metavar="SHARE",
+                   help="warn when a dataset has less than this share of its privacy budget "
+                   "left (default 0.1; critical when none is left)")
 
     p = command(sub, "approve", _approve, help="approve a roster (the peers of secure "
                 "aggregation) or an app bundle (the code the node runs), after showing what "
@@ -196,13 +200,29 @@ def _fmt(v: object) -> str:
 
 
 def status(args: argparse.Namespace) -> int:
-    """``heroes agency status``: what clients.agency.status found, as text or JSON."""
+    """``heroes agency status``: what clients.agency.status found, as text or JSON, and
+    the monitoring verdict as the exit code: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the
+    Nagios plugin convention, federation/monitoring.py)."""
     from clients import agency
+    from federation import monitoring
+    from federation.errors import HeroesError
 
-    s: dict[str, Any] = agency.status(args.dir)
+    share = getattr(args, "budget_warning", agency.BUDGET_WARNING_SHARE)
+    if not 0 <= share < 1:
+        print("HEROES-AGENCY UNKNOWN - --budget-warning must be a share in [0, 1), e.g. 0.1",
+              file=sys.stderr)
+        return monitoring.UNKNOWN
+    try:
+        s: dict[str, Any] = agency.status(args.dir)
+    except HeroesError as exc:  # not a node folder, an unreadable policy: status unknown
+        print(f"HEROES-AGENCY UNKNOWN - {exc}", file=sys.stderr)
+        return monitoring.UNKNOWN
+    findings = agency.assess(s, budget_warning=share)
+    level = monitoring.worst(findings)
     if args.json:
-        _print_json(s)
-        return exit.OK
+        _print_json({**s, "monitoring": monitoring.report(findings)})
+        return level
+    print(monitoring.summary("HEROES-AGENCY", findings))
     print(f"agency {s['agency']} -> consortium {s['consortium']}")
     for warning in s["permissions"]:  # first: a key or ledger others can read matters most
         print(f"  WARNING: {warning}")
@@ -245,7 +265,7 @@ def status(args: argparse.Namespace) -> int:
             print(f"  last {kind} (run {e['run_id']} round {e['round']}, {e['status']}): {shown}")
     print("  these figures stay at this agency" if not local["shared_with_consortium"] else
           "  these figures are shared with the consortium ([sharing] share_local_metrics)")
-    return exit.OK
+    return level
 
 
 # --- privacy spent, and the export: ledger, check ----------------------------------------

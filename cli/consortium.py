@@ -84,6 +84,15 @@ def _register_deployment(sub: Subparsers) -> None:
                 help="run the aggregator: SuperLink (private) + Fleet gateway")
     _dir(p)
 
+    p = command(sub, "status", _status,
+                help="the aggregator's processes, health, certificate, agencies by name "
+                "(enrolled, online, last seen, revoked), roster and last run; exits 0 OK, "
+                "1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios)")
+    _dir(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--cert-warning-days", type=int, default=30, metavar="DAYS",
+                   help="warn when the TLS certificate has fewer days left (default 30)")
+
     p = command(sub, "train", _train,
                 help="sign and submit a federated run, follow it, fetch it")
     _dir(p)
@@ -99,6 +108,33 @@ def _register_deployment(sub: Subparsers) -> None:
                    help="the shared classifier to train (a registered task, e.g. advert-risk "
                    "or conversation-risk; default advert-risk). Every agency trains it on "
                    "its own export of that task, if its policy allows the task")
+
+
+def _status(args: argparse.Namespace) -> int:
+    """``heroes consortium status``: server/consortium_status.py's findings; the exit code
+    is the worst of them (federation/monitoring.py)."""
+    import sys
+
+    from federation import monitoring
+    from federation.errors import HeroesError
+    from server.consortium_status import assess, status
+
+    try:
+        s = status(args.dir)
+    except HeroesError as exc:  # not a consortium folder, an unreadable file
+        print(f"HEROES-CONSORTIUM UNKNOWN - {exc}", file=sys.stderr)
+        return monitoring.UNKNOWN
+    findings = assess(s, cert_warning_days=args.cert_warning_days)
+    level = monitoring.worst(findings)
+    if args.json:
+        print(json.dumps({**s, "monitoring": monitoring.report(findings)}, indent=2,
+                         default=str))
+        return level
+    print(monitoring.summary("HEROES-CONSORTIUM", findings))
+    print(f"consortium {s['consortium']}: agencies connect to {s['public_address']}")
+    for f in findings:
+        print(f"  {monitoring.LEVEL_NAMES[f.level]:8s} {f.check}: {f.text}")
+    return level
 
 
 def _init(args: argparse.Namespace) -> int:

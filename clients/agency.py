@@ -48,7 +48,16 @@ from clients import approvals
 from clients import node_config as nc
 from federation.errors import ConfigError, DataError, DeploymentError, HeroesError, Rule
 from federation.files import loose_mode, open_private, private_dir, write_atomic
-from federation.ledger import Ledger, LedgerError, Policy, load_policy, write_policy
+from federation.ledger import HEAD_FILE as LEDGER_HEAD_FILE
+from federation.ledger import (
+    LEDGER_FILE,
+    Ledger,
+    LedgerError,
+    Policy,
+    load_policy,
+    write_policy,
+)
+from federation.monitoring import CRITICAL, OK, WARNING, Finding, grpc_health
 from federation.pki import check_certificate, make_node_key, parse_address
 from federation.policy import SECTIONS as POLICY_SECTIONS
 from federation.policy import toml_type
@@ -662,16 +671,7 @@ def connection_state(log_path: Path) -> str:
 
 
 def health(address: str) -> str:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=3)
-        except grpc.RpcError as exc:
-            return f"unreachable ({exc.code().name})"
-    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+    return grpc_health(address)
 
 
 def status(root: Path) -> dict[str, Any]:
@@ -692,12 +692,15 @@ def status(root: Path) -> dict[str, Any]:
         policy = None
     datasets = []
     state["ledger"] = "ok"
-    try:
-        with Ledger.open(root, create=False) as ledger:
-            report = ledger.report(policy)
-    except LedgerError as exc:  # refused: say so, never show "nothing spent" instead
-        state["ledger"] = f"REFUSED: {exc}"
-        report = []
+    report = []
+    if not (root / LEDGER_FILE).exists() and not (root / LEDGER_HEAD_FILE).exists():
+        pass  # a node that never trained: nothing spent (a head without its ledger is not)
+    else:
+        try:
+            with Ledger.open(root, create=False) as ledger:
+                report = ledger.report(policy)
+        except LedgerError as exc:  # refused: say so, never show "nothing spent" instead
+            state["ledger"] = f"REFUSED: {exc}"
     for item in report:  # one per (task, dataset) stream; budgets are per dataset
         last = item["releases"][-1] if item["releases"] else None
         datasets.append({
@@ -725,6 +728,63 @@ def status(root: Path) -> dict[str, Any]:
         state["approvals"] = f"BROKEN: {exc}"
     state["permissions"] = loose_permissions(root)
     return state
+
+
+#: The share of a dataset's budget left below which status warns (it is critical at none).
+BUDGET_WARNING_SHARE = 0.1
+
+
+def assess(state: dict[str, Any], *, budget_warning: float = BUDGET_WARNING_SHARE
+           ) -> list[Finding]:
+    """What ``status`` found, as monitoring findings (federation/monitoring.py): CRITICAL
+    where the node cannot take part (a process down, health not serving, refused by the
+    consortium, its ledger or approvals refused, a budget spent), WARNING where it may
+    soon not (not connected yet, a budget nearly spent, files others can read)."""
+    out: list[Finding] = []
+    procs = state["processes"]
+    if not isinstance(procs, dict):
+        out.append(Finding(CRITICAL, "processes", "the node was never started. Fix: "
+                           "`heroes agency serve` (or its systemd unit)"))
+    else:
+        down = sorted(k for k, up in procs.items() if not up)
+        out.append(Finding(CRITICAL, "processes", f"not running: {', '.join(down)}. Fix: "
+                           "restart the node (`heroes agency serve`); its logs are in "
+                           "logs/") if down else
+                   Finding(OK, "processes", f"running: {', '.join(sorted(procs))}"))
+    health = str(state["health"])
+    out.append(Finding(OK if health == "SERVING" else CRITICAL, "health",
+                       health if health == "SERVING" else f"{health}: the SuperNode's health "
+                       "endpoint does not answer SERVING"))
+    connection = str(state["connection"])
+    if connection.startswith("connected"):
+        out.append(Finding(OK, "connection", connection))
+    elif connection.startswith(("refused by the consortium", "TLS failed")):
+        out.append(Finding(CRITICAL, "connection", connection))
+    else:
+        out.append(Finding(WARNING, "connection", connection))
+    ledger = str(state["ledger"])
+    out.append(Finding(OK if ledger == "ok" else CRITICAL, "ledger", ledger))
+    approvals_state = str(state["approvals"])
+    out.append(Finding(CRITICAL if approvals_state.startswith("BROKEN") else OK, "approvals",
+                       approvals_state))
+    for d in state["datasets"]:
+        budget, remaining = d.get("budget"), d.get("remaining")
+        name = f"budget {d['task']}/{d['dataset']}"
+        if not isinstance(budget, int | float) or not isinstance(remaining, int | float):
+            continue
+        if remaining <= 0:
+            out.append(Finding(CRITICAL, name, f"spent ({remaining:.3g} of {budget:g} left): "
+                               "the node refuses every further round on this dataset. Fix: "
+                               "the agency's data-protection officer decides (a new budget "
+                               "period in policy.toml, or no more training)"))
+        elif remaining < budget_warning * budget:
+            out.append(Finding(WARNING, name, f"{remaining:.3g} of {budget:g} left (under "
+                               f"{budget_warning:.0%})"))
+        else:
+            out.append(Finding(OK, name, f"{remaining:.3g} of {budget:g} left"))
+    for warning in state["permissions"]:
+        out.append(Finding(WARNING, "permissions", warning))
+    return out
 
 
 #: Files in the state folder that are public by nature (what the node sends, what it was

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -199,6 +200,31 @@ def _http(address: str, path: str, ca: Path) -> bytes:
         tls.sendall(f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: "
                     "application/protobuf\r\ncontent-length: 0\r\n\r\n".encode())
         return tls.recv(4096)
+
+
+def _consortium_status(deployment: Deployment) -> tuple[int, dict[str, Any]]:
+    r = heroes("consortium", "status", "--dir", str(deployment.cons), "--json")
+    return r.returncode, json.loads(r.stdout)
+
+
+def test_status_names_every_agency_online_and_nothing_is_critical(deployment: Deployment
+                                                                   ) -> None:
+    """Issue 17 item 6 on a real aggregator: agencies by name (the registry's node ids
+    matched to the SuperLink's own node list), no node the registry does not name, and
+    Nagios exit codes below CRITICAL on both sides while everything runs."""
+    def online() -> bool:
+        return all(a["state"] == "online" for a in _consortium_status(deployment)[1]["agencies"])
+
+    wait_for(online, "every agency online in `consortium status`",
+             seen=lambda: _consortium_status(deployment)[1]["agencies"])
+    code, s = _consortium_status(deployment)
+    assert code in (0, 1), s["monitoring"]
+    assert sorted(a["agency"] for a in s["agencies"]) == sorted(deployment.agencies)
+    assert s["health"] == "SERVING" and all(s["processes"].values())
+    assert s["unknown_nodes"] == [] and s["roster"]["current"]
+    for agency in deployment.agencies:
+        r = heroes("agency", "status", "--dir", str(deployment.state(agency)), "--json")
+        assert r.returncode in (0, 1), json.loads(r.stdout)["monitoring"]
 
 
 def test_agency_facing_address_refuses_runs_and_key_registration(deployment: Deployment
@@ -465,3 +491,7 @@ def test_revoked_node_is_refused_at_its_next_connection(deployment: Deployment) 
     assert "does not accept this node's key" in r.stderr
     registry = json.loads((deployment.cons / "registry.json").read_text())
     assert registry["agencies"][victim]["revoked_at"]
+    # status names it revoked, and the signed roster as behind the registry
+    _, status = _consortium_status(deployment)
+    assert {a["agency"]: a["state"] for a in status["agencies"]}[victim] == "revoked"
+    assert not status["roster"]["current"] and victim in status["roster"]["problem"]

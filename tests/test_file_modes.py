@@ -182,9 +182,11 @@ def test_a_deployed_node_is_private_from_birth_and_status_warns_when_loosened(
     assert any(f"chmod 600 {root / 'node.key'}" in w and "0644" in w for w in warnings)
     assert any("others can change it" in w and "consortium-signing.pub" in w for w in warnings)
     # the real command prints them first, with the path, the mode and the fix
-    assert status_command(argparse.Namespace(dir=root, json=False)) == 0
+    # (exit 2, CRITICAL: the node is stopped; the warnings are findings all the same)
+    assert status_command(argparse.Namespace(dir=root, json=False)) == 2
     out = capsys.readouterr().out.splitlines()
-    assert out[1].startswith(f"  WARNING: {root} is mode 0755"), out[:3]
+    assert out[0].startswith("HEROES-AGENCY CRITICAL - "), out[:1]
+    assert out[2].startswith(f"  WARNING: {root} is mode 0755"), out[:3]
     assert any(f"Fix: chmod 600 {root / 'node.key'}" in line for line in out)
     # the node never changed a mode it did not set at birth
     assert stat.S_IMODE(root.stat().st_mode) == 0o755
