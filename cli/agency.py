@@ -113,6 +113,17 @@ def _register_node(sub: Subparsers) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="plaintext, no node key: only for a lab on one machine (warns)")
 
+    p = command(sub, "service", _service, help="write a hardened systemd unit and a "
+                "logrotate rule for this node "
+                "(install them as root; README, 'Service files')")
+    p.add_argument("--dir", type=Path, required=True, help="the node's state folder")
+    p.add_argument("--user", default="heroes",
+                   help="the dedicated user the service runs as (default heroes; it must own "
+                   "--dir)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where to write heroes-agency.service and heroes-agency.logrotate "
+                   "(default: DIR/service)")
+
     p = command(sub, "status", status, help="health, connection, last round and budget "
                 "left; exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios)")
     _dir(p)
@@ -197,6 +208,20 @@ def _fmt(v: object) -> str:
     if not isinstance(v, float) or math.isnan(v):
         return "n/a"
     return "inf" if math.isinf(v) else f"{v:.3f}"
+
+
+def _service(args: argparse.Namespace) -> int:
+    """``heroes agency service``: federation/units.py's files for this folder."""
+    from federation.units import write_service_files
+
+    written = write_service_files("agency", state_dir=args.dir, user=args.user,
+                                  out=args.out or args.dir / "service")
+    for path in written:
+        print(f"wrote {path}")
+    print(f"install as root: cp {written[0]} /etc/systemd/system/ && cp {written[1]} "
+          f"/etc/logrotate.d/heroes-agency && systemctl daemon-reload && systemctl enable "
+          f"--now {written[0].name}")
+    return exit.OK
 
 
 def status(args: argparse.Namespace) -> int:

@@ -84,6 +84,17 @@ def _register_deployment(sub: Subparsers) -> None:
                 help="run the aggregator: SuperLink (private) + Fleet gateway")
     _dir(p)
 
+    p = command(sub, "service", _service, help="write a hardened systemd unit and a "
+                "logrotate rule for this aggregator "
+                "(install them as root; README, 'Service files')")
+    p.add_argument("--dir", type=Path, required=True, help="the consortium folder")
+    p.add_argument("--user", default="heroes",
+                   help="the dedicated user the service runs as (default heroes; it must own "
+                   "--dir)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where to write heroes-consortium.service and heroes-consortium.logrotate "
+                   "(default: DIR/service)")
+
     p = command(sub, "status", _status,
                 help="the aggregator's processes, health, certificate, agencies by name "
                 "(enrolled, online, last seen, revoked), roster and last run; exits 0 OK, "
@@ -108,6 +119,20 @@ def _register_deployment(sub: Subparsers) -> None:
                    help="the shared classifier to train (a registered task, e.g. advert-risk "
                    "or conversation-risk; default advert-risk). Every agency trains it on "
                    "its own export of that task, if its policy allows the task")
+
+
+def _service(args: argparse.Namespace) -> int:
+    """``heroes consortium service``: federation/units.py's files for this folder."""
+    from federation.units import write_service_files
+
+    written = write_service_files("consortium", state_dir=args.dir, user=args.user,
+                                  out=args.out or args.dir / "service")
+    for path in written:
+        print(f"wrote {path}")
+    print(f"install as root: cp {written[0]} /etc/systemd/system/ && cp {written[1]} "
+          f"/etc/logrotate.d/heroes-consortium && systemctl daemon-reload && systemctl enable "
+          f"--now {written[0].name}")
+    return exit.OK
 
 
 def _status(args: argparse.Namespace) -> int:
