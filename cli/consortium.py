@@ -115,6 +115,10 @@ def _register_deployment(sub: Subparsers) -> None:
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the run")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN",
                    help="continue an interrupted run from its last checkpoint (its folder)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Flower's own log on the console too (about 50 lines a round); "
+                   "by default it goes to RUN/run.log only, and the console shows one line "
+                   "per round, the run's start and end, warnings and errors")
     p.add_argument("--task", default="advert-risk", metavar="NAME",
                    help="the shared classifier to train (a registered task, e.g. advert-risk "
                    "or conversation-risk; default advert-risk). Every agency trains it on "
@@ -259,7 +263,7 @@ def _train(args: argparse.Namespace) -> int:
 
     run_dir = deploy.train(args.dir, app=args.app or deploy.APP_ROOT,
                            overrides=args.run_config, out=args.out, timeout=args.timeout,
-                           resume=args.resume, task=args.task)
+                           resume=args.resume, task=args.task, verbose=args.verbose)
     print(f"run finished: model and metrics in {run_dir}")
     return exit.OK
 

@@ -720,8 +720,24 @@ def task_overrides(task: str, overrides: list[str]) -> list[str]:
     return ours
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: The ServerApp's own lines in the stream (server/server_app.py marks them so).
+LINE_MARK = "heroes "
+
+
+def _on_console(plain: str) -> bool:
+    """What `train` shows by default: the run's start, heroes' own lines (one per round, the
+    start and the end, warnings and refusals) and Flower's warnings and errors; Flower's
+    own INFO lines (about 50 a round) go to run.log only."""
+    return (plain.startswith((LINE_MARK, "Successfully started run", "Using SuperLink"))
+            or plain.lstrip().startswith(("WARNING", "ERROR", "CRITICAL", "\u256d", "\u2502",
+                                          "\u2570"))
+            or "Traceback" in plain)
+
+
 def train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
-          timeout: float, resume: Path | None = None, task: str = DEFAULT_TASK) -> Path:
+          timeout: float, resume: Path | None = None, task: str = DEFAULT_TASK,
+          verbose: bool = False) -> Path:
     """Sign the app bundle, submit the run, follow it, and return its output folder.
 
     The bundle is kept as ``RUN_DIR/app.fab``: agencies refuse a bundle they have not
@@ -734,11 +750,11 @@ def train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
     ``task`` names the run's task (``task.name``; see ``task_overrides``)."""
     with owner_only():  # the run folder and everything in it: owner only
         return _train(root, app=app, overrides=overrides, out=out, timeout=timeout,
-                      resume=resume, task=task)
+                      resume=resume, task=task, verbose=verbose)
 
 
 def _train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
-           timeout: float, resume: Path | None, task: str) -> Path:
+           timeout: float, resume: Path | None, task: str, verbose: bool = False) -> Path:
     home = ConsortiumHome(root)
     home.config()
     # the task first: a run of an unknown task is refused before anything is contacted
@@ -796,11 +812,17 @@ def _train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
     started = time.monotonic()
     with (run_dir / "run.log").open("a" if resume else "w", encoding="utf-8") as logf:
         for line in proc.stdout:
-            logf.write(line)
             m = re.search(r"Successfully started run (\d+)", line)
             if m:
                 run_id = m.group(1)
-            print(line, end="", flush=True)
+            plain = _ANSI.sub("", line)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            # heroes' own lines carry their time and run id already
+            logf.write(plain if plain.startswith(LINE_MARK) else
+                       f"{stamp} run {run_id or '-'} {plain}")
+            logf.flush()
+            if verbose or _on_console(plain):
+                print(line, end="", flush=True)
             if time.monotonic() - started > timeout:
                 proc.kill()
                 raise DeploymentError(f"run {run_id} did not finish within {timeout:.0f} s; "

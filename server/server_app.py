@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,31 @@ def round_log(settings: RunSettings, run_log: RunLog, wall_s: float) -> RunSumma
                       privacy=PrivacySummary.of(settings.privacy))
 
 
+#: The mark `heroes consortium train` keeps on the console (server/deploy.py): the lines
+#: of heroes' own loggers in a deployed ServerApp, which Flower streams with its own.
+LINE_MARK = "heroes "
+
+
+def _log_to_stream(run_id: int) -> None:
+    """In a deployed ServerApp (flwr-serverapp) nothing handles heroes' loggers, and Flower
+    streams only what the process prints: give them one handler on stdout, each line marked,
+    with its UTC time and the run id. A simulation's loggers are Hydra's: left alone."""
+    root = logging.getLogger("heroes")
+    if root.hasHandlers():
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    formatter = logging.Formatter(
+        f"{LINE_MARK}%(asctime)s run {run_id} %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%SZ")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    _log_to_stream(context.run_id)
     settings = RunSettings.from_flat(context.run_config, source="run config (server)")
     out = Path(settings.paths.output_dir or
                f"outputs/server/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")

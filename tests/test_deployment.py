@@ -10,6 +10,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -369,6 +370,16 @@ def test_signed_dp_run_survives_an_aggregator_kill_and_every_ledger_shows_the_sp
                     gateway_pids=lambda: process_tree(gateway))
     assert resumed.wait(timeout=RUN_DEADLINE_S) == 0, deployment.output("resume")[-3000:]
     deployment.procs.pop("resume")
+    # the console: one line per round, numbered as the run (round 2 of 2 after the resume),
+    # none of Flower's own INFO lines; run.log: all of them, each with its time and run id
+    console = deployment.output("resume")
+    assert re.search(r"(?m)^heroes \S+ run \d+ INFO heroes\.server: round 2/2: ", console), \
+        console[-3000:]
+    assert "[ROUND" not in console and "configure_train" not in console
+    logged = (out / "run.log").read_text(encoding="utf-8").splitlines()
+    assert any("[ROUND 1/1]" in line for line in logged)  # Flower's count, in the log only
+    stamped = re.compile(r"^(heroes )?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ run (\d+|-) ")
+    assert all(stamped.match(line) for line in logged if line.strip()), logged[:5]
     # the gateway held: memory, idle connections, bodies, garbage, per-source caps
     print(report.summary())
     assert report.rss_peak - report.rss_before <= 64 * MIB, report.summary()
