@@ -309,6 +309,9 @@ class RunPaths(Section):
     # The consortium's book of the last privacy-ledger head seen per agency (JSON file);
     # empty: <output_dir>/ledger-heads.json. Deployments keep one per consortium.
     ledger_heads: str = ""
+    # The consortium's registry.json (deployment): the names of its nodes, for every line
+    # and record that would otherwise show a node id; empty in a simulation.
+    registry: str = ""
 
 
 @dataclass(frozen=True)

@@ -725,14 +725,24 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LINE_MARK = "heroes "
 
 
-def _on_console(plain: str) -> bool:
+class ConsoleFilter:
     """What `train` shows by default: the run's start, heroes' own lines (one per round, the
-    start and the end, warnings and refusals) and Flower's warnings and errors; Flower's
-    own INFO lines (about 50 a round) go to run.log only."""
-    return (plain.startswith((LINE_MARK, "Successfully started run", "Using SuperLink"))
-            or plain.lstrip().startswith(("WARNING", "ERROR", "CRITICAL", "\u256d", "\u2502",
-                                          "\u2570"))
-            or "Traceback" in plain)
+    start and the end, warnings and refusals), and Flower's warnings and errors with
+    whatever follows an error up to the next INFO line (a traceback's last line is the
+    reason); Flower's own INFO lines (about 50 a round) go to run.log only."""
+
+    def __init__(self) -> None:
+        self.in_error = False
+
+    def __call__(self, plain: str) -> bool:
+        head = plain.lstrip()
+        if head.startswith(("ERROR", "CRITICAL", "Traceback")):
+            self.in_error = True
+        elif plain.startswith(LINE_MARK) or head.startswith(("INFO", "DEBUG")):
+            self.in_error = False
+        return (self.in_error
+                or plain.startswith((LINE_MARK, "Successfully started run", "Using SuperLink"))
+                or head.startswith(("WARNING", "\u256d", "\u2502", "\u2570")))
 
 
 def train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
@@ -796,7 +806,8 @@ def _train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
     # One book of ledger heads per consortium, across runs: an agency whose ledger went back
     # behind what an earlier run saw is refused by name.
     ours = [f'paths.output_dir="{run_dir / "server"}"', f'app.signature="{signature}"',
-            f'paths.ledger_heads="{(home.root / HEADS_FILE).resolve()}"']
+            f'paths.ledger_heads="{(home.root / HEADS_FILE).resolve()}"',
+            f'paths.registry="{home.registry_path.resolve()}"']
     if resume is not None:
         ours.append(f'paths.resume_from="{run_dir / "server"}"')
     cmd = [str(BIN / "flwr"), "run", str(app), CONNECTION, "--stream",
@@ -810,6 +821,7 @@ def _train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
     assert proc.stdout is not None
     run_id = None
     started = time.monotonic()
+    on_console = ConsoleFilter()
     with (run_dir / "run.log").open("a" if resume else "w", encoding="utf-8") as logf:
         for line in proc.stdout:
             m = re.search(r"Successfully started run (\d+)", line)
@@ -821,7 +833,7 @@ def _train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
             logf.write(plain if plain.startswith(LINE_MARK) else
                        f"{stamp} run {run_id or '-'} {plain}")
             logf.flush()
-            if verbose or _on_console(plain):
+            if verbose or on_console(plain):
                 print(line, end="", flush=True)
             if time.monotonic() - started > timeout:
                 proc.kill()

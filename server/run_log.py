@@ -7,8 +7,10 @@ counts against the quorum like any other reply the server could not use.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from flwr.app import ConfigRecord, Message
@@ -81,6 +83,23 @@ def _figures(msg: Message) -> dict[str, float]:
     return metrics
 
 
+def enrolled_names(registry: Path) -> dict[int, str]:
+    """Node id -> agency from the consortium's registry.json (server/deploy.py writes it),
+    every enrolment in its history included; {} with a warning where it cannot be read
+    (names are for people; the run does not depend on them)."""
+    try:
+        data = json.loads(Path(registry).read_text(encoding="utf-8"))
+        out: dict[int, str] = {}
+        for agency, entry in data["agencies"].items():
+            for e in [*entry.get("history", []), entry]:
+                out[int(e["node_id"])] = str(agency)
+        return out
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("the registry %s could not be read (%s): agencies that never reply are "
+                    "named by node id", registry, type(exc).__name__)
+        return {}
+
+
 class RunLog:
     """Everything the server learned, round by round, in JSON-ready form."""
 
@@ -88,6 +107,7 @@ class RunLog:
         self.rounds: dict[int, RoundRecord] = {}
         self.agency_of: dict[int, str] = {}
         self.started: dict[int, float] = {}  # monotonic clock at each round's configure_train
+        self.enrolled: dict[int, str] = {}  # node id -> agency, from the registry (deployment)
 
     def round(self, n: int) -> RoundRecord:
         return self.rounds.setdefault(n, RoundRecord(round=n))
@@ -111,6 +131,11 @@ class RunLog:
         except ProtocolError as exc:
             log.warning("node %d: reply unusable: %s", nid, exc)
             return NodeOutcome(nid, self.name(nid), Status.REJECTED, str(exc))
+        enrolled = self.enrolled.get(nid)
+        if enrolled is not None and enrolled != agency:
+            log.warning("node %d is enrolled as %s but its reply names %s; recorded as %s",
+                        nid, enrolled, agency, enrolled)
+            agency = enrolled
         self.agency_of[nid] = agency
         return NodeOutcome(nid, agency, status, reason, metrics=_figures(msg))
 
@@ -125,6 +150,13 @@ class RunLog:
 
     def name(self, node_id: int) -> str:
         return self.agency_of.get(node_id, f"node {node_id}")
+
+    def know(self, enrolled: dict[int, str]) -> None:
+        """The consortium's own names of its nodes (registry.json: who enrolled which key):
+        a node that fails or times out before it ever replied is named by them too."""
+        self.enrolled = dict(enrolled)
+        for nid, agency in enrolled.items():
+            self.agency_of.setdefault(nid, agency)
 
     def records(self) -> list[RoundRecord]:
         return [self.rounds[n] for n in sorted(self.rounds)]

@@ -25,6 +25,7 @@ from federation.tasks import get_task
 from server import secagg
 from server.checkpoint import ContinuedStrategy, load_checkpoint, restore, write_checkpoint
 from server.ledger_heads import HeadBook
+from server.run_log import enrolled_names
 from server.strategy import RunLog, build_strategy
 
 log = logging.getLogger("heroes.server")
@@ -90,6 +91,8 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(settings.train.seed)
     model = get_task(settings.task_name, settings.task_params).build_model()
     run_log = RunLog()
+    if settings.paths.registry:
+        run_log.know(enrolled_names(Path(settings.paths.registry)))
     # The last privacy-ledger head seen per agency: a node whose ledger went backwards, or
     # was swapped, is refused by name (server/ledger_heads.py).
     heads = HeadBook(Path(settings.paths.ledger_heads or out / "ledger-heads.json"))

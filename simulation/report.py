@@ -7,8 +7,8 @@ experiment=both_tasks): every task's headline figures, then each task's run repo
 a multirun folder: the sweep table (written as ``sweep.csv`` and ``sweep.parquet`` too),
 the privacy-utility curve with 95% t-intervals over seeds, the audit's lower bounds
 against the claimed epsilons, then the run report of the sweep's first run. Plots are
-inline SVG drawn here (no plotting library, no scripts, nothing fetched), so the file
-opens anywhere, offline.
+inline SVG from matplotlib's SVG backend (federation/plots.py: no scripts, nothing
+fetched), so the file opens anywhere, offline.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import html
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from federation.errors import ConfigError
+from federation.plots import bar_chart, line_chart
 from federation.protocol import (
     SUMMARY_FILE,
     AgencyRow,
@@ -35,9 +36,6 @@ from federation.protocol import (
 from simulation import sweep
 from simulation.tasks_index import TASKS_FILE
 from simulation.units import per_unit
-
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
-           "#17becf", "#7f7f7f", "#bcbd22")
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;
@@ -66,176 +64,6 @@ def _num(v: object, digits: int = 3) -> str:
     if isinstance(v, float) and 0 < abs(v) < 10 ** -digits:
         return f"{v:.1g}"  # a delta such as 1e-05
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
-
-
-def _frame(kind: str, title: str, *, width: int, height: int, legend_h: int, left: int,
-           top: int, plot_w: int, plot_h: int, yticks: list[float],
-           sy: Callable[[float], float]) -> list[str]:
-    """An SVG plot's opening tag, title, plot-area box and horizontal grid with y labels."""
-    out = [f'<svg class="plot" data-kind="{kind}" xmlns="http://www.w3.org/2000/svg" '
-           f'width="{width}" height="{height + legend_h}" '
-           f'viewBox="0 0 {width} {height + legend_h}" role="img" aria-label="{_e(title)}">',
-           f'<text class="title" x="{left}" y="16">{_e(title)}</text>',
-           f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
-           'stroke="#999"/>']
-    for t in yticks:
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" '
-                   'stroke="#eee"/>'
-                   f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
-    return out
-
-
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if hi <= lo:
-        return [lo]
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = math.ceil(lo / step) * step
-    out = []
-    t = start
-    while t <= hi + 1e-12:
-        out.append(round(t, 10))
-        t += step
-    return out
-
-
-def line_chart(title: str, series: Sequence[Mapping[str, Any]], *, x_label: str,
-               y_label: str, log_x: bool = False, width: int = 540, height: int = 320,
-               y_floor: float | None = None,
-               clip: tuple[float, float] | None = None) -> str:
-    """Lines with markers and optional error bars; each series: name, points [(x, y, lo,
-    hi)], dashed. ``clip`` bounds what is drawn (an interval wider than the metric's range,
-    as a t-interval over two seeds can be, is cut at the range; the tables keep it whole)."""
-    if clip is not None:
-        lo_c, hi_c = clip
-
-        def cut(v: float | None) -> float | None:
-            return None if v is None else min(hi_c, max(lo_c, v))
-
-        series = [{**s, "points": [(p[0], cut(p[1]), cut(p[2]), cut(p[3]))
-                                   for p in s["points"]]} for s in series]
-    pts = [p for s in series for p in s["points"] if p[1] is not None]
-    if not pts:
-        return ""
-    left, right, top, bottom = 58, 16, 28, 44
-    legend_h = 16 * len(series)
-    plot_w, plot_h = width - left - right, height - top - bottom
-    xs = [math.log10(p[0]) if log_x else p[0] for p in pts]
-    ys = [v for p in pts for v in (p[1], p[2], p[3]) if v is not None]
-    x0, x1 = min(xs), max(xs)
-    if x1 == x0:
-        x0, x1 = x0 - 1, x1 + 1
-    x_pad = (x1 - x0) * 0.05
-    x0, x1 = x0 - x_pad, x1 + x_pad
-    y0, y1 = min(ys), max(ys)
-    if y_floor is not None:
-        y0 = min(y0, y_floor)
-    pad = (y1 - y0) * 0.08 or 0.05
-    y0, y1 = y0 - pad, y1 + pad
-
-    def sx(x: float) -> float:
-        v = math.log10(x) if log_x else x
-        return float(left + (v - x0) / (x1 - x0) * plot_w)
-
-    def sy(y: float) -> float:
-        return float(top + (1 - (y - y0) / (y1 - y0)) * plot_h)
-
-    out = _frame("line", title, width=width, height=height, legend_h=legend_h, left=left,
-                 top=top, plot_w=plot_w, plot_h=plot_h, yticks=_ticks(y0, y1), sy=sy)
-    xticks = sorted({p[0] for p in pts}) if log_x or len({p[0] for p in pts}) <= 8 \
-        else _ticks(x0, x1)
-    for t in xticks:
-        out.append(f'<text x="{sx(t):.1f}" y="{top + plot_h + 16}" '
-                   f'text-anchor="middle">{t:g}</text>')
-    out.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h + 34}" '
-               f'text-anchor="middle">{_e(x_label)}</text>')
-    out.append(f'<text transform="translate(14,{top + plot_h / 2}) rotate(-90)" '
-               f'text-anchor="middle">{_e(y_label)}</text>')
-    for i, s in enumerate(series):
-        color = PALETTE[i % len(PALETTE)]
-        spts = sorted((p for p in s["points"] if p[1] is not None), key=lambda p: p[0])
-        if not spts:
-            continue
-        d = " ".join(f"{'M' if j == 0 else 'L'}{sx(p[0]):.1f},{sy(p[1]):.1f}"
-                     for j, p in enumerate(spts))
-        dash = ' stroke-dasharray="6,4"' if s.get("dashed") else ""
-        out.append(f'<path class="series" d="{d}" fill="none" stroke="{color}" '
-                   f'stroke-width="2"{dash}/>')
-        for p in spts:
-            if p[2] is not None and p[3] is not None:
-                out.append(f'<line class="errorbar" x1="{sx(p[0]):.1f}" x2="{sx(p[0]):.1f}" '
-                           f'y1="{sy(p[2]):.1f}" y2="{sy(p[3]):.1f}" stroke="{color}"/>')
-            out.append(f'<circle cx="{sx(p[0]):.1f}" cy="{sy(p[1]):.1f}" r="3.5" '
-                       f'fill="{color}"/>')
-        ly = height + 16 * i + 4
-        out.append(f'<line x1="{left}" x2="{left + 22}" y1="{ly}" y2="{ly}" stroke="{color}" '
-                   f'stroke-width="3"{dash}/><text x="{left + 28}" y="{ly + 4}">'
-                   f'{_e(s["name"])}</text>')
-    out.append("</svg>")
-    return "".join(out)
-
-
-def bar_chart(title: str, categories: Sequence[str],
-              series: Sequence[tuple[str, Sequence[float | None]]], *, y_label: str,
-              width: int = 540, height: int = 320, y_floor: float | None = 0.0,
-              reference: tuple[str, float] | None = None) -> str:
-    """Grouped bars: one group per category, one bar per series (None leaves a gap)."""
-    vals = [v for _, vs in series for v in vs if v is not None and math.isfinite(v)]
-    if not vals or not categories:
-        return ""
-    left, right, top, bottom = 58, 16, 28, 70
-    legend_h = 16 * len(series)
-    plot_w, plot_h = width - left - right, height - top - bottom
-    y0 = min(vals + ([y_floor] if y_floor is not None else []))
-    y1 = max(vals + ([reference[1]] if reference else []))
-    pad = (y1 - y0) * 0.08 or 0.05
-    y1 += pad
-    if y_floor is None:
-        y0 -= pad
-
-    def sy(y: float) -> float:
-        return top + (1 - (y - y0) / (y1 - y0)) * plot_h
-
-    group_w = plot_w / len(categories)
-    bar_w = group_w * 0.8 / len(series)
-    out = _frame("bar", title, width=width, height=height, legend_h=legend_h, left=left,
-                 top=top, plot_w=plot_w, plot_h=plot_h, yticks=_ticks(y0, y1), sy=sy)
-    base = sy(max(y0, min(0.0, y1)) if y0 <= 0 <= y1 else y0)
-    for c, cat in enumerate(categories):
-        gx = left + c * group_w + group_w * 0.1
-        for i, (_, vs) in enumerate(series):
-            v = vs[c]
-            if v is None or not math.isfinite(v):
-                continue
-            top_y = min(sy(v), base)
-            h = max(abs(base - sy(v)), 1.0)
-            out.append(f'<rect class="bar" x="{gx + i * bar_w:.1f}" y="{top_y:.1f}" '
-                       f'width="{bar_w * 0.92:.1f}" height="{h:.1f}" '
-                       f'fill="{PALETTE[i % len(PALETTE)]}"><title>{_e(cat)}: {v:.3f}</title>'
-                       '</rect>')
-            if len(categories) * len(series) <= 24:  # the value above each bar
-                out.append(f'<text x="{gx + (i + 0.46) * bar_w:.1f}" y="{top_y - 3:.1f}" '
-                           f'text-anchor="middle">{v:.2f}</text>')
-        cx = left + c * group_w + group_w / 2
-        label = cat if len(cat) <= 26 else cat[:25] + "…"
-        out.append(f'<text transform="translate({cx:.1f},{top + plot_h + 12}) rotate(25)" '
-                   f'text-anchor="start">{_e(label)}</text>')
-    if reference is not None:
-        ry = sy(reference[1])
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{ry:.1f}" y2="{ry:.1f}" '
-                   'stroke="#000" stroke-dasharray="4,3"/>'
-                   f'<text x="{left + plot_w - 4}" y="{ry - 4:.1f}" text-anchor="end">'
-                   f'{_e(reference[0])}</text>')
-    out.append(f'<text transform="translate(14,{top + plot_h / 2}) rotate(-90)" '
-               f'text-anchor="middle">{_e(y_label)}</text>')
-    for i, (name, _) in enumerate(series):
-        ly = height + 16 * i + 4
-        out.append(f'<rect x="{left}" y="{ly - 6}" width="14" height="10" '
-                   f'fill="{PALETTE[i % len(PALETTE)]}"/><text x="{left + 20}" y="{ly + 3}">'
-                   f'{_e(name)}</text>')
-    out.append("</svg>")
-    return "".join(out)
 
 
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:

@@ -386,3 +386,33 @@ def test_serve_exits_2_with_the_fix_for_a_bad_toml_and_for_a_missing_nginx(
     assert "needs nginx, and none was found" in err
     assert "apt-get install -y nginx libnginx-mod-stream" in err
     assert not (cons / "aggregator.json").exists()  # nothing was started
+
+
+def test_train_console_shows_progress_warnings_and_whole_errors() -> None:
+    """`consortium train`'s console (server/deploy.py): heroes' own lines, the run's start,
+    Flower's warnings, and an error with its traceback down to the reason; none of
+    Flower's INFO lines. The lines are a real run's (ANSI colours already stripped)."""
+    from server.deploy import ConsoleFilter
+
+    lines = [
+        "Using SuperLink: consortium (127.0.0.1:52477)",
+        "Successfully started run 1108",
+        "INFO :      Starting logstream for run_id `1108`",
+        "INFO :      [ROUND 1/2]",
+        "INFO :      configure_train: Sampled 3 nodes (out of 3)",
+        "heroes 2026-12-04T05:16:07Z run 1108 INFO heroes.server: round 1/2: 3/3 agencies "
+        "trained (secure sum)",
+        "heroes 2026-12-04T05:16:12Z run 1108 WARNING heroes.server: round 2: es-police "
+        "failed in training: it failed",
+        "WARNING :   a Flower warning",
+        "ERROR :     ServerApp raised an exception",
+        "Traceback (most recent call last):",
+        '  File "server/strategy.py", line 231, in aggregate_train',
+        "federation.errors.RoundFailed: round 2: 1 agencies trained successfully, below the "
+        "quorum of 2",
+        "ERROR :     Exit Code: 201",
+        "INFO :      Strategy execution finished in 56.79s",
+    ]
+    f = ConsoleFilter()
+    shown = [line for line in lines if f(line)]
+    assert shown == lines[:2] + lines[5:13]

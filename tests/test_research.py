@@ -218,18 +218,28 @@ def _chromium(html: Path, png: Path, profile: Path) -> str:
     return dom.stdout
 
 
+def _path_points(d: str) -> list[tuple[float, float]]:
+    """The vertices of an SVG path as matplotlib writes it ("M x y L x y ... z")."""
+    return [(float(x), float(y)) for x, y in re.findall(r"[ML] (-?[\d.]+) (-?[\d.]+)", d)]
+
+
 def _check_rendered(dom: str, png: Path) -> None:
     svgs = re.findall(r"<svg[^>]*class=\"plot\"", dom)
     assert len(svgs) >= 6, len(svgs)
-    # Lines: every path has at least two points spread over more than 50 pixels.
-    paths = re.findall(r'<path class="series" d="([^"]+)"', dom)
+    # Lines (federation/plots.py: matplotlib's group "series-I"): every path has at least
+    # two points spread over more than 50 units.
+    paths = re.findall(r'<g id="series-\d+">\s*<path d="([^"]+)"', dom)
     assert paths
     for d in paths:
-        pts = [tuple(map(float, p.split(","))) for p in re.findall(r"[\d.]+,[\d.]+", d)]
+        pts = _path_points(d)
         assert len(pts) >= 2
         assert max(x for x, _ in pts) - min(x for x, _ in pts) > 50, d
-    bars = [(float(w), float(h)) for w, h in re.findall(
-        r'<rect class="bar" x="[\d.]+" y="[\d.]+" width="([\d.]+)" height="([\d.]+)"', dom)]
+    # Bars (group "bar-I-J"): rectangles as four-vertex paths
+    bars = []
+    for d in re.findall(r'<g id="bar-\d+-\d+">\s*<path d="([^"]+)"', dom):
+        pts = _path_points(d)
+        xs, ys = [x for x, _ in pts], [y for _, y in pts]
+        bars.append((max(xs) - min(xs), max(ys) - min(ys)))
     assert len(bars) >= 6 and all(w > 2 for w, _ in bars)
     assert sum(h > 5 for _, h in bars) >= 4
     assert "Privacy-utility" in dom and "Privacy audit" in dom
@@ -303,8 +313,9 @@ def test_sweep_table_audit_and_report(tmp_path: Path) -> None:
     report = heroes(["report", str(sweep_dir)])
     assert report.returncode == 0, report.stderr[-3000:]
     html = sweep_dir / "report.html"
-    assert "<script" not in html.read_text() and "http" not in html.read_text().replace(
-        'xmlns="http://www.w3.org/2000/svg"', "")  # self-contained: nothing fetched
+    text = re.sub(r'xmlns(:\w+)?="http://www\.w3\.org/[\w/.]+"', "", html.read_text())
+    assert "<script" not in text and "http" not in text  # self-contained: nothing fetched
+    # (XML namespace names are identifiers, never fetched)
     png = tmp_path / "report.png"
     dom = _chromium(html, png, tmp_path / "chromium-profile")
     _check_rendered(dom, png)
