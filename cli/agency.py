@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +63,14 @@ def _register_node(sub: Subparsers) -> None:
     p = command(sub, "init", _init, help="make this node's key and policy; install the "
                 "consortium's CA certificate and signing key")
     _dir(p)
-    p.add_argument("--name", required=True, help="the agency's name as the consortium knows it")
+    p.add_argument("--kit", type=Path, default=None,
+                   help="the startup kit from `heroes consortium provision` (its name, "
+                   "address, CA certificate, signing key and roster; needs --fingerprint)")
+    p.add_argument("--fingerprint", default=None,
+                   help="the consortium signing key's fingerprint (sha256:...), as received "
+                   "by another channel than the kit; the kit is refused without it")
+    p.add_argument("--name", default=None, help="the agency's name as the consortium knows it "
+                   "(from the kit when --kit)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="the advert-risk export folder (manifest.json and the files it "
                    "names); or name each task's export with --data")
@@ -71,11 +79,13 @@ def _register_node(sub: Subparsers) -> None:
                    "(repeatable: one per task; a round of a task reads only its own)")
     p.add_argument("--task-dataset-id", action="append", default=[], metavar="TASK=ID",
                    help="a stable ledger name for the dataset of a task named by --data")
-    p.add_argument("--consortium", required=True, help="the consortium's address, HOST:PORT")
-    p.add_argument("--ca-cert", type=Path, required=True,
-                   help="the consortium's ca.crt (received out of band)")
-    p.add_argument("--consortium-key", type=Path, required=True,
-                   help="the consortium's signing.pub (received out of band)")
+    p.add_argument("--consortium", default=None,
+                   help="the consortium's address, HOST:PORT (from the kit when --kit)")
+    p.add_argument("--ca-cert", type=Path, default=None,
+                   help="the consortium's ca.crt (received out of band; from the kit when --kit)")
+    p.add_argument("--consortium-key", type=Path, default=None,
+                   help="the consortium's signing.pub (received out of band; from the kit "
+                   "when --kit)")
     p.add_argument("--max-epsilon", type=float, required=True,
                    help="lifetime privacy budget per dataset (unit: one record of the "
                    "task that trains it, e.g. one advert, one conversation; the tasks "
@@ -158,18 +168,58 @@ def _init(args: argparse.Namespace) -> int:
                     secure_min_agencies=args.secure_min_agencies,
                     require_secure_aggregation=args.require_secure_aggregation,
                     share_local_metrics=args.share_local_metrics)
+    kit = None
+    if args.kit is not None:
+        from federation.kit import read_kit
+
+        kit = read_kit(args.kit, signing_key_fingerprint=args.fingerprint)
+        if args.name is not None and args.name != kit.agency:
+            print(f"heroes agency init: the kit is for agency {kit.agency!r}, not "
+                  f"{args.name!r}. Fix: drop --name, or ask the consortium for your own kit",
+                  file=sys.stderr)
+            return exit.USAGE
+        args.name = kit.agency
+        args.consortium = args.consortium or kit.consortium
+    else:
+        missing = [flag for flag, value in (("--name", args.name),
+                                            ("--consortium", args.consortium),
+                                            ("--ca-cert", args.ca_cert),
+                                            ("--consortium-key", args.consortium_key))
+                   if value is None]
+        if missing:
+            print(f"heroes agency init: {', '.join(missing)} needed. Fix: pass them (the "
+                  "files received from the consortium), or --kit FILE --fingerprint FP",
+                  file=sys.stderr)
+            return exit.USAGE
     datasets = agency.task_exports(args.data, args.task_dataset_id)
     if args.data_dir is None and not datasets:
         print("heroes agency init: no data folder. Fix: --data-dir DIR (the advert-risk "
               "export) or --data TASK=DIR for each task", file=sys.stderr)
         return exit.USAGE
     named = (["advert-risk"] if args.data_dir is not None else []) + sorted(datasets)
-    home = agency.init(args.dir, name=args.name, data_dir=args.data_dir,
-                       consortium=args.consortium, ca_cert=args.ca_cert,
-                       consortium_key=args.consortium_key, policy=policy,
-                       allowed_tasks=args.allowed_task or named,
-                       runtime_port=args.runtime_port, health_port=args.health_port,
-                       dataset_id=args.dataset_id, datasets=datasets)
+    with tempfile.TemporaryDirectory(prefix="heroes-kit-") as tmp:
+        if kit is not None:  # the kit's two files, for init to install as it would the others
+            args.ca_cert, args.consortium_key = Path(tmp) / "ca.crt", Path(tmp) / "signing.pub"
+            args.ca_cert.write_bytes(kit.files["ca.crt"])
+            args.consortium_key.write_bytes(kit.files["signing.pub"])
+        home = agency.init(args.dir, name=args.name, data_dir=args.data_dir,
+                           consortium=args.consortium, ca_cert=args.ca_cert,
+                           consortium_key=args.consortium_key, policy=policy,
+                           allowed_tasks=args.allowed_task or named,
+                           runtime_port=args.runtime_port, health_port=args.health_port,
+                           dataset_id=args.dataset_id, datasets=datasets)
+    if kit is not None:
+        print(f"startup kit verified: issued {kit.issued_at} for {kit.agency}, signed by "
+              f"{kit.fingerprints['signing_key']}; CA certificate "
+              f"{kit.fingerprints['ca_certificate']}")
+        if "roster.json" in kit.files:
+            from federation.files import private_dir, write_atomic
+
+            folder = private_dir(home.root / "kit")
+            for name in ("roster.json", "roster.json.sig"):
+                write_atomic(folder / name, kit.files[name])
+            print(f"  the kit's roster is in {folder / 'roster.json'}: review and approve it "
+                  f"with `heroes agency approve {folder / 'roster.json'} --dir {home.root}`")
     print(f"node {args.name} initialised in {home.root}\n"
           f"  send to the consortium: {home.node_pub} (public; the private node.key stays "
           "here)\n"

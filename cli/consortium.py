@@ -55,6 +55,14 @@ def _register_deployment(sub: Subparsers) -> None:
     p.add_argument("--renew-server-cert", action="store_true",
                    help="in an existing folder: re-issue the SuperLink certificate only")
 
+    p = command(sub, "provision", _provision, help="write an agency's signed startup kit "
+                "(CA certificate, signing key, address, roster, node template, checksums and "
+                "fingerprints; no private key)")
+    p.add_argument("agency", metavar="AGENCY", help="the agency's name, as it will enroll")
+    _dir(p)
+    p.add_argument("--out", type=Path, default=None,
+                   help="the kit file (default: DIR/kits/AGENCY.heroes-kit)")
+
     p = command(sub, "enroll", _enroll, help="register an agency's node public key")
     p.add_argument("name", help="the agency's name, e.g. eu-police-north")
     p.add_argument("public_key", type=Path, help="the node.key.pub the agency sent")
@@ -184,6 +192,21 @@ def _init(args: argparse.Namespace) -> int:
           f"{home.server_key}\n"
           f"  next: `heroes consortium serve --dir {home.root}`, then enroll each agency's "
           "node.key.pub")
+    return exit.OK
+
+
+def _provision(args: argparse.Namespace) -> int:
+    from server import deploy
+
+    path, fingerprints = deploy.provision(args.dir, args.agency, args.out)
+    print(f"wrote {path}: send it to {args.agency} by any channel; it holds no secret.\n"
+          f"  Read these to the agency by ANOTHER channel (phone, letter): its node trusts the "
+          f"kit only with the signing key's fingerprint\n"
+          f"    signing key     {fingerprints['signing_key']}\n"
+          f"    CA certificate  {fingerprints['ca_certificate']}\n"
+          f"  the agency runs: heroes agency init --kit {path.name} --fingerprint "
+          f"{fingerprints['signing_key']} --dir STATE --data-dir EXPORT --max-epsilon E "
+          "--delta D")
     return exit.OK
 
 

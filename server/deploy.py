@@ -79,6 +79,7 @@ from federation.signing import (
     key_fingerprint,
     load_private_key,
     load_public_key,
+    signature_path_for,
 )
 from server.fleet_gateway import GatewayLimits
 from server.ledger_heads import HEADS_FILE
@@ -428,6 +429,35 @@ def enroll(root: Path, name: str, public_key: Path) -> dict[str, Any]:
     agencies[name] = {**entry, "history": history}
     home.save_registry(registry)
     return agencies[name]  # type: ignore[no-any-return]
+
+
+def provision(root: Path, agency: str, out: Path | None = None) -> tuple[Path, dict[str, str]]:
+    """Write AGENCY's startup kit (federation/kit.py): the CA certificate, the signing
+    public key, the public address, the current signed roster if there is one, a node
+    configuration template, checksums and fingerprints, signed with the signing key. No
+    private key. Returns the kit's path and the fingerprints to read to the agency."""
+    from federation.kit import KIT_SUFFIX, make_kit
+
+    home = ConsortiumHome(root)
+    settings = home.settings()
+    if not NAME_RULE.match(agency):
+        raise DeploymentError(f"agency name {agency!r} is not allowed: {NAME_HINT}")
+    files = {"ca.crt": home.ca_cert.read_bytes(), "signing.pub": home.signing_pub.read_bytes()}
+    roster_sig = signature_path_for(home.roster_path)
+    if home.roster_path.is_file() and roster_sig.is_file():
+        files["roster.json"] = home.roster_path.read_bytes()
+        files["roster.json.sig"] = roster_sig.read_bytes()
+    address = f"{settings.public_host}:{settings.public_port}"
+    template = {"consortium": address, "allowed_tasks": ["advert-risk"],
+                "runtime_port": 9094, "health_port": 9098, "secure_min_agencies": 3}
+    key, _ = _signing_pair(home)
+    kit = make_kit(agency=agency, public_address=address, files=files,
+                   node_template=template, signing_key=key)
+    target = out or home.root / "kits" / f"{agency}{KIT_SUFFIX}"
+    private_dir(target.parent)
+    write_atomic(target, kit)
+    fingerprints = json.loads(kit)["fingerprints"]
+    return target, {str(k): str(v) for k, v in fingerprints.items()}
 
 
 def revoke(root: Path, name: str) -> dict[str, Any]:

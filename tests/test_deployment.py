@@ -108,12 +108,23 @@ class Deployment:
         return (self.tmp / f"{name}.out").read_text()
 
     def init_agency(self, agency: str, data: Path) -> None:
-        r = heroes("agency", "init", "--dir", str(self.state(agency)), "--name", agency,
-                   "--data-dir", str(data), "--consortium", self.public,
-                   "--ca-cert", str(self.cons / "tls" / "ca.crt"),
-                   "--consortium-key", str(self.cons / "signing.pub"),
-                   "--max-epsilon", "10", "--delta", "1e-4",
-                   "--runtime-port", str(free_port()), "--health-port", str(free_port()))
+        """The first agency is set up from a startup kit (`consortium provision`, then
+        `agency init --kit` with the fingerprint), the others from the separate files."""
+        common = ["--dir", str(self.state(agency)), "--data-dir", str(data),
+                  "--max-epsilon", "10", "--delta", "1e-4",
+                  "--runtime-port", str(free_port()), "--health-port", str(free_port())]
+        if agency == self.agencies[0]:
+            kit = self.tmp / f"{agency}.heroes-kit"
+            r = heroes("consortium", "provision", agency, "--dir", str(self.cons),
+                       "--out", str(kit))
+            assert r.returncode == 0, r.stderr
+            fingerprint = json.loads(kit.read_text())["fingerprints"]["signing_key"]
+            r = heroes("agency", "init", "--kit", str(kit), "--fingerprint", fingerprint,
+                       *common)
+        else:
+            r = heroes("agency", "init", "--name", agency, "--consortium", self.public,
+                       "--ca-cert", str(self.cons / "tls" / "ca.crt"),
+                       "--consortium-key", str(self.cons / "signing.pub"), *common)
         assert r.returncode == 0, r.stderr
 
     def stop(self, name: str) -> None:
