@@ -123,6 +123,12 @@ def _register_node(sub: Subparsers) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="plaintext, no node key: only for a lab on one machine (warns)")
 
+    p = command(sub, "console", _console, help="the node's own web page on this machine "
+                "(127.0.0.1 only): health, the ledger with its epsilon plot, receipts, "
+                "approvals, consultations, and their JSON API")
+    p.add_argument("--dir", type=Path, required=True, help=STATE)
+    p.add_argument("--port", type=int, default=8765, help="local port (default 8765; 0: any)")
+
     p = command(sub, "service", _service, help="write a hardened systemd unit and a "
                 "logrotate rule for this node "
                 "(install them as root; README, 'Service files')")
@@ -258,6 +264,12 @@ def _fmt(v: object) -> str:
     if not isinstance(v, float) or math.isnan(v):
         return "n/a"
     return "inf" if math.isinf(v) else f"{v:.3f}"
+
+
+def _console(args: argparse.Namespace) -> int:
+    from clients.console import serve
+
+    return serve(args.dir, args.port)
 
 
 def _service(args: argparse.Namespace) -> int:
