@@ -46,12 +46,13 @@ def test_one_flag_for_a_state_folder_and_json_for_tables() -> None:
     assert not [prog for prog, f in flags.items() if "--state-dir" in f]
     for prog in ("agency status", "agency ledger", "agency check", "agency approvals",
                  "agency audit show", "consortium roster", "consortium ledger-heads",
-                 "privacy epsilon", "privacy plan"):
+                 "consortium status", "privacy epsilon", "privacy plan"):
         assert "--json" in flags[f"heroes {prog}"], prog
     for prog in ("agency init", "agency serve", "agency status", "agency ledger",
                  "agency approve", "agency approvals", "agency score", "agency audit verify",
-                 "agency audit show", "consortium init", "consortium serve",
-                 "consortium ledger-heads"):
+                 "agency audit show", "agency console", "agency service", "consortium init",
+                 "consortium serve", "consortium ledger-heads", "consortium status",
+                 "consortium service", "consortium provision"):
         assert "--dir" in flags[f"heroes {prog}"], prog
 
 
