@@ -103,6 +103,20 @@ def _register_deployment(sub: Subparsers) -> None:
                    help="where to write heroes-consortium.service and heroes-consortium.logrotate "
                    "(default: DIR/service)")
 
+    p = command(sub, "console", _console, help="the aggregator in a browser: agencies, runs "
+                "(live progress), refusals, budgets as reported, releases; JSON API and a "
+                "Prometheus /metrics endpoint (127.0.0.1 by default)")
+    _dir(p)
+    p.add_argument("--port", type=int, default=8766, help="port (default 8766; 0: any)")
+    p.add_argument("--bind", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; anything else needs "
+                   "--token-file, and belongs behind the operator's TLS reverse proxy)")
+    p.add_argument("--public-host", action="append", default=[], metavar="HOST[:PORT]",
+                   help="a Host header the reverse proxy sends (repeatable)")
+    p.add_argument("--token-file", type=Path, default=None,
+                   help="a file holding the login token (16+ characters): every page and "
+                   "API call then needs it (login form or Authorization: Bearer)")
+
     p = command(sub, "status", _status,
                 help="the aggregator's processes, health, certificate, agencies by name "
                 "(enrolled, online, last seen, revoked), roster and last run; exits 0 OK, "
@@ -145,6 +159,13 @@ def _service(args: argparse.Namespace) -> int:
           f"/etc/logrotate.d/heroes-consortium && systemctl daemon-reload && systemctl enable "
           f"--now {written[0].name}")
     return exit.OK
+
+
+def _console(args: argparse.Namespace) -> int:
+    from server.console import serve
+
+    return serve(args.dir, port=args.port, bind=args.bind,
+                 public_hosts=tuple(args.public_host), token_file=args.token_file)
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -12,43 +12,25 @@ Local only, by construction: it binds 127.0.0.1 and nothing else, answers only r
 whose Host header names 127.0.0.1 or localhost at its own port (a web page elsewhere
 cannot reach it through DNS rebinding), sends a Content-Security-Policy that allows no
 script, no frame and nothing from elsewhere, and never caches. It reads; it writes nothing.
-The standard library's threading HTTP server serves it: one local reader, no framework
-needed.
+federation/localweb.py serves it (the standard library's threading HTTP server, hardened;
+shared with the consortium console).
 """
 
 from __future__ import annotations
 
 import html
-import json
 import math
-import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from federation.errors import HeroesError
 
 REFRESH_S = 10
-HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                               "img-src data:; frame-ancestors 'none'; form-action 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-    "X-Frame-Options": "DENY",
-}
 CSS = """body{font-family:system-ui,sans-serif;margin:20px auto;max-width:1100px;color:#222}
 h1{font-size:22px}h2{font-size:17px;margin-top:26px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px}
 th{background:#f3f3f3}.critical{color:#b00;font-weight:bold}.warning{color:#a60}
 .ok{color:#060}.note{color:#555;font-size:13px}svg.plot{border:1px solid #ddd}"""
-
-
-def _json_safe(value: Any) -> Any:
-    from federation.ledger import json_safe
-
-    return json_safe(value)
 
 
 def status_api(root: Path) -> dict[str, Any]:
@@ -169,72 +151,18 @@ def _consultations(root: Path) -> str:
     return f"{count} consultations recorded by `heroes agency score` in {path}"
 
 
-def make_server(root: Path, port: int) -> ThreadingHTTPServer:
-    """The console's server on 127.0.0.1:``port`` (0: any free port), not started."""
-    routes: dict[str, tuple[str, Callable[[Path], Any]]] = {
-        "/": ("text/html; charset=utf-8", page),
-        "/api/status": ("application/json", status_api),
-        "/api/ledger": ("application/json", ledger_api),
-        "/api/receipts": ("application/json", receipts_api),
-    }
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "heroes-console"
-        sys_version = ""
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return  # the console logs nothing about who looked at what
-
-        def _send(self, code: int, kind: str, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in HEADERS.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            port = self.server.server_port  # type: ignore[attr-defined]  # an HTTPServer's
-            own = {f"127.0.0.1:{port}", f"localhost:{port}"}
-            if self.headers.get("Host", "") not in own:
-                self._send(403, "text/plain", b"this console answers only to 127.0.0.1\n")
-                return
-            route = routes.get(self.path.split("?", 1)[0])
-            if route is None:
-                self._send(404, "text/plain", b"not found\n")
-                return
-            kind, fn = route
-            try:
-                value = fn(root)
-            except HeroesError as exc:
-                self._send(500, "text/plain; charset=utf-8", f"{exc}\n".encode())
-                return
-            body = (value if isinstance(value, str) else json.dumps(
-                _json_safe(value), indent=2, default=str, allow_nan=False)).encode()
-            self._send(200, kind, body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
-    return server
-
-
 def serve(root: Path, port: int) -> int:
-    """Serve until SIGTERM or Ctrl-C."""
-    import signal
-
+    """Serve the console on 127.0.0.1:``port`` until SIGTERM or Ctrl-C."""
     from clients.agency import AgencyHome
+    from federation.localweb import as_json, make_server, serve_forever
 
     AgencyHome(root).node()  # not a node folder: refused before anything listens
-    server = make_server(root, port)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    print(f"agency console: http://127.0.0.1:{server.server_port}/ (this machine "
-          f"only; JSON under /api/status, /api/ledger, /api/receipts); Ctrl-C stops it",
-          flush=True)
-    try:
-        server.serve_forever(poll_interval=0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    server = make_server({
+        "/": ("text/html; charset=utf-8", lambda: page(root)),
+        "/api/status": ("application/json", lambda: as_json(status_api(root))),
+        "/api/ledger": ("application/json", lambda: as_json(ledger_api(root))),
+        "/api/receipts": ("application/json", lambda: as_json(receipts_api(root))),
+    }, port=port)
+    return serve_forever(server, f"agency console: http://127.0.0.1:{server.server_port}/ "
+                         "(this machine only; JSON under /api/status, /api/ledger, "
+                         "/api/receipts); Ctrl-C stops it")
