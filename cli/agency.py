@@ -500,9 +500,8 @@ def _register_lifecycle(sub: Subparsers) -> None:
                    help="fit this agency's calibration (Platt scaling) for this model on "
                    "the labelled training export in DATA_DIR (manifest.json); kept in the "
                    "state folder and used by later runs with the same model")
-    p.add_argument("--dir", type=Path, default=Path("agency-state"),
-                   help="the node's state folder, which holds the consultation log "
-                   "(default: ./agency-state)")
+    _dir(p, "the node's state folder, which holds the consultation log (as for every "
+         "other agency command: no default, so no log lands in the working folder)")
     audit = group(sub, "audit", help="the node's signed, hash-chained egress receipts",
                   dest="audit_command")
     verify = command(audit, "verify", _audit_verify, help="check every receipt's signature "

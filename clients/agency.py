@@ -592,7 +592,9 @@ def exit_hint(name: str, code: int, log_text: str) -> str:
         return ("the consortium does not accept this node's key: it was never enrolled, or "
                 "it was revoked. Fix: send node.key.pub to the consortium and ask it to run "
                 "`heroes consortium enroll NAME node.key.pub`")
-    if code == 0 and "terminated gracefully" in log_text:
+    # A revoked key: the gateway answers 401 and Flower's SuperNode signals itself to stop;
+    # it exits 0 ("terminated gracefully"), or by that signal when its shutdown is cut short.
+    if (code == 0 and "terminated gracefully" in log_text) or "401 Unauthorized" in log_text:
         return ("the SuperNode stopped itself after the consortium answered a request with "
                 "'unauthorised': this node's key was revoked. Ask the consortium to enroll it "
                 "again if that was a mistake")

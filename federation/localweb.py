@@ -9,10 +9,10 @@ pages about privacy budgets and agencies.
   session cookie the login form sets (HttpOnly, SameSite=Strict, Secure behind TLS); the
   comparison is constant-time; a wrong token is refused with 401 and nothing else.
 - A Content-Security-Policy that allows no script, no frame and nothing from elsewhere;
-  no caching; no request log (who looked at what stays unrecorded); GET only, and POST
-  only to the login form.
+  no caching; no request log (who looked at what stays unrecorded); GET, POST to the login
+  form, and POST to the actions a console declares (only with a token: see make_server).
 
-No framework: a few read-only routes for a handful of local readers.
+No framework: a few routes for a handful of local readers.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ login</title></head><body><h1>heroes-fl console</h1><form method='post' action='
 
 #: A route: the content type and a function giving the body (str or bytes).
 Route = tuple[str, Callable[[], str | bytes]]
+#: An action (POST): a function of the request's fields and who asked, giving a JSON object;
+#: a HeroesError it raises is the refusal (400, its message).
+Action = Callable[[dict[str, str], str], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,16 @@ def read_token(path: Path) -> str:
 
 
 def make_server(routes: dict[str, Route], *, bind: str = "127.0.0.1", port: int = 0,
-                access: Access = Access()) -> ThreadingHTTPServer:
-    """The server on ``bind:port`` (0: any free port), not started."""
+                access: Access = Access(),
+                actions: dict[str, Action] | None = None) -> ThreadingHTTPServer:
+    """The server on ``bind:port`` (0: any free port), not started.
+
+    ``actions`` (POST routes) are served only with a token: a request needs the bearer
+    token, or the login's session cookie together with an ``Origin`` header naming this
+    server (a form on another site cannot post to it; the cookie is SameSite=Strict too).
+    A form post (``application/x-www-form-urlencoded``) is answered with a redirect to the
+    page, an API call with the action's JSON."""
+    posts: dict[str, Action] = actions or {}
     sessions: set[str] = set()
     lock = threading.Lock()
 
@@ -100,12 +111,20 @@ def make_server(routes: dict[str, Route], *, bind: str = "127.0.0.1", port: int 
             own = {f"127.0.0.1:{port}", f"localhost:{port}", *access.public_hosts}
             return self.headers.get("Host", "") in own
 
+        def _bearer(self) -> bool:
+            given = self.headers.get("Authorization", "")
+            return bool(access.token) and given.startswith("Bearer ") and hmac.compare_digest(
+                given[7:].encode(), str(access.token).encode())
+
+        def _same_origin(self) -> bool:
+            origin = self.headers.get("Origin", "")
+            _, _, host = origin.partition("://")
+            return bool(host) and host == self.headers.get("Host", "")
+
         def _authorised(self) -> bool:
             if access.token is None:
                 return True
-            given = self.headers.get("Authorization", "")
-            if given.startswith("Bearer ") and hmac.compare_digest(
-                    given[7:].encode(), access.token.encode()):
+            if self._bearer():
                 return True
             for part in self.headers.get("Cookie", "").split(";"):
                 name, _, value = part.strip().partition("=")
@@ -144,7 +163,49 @@ def make_server(routes: dict[str, Route], *, bind: str = "127.0.0.1", port: int 
                 return
             self._send(200, kind, body.encode() if isinstance(body, str) else body)
 
+        def _act(self, action: Action) -> None:
+            if access.token is None:
+                self._send(403, "text/plain", b"run actions need a login: start the console "
+                           b"with --token-file FILE\n")
+                return
+            bearer = self._bearer()
+            if not bearer and not (self._authorised() and self._same_origin()):
+                self._send(401 if not self._authorised() else 403, "text/plain",
+                           b"log in first (token); a form must come from this console\n")
+                return
+            length = int(self.headers.get("Content-Length", "0") or 0)
+            if length > MAX_LOGIN_BYTES:
+                self._send(413, "text/plain", b"too long\n")
+                return
+            raw = self.rfile.read(length).decode("utf-8", "replace")
+            form = "application/x-www-form-urlencoded" in self.headers.get("Content-Type", "")
+            try:
+                fields = ({k: v[0] for k, v in parse_qs(raw).items()} if form
+                          else json.loads(raw or "{}"))
+                if not isinstance(fields, dict):
+                    raise ValueError
+            except ValueError:
+                self._send(400, "text/plain", b"a JSON object or a form, please\n")
+                return
+            who = (f"{'token' if bearer else 'login session'} from "
+                   f"{self.client_address[0]}")
+            from federation.errors import HeroesError
+
+            try:
+                result = action({str(k): str(v) for k, v in fields.items()}, who)
+            except HeroesError as exc:
+                self._send(400, "text/plain; charset=utf-8", f"refused: {exc}\n".encode())
+                return
+            if form:
+                self._send(303, "text/plain", b"done\n", {"Location": "/"})
+            else:
+                self._send(200, "application/json", as_json(result).encode())
+
         def do_POST(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if self._host_ok() and path in posts:
+                self._act(posts[path])
+                return
             if not self._host_ok() or self.path != "/login" or access.token is None:
                 self._send(404 if self._host_ok() else 403, "text/plain", b"not found\n")
                 return

@@ -11,9 +11,13 @@ releases. ``/api/status``, ``/api/runs`` and ``/metrics`` (Prometheus' text form
 prometheus_client) give the same figures to programs. Nothing on it comes from an agency's
 data; the figures an agency keeps to itself read "kept by the agency".
 
+With a login (``--token-file``) it also acts: start a run from a saved configuration
+(``DIR/run-configs/NAME.toml``), stop a running run, resume an interrupted one
+(server/run_actions.py; forms on the page, ``POST /actions/start|stop|resume`` for programs
+with the bearer token). Without one it is read-only.
+
 Served by federation/localweb.py: 127.0.0.1 by default; behind the operator's reverse
 proxy (``--bind``, ``--public-host``) only with a login (``--token-file``).
-Read-only: starting, stopping and resuming runs stay `consortium train` commands.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ PROGRESS = re.compile(r"^heroes (\S+) run (\d+) (INFO|WARNING|ERROR) heroes\.\w+
 CSS = """body{font-family:system-ui,sans-serif;margin:20px auto;max-width:1150px;color:#222}
 h1{font-size:22px}h2{font-size:17px;margin-top:26px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px}
-th{background:#f3f3f3}.critical{color:#b00;font-weight:bold}.warning{color:#a60}
+th{background:#f3f3f3}form.action{display:inline;margin:0 4px}
+.critical{color:#b00;font-weight:bold}.warning{color:#a60}
 .ok{color:#060}.note{color:#555;font-size:13px}pre{font-size:12px;background:#f7f7f7;
 padding:6px;white-space:pre-wrap}svg.plot{border:1px solid #ddd}"""
 
@@ -86,15 +91,15 @@ def _rounds(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 def runs_api(root: Path) -> dict[str, Any]:
     """The newest runs first: state, rounds, progress lines, refusals, budgets, release."""
+    from server.run_actions import resumable, run_state
+
     runs_dir = root / "runs"
     folders = sorted((p for p in runs_dir.iterdir() if p.is_dir()), key=lambda p: p.name,
                      reverse=True)[:MAX_RUNS] if runs_dir.is_dir() else []
     runs = []
     for run in folders:
         summary = _summary(run)
-        finished = (run / "model.pt").is_file() and (run / SUMMARY_FILE).is_file()
-        state = ("finished" if finished else "ended without a model"
-                 if (run / "run-id").is_file() else "running, or interrupted")
+        state = run_state(run)
         progress = []
         log = run / "run.log"
         if log.is_file():
@@ -112,12 +117,23 @@ def runs_api(root: Path) -> dict[str, Any]:
                            "metrics": c.get("metrics"), "folder": str(card.parent)}
             except (OSError, ValueError):
                 release = {"released_at": None, "metrics": None, "folder": str(card.parent)}
-        runs.append({"folder": run.name, "state": state,
+        runs.append({"folder": run.name, "state": state, "resumable": resumable(run),
                      "run_id": ((run / "run-id").read_text(encoding="utf-8").strip()
                                 if (run / "run-id").is_file() else None),
                      "rounds": _rounds(summary) if summary else [],
                      "progress": progress[-50:], "release": release})
     return {"runs": runs}
+
+
+def configs_api(root: Path) -> dict[str, Any]:
+    """The saved run configurations (server/run_actions.py) and the files that cannot be
+    used."""
+    from server.run_actions import saved_configs
+
+    found, problems = saved_configs(root)
+    return {"configs": [{"name": c.name, "task": c.task, "run_config": c.run_config,
+                         "description": c.description} for c in found],
+            "problems": problems}
 
 
 def metrics(root: Path) -> bytes:
@@ -166,7 +182,32 @@ def _budget(b: dict[str, Any]) -> str:
     return spent + (f", {left:.3f} left" if isinstance(left, int | float) else "")
 
 
-def page(root: Path) -> str:
+def _button(path: str, field: str, value: str, label: str) -> str:
+    return (f"<form method='post' action='{path}' class='action'>"
+            f"<input type='hidden' name='{field}' value='{_e(value)}'>"
+            f"<button type='submit'>{_e(label)}</button></form>")
+
+
+def _actions_part(root: Path, actions: bool) -> str:
+    saved = configs_api(root)
+    if not actions:
+        return ("<h2>Start a run</h2><p class='note'>Run actions (start from a saved "
+                "configuration, stop, resume) need a login: start the console with "
+                "--token-file FILE.</p>")
+    rows = "".join(
+        f"<tr><td>{_e(c['name'])}</td><td>{_e(c['task'])}</td><td><code>"
+        f"{_e(c['run_config'])}</code></td><td>{_e(c['description'])}</td><td>"
+        f"{_button('/actions/start', 'config', c['name'], 'start')}</td></tr>"
+        for c in saved["configs"])
+    problems = "".join(f"<li class='warning'>{_e(p)}</li>" for p in saved["problems"])
+    return ("<h2>Start a run</h2>" + (
+        "<table id='configs'><tr><th>saved configuration</th><th>task</th><th>run config"
+        "</th><th>about</th><th></th></tr>" + rows + "</table>" if rows else
+        f"<p>No saved configurations: write {_e(root / 'run-configs')}/NAME.toml "
+        "(task, run_config).</p>") + (f"<ul>{problems}</ul>" if problems else ""))
+
+
+def page(root: Path, *, actions: bool = False) -> str:
     from federation.plots import line_chart
 
     s, runs = status_api(root), runs_api(root)["runs"]
@@ -190,13 +231,18 @@ def page(root: Path) -> str:
                      f"{_e(a['state'])}</td><td>{_e(a['online_at'] or '-')}</td>"
                      f"<td>{_e(a['enrolled_at'])}</td><td>{_e(a['revoked_at'] or '-')}</td>"
                      f"<td>{_e(str(a['fingerprint'])[:23])}</td></tr>")
-    parts.append("</table><h2>Runs</h2>")
+    parts.append("</table>" + _actions_part(root, actions) + "<h2>Runs</h2>")
     if not runs:
         parts.append("<p>No runs yet (`heroes consortium train`).</p>")
     for i, run in enumerate(runs):
         parts.append(f"<h3>{_e(run['folder'])}: <span class='run-state'>{_e(run['state'])}"
                      f"</span> (run {_e(run['run_id'] or '-')}, "
                      f"<span class='rounds'>{len(run['rounds'])}</span> rounds recorded)</h3>")
+        if actions and run["state"] == "running":
+            parts.append(_button("/actions/stop", "folder", run["folder"], "stop this run"))
+        elif actions and run["resumable"]:
+            parts.append(_button("/actions/resume", "folder", run["folder"],
+                                 "resume from its last checkpoint"))
         if i == 0 and run["progress"]:
             parts.append("<pre class='progress'>" + "\n".join(
                 f"{_e(p['at'])} {_e(p['level'])} {_e(p['text'])}" for p in run["progress"])
@@ -247,12 +293,21 @@ def serve(root: Path, *, port: int, bind: str, public_hosts: tuple[str, ...],
     access = Access(public_hosts=public_hosts,
                     token=read_token(token_file) if token_file is not None else None,
                     secure_cookie=bool(public_hosts))
+    from server import run_actions
+
+    actions = access.token is not None
     server = make_server({
-        "/": ("text/html; charset=utf-8", lambda: page(root)),
+        "/": ("text/html; charset=utf-8", lambda: page(root, actions=actions)),
         "/api/status": ("application/json", lambda: as_json(status_api(root))),
         "/api/runs": ("application/json", lambda: as_json(runs_api(root))),
+        "/api/configs": ("application/json", lambda: as_json(configs_api(root))),
         "/metrics": ("text/plain; version=0.0.4; charset=utf-8", lambda: metrics(root)),
-    }, bind=bind, port=port, access=access)
+    }, bind=bind, port=port, access=access, actions={
+        "/actions/start": lambda f, who: run_actions.start(root, f.get("config", ""), who=who),
+        "/actions/stop": lambda f, who: run_actions.stop(root, f.get("folder", ""), who=who),
+        "/actions/resume": lambda f, who: run_actions.resume(root, f.get("folder", ""),
+                                                             who=who),
+    })
     login = "; login with the token" if access.token else ""
     return serve_forever(server, f"consortium console: http://{bind}:{server.server_port}/ "
                          f"(JSON under /api/status and /api/runs, Prometheus at /metrics"

@@ -846,6 +846,24 @@ def _train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
           f"{home.private_address}; outputs in {run_dir}. Agencies run it only once they "
           f"approved that manifest: send them {run_dir / 'app.fab'} (or one made with "
           "`heroes consortium bundle`) for `heroes agency approve`", flush=True)
+    # While this command follows the run, its pid marks the run as running (the console's
+    # run actions read it; server/run_actions.py); gone when it ends, however it ends.
+    pid_file = run_dir / TRAIN_PID
+    write_atomic(pid_file, str(os.getpid()).encode())
+    try:
+        return _follow(home, cmd, run_dir, resume=resume is not None, timeout=timeout,
+                       verbose=verbose)
+    finally:
+        pid_file.unlink(missing_ok=True)
+
+
+#: The file that holds the pid of the `train` command following a run (server/run_actions.py).
+TRAIN_PID = "train.pid"
+
+
+def _follow(home: ConsortiumHome, cmd: list[str], run_dir: Path, *, resume: bool,
+            timeout: float, verbose: bool) -> Path:
+    """Submit the run with ``cmd``, stream it to run.log and the console, fetch its outputs."""
     proc = subprocess.Popen(cmd, env=home.env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
@@ -855,8 +873,10 @@ def _train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
     with (run_dir / "run.log").open("a" if resume else "w", encoding="utf-8") as logf:
         for line in proc.stdout:
             m = re.search(r"Successfully started run (\d+)", line)
-            if m:
+            if m and run_id is None:
                 run_id = m.group(1)
+                # at once: `flwr stop` and the console need it while the run goes on
+                (run_dir / "run-id").write_text(run_id, encoding="utf-8")
             plain = _ANSI.sub("", line)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             # heroes' own lines carry their time and run id already
@@ -874,11 +894,14 @@ def _train(root: Path, *, app: Path, overrides: list[str], out: Path | None,
     if run_id is None:
         raise DeploymentError(f"the run was not accepted (flwr run exited {proc.returncode}); "
                               f"see {run_dir / 'run.log'}")
-    (run_dir / "run-id").write_text(run_id, encoding="utf-8")
     metrics = run_dir / "server" / SUMMARY_FILE
     if not metrics.is_file():
         partial = run_dir / "server" / "partial" / SUMMARY_FILE
         hint = f"; rounds so far are in {partial}" if partial.is_file() else ""
+        if any((run_dir / "server" / "checkpoints").glob("round-*.pt")):
+            hint += (f". Its completed rounds are checkpointed: once the aggregator is up "
+                     f"(`heroes consortium serve`), continue it with `heroes consortium train "
+                     f"--dir {home.root} --resume {run_dir}`")
         raise DeploymentError(f"run {run_id} ended without a model (status in `flwr ls`){hint}; "
                               f"the aggregator's log: {run_dir / 'run.log'}")
     RunSummary.read(metrics)  # a summary this version cannot read is refused here, by name

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import urllib.parse
 from pathlib import Path
@@ -160,5 +161,86 @@ def test_a_token_guards_every_route_and_loopback_is_the_default(cons: Path,
         session = cookie.split(";", 1)[0]
         assert _get(port, "/api/runs", {"Cookie": session})[0] == 200
         assert _get(port, "/api/runs", {"Cookie": "heroes_console=forged"})[0] == 401
+    finally:
+        _stop(proc)
+
+
+def _post(port: int, path: str, body: str, headers: dict[str, str]) -> tuple[int, str, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE_S)
+    try:
+        conn.request("POST", path, body=body, headers={"Host": f"127.0.0.1:{port}", **headers})
+        r = conn.getresponse()
+        return r.status, r.read().decode(), r.getheader("Location") or ""
+    finally:
+        conn.close()
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def test_run_actions_need_the_login_and_a_form_from_the_console(cons: Path,
+                                                                 tmp_path: Path) -> None:
+    """Start, stop and resume (issue 17 item 3): refused without a login, refused to a form
+    posted from another origin (or none), refused with the reason for what cannot be done,
+    and a start from a saved configuration really runs `consortium train` (which, with no
+    aggregator up, stops with its own error) and is logged."""
+    configs = cons / "run-configs"
+    configs.mkdir(mode=0o700)
+    (configs / "quick.toml").write_text('task = "advert-risk"\nrun_config = '
+                                        '"strategy.num_rounds=1"\ndescription = "one round"\n')
+    (configs / "broken.toml").write_text("run_config = 3\n")
+    proc, port, _ = _start(cons, tmp_path)  # no token: read-only
+    try:
+        code, text, _ = _post(port, "/actions/start", "config=quick", FORM)
+        assert code == 403 and "--token-file" in text
+        assert "need a login" in _get(port, "/")[1].decode()
+    finally:
+        _stop(proc)
+    token = "t0ken-" + "y" * 26
+    (tmp_path / "token").write_text(token)
+    proc, port, _ = _start(cons, tmp_path, "--token-file", str(tmp_path / "token"))
+    bearer = {"Authorization": f"Bearer {token}"}
+    try:
+        saved = json.loads(_get(port, "/api/configs", bearer)[1])
+        assert [c["name"] for c in saved["configs"]] == ["quick"]
+        assert len(saved["problems"]) == 1 and saved["problems"][0].startswith("broken.toml")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE_S)
+        conn.request("POST", "/login", body=urllib.parse.urlencode({"token": token}),
+                     headers={"Host": f"127.0.0.1:{port}", **FORM})
+        session = (conn.getresponse().getheader("Set-Cookie") or "").split(";", 1)[0]
+        conn.close()
+        assert session.startswith("heroes_console=")
+        cookie = {"Cookie": session, **FORM}
+        here = {"Origin": f"http://127.0.0.1:{port}"}
+        assert _post(port, "/actions/start", "config=quick", FORM)[0] == 401
+        assert _post(port, "/actions/start", "config=quick", cookie)[0] == 403  # no Origin
+        assert _post(port, "/actions/start", "config=quick",
+                     {**cookie, "Origin": "http://evil.example"})[0] == 403
+        code, text, _ = _post(port, "/actions/start", json.dumps({"config": "nope"}), bearer)
+        assert code == 400 and "no saved configuration named 'nope'" in text and "quick" in text
+        finished = "20261204T050000Z"
+        code, text, _ = _post(port, "/actions/stop", json.dumps({"folder": finished}), bearer)
+        assert code == 400 and "not running (finished)" in text
+        code, text, _ = _post(port, "/actions/resume", json.dumps({"folder": finished}), bearer)
+        assert code == 400 and "cannot be resumed (finished" in text
+        code, text, _ = _post(port, "/actions/stop", json.dumps({"folder": "../etc"}), bearer)
+        assert code == 400 and "no run folder" in text
+        page = _get(port, "/", {"Cookie": session})[1].decode()
+        assert "action='/actions/start'" in page and "one round" in page
+
+        code, _, location = _post(port, "/actions/start", "config=quick", {**cookie, **here})
+        assert code == 303 and location == "/"
+        runs = sorted(p for p in (cons / "runs").iterdir() if p.name != finished)
+        assert len(runs) == 1
+        started = runs[0]
+        wait_for(lambda: json.loads(_get(port, "/api/runs", bearer)[1])["runs"][0]["state"]
+                 == "interrupted", "the started train to end (no aggregator is up)",
+                 seen=lambda: (started / "train.out").read_text())
+        out = (started / "train.out").read_text()
+        assert "consortium serve" in out  # train's own refusal: the aggregator is not up
+        logged = (cons / "logs" / "console-actions.log").read_text()
+        assert f"login session from 127.0.0.1 start {started.name} config=quick" in logged
+        assert stat.S_IMODE((cons / "logs" / "console-actions.log").stat().st_mode) == 0o600
+        assert stat.S_IMODE((started / "train.out").stat().st_mode) == 0o600
     finally:
         _stop(proc)

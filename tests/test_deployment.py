@@ -35,8 +35,9 @@ from tests._wait import DEADLINE_S, RUN_DEADLINE_S, wait_for
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CANARY = "ZQXCANARY7731"
+# round_timeout: generous, for a loaded 2-core CI machine (a round takes about 30 s here)
 RUN_CONFIG = ("strategy.num_rounds=2 privacy.target_delta=1e-4 strategy.min_nodes=3 "
-              "strategy.quorum=3 strategy.round_timeout=120")
+              "strategy.quorum=3 strategy.round_timeout=300")
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +56,19 @@ def env() -> dict[str, str]:
 def heroes(*args: str, timeout: float = DEADLINE_S) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*HEROES, *args], env=env(), capture_output=True, text=True,
                           timeout=timeout, check=False)
+
+
+def nodes_logs(deployment: Deployment, chars: int = 2500) -> str:
+    """The end of every node's own logs, for a failure message: what a node that did not
+    answer was doing."""
+    parts = []
+    for agency in deployment.agencies:
+        for name in ("supernode", "superexec"):
+            path = deployment.state(agency) / "logs" / f"{name}.log"
+            if path.is_file():
+                text = path.read_text(encoding="utf-8", errors="replace")
+                parts.append(f"\n--- {agency} {name}.log (end) ---\n{text[-chars:]}")
+    return "".join(parts)
 
 
 def plant_canaries(agency_dir: Path) -> None:
@@ -369,6 +383,7 @@ def test_signed_dp_run_survives_an_aggregator_kill_and_every_ledger_shows_the_sp
     os.killpg(deployment.procs["consortium"].pid, signal.SIGKILL)
     deployment.procs.pop("consortium").wait()
     assert train.wait(timeout=DEADLINE_S) != 0  # the interrupted train says so
+    assert f"--resume {out}" in deployment.output("train"), deployment.output("train")[-3000:]
     deployment.procs.pop("train")
     deployment.start("consortium", ["consortium", "serve", "--dir", str(deployment.cons)])
     wait_for(lambda: deployment.output("consortium").count("aggregator up") >= 1,
@@ -379,7 +394,8 @@ def test_signed_dp_run_survives_an_aggregator_kill_and_every_ledger_shows_the_sp
     gateway = deployment.gateway_pid()
     report = attack(host, int(port), deployment.cons / "tls" / "ca.crt",
                     gateway_pids=lambda: process_tree(gateway))
-    assert resumed.wait(timeout=RUN_DEADLINE_S) == 0, deployment.output("resume")[-3000:]
+    assert resumed.wait(timeout=RUN_DEADLINE_S) == 0, (
+        deployment.output("resume")[-3000:] + nodes_logs(deployment))
     deployment.procs.pop("resume")
     # the console: one line per round, numbered as the run (round 2 of 2 after the resume),
     # none of Flower's own INFO lines; run.log: all of them, each with its time and run id
@@ -449,6 +465,69 @@ def test_signed_dp_run_survives_an_aggregator_kill_and_every_ledger_shows_the_sp
             seq, _ = ledger.head()
             assert heads[agency]["seq"] < seq
             assert ledger.hash_at(heads[agency]["seq"]) == heads[agency]["hash"]
+
+
+def test_console_starts_stops_and_resumes_a_real_run(deployment: Deployment) -> None:
+    """The consortium console's run actions against the real deployment (issue 17 item 3):
+    start a 2-round run from a saved configuration, see its round line live, stop it after
+    round 1, resume it, and it ends with both rounds; every action is logged."""
+    from tests.test_consortium_console import _get, _post
+
+    cons = deployment.cons
+    configs = cons / "run-configs"
+    configs.mkdir(mode=0o700, exist_ok=True)
+    saved = configs / "two-rounds.toml"
+    saved.write_text(f'run_config = "{RUN_CONFIG}"\ndescription = "the deployment test"\n')
+    saved.chmod(0o600)
+    token = deployment.tmp / "console.token"
+    token.write_text("console-" + "z" * 30)
+    token.chmod(0o600)
+    port = free_port()
+    deployment.start("console", ["consortium", "console", "--dir", str(cons), "--port",
+                                 str(port), "--token-file", str(token)])
+    bearer = {"Authorization": f"Bearer {token.read_text()}"}
+
+    def up() -> bool:
+        try:
+            return _get(port, "/api/runs", bearer)[0] == 200
+        except OSError:
+            return False
+
+    wait_for(up, "the console", seen=lambda: deployment.output("console"))
+
+    def run_info(folder: str) -> dict[str, Any]:
+        runs = json.loads(_get(port, "/api/runs", bearer)[1])["runs"]
+        found: dict[str, Any] = next(r for r in runs if r["folder"] == folder)
+        return found
+
+    code, text, _ = _post(port, "/actions/start", json.dumps({"config": "two-rounds"}), bearer)
+    assert code == 200, text
+    folder = json.loads(text)["folder"]
+    run = cons / "runs" / folder
+    wait_for(lambda: (run / "server" / "checkpoints" / "round-0001.pt").exists(),
+             "round 1 of the run the console started",
+             seen=lambda: (run / "train.out").read_text()[-3000:])
+    info = run_info(folder)
+    assert info["state"] == "running" and info["run_id"], info
+    code, text, _ = _post(port, "/actions/stop", json.dumps({"folder": folder}), bearer)
+    assert code == 200, text
+    wait_for(lambda: run_info(folder)["state"] == "stopped", "the stopped run",
+             seen=lambda: (run / "train.out").read_text()[-3000:])
+    assert any(p["text"].startswith("round 1/2: 3/3 agencies trained")
+               for p in run_info(folder)["progress"]), run_info(folder)["progress"]
+    assert run_info(folder)["resumable"]
+    code, text, _ = _post(port, "/actions/resume", json.dumps({"folder": folder}), bearer)
+    assert code == 200, text
+    wait_for(lambda: run_info(folder)["state"] == "finished", "the resumed run to finish",
+             deadline_s=RUN_DEADLINE_S,
+             seen=lambda: (run / "train.out").read_text()[-3000:] + nodes_logs(deployment))
+    rounds = json.loads((run / "metrics.json").read_text())["rounds"]
+    assert [rd["round"] for rd in rounds] == [1, 2]
+    assert all(o["status"] == "ok" for rd in rounds for o in rd["train"])
+    actions = (cons / "logs" / "console-actions.log").read_text()
+    for action in ("start", "stop", "resume"):
+        assert f"token from 127.0.0.1 {action} {folder}" in actions, actions
+    deployment.stop("console")
 
 
 def test_consortium_files_are_owner_only(deployment: Deployment) -> None:
